@@ -1,0 +1,153 @@
+"""Integration tests of the training engine (`scl_nb.train`, issue 5) through its real entry points.
+
+- kill-and-resume: the CLI is SIGKILLed mid-run, resumed, and its per-step losses (every term) equal the
+  uninterrupted run's bitwise (CPU);
+- SIGTERM: the CLI finishes the step, writes a checkpoint, exits with code 75, and `--resume` continues
+  with the same losses;
+- 2 CPU workers (gloo, torchrun through `launch`): the run finishes with finite losses and both ranks'
+  RNG states in the checkpoint;
+- the main job notebook `nbs/pretrain.ipynb` under papermill with few steps;
+- SLURM (marker `slurm`, skipped without `sinfo`): the same training as a submitit job.
+
+Everything runs the `tiny` preset on the synthetic data with small batches; the synthetic set is generated
+once per session into a temporary cache folder.
+"""
+import json, os, shutil, signal, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+STEPS = 8
+
+def _env(**extra) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env.update(extra)
+    return env
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    "One synthetic data set (and tokenizer cache) for every test of the session."
+    return tmp_path_factory.mktemp("scl_cache")
+
+def _overrides(cache_dir, **train) -> list[str]:
+    kw = dict(batch_size=16, per_gpu_batch_size=16, ckpt_every=3, keep_last=10, log_every=1) | train
+    return [f"train.{k}={v}" for k, v in kw.items()] + [f"data.cache_dir={cache_dir}"]
+
+def _cli(out, cache_dir, steps=STEPS, resume=False, **train) -> list[str]:
+    cmd = [PY, "-m", "scl_nb.train", "--preset", "tiny", "--data", "synthetic", "--steps", str(steps), "--out", str(out), "--no-progress"]
+    return cmd + (["--resume"] if resume else []) + _overrides(cache_dir, **train)
+
+def _run(cmd, timeout=300) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return r
+
+def _metrics(out) -> list[dict]:
+    p = Path(out) / "metrics.jsonl"
+    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
+
+def _losses(out) -> list[dict]:
+    "Per step: every loss term and accuracy (everything but timings)."
+    skip = {"pairs_per_s", "step_time_s", "mfu"}
+    return [{k: v for k, v in r.items() if k not in skip} for r in _metrics(out)]
+
+def _wait_for_step(proc, out, step, timeout=240):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        rows = _metrics(out)
+        if rows and rows[-1]["step"] >= step: return rows[-1]["step"]
+        if proc.poll() is not None: pytest.fail(f"run ended (code {proc.returncode}) before step {step}:\n{proc.stderr.read()[-3000:]}")
+        time.sleep(0.05)
+    proc.kill(); pytest.fail(f"no step {step} after {timeout} s")
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, cache_dir) -> Path:
+    "The uninterrupted CLI run every interrupted run is compared with."
+    out = tmp_path_factory.mktemp("reference")
+    r = _run(_cli(out, cache_dir))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = _losses(out)
+    assert [x["step"] for x in rows] == list(range(1, STEPS + 1))
+    return out
+
+def test_cli_writes_run_files(reference_run):
+    rows = _metrics(reference_run)
+    import math
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    assert {"step", "loss", "lr", "pairs_per_s"} <= set(rows[0])
+    terms = [k for k in ("mlm", "itm", "itc", "scl_image", "scl_text", "mltc_image", "mltc_text") if f"{k}_loss" in rows[0]]
+    assert len(terms) == 7, rows[0]  # every objective of the tiny preset is logged
+    run = json.loads((reference_run / "run.json").read_text())
+    assert run["config"]["train"]["steps"] == STEPS and "torch" in run["versions"] and run["hardware"]["cpu_count"]
+    ckpts = sorted(p.name for p in (reference_run / "checkpoints").iterdir())
+    assert ckpts == ["step_0000003", "step_0000006", "step_0000008"]
+    assert sorted(os.listdir(reference_run / "checkpoints" / "step_0000008")) == ["config.json", "model.safetensors", "rng_0.pt", "state.pt"]
+
+def test_sigkill_then_resume_is_bitwise_identical(tmp_path, cache_dir, reference_run):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(out, cache_dir), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    _wait_for_step(proc, out, 4)  # past the checkpoint of step 3
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    killed_at = _metrics(out)[-1]["step"]
+    assert killed_at < STEPS, "the run finished before it was killed; the test proves nothing"
+    r = _run(_cli(out, cache_dir, resume=True))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _losses(out) == _losses(reference_run)
+
+def test_sigterm_checkpoints_exits_75_and_resumes(tmp_path, cache_dir, reference_run):
+    out = tmp_path / "term"
+    proc = subprocess.Popen(_cli(out, cache_dir, ckpt_every=100), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    _wait_for_step(proc, out, 2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 75, proc.stderr.read()[-3000:]
+    stopped = _metrics(out)[-1]["step"]
+    ckpts = [p.name for p in (out / "checkpoints").iterdir()]
+    assert ckpts == [f"step_{stopped:07d}"] and stopped < STEPS  # saved at the step where the signal arrived
+    r = _run(_cli(out, cache_dir, resume=True, ckpt_every=100))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _losses(out) == _losses(reference_run)
+
+def test_two_cpu_workers_gloo(tmp_path, cache_dir):
+    import math
+    from scl_nb.train import launch, follow, run_config
+    cfg = run_config("tiny", "synthetic", 6, None, _overrides(cache_dir, batch_size=32, per_gpu_batch_size=8))
+    summary = follow(launch(cfg, tmp_path / "ddp", nprocs=2, device="cpu", resume=False), every=0.5, quiet=True)
+    assert (summary["status"], summary["world_size"], summary["grad_accum"], summary["step"]) == ("completed", 2, 2, 6)
+    rows = _metrics(tmp_path / "ddp")
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert all(math.isfinite(v) for r in rows for k, v in r.items() if isinstance(v, float) and k != "mfu")
+    assert rows[0]["mlm_loss"] > 0.5 * math.log(cfg.text.vocab_size)  # untrained MLM is near log(vocab)
+    ck = tmp_path / "ddp" / "checkpoints" / "step_0000006"
+    assert {"rng_0.pt", "rng_1.pt", "model.safetensors", "state.pt"} <= set(os.listdir(ck))
+
+def test_pretrain_notebook_papermill(tmp_path, cache_dir):
+    pm = pytest.importorskip("papermill")
+    out = tmp_path / "run"
+    pm.execute_notebook(str(ROOT / "nbs" / "pretrain.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(ROOT / "nbs"), progress_bar=False,
+                        parameters=dict(steps=4, batch_size=16, per_gpu_batch_size=16, out_dir=str(out), check_learning=False,
+                                        overrides=f"data.cache_dir={cache_dir} train.ckpt_every=2"))
+    res = json.loads((out / "results.json").read_text())
+    assert res["steps"] == 4 and res["r1_before"] is not None and res["r1_after"] is not None
+    assert Path(res["checkpoint"]).name == "step_0000004"
+
+def test_notebook_rejects_bad_parameters(tmp_path):
+    pm = pytest.importorskip("papermill")
+    with pytest.raises(pm.PapermillExecutionError, match="cluster='cloud' must be one of"):
+        pm.execute_notebook(str(ROOT / "nbs" / "pretrain.ipynb"), str(tmp_path / "bad.ipynb"), cwd=str(ROOT / "nbs"), progress_bar=False,
+                            parameters=dict(cluster="cloud", out_dir=str(tmp_path / "x")))
+
+def _slurm_up() -> bool:
+    if shutil.which("sinfo") is None: return False
+    try: return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=15).returncode == 0
+    except (OSError, subprocess.SubprocessError): return False
+
+@pytest.mark.slurm
+@pytest.mark.skipif(not _slurm_up(), reason="no SLURM (sinfo) on this machine")
+def test_slurm_submitit_training(tmp_path, cache_dir):
+    from scl_nb.train import launch, follow, run_config
+    cfg = run_config("tiny", "synthetic", 4, None, _overrides(cache_dir))
+    summary = follow(launch(cfg, tmp_path / "slurm", nprocs=1, cluster="slurm", device="cpu", timeout_min=10), every=1, quiet=True)
+    assert (summary["status"], summary["step"]) == ("completed", 4)
