@@ -1,4 +1,21 @@
-"Shared pytest settings: the `slurm` marker (tests that need a SLURM cluster skip cleanly without `sinfo`)."
+"Shared pytest settings: the `slurm` marker, and one offline environment + scl_nb cache folder per session."
+import os
+
+import pytest
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slurm: needs a SLURM cluster (sinfo on PATH); skipped otherwise")
+
+
+@pytest.fixture(scope="session")
+def offline_cache(tmp_path_factory):
+    "HF offline variables, one thread per process, and one scl_nb cache folder (synthetic data, tokenizers, short pre-trainings) for the session."
+    d = tmp_path_factory.mktemp("scl_nb_cache")
+    env = dict(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", SCL_NB_CACHE=str(d))
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield d
+    for k, v in old.items():
+        if v is None: os.environ.pop(k, None)
+        else: os.environ[k] = v

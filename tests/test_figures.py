@@ -22,15 +22,8 @@ NBS = ROOT / "nbs"
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    d = tmp_path_factory.mktemp("scl_nb_cache")
-    new = dict(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", SCL_NB_CACHE=str(d))
-    old = {k: os.environ.get(k) for k in new}
-    os.environ.update(new)
-    yield d
-    for k, v in old.items():
-        if v is None: os.environ.pop(k, None)
-        else: os.environ[k] = v
+def env(offline_cache):
+    return offline_cache
 
 
 def execute(name, nb_dir: Path, **parameters):

@@ -18,15 +18,8 @@ NBS = ROOT / "nbs"
 
 
 @pytest.fixture(scope="session")
-def cache(tmp_path_factory):
-    d = tmp_path_factory.mktemp("scl_nb_cache")
-    env = dict(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", SCL_NB_CACHE=str(d))
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield d
-    for k, v in old.items():
-        if v is None: os.environ.pop(k, None)
-        else: os.environ[k] = v
+def cache(offline_cache):
+    return offline_cache
 
 
 def run(name, out, **params):
