@@ -138,6 +138,7 @@ class TrainConfig:
     grad_clip: Optional[float] = None  # max gradient norm, or None
     activation_checkpointing: bool = False  # recompute block activations in the backward pass
     compile: bool = False  # torch.compile the model
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # across processes: DDP (weights replicated) or FSDP (weights, gradients and optimizer state sharded)
     ckpt_every: int = num(1000, 1)  # steps between checkpoints
     keep_last: int = num(3, 1)  # checkpoints kept
     log_every: int = num(10, 1)  # steps between log lines

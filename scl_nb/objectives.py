@@ -225,16 +225,23 @@ def _objective_terms(m: SCLModel, batch: dict, o: ObjectiveConfig, generator) ->
 
 # %% ../nbs/07_objectives.ipynb #41985d95
 def unwrap_model(model: nn.Module) -> nn.Module:
-    "The model inside DDP / `torch.compile` wrappers."
+    "The model inside DDP / `torch.compile` wrappers (an FSDP2 root, `fully_shard`-ed in place, is its own model)."
     while True:
         if isinstance(model, nn.parallel.DistributedDataParallel): model = model.module
         elif hasattr(model, "_orig_mod"): model = model._orig_mod
         else: return model
 
+def _is_fsdp(model: nn.Module) -> bool:
+    "True for a module `torch.distributed.fsdp.fully_shard` was applied to (FSDP2)."
+    try: from torch.distributed.fsdp import FSDPModule
+    except ImportError: return False
+    return isinstance(model, FSDPModule)
+
 def _run_as_forward(model: nn.Module, fn):
-    "Return `fn()`, called as `model`'s forward when `model` is a DDP wrapper (so DDP prepares its gradient hooks)."
-    if not isinstance(model, nn.parallel.DistributedDataParallel): return fn()
-    inner = model.module
+    "Return `fn()`, called as `model`'s forward when `model` is a DDP wrapper or an FSDP2 root (so their hooks run)."
+    if isinstance(model, nn.parallel.DistributedDataParallel): inner = model.module  # DDP prepares its gradient hooks
+    elif _is_fsdp(model): inner = model  # FSDP2 gathers the root's own parameters and sets up the backward
+    else: return fn()
     inner.forward = lambda: fn()
     try: return model()
     finally: del inner.forward

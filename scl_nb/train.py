@@ -13,21 +13,23 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from safetensors.torch import save_model, load_model
+from safetensors.torch import save_model, load_model, save_file, load_file
 from tqdm import tqdm
 
 from .config import SCLConfig, ConfigError, load_config, apply_overrides, to_dict, from_dict
 
 # %% auto #0
-__all__ = ['HEAD_PREFIXES', 'TOWER_PREFIXES', 'CROSS_MODAL_PARTS', 'EXIT_PREEMPTED', 'EXIT_NONFINITE', 'PEAK_TFLOPS',
-           'OBJECTIVE_ALIASES', 'ALL_OBJECTIVES', 'no_weight_decay', 'lr_group', 'param_groups', 'build_optimizer',
-           'warmup_steps', 'lr_factor', 'build_scheduler', 'step_seed', 'seed_step', 'rng_state', 'set_rng_state',
-           'atomic_write', 'ckpt_name', 'list_checkpoints', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint',
-           'StopFlag', 'count_flops', 'measure_cpu_matmul_flops', 'peak_flops', 'resolve_precision', 'autocast',
-           'make_scaler', 'DistContext', 'init_dist', 'any_rank', 'MetricsLog', 'read_metrics', 'run_record',
-           'batch_layout', 'to_device', 'isolated_rng', 'EpochLoader', 'endless', 'enable_activation_checkpointing',
-           'NonFiniteLossError', 'train', 'probe_step', 'chance_r1', 'evaluate_itc_retrieval', 'objective_overrides',
-           'run_config', 'main', 'TrainJob', 'RunHandle', 'launch', 'follow', 'bench_train']
+__all__ = ['HEAD_PREFIXES', 'TOWER_PREFIXES', 'CROSS_MODAL_PARTS', 'BLOCK_LIST_SUFFIXES', 'EXIT_PREEMPTED', 'EXIT_NONFINITE',
+           'PEAK_TFLOPS', 'OBJECTIVE_ALIASES', 'ALL_OBJECTIVES', 'no_weight_decay', 'lr_group', 'param_groups',
+           'build_optimizer', 'warmup_steps', 'lr_factor', 'build_scheduler', 'step_seed', 'seed_step', 'rng_state',
+           'set_rng_state', 'atomic_write', 'ckpt_name', 'list_checkpoints', 'latest_checkpoint',
+           'optimizer_state_to_fqn', 'optimizer_state_from_fqn', 'save_checkpoint', 'load_checkpoint', 'shard_model',
+           'sync_replicated_grads', 'StopFlag', 'count_flops', 'measure_cpu_matmul_flops', 'peak_flops',
+           'resolve_precision', 'autocast', 'make_scaler', 'DistContext', 'init_dist', 'any_rank', 'MetricsLog',
+           'read_metrics', 'run_record', 'batch_layout', 'to_device', 'isolated_rng', 'EpochLoader', 'endless',
+           'enable_activation_checkpointing', 'NonFiniteLossError', 'train', 'probe_step', 'chance_r1',
+           'evaluate_itc_retrieval', 'objective_overrides', 'run_config', 'main', 'TrainJob', 'RunHandle', 'launch',
+           'follow', 'bench_train']
 
 # %% ../nbs/20_train.ipynb #2892011b
 HEAD_PREFIXES = ("mlm_head", "itm_head", "itc_image_proj", "itc_text_proj", "itc_logit_scale",
@@ -155,20 +157,59 @@ def latest_checkpoint(ckpt_dir) -> Optional[Path]:
 
 # %% ../nbs/20_train.ipynb #007f1a19
 def _unwrap(model: nn.Module) -> nn.Module:
-    "The plain module inside DDP / torch.compile wrappers."
+    "The plain module inside DDP / torch.compile wrappers (an FSDP2 root is sharded in place: it is returned as is)."
     while True:
         if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel): model = model.module
         elif hasattr(model, "_orig_mod"): model = model._orig_mod
         else: return model
 
+def _is_fsdp(model: nn.Module) -> bool:
+    "True for a module `torch.distributed.fsdp.fully_shard` was applied to (FSDP2)."
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(model, FSDPModule)
+
 def _barrier():
     if dist.is_available() and dist.is_initialized(): dist.barrier()
+
+def _optimizer_names(model: nn.Module, optimizer) -> list[list[str]]:
+    "Per parameter group of `optimizer`: the names of its parameters in `model`."
+    names = {id(p): n for n, p in _unwrap(model).named_parameters()}
+    try: return [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+    except KeyError: raise ValueError("the optimizer holds a parameter that is not in the model") from None
+
+def optimizer_state_to_fqn(sd: dict, names: list[list[str]]) -> dict:
+    "`optimizer.state_dict()` (parameters numbered) -> the name-keyed layout of `torch.distributed.checkpoint`'s full state dict."
+    flat = [n for g in names for n in g]
+    if [len(g["params"]) for g in sd["param_groups"]] != [len(g) for g in names]:
+        raise ValueError("optimizer state: its parameter groups do not match the model's")
+    return {"state": {flat[i]: s for i, s in sd["state"].items()},
+            "param_groups": [{k: v for k, v in g.items() if k != "params"} | {"params": list(n)} for g, n in zip(sd["param_groups"], names)]}
+
+def optimizer_state_from_fqn(sd: dict, names: list[list[str]]) -> dict:
+    "The name-keyed layout -> `optimizer.state_dict()`'s numbered one for an optimizer over `names`."
+    index = {n: i for i, n in enumerate(n for g in names for n in g)}
+    saved = [list(g["params"]) for g in sd["param_groups"]]
+    if saved != names:
+        missing = sorted(set(index) - {n for g in saved for n in g})[:3]
+        raise ValueError(f"optimizer state: its parameter groups do not match the model's (missing e.g. {missing})")
+    return {"state": {index[n]: s for n, s in sd["state"].items()},
+            "param_groups": [g | {"params": [index[n] for n in g["params"]]} for g in sd["param_groups"]]}
+
+def _full_state_options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    return StateDictOptions(full_state_dict=True, **kw)
 
 def save_checkpoint(ckpt_dir, step: int, model: nn.Module, optimizer, scheduler=None, scaler=None,
                     data_state: dict | None = None, cfg: SCLConfig | None = None, extra: dict | None = None,
                     generators: dict | None = None, rank: int = 0, keep_last: int = 3) -> Path:
     "Write checkpoint `step_XXXXXXX/` atomically (all ranks call this); keep the newest `keep_last`."
     ckpt_dir = Path(ckpt_dir); final = ckpt_dir / ckpt_name(step); tmp = ckpt_dir / f".tmp-{ckpt_name(step)}"
+    plain = _unwrap(model)
+    if _is_fsdp(plain):  # collectives: every rank gathers, rank 0 receives the full (unsharded) tensors on the CPU
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+        weights = get_model_state_dict(plain, options=_full_state_options(cpu_offload=True))
+        optim_state = get_optimizer_state_dict(plain, optimizer, options=_full_state_options(cpu_offload=True))
+    elif rank == 0: weights, optim_state = None, optimizer_state_to_fqn(optimizer.state_dict(), _optimizer_names(plain, optimizer))
     if rank == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if tmp.exists(): shutil.rmtree(tmp)
@@ -178,8 +219,10 @@ def save_checkpoint(ckpt_dir, step: int, model: nn.Module, optimizer, scheduler=
     atomic_write(tmp / f"rng_{rank}.pt", buf.getvalue())
     _barrier()
     if rank == 0:
-        save_model(_unwrap(model), str(tmp / "model.safetensors")); _fsync_file(tmp / "model.safetensors")
-        state = {"step": step, "optimizer": optimizer.state_dict(),
+        if weights is None: save_model(plain, str(tmp / "model.safetensors"))
+        else: save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        _fsync_file(tmp / "model.safetensors")
+        state = {"step": step, "optimizer": optim_state, "optimizer_format": "fqn",
                  "scheduler": scheduler.state_dict() if scheduler is not None else {},
                  "scaler": scaler.state_dict() if scaler is not None else {},
                  "data": data_state or {}, "extra": extra or {},
@@ -194,16 +237,62 @@ def save_checkpoint(ckpt_dir, step: int, model: nn.Module, optimizer, scheduler=
 
 def load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, scaler=None,
                     generators: dict | None = None, rank: int = 0, map_location="cpu") -> dict:
-    "Load a checkpoint folder into the given objects; restore this rank's RNG states; return `state.pt`."
-    path = Path(path)
-    load_model(_unwrap(model), str(path / "model.safetensors"), strict=True, device=str(map_location))
-    state = torch.load(path / "state.pt", map_location=map_location, weights_only=True)
-    if optimizer is not None: optimizer.load_state_dict(state["optimizer"])
+    "Load a checkpoint folder into the given objects (plain, DDP or FSDP2: all ranks call this); restore this rank's RNG states; return `state.pt`."
+    path = Path(path); plain = _unwrap(model); fsdp = _is_fsdp(plain)
+    state = torch.load(path / "state.pt", map_location="cpu" if fsdp else map_location, weights_only=True)
+    if fsdp:  # every rank reads the full tensors and keeps its shards
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+        set_model_state_dict(plain, load_file(str(path / "model.safetensors")), options=_full_state_options(strict=True))
+    else: load_model(plain, str(path / "model.safetensors"), strict=True, device=str(map_location))
+    if optimizer is not None:  # "fqn": keyed by parameter name (written since FSDP support); "index": optimizer.state_dict()
+        names, fqn = _optimizer_names(plain, optimizer), state.get("optimizer_format", "index") == "fqn"
+        numbered = optimizer_state_from_fqn(state["optimizer"], names) if fqn else state["optimizer"]  # checks the names
+        if fsdp:
+            set_optimizer_state_dict(plain, optimizer, optimizer_state_to_fqn(numbered, names), options=_full_state_options())
+            for g, saved in zip(optimizer.param_groups, numbered["param_groups"]):  # hyper-parameters exactly as saved (betas stay a tuple)
+                g.update({k: v for k, v in saved.items() if k != "params"})
+        else: optimizer.load_state_dict(numbered)
     if scheduler is not None and state["scheduler"]: scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state["scaler"]: scaler.load_state_dict(state["scaler"])
     rng_file = path / f"rng_{rank}.pt"
     if rng_file.exists(): set_rng_state(torch.load(rng_file, weights_only=True), generators)
     return state
+
+# %% ../nbs/20_train.ipynb #2023b07d
+BLOCK_LIST_SUFFIXES = ("layers", "layer", "blocks")  # nn.ModuleList names whose elements are sharded one by one
+
+def shard_model(model: nn.Module,  # the plain model, already on its device
+                mesh=None,  # a 1-D `DeviceMesh`; None = every process of the default group
+               ) -> list[str]:  # names of the sharded blocks
+    "Shard `model` in place with FSDP2: every transformer block, then the root (which takes the other parameters)."
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.device_mesh import init_device_mesh
+    if mesh is None: mesh = init_device_mesh(next(model.parameters()).device.type, (dist.get_world_size(),))
+    blocks = [(f"{name}.{i}", block) for name, m in model.named_modules()
+              if isinstance(m, nn.ModuleList) and name.rsplit(".", 1)[-1].endswith(BLOCK_LIST_SUFFIXES) for i, block in enumerate(m)]
+    for _, block in reversed(blocks): fully_shard(block, mesh=mesh)  # inner blocks of nested lists first
+    scalars = {p for p in model.parameters() if p.dim() == 0}  # fully_shard cannot shard 0-d tensors: replicated
+    fully_shard(model, mesh=mesh, ignored_params=scalars or None)
+    return [n for n, _ in blocks]
+
+def sync_replicated_grads(model: nn.Module):
+    "Average over the processes the gradients of the parameters FSDP left replicated (plain tensors, e.g. 0-d ones)."
+    from torch.distributed.tensor import DTensor
+    params = [p for p in model.parameters() if p.requires_grad and not isinstance(p, DTensor)]
+    if not params or not dist.is_initialized() or dist.get_world_size() == 1: return
+    used = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
+    dist.all_reduce(used, op=dist.ReduceOp.MAX)  # a parameter used on any rank gets a gradient on every rank
+    params = [p for p, u in zip(params, used.tolist()) if u]
+    if not params: return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params])
+    dist.all_reduce(flat); flat /= dist.get_world_size()
+    for p, g in zip(params, flat.split([p.numel() for p in params])): p.grad = g.view_as(p).to(p.dtype)
+
+def _single_process_group(device: torch.device) -> bool:
+    "Create a 1-process group when none exists (FSDP needs one even alone); True when it was created here."
+    if dist.is_initialized(): return False
+    dist.init_process_group("gloo" if device.type == "cpu" else "cpu:gloo,cuda:nccl", store=dist.HashStore(), rank=0, world_size=1)
+    return True
 
 # %% ../nbs/20_train.ipynb #53a0af9b
 EXIT_PREEMPTED = 75  # CLI exit code after a signal-triggered checkpoint (EX_TEMPFAIL: resume to continue)
@@ -492,6 +581,12 @@ def train(cfg: SCLConfig,  # the run's configuration (`cfg.train` drives the loo
     torch.manual_seed(tcfg.seed)  # identical initial weights on every rank and every restart
     model = model_fn(cfg).to(ctx.device)
     if tcfg.activation_checkpointing: enable_activation_checkpointing(model)
+    fsdp = tcfg.parallel == "fsdp"
+    if fsdp:  # before the optimizer: fully_shard replaces the parameters
+        if precision == "fp16" and ctx.device.type == "cuda":
+            raise ConfigError("train.parallel=fsdp does not support train.precision=fp16 (loss scaling over shards); use bf16")
+        if _single_process_group(ctx.device): ctx.owns_group = True
+        shard_model(model)
     optimizer, scaler = build_optimizer(model, tcfg), make_scaler(ctx.device, precision)
     scheduler = build_scheduler(optimizer, tcfg)
     data_cfg = copy.deepcopy(cfg); data_cfg.train.per_gpu_batch_size = micro
@@ -518,7 +613,7 @@ def train(cfg: SCLConfig,  # the run's configuration (`cfg.train` drives the loo
     train_model = model
     if tcfg.compile:  # in place, per top-level part: the objectives call encode_image / fuse on the unwrapped model
         for part in model.children(): part.compile()
-    if ctx.world_size > 1:
+    if ctx.world_size > 1 and not fsdp:
         train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
                                                           find_unused_parameters=bool(unused))
 
@@ -539,7 +634,8 @@ def train(cfg: SCLConfig,  # the run's configuration (`cfg.train` drives the loo
                 sums: dict = {}
                 for k in range(accum):
                     with isolated_rng(): batch = to_device(next(stream), ctx.device)
-                    sync = contextlib.nullcontext() if (ctx.world_size == 1 or k == accum - 1) else train_model.no_sync()
+                    if fsdp: model.set_requires_gradient_sync(k == accum - 1)  # reduce-scatter on the last micro-batch only
+                    sync = contextlib.nullcontext() if (fsdp or ctx.world_size == 1 or k == accum - 1) else train_model.no_sync()
                     with sync:
                         with autocast(ctx.device, precision): out = loss_fn(train_model, batch, cfg, gen)
                         loss = out["loss"].float() / accum
@@ -548,8 +644,10 @@ def train(cfg: SCLConfig,  # the run's configuration (`cfg.train` drives the loo
                 names = sorted(sums)
                 mean = all_reduce_mean(torch.tensor([sums[n] for n in names], dtype=torch.float64, device=ctx.device))  # [terms]
                 terms = dict(zip(names, mean.tolist()))
+                if fsdp: sync_replicated_grads(model)
                 if scaler: scaler.unscale_(optimizer)
                 gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip or float("inf"))
+                if hasattr(gnorm, "full_tensor"): gnorm = gnorm.full_tensor()  # FSDP: a DTensor; the global norm
                 bad = any_rank(not (math.isfinite(terms["loss"]) and torch.isfinite(gnorm).item()), ctx.device)
                 lr = scheduler.get_last_lr()[0]
                 if bad:
@@ -584,7 +682,8 @@ def train(cfg: SCLConfig,  # the run's configuration (`cfg.train` drives the loo
     steady = times[1:] or times
     step_time = float(np.median(steady)) if steady else float("nan")
     summary = {"status": status, "step": step, "steps": tcfg.steps, "final": last, "skipped_steps": counters["skipped"],
-               "world_size": ctx.world_size, "grad_accum": accum, "micro_batch": micro, "precision": precision,
+               "world_size": ctx.world_size, "parallel": "fsdp" if fsdp else "ddp" if ctx.world_size > 1 else "none",
+               "grad_accum": accum, "micro_batch": micro, "precision": precision,
                "step_time_s": step_time, "pairs_per_s": tcfg.batch_size / step_time if steady else float("nan"),
                "flops_per_pair": flops_per_step / tcfg.batch_size, "peak_flops_per_device": peak[0], "peak_source": peak[1],
                "out_dir": str(out_dir), "checkpoint": str(latest_checkpoint(ckpt_dir)), "metrics": str(out_dir / "metrics.jsonl")}

@@ -6,6 +6,9 @@
   with the same losses;
 - 2 CPU workers (gloo, torchrun through `launch`): the run finishes with finite losses and both ranks'
   RNG states in the checkpoint;
+- FSDP (`train.parallel=fsdp`, 2 CPU workers): the per-step losses equal the DDP run's (fp32, up to
+  reduction order), and a run resumed from its step-2 checkpoint replays the rest bitwise (loading an
+  FSDP checkpoint without FSDP and the other way round is tested in `nbs/20_train.ipynb`);
 - the main job notebook `nbs/pretrain.ipynb` under papermill with few steps;
 - SLURM (marker `slurm`, skipped without `sinfo`): the same training as a submitit job.
 
@@ -122,6 +125,47 @@ def test_two_cpu_workers_gloo(tmp_path, cache_dir):
     assert rows[0]["mlm_loss"] > 0.5 * math.log(cfg.text.vocab_size)  # untrained MLM is near log(vocab)
     ck = tmp_path / "ddp" / "checkpoints" / "step_0000006"
     assert {"rng_0.pt", "rng_1.pt", "model.safetensors", "state.pt"} <= set(os.listdir(ck))
+
+def _close(a: list[dict], b: list[dict], rel: float) -> float:
+    "Assert two runs' per-step rows match (same keys, every number within `rel` relative); return the largest relative difference."
+    assert [r["step"] for r in a] == [r["step"] for r in b] and [sorted(r) for r in a] == [sorted(r) for r in b]
+    worst = 0.0
+    for ra, rb in zip(a, b):
+        for k, va in ra.items():
+            if isinstance(va, bool) or not isinstance(va, (int, float)): assert va == rb[k], (ra["step"], k); continue
+            d = abs(va - rb[k]) / max(abs(va), abs(rb[k]), 1e-6)
+            assert d <= rel, f"step {ra['step']} {k}: {va} vs {rb[k]} (relative difference {d:.2e})"
+            worst = max(worst, d)
+    return worst
+
+def test_fsdp_matches_ddp_and_resumes(tmp_path, cache_dir):
+    """FSDP and DDP compute the same fp32 training, so their per-step losses (every term, accuracies, gradient
+    norm) agree up to reduction order: FSDP reduce-scatters and sums the gradient norm shard by shard where DDP
+    all-reduces buckets, which changes fp32 roundings (~1e-7 relative per operation) that AdamW carries into the
+    next steps. 1e-5 relative leaves room for that over 4 steps and still catches any real difference (a wrong
+    gradient average, a missed synchronisation or a skipped parameter changes the losses by 1e-3 or more)."""
+    from scl_nb.train import launch, follow, run_config
+    steps = 4
+    ov = _overrides(cache_dir, batch_size=16, per_gpu_batch_size=4, ckpt_every=2)  # 2 ranks x 2 accumulation micro-batches
+    def run(name, parallel, resume=False):
+        cfg = run_config("tiny", "synthetic", steps, None, ov + [f"train.parallel={parallel}"])
+        return follow(launch(cfg, tmp_path / name, nprocs=2, device="cpu", resume=resume), every=0.5, quiet=True)
+    ddp, fsdp = run("ddp", "ddp"), run("fsdp", "fsdp")
+    assert (ddp["parallel"], fsdp["parallel"], fsdp["world_size"], fsdp["grad_accum"], fsdp["step"]) == ("ddp", "fsdp", 2, 2, steps)
+    rows = _losses(tmp_path / "fsdp")
+    assert len(rows) == steps and len([k for k in rows[0] if k.endswith("_loss")]) == 7
+    worst = _close(rows, _losses(tmp_path / "ddp"), rel=1e-5)
+    print(f"FSDP vs DDP: largest relative difference {worst:.2e}")
+    assert rows[-1]["loss"] != rows[0]["loss"]  # the weights moved: later steps compare the updates too
+    state = __import__("torch").load(tmp_path / "fsdp" / "checkpoints" / "step_0000004" / "state.pt", weights_only=True)
+    assert state["optimizer_format"] == "fqn" and "vision.blocks.0.mlp.fc1.weight" in state["optimizer"]["state"]
+
+    resumed = tmp_path / "fsdp_resumed"  # the run folder as a run killed after its step-2 checkpoint leaves it
+    shutil.copytree(tmp_path / "fsdp", resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_0000004"); (resumed / "summary.json").unlink()
+    assert run(resumed.name, "fsdp", resume=True)["step"] == steps
+    assert [r["step"] for r in _metrics(resumed)] == list(range(1, steps + 1))
+    assert _losses(resumed) == rows  # exact resume under FSDP (same data position, RNG states, scheduler)
 
 def test_pretrain_notebook_papermill(tmp_path, cache_dir):
     pm = pytest.importorskip("papermill")
