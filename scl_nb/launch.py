@@ -500,43 +500,94 @@ def _executor(cluster: str, folder: Path, run: Run, after: list):
     return ex
 
 # %% ../nbs/60_launch.ipynb #30a640b2
-def launch(spec: Spec,
+def launch(spec: Spec | Sequence[Spec],  # one spec, or several (a run shared by them is one run)
            cluster: str = "slurm",  # "slurm", "local" (subprocesses) or "debug" (in this process)
            runs_dir="runs",  # where run folders go (`run_dir`)
            dry_run: bool = False,  # only report what would happen
            only: Optional[Sequence[str]] = None,  # launch only these runs (and what they need)
            log: Optional[Callable] = print,  # where the report lines go
+           jobs: int = 1,  # "local": run up to this many runs at once, each as soon as its upstream runs finished
           ) -> dict:
-    "Submit the runs of `spec` through submitit (see above); return {run id: `Launched`}."
+    "Submit the runs of `spec` (of several specs: each shared run once) through submitit (see above); return {run id: `Launched`}."
     if cluster not in ("slurm", "local", "debug"): raise SpecError(f"cluster={cluster!r}; choose one of ['slurm', 'local', 'debug']")
+    _check_jobs(jobs, cluster)
     say = log or (lambda *a: None)
-    runs = _needed(spec, only)
-    for rid in spec.skipped if not only else []: say(f"[skipped at scale {spec.scale}] {rid}")
-    out_dirs = {r.id: run_dir(r, runs_dir, spec.scale) for r in runs}
-    stamp, done = time.strftime("%Y%m%d-%H%M%S"), {}
-    for run in runs:
-        out = out_dirs[run.id]
-        has_resume = not run.notebook.exists() or "resume" in notebook_parameters(run.notebook)
-        rec = Launched(run, "", out, out / "output.ipynb", run_parameters(run, out_dirs, has_resume))
-        done[run.id] = rec
-        prior = json.loads((out / "launch.json").read_text()) if (out / "launch.json").exists() else {}
-        ups = [done[d] for d in run.depends_on]
-        if is_finished(out):
-            rec.status = "finished"
-            if json.loads((out / "DONE").read_text()).get("parameters") != rec.parameters:
-                rec.error = "note: it finished with other parameters than the spec's now; delete its folder to run it again"
-        elif cluster == "slurm" and prior.get("cluster") == "slurm" and _slurm_active(prior.get("job_id"), _job_name(run)):
-            rec.status, rec.job_id = "running", prior["job_id"]
-        elif any(u.status in ("failed", "blocked") for u in ups):
-            rec.status, rec.error = "blocked", "upstream run did not finish"
-        else:
-            rec.after = [u.job_id for u in ups if u.job_id and u.status in ("submitted", "running")]
+    stamp, done, roots = time.strftime("%Y%m%d-%H%M%S"), {}, {}
+    for s in [spec] if isinstance(spec, Spec) else spec:
+        for rec in _records(s, runs_dir, only, say):
+            if rec.run.id not in done: done[rec.run.id], roots[rec.run.id] = rec, s.root  # a shared run: its first spec's record
+    if jobs > 1: _schedule(list(done.values()), done, jobs, cluster, dry_run, stamp, roots, say); return done
+    for rec in done.values():
+        if _must_run(rec, [done[d] for d in rec.run.depends_on], cluster):
             if dry_run: rec.status = "dry-run"
             else:
-                _submit(rec, cluster, stamp, spec.root)
+                _submit(rec, cluster, stamp, roots[rec.run.id])
                 if cluster != "slurm": say(_report_line(rec, cluster)); _wait_here(rec)
         say(_report_line(rec, cluster))
     return done
+
+def _check_jobs(jobs, cluster: str):
+    "`jobs` is a count >= 1, and above 1 only on the local cluster."
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1: raise ValueError(f"jobs={jobs!r} must be an integer >= 1")
+    if jobs > 1 and cluster != "local":
+        raise ValueError(f"jobs={jobs} needs cluster 'local': " + ("SLURM schedules the jobs itself (all are submitted at once, with their dependencies)"
+                         if cluster == "slurm" else "the debug cluster runs each job in this process, one after the other"))
+
+def _records(spec: Spec, runs_dir, only, say) -> list:
+    "A `Launched` record (status still empty) for every run of `spec` to launch, in order; report the runs the scale skips."
+    runs = _needed(spec, only)
+    for rid in spec.skipped if not only else []: say(f"[skipped at scale {spec.scale}] {rid}")
+    out_dirs = {r.id: run_dir(r, runs_dir, spec.scale) for r in runs}
+    recs = []
+    for run in runs:
+        out = out_dirs[run.id]
+        has_resume = not run.notebook.exists() or "resume" in notebook_parameters(run.notebook)
+        recs.append(Launched(run, "", out, out / "output.ipynb", run_parameters(run, out_dirs, has_resume)))
+    return recs
+
+def _must_run(rec: Launched, ups: list, cluster: str) -> bool:
+    "Settle `rec` if it need not run (`finished`, `running` from an earlier launch, `blocked`); else set `after` and return True."
+    out, run = rec.out_dir, rec.run
+    if is_finished(out):
+        rec.status = "finished"
+        if json.loads((out / "DONE").read_text()).get("parameters") != rec.parameters:
+            rec.error = "note: it finished with other parameters than the spec's now; delete its folder to run it again"
+        return False
+    prior = json.loads((out / "launch.json").read_text()) if (out / "launch.json").exists() else {}
+    if cluster == "slurm" and prior.get("cluster") == "slurm" and _slurm_active(prior.get("job_id"), _job_name(run)):
+        rec.status, rec.job_id = "running", prior["job_id"]
+        return False
+    if any(u.status in ("failed", "blocked") for u in ups):
+        rec.status, rec.error = "blocked", "upstream run did not finish"
+        return False
+    rec.after = [u.job_id for u in ups if u.job_id and u.status in ("submitted", "running")]
+    return True
+
+_POLL_S = 1.0  # how often `_schedule` looks at its running jobs
+
+def _schedule(recs: list, by_id: dict, jobs: int, cluster: str, dry_run: bool, stamp: str, roots: dict, say):
+    "local, `jobs` > 1: start each run when its upstream runs finished and fewer than `jobs` run; earlier runs of `recs` first."
+    pending, running = list(recs), []
+    try:
+        while pending or running:
+            moved = False
+            for rec in [r for r in running if r.job.done()]:
+                _wait_here(rec); running.remove(rec); say(_report_line(rec, cluster)); moved = True
+            for rec in list(pending):
+                ups = [by_id[d] for d in rec.run.depends_on]
+                if any(u.status in ("", "submitted") for u in ups): continue  # an upstream run is still to come or running
+                if _must_run(rec, ups, cluster):
+                    if dry_run: rec.status = "dry-run"
+                    elif len(running) >= jobs: continue  # ready; waits for a free slot
+                    else:
+                        _submit(rec, cluster, stamp, roots[rec.run.id]); running.append(rec)
+                pending.remove(rec); say(_report_line(rec, cluster)); moved = True
+            if not moved:
+                if not running: raise RuntimeError(f"runs wait on runs that are not launched: {[r.run.id for r in pending]}")
+                time.sleep(_POLL_S)
+    except KeyboardInterrupt:
+        for rec in running: rec.job.cancel(check=False)  # the local jobs would outlive this process
+        raise
 
 def _needed(spec: Spec, only) -> list:
     "The runs of `spec` in order, restricted to `only` and their upstream runs."
@@ -592,20 +643,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="*", default=None, help="launch only these runs (and the runs they need)")
     p.add_argument("--no-check", action="store_true", help="do not check notebooks and their parameters")
     p.add_argument("--wait", action="store_true", help="slurm: wait for the submitted jobs and report how they ended")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="local: run up to N runs at once, each when its upstream runs finished; a run shared by specs runs once (default: 1)")
     return p
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    "CLI entry point; returns the exit code (0 ok, 1 a run failed, 2 a bad spec)."
+    "CLI entry point; returns the exit code (0 ok, 1 a run failed, 2 a bad spec or option)."
     args = _parser().parse_args(argv)
     try: specs = [load_spec(s, args.scale, args.root, check_notebooks=not args.no_check) for s in args.specs]
     except SpecError as e:
         print(f"spec error: {e}", file=sys.stderr); return 2
+    try: _check_jobs(args.jobs, args.cluster)
+    except ValueError as e:
+        print(f"error: --jobs: {e}", file=sys.stderr); return 2
     failed, submitted = False, []
     for spec in specs:
         print(f"# {spec.name}" + (f" (scale {spec.scale})" if spec.scale else "") + (f": {spec.description}" if spec.description else ""))
+        if args.jobs > 1: continue  # one scheduling loop for all specs, below
         res = launch(spec, args.cluster, args.runs_dir, args.dry_run, only=args.only, log=print)
         failed |= any(r.status in ("failed", "blocked") for r in res.values())
         submitted += [r for r in res.values() if r.status == "submitted"]
+    if args.jobs > 1:
+        print(f"# up to {args.jobs} runs at once; a run shared by specs runs once")
+        res = launch(specs, args.cluster, args.runs_dir, args.dry_run, only=args.only, log=print, jobs=args.jobs)
+        failed |= any(r.status in ("failed", "blocked") for r in res.values())
     if args.wait and submitted:
         print(f"# waiting for {len(submitted)} job(s)")
         for rec in submitted:
