@@ -2,24 +2,37 @@
 # Regenerate every table and figure of the paper into figures/: the runs of experiments/*.yaml through
 # the launcher, then nbs/tables.ipynb and nbs/figures.ipynb under papermill.
 #
-#   bash experiments/reproduce.sh                          # tiny scale: synthetic data on this machine's CPUs
-#   JOBS=4 bash experiments/reproduce.sh                   # tiny scale, 4 runs at a time (default 2)
-#   bash experiments/reproduce.sh full --cluster slurm     # paper scale: submits to SLURM and returns;
-#                                                          # run it again when the jobs are done to draw
-# Finished runs (a DONE marker in runs/...) are skipped, so a second call only redraws.
+#   bash experiments/reproduce.sh                              # tiny scale: synthetic data on this machine's CPUs
+#   JOBS=4 bash experiments/reproduce.sh                       # tiny scale, 4 runs at a time (default 2)
+#   bash experiments/reproduce.sh full --cluster slurm         # paper scale: submit to SLURM and return
+#   bash experiments/reproduce.sh full --cluster slurm --wait  # ... wait for the jobs, then draw
+#
+# Finished runs (a DONE marker under runs/) are skipped, so a second call only redraws. Full-scale
+# tables and figures go to figures/full/, so they never overwrite the committed tiny-scale ones.
+# Exit status: 0 when every run finished, 1 when a run failed or was blocked (what exists is still
+# drawn), 2 for a bad spec or option (nothing drawn).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scale="${1:-tiny}"; shift || true
+scale="${1:-tiny}"; [ $# -gt 0 ] && shift
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi; fi
+"$PY" -c "import scl_nb.launch, papermill" || { echo "error: $PY cannot import scl_nb and papermill; install them (README) or set PYTHON" >&2; exit 2; }
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
-PY="${PYTHON:-python}"
-start=$(date +%s)
+start=$(date +%s); rc=0
 if [ "$scale" = "tiny" ]; then
-  "$PY" -m scl_nb.launch experiments/*.yaml --cluster local --scale tiny --jobs "${JOBS:-2}" "$@" || echo "some runs failed or were blocked: see above; drawing what exists"
-  scale_arg=tiny
+  export OMP_NUM_THREADS=1  # one thread per run; --jobs runs several at once
+  "$PY" -m scl_nb.launch experiments/*.yaml --cluster local --scale tiny --jobs "${JOBS:-2}" ${@+"$@"} || rc=$?
+  scale_arg=tiny; out=figures
 else
-  "$PY" -m scl_nb.launch experiments/*.yaml "$@" || echo "some runs failed or were blocked: see above"
-  scale_arg=None
+  "$PY" -m scl_nb.launch experiments/*.yaml ${@+"$@"} || rc=$?
+  scale_arg=None; out=figures/full
+  case " $* " in
+    *" --cluster slurm "*) case " $* " in *" --wait "*) ;; *) echo "submitted; run this again with --wait (or once the jobs are done) to draw"; exit $rc;; esac;;
+  esac
 fi
-"$PY" -m papermill nbs/tables.ipynb "runs/tables_${scale}.ipynb" -p scale "$scale_arg" --cwd . >/dev/null
-"$PY" -m papermill nbs/figures.ipynb "runs/figures_${scale}.ipynb" -p scale "$scale_arg" --cwd . >/dev/null
-echo "tables and figures in figures/ (index: figures/README.md); $(( $(date +%s) - start )) s in all"
+[ "$rc" -eq 2 ] && { echo "error: bad spec or option (see above); nothing drawn" >&2; exit 2; }
+[ "$rc" -ne 0 ] && echo "some runs failed or were blocked (see above); drawing what exists"
+"$PY" -m papermill nbs/tables.ipynb "runs/tables_${scale}.ipynb" -p scale "$scale_arg" -p figures_dir "$out" --cwd . >/dev/null
+"$PY" -m papermill nbs/figures.ipynb "runs/figures_${scale}.ipynb" -p scale "$scale_arg" -p figures_dir "$out" --cwd . >/dev/null
+echo "tables and figures in $out/ (index: $out/README.md); $(( $(date +%s) - start )) s in all"
+exit $rc

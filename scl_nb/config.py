@@ -286,7 +286,7 @@ def _tiny() -> SCLConfig:
         text=TextConfig(tokenizer="tiny-bpe", vocab_size=1024, width=64, layers=2, heads=2, mlp_dim=256,
                         max_position_embeddings=66, max_len=32, dropout=0.0),
         fusion=FusionConfig(layers=2, width=64, heads=2, mlp_dim=256, dropout=0.0),
-        objectives=ObjectiveConfig(itc_dim=64, scl_image=0.1, scl_text=0.1, mltc_image=0.02, mltc_text=0.02),
+        objectives=ObjectiveConfig(itc_dim=64, itc=2.0, scl_image=0.1, scl_text=0.1, mltc_image=0.02, mltc_text=0.02),
         data=DataConfig(num_workers=0),
         train=TrainConfig(steps=300, batch_size=64, per_gpu_batch_size=64, lr=1e-3, head_lr_mult=1.0,
                           cross_modal_lr_mult=1.0, precision="fp32", ckpt_every=100, log_every=10))

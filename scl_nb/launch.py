@@ -446,7 +446,7 @@ class NotebookJob(_Checkpointable):
         import papermill
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
         in_job = os.environ.get("SUBMITIT_EXECUTOR") in ("slurm", "local")  # not the debug cluster (this process)
-        if self.threads and in_job: os.environ.setdefault("OMP_NUM_THREADS", str(self.threads))  # the kernel inherits it
+        if self.threads and in_job: os.environ["OMP_NUM_THREADS"] = str(self.threads)  # the kernel inherits it; the spec wins over the shell
         error = None
         with _DeferredSignals(self.grace_s) as sig:
             try: papermill.execute_notebook(self.notebook, self.output, parameters=self.parameters, cwd=self.cwd, progress_bar=False,
