@@ -1,6 +1,11 @@
 #!/bin/bash
 # One prepared device check (see README of the device tool): paper-preset throughput/MFU on one GPU,
 # the shared/reference schedule ratio on GPU, and the CUDA paths of the engine (bf16, fp16 + GradScaler, resume).
+# Needs two folders kept out of git (.git/info/exclude) and passed as `carry`:
+#   .whl/      datasets==5.2.0, dill==0.4.1, multiprocess==0.70.19 wheels for cp312 (the device image lacks them)
+#   .gpucache/ SCL_NB_CACHE with tokenizers/tiny-bpe-50265 and bench/captions.jsonl + bench/images/
+#              (320 synthetic images at 288 px: make_synthetic for `load_config("paper", ["text.tokenizer=tiny-bpe"])`,
+#              then a manifest of the first 320 image ids; the whole set is 195 MB, over the 64 MiB carry limit)
 set -o pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD SCL_NB_CACHE=$PWD/.gpucache HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
