@@ -569,8 +569,14 @@ def train(cfg: SCLConfig,  # the run's configuration (`cfg.train` drives the loo
           count_model_flops: bool = True,  # count FLOPs of one step for MFU
          ) -> dict:
     "Pre-train `cfg` into `out_dir`; return a summary dict (status, steps, final loss, throughput, MFU, paths)."
-    tcfg, out_dir = cfg.train, Path(out_dir)
     ctx = init_dist(device)
+    try: return _train(ctx, cfg, Path(out_dir), resume, model_fn, data_fn, loss_fn, progress, max_steps, count_model_flops)
+    finally:
+        if ctx.owns_group: cleanup_distributed()  # also when the run ends by an exception
+
+def _train(ctx, cfg, out_dir, resume, model_fn, data_fn, loss_fn, progress, max_steps, count_model_flops) -> dict:
+    "The body of `train` on an initialised process group `ctx`."
+    tcfg = cfg.train
     model_fn, data_fn, loss_fn = model_fn or _default_model_fn, data_fn or _default_data_fn, loss_fn or _default_loss_fn
     precision = resolve_precision(tcfg.precision, ctx.device)
     micro, accum = batch_layout(tcfg.batch_size, tcfg.per_gpu_batch_size, ctx.world_size)
@@ -620,7 +626,6 @@ def train(cfg: SCLConfig,  # the run's configuration (`cfg.train` drives the loo
     end = min(tcfg.steps, max_steps or tcfg.steps)
     if start >= end and (out_dir / "summary.json").exists():  # nothing left to do: report the finished run
         log.close()
-        if ctx.owns_group: cleanup_distributed()
         return json.loads((out_dir / "summary.json").read_text()) | {"resumed_finished_run": True}
     stream = endless(data)
     bar = tqdm(total=end, initial=start, disable=not (progress and ctx.is_main), mininterval=1.0, dynamic_ncols=True)
@@ -691,7 +696,6 @@ def train(cfg: SCLConfig,  # the run's configuration (`cfg.train` drives the loo
     if ctx.device.type == "cuda": summary["peak_memory_gb"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
     if ctx.is_main: atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2))
     if status == "preempted": flag.forward_to_submitit()
-    if ctx.owns_group: cleanup_distributed()
     return summary
 
 def probe_step(model, data, loss_fn, cfg, ctx, precision) -> tuple[float, list[str]]:
