@@ -21,9 +21,9 @@ from .text import TextEncoder
 from .fusion import CoAttentionFusion
 
 # %% auto #0
-__all__ = ['MLMHead', 'mlp_head', 'vqa_head', 'nlvr2_head', 'rank_head_from_itm', 'ImageEncoding', 'TextEncoding', 'SCLModel',
-           'parameter_breakdown', 'save_pretrained', 'load_text_tower', 'from_pretrained', 'load_checkpoint_state',
-           'from_pretrained_towers']
+__all__ = ['MLMHead', 'mlp_head', 'vqa_head', 'nlvr2_head', 'rank_head_from_itm', 'take_rows', 'ImageEncoding', 'TextEncoding',
+           'SCLModel', 'parameter_breakdown', 'save_pretrained', 'load_text_tower', 'from_pretrained',
+           'load_checkpoint_state', 'from_pretrained_towers']
 
 # %% ../nbs/04_model.ipynb #0eb3bfee
 class MLMHead(nn.Module):
@@ -55,6 +55,13 @@ def rank_head_from_itm(itm_head: nn.Linear) -> nn.Linear:
         head.weight.copy_(itm_head.weight[1:2]); head.bias.copy_(itm_head.bias[1:2])
     return head
 
+# %% ../nbs/04_model.ipynb #3bcb2be3
+def take_rows(t: torch.Tensor,  # [B, ...]
+              idx,  # [B'] sample indices (a tensor or a list); repeats allowed
+             ) -> torch.Tensor:  # [B', ...]
+    "Rows `idx` of `t` by `index_select`, whose backward sums repeated rows in a fixed order."
+    return t.index_select(0, torch.as_tensor(idx, dtype=torch.long, device=t.device))
+
 # %% ../nbs/04_model.ipynb #54fe0e1e
 @dataclass
 class ImageEncoding:
@@ -70,8 +77,8 @@ class ImageEncoding:
     def cls(self): return self.frame_cls.mean(1)  # [B, D] global image / video feature
     def index(self, idx):
         "The encodings of the samples `idx` (e.g. a permutation for ITM negatives)."
-        pick = lambda t: None if t is None else t[idx]
-        return ImageEncoding(self.tokens[idx], self.num_frames, pick(self.masked), pick(self.keep_idx))
+        pick = lambda t: None if t is None else take_rows(t, idx)
+        return ImageEncoding(take_rows(self.tokens, idx), self.num_frames, pick(self.masked), pick(self.keep_idx))
 
 @dataclass
 class TextEncoding:
@@ -80,7 +87,9 @@ class TextEncoding:
     attention_mask: torch.Tensor  # [B, L] 1 = real token
     @property
     def cls(self): return self.tokens[:, 0]  # [B, D]
-    def index(self, idx): return TextEncoding(self.tokens[idx], self.attention_mask[idx])
+    def index(self, idx):
+        "The encodings of the samples `idx`."
+        return TextEncoding(take_rows(self.tokens, idx), take_rows(self.attention_mask, idx))
 
 # %% ../nbs/04_model.ipynb #19037521
 class SCLModel(nn.Module):
