@@ -17,8 +17,8 @@ __all__ = ['COLOURS', 'SHAPES', 'SIZES', 'ROWS', 'COLS', 'CELL_NAMES', 'BACKGROU
            'COUNT_ANSWERS', 'NLVR2_TEMPLATES', 'DIRECTIONS', 'SPEEDS', 'CHANGES', 'draw_shape_mask', 'mask_box',
            'sample_scene', 'render_scene', 'CaptionBuilder', 'relations', 'make_caption', 'vqa_answer_vocab',
            'make_question', 'annotator_answers', 'nlvr2_truth', 'make_statement', 'sample_video', 'render_video',
-           'write_mp4', 'video_caption', 'token_links', 'SyntheticParams', 'split_of', 'manifest_paths',
-           'synthetic_cache_root', 'make_synthetic', 'synthetic_for_config']
+           'rgb_to_yuv420', 'write_mp4', 'video_caption', 'token_links', 'SyntheticParams', 'split_of',
+           'manifest_paths', 'synthetic_cache_root', 'make_synthetic', 'synthetic_for_config']
 
 # %% ../nbs/10_synthetic.ipynb #950f66e9
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 70), "blue": (50, 90, 230), "yellow": (235, 215, 40),
@@ -28,7 +28,7 @@ SIZES = ("small", "large")
 ROWS, COLS = ("top", "middle", "bottom"), ("left", "centre", "right")
 CELL_NAMES = [["top left", "top", "top right"], ["left", "centre", "right"], ["bottom left", "bottom", "bottom right"]]
 BACKGROUND = (20, 45)  # background pixels are uniform noise in this grey range (never a shape colour)
-GENERATOR_VERSION = 1  # bump when the output of the generator changes; part of the cache key
+GENERATOR_VERSION = 2  # bump when the output of the generator changes; part of the cache key
 
 # %% ../nbs/10_synthetic.ipynb #6d6586b4
 def draw_shape_mask(shape: str,       # one of `SHAPES`
@@ -283,15 +283,36 @@ def render_video(objs: list[dict], size: int, frames: int, rng: np.random.Genera
             o["boxes"].append(mask_box(m))
     return out
 
-def write_mp4(frames: np.ndarray, path, fps: int = 8):
-    "Write RGB frames `[T, H, W, 3]` as an H.264 MP4 (deterministic: one thread, fixed options)."
+
+# %% ../nbs/10_synthetic.ipynb #95305c17
+def rgb_to_yuv420(frame: np.ndarray,  # [H, W, 3] uint8 RGB, H and W even
+                 ) -> np.ndarray:  # [H * 3 // 2, W] uint8: the Y plane, then the U and V planes ([H/2, W/2] each), packed
+    "BT.601 limited-range YUV 4:2:0 planes of an RGB frame, in the layout of FFmpeg's `yuv420p`."
+    H, W, _ = frame.shape
+    if H % 2 or W % 2: raise ValueError(f"frame size {W}x{H} must be even for 4:2:0 chroma")
+    rgb = frame.astype(np.float64)
+    y = 16 + rgb @ np.array([65.481, 128.553, 24.966]) / 255
+    u = 128 + rgb @ np.array([-37.797, -74.203, 112.0]) / 255
+    v = 128 + rgb @ np.array([112.0, -93.786, -18.214]) / 255
+    half = lambda c: c.reshape(H // 2, 2, W // 2, 2).mean((1, 3))  # [H/2, W/2]
+    planes = [np.clip(np.rint(c), 0, 255).astype(np.uint8) for c in (y, half(u), half(v))]
+    return np.concatenate([c.ravel() for c in planes]).reshape(H * 3 // 2, W)
+
+def write_mp4(frames: np.ndarray,  # [T, H, W, 3] uint8 RGB
+              path,  # output .mp4
+              fps: int = 8):
+    "Write frames as an H.264 MP4, byte for byte the same for the same frames."
     import av
-    with av.open(str(path), "w", format="mp4") as c:
+    with av.open(str(path), "w", format="mp4", options={"fflags": "+bitexact"}) as c:
         s = c.add_stream("libx264", rate=fps)
         s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.codec_context.thread_count, s.codec_context.thread_type = 1, "NONE"
+        s.codec_context.flags |= getattr(av.codec.context.Flags, "bitexact", 0)
         s.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
-        for fr in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(fr), format="rgb24")): c.mux(p)
+        for t, fr in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(rgb_to_yuv420(fr), format="yuv420p")
+            vf.pts = t
+            for p in s.encode(vf): c.mux(p)
         for p in s.encode(): c.mux(p)
 
 # %% ../nbs/10_synthetic.ipynb #5058fa86
