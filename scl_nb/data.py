@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_data.ipynb #e6a39db9
 from __future__ import annotations
-import hashlib, json, math, os, re, time
+import csv, hashlib, json, math, os, re, time
 from collections import defaultdict
 from pathlib import Path
 from typing import Literal, Optional, Sequence
@@ -59,6 +59,32 @@ def media_type(row: dict) -> str:
     return "video" if str(row["media"]).lower().endswith(VIDEO_EXTENSIONS) else "image"
 
 # %% ../nbs/11_data.ipynb #0dac541a
+def _first_bad_line(path: Path, fmt: str) -> Optional[tuple[int, str]]:
+    "Line number and reason of the first row of a JSONL / CSV manifest that cannot be read, if one can be found."
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        if fmt == "json":
+            for n, line in enumerate(f, 1):
+                if not line.strip(): continue
+                try: row = json.loads(line)
+                except json.JSONDecodeError as e: return n, f"not valid JSON ({e.msg} at column {e.colno})"
+                if not isinstance(row, dict): return n, f"a JSON {type(row).__name__}, not an object with named columns"
+        elif fmt == "csv":
+            rows = csv.reader(f)
+            header = next(rows, None)
+            for row in rows:
+                if header is not None and row and len(row) != len(header):
+                    return rows.line_num, f"{len(row)} fields where the header has {len(header)}"
+    return None
+
+def _unreadable_manifest(path: Path, fmt: str, e: Exception) -> str:
+    "A one-line message for a manifest `datasets` could not read."
+    bad = _first_bad_line(path, fmt) if fmt in ("json", "csv") else None
+    if bad is not None: return f"{path}, line {bad[0]}: {bad[1]}; fix or remove that line"
+    cause = e
+    while cause.__cause__ is not None or cause.__context__ is not None: cause = cause.__cause__ or cause.__context__
+    lines = str(cause).strip().splitlines()
+    return f"{path}: cannot be read as {fmt} ({type(cause).__name__}: {lines[-1] if lines else 'no details'})"
+
 def load_manifest(path,                       # JSONL / CSV / Parquet file
                   required: Sequence[str] = ("media",),  # columns that must exist (see `TASK_COLUMNS`)
                   split: Optional[str] = None,  # keep only rows of this split (needs a `split` column)
@@ -70,8 +96,10 @@ def load_manifest(path,                       # JSONL / CSV / Parquet file
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None: raise ManifestError(f"{path}: unknown manifest format {path.suffix!r}; use one of {sorted(_FORMATS)}")
     if not path.is_file(): raise ManifestError(f"{path}: manifest file not found")
-    table = datasets.load_dataset(fmt, data_files=str(path), split="train",
-                                  cache_dir=None if cache_dir is None else str(cache_dir))
+    try: table = datasets.load_dataset(fmt, data_files=str(path), split="train",
+                                       cache_dir=None if cache_dir is None else str(cache_dir))
+    except Exception as e:  # `datasets` buries the line in a long chain; find it ourselves
+        raise ManifestError(_unreadable_manifest(path, fmt, e)) from None
     missing = [c for c in required if c not in table.column_names]
     if split is not None and "split" not in table.column_names: missing.append("split")
     if missing: raise ManifestError(f"{path}: missing column {missing[0]!r} (required: {list(required)}; found: {table.column_names})")
@@ -256,6 +284,11 @@ class BadInputMonitor:
         lines = [f"bad input: {self.bad_reads} of {self.reads} reads unusable ({100 * self.bad_fraction:.2f} %)"]
         lines += [f"  {k}: {n} rows, e.g. {', '.join(self.examples[k])}" for k, n in self.counts.items()]
         return "\n".join(lines)
+
+    def summary(self) -> dict:
+        "Reads, unusable reads, distinct rows per reason and example files: what `summary.json` reports."
+        return {"reads": self.reads, "unusable": self.bad_reads, "rows_by_reason": self.counts,
+                "examples": {k: list(v) for k, v in sorted(self.examples.items())}}
 
     def check(self):
         if self.reads >= self.min_reads and self.bad_fraction > self.max_bad_fraction:
@@ -525,6 +558,7 @@ class ResumableLoader:
         if "pixels2" in b: b["pixels2"] = self.transform(b["pixels2"], b.pop("boxes2"))
         return b
 
+    def bad_input(self) -> dict: return self.monitor.summary()
     def state_dict(self) -> dict: return dict(sampler=self.sampler.state_dict(), bad=self.monitor.state_dict())
     def load_state_dict(self, d: dict): self.sampler.load_state_dict(d["sampler"]); self.monitor.load_state_dict(d["bad"])
 
@@ -555,6 +589,11 @@ class MixedLoader:
     def report(self) -> str:
         "The bad-input report of the image loader and, when there is one, the video loader."
         return "\n".join(f"{n}: {l.monitor.report()}" for n, l in (("images", self.image), ("videos", self.video)) if l is not None)
+
+    def bad_input(self) -> dict:
+        "Unusable samples of the image and video loaders, and their totals."
+        parts = {n: l.bad_input() for n, l in (("images", self.image), ("videos", self.video)) if l is not None}
+        return {"reads": sum(p["reads"] for p in parts.values()), "unusable": sum(p["unusable"] for p in parts.values())} | parts
 
     def state_dict(self) -> dict:
         return dict(step=self.step, image=self.image.state_dict(), video=self.video.state_dict() if self.video else None)

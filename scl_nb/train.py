@@ -24,12 +24,13 @@ __all__ = ['HEAD_PREFIXES', 'TOWER_PREFIXES', 'CROSS_MODAL_PARTS', 'BLOCK_LIST_S
            'build_optimizer', 'warmup_steps', 'lr_factor', 'build_scheduler', 'step_seed', 'seed_step', 'rng_state',
            'set_rng_state', 'atomic_write', 'ckpt_name', 'list_checkpoints', 'latest_checkpoint',
            'optimizer_state_to_fqn', 'optimizer_state_from_fqn', 'save_checkpoint', 'load_checkpoint', 'shard_model',
-           'sync_replicated_grads', 'StopFlag', 'count_flops', 'measure_cpu_matmul_flops', 'peak_flops',
-           'resolve_precision', 'autocast', 'make_scaler', 'DistContext', 'init_dist', 'any_rank', 'MetricsLog',
-           'read_metrics', 'run_record', 'batch_layout', 'to_device', 'isolated_rng', 'EpochLoader', 'endless',
-           'enable_activation_checkpointing', 'NonFiniteLossError', 'train', 'probe_step', 'chance_r1',
-           'evaluate_itc_retrieval', 'objective_overrides', 'run_config', 'main', 'TrainJob', 'RunHandle', 'launch',
-           'follow', 'bench_train']
+           'sync_replicated_grads', 'StopFlag', 'count_flops', 'measure_cpu_matmul_flops', 'cpu_peak_file',
+           'cpu_peak_flops', 'peak_flops', 'mfu', 'resolve_precision', 'autocast', 'make_scaler', 'DistContext',
+           'init_dist', 'any_rank', 'MetricsLog', 'read_metrics', 'run_record', 'batch_layout', 'to_device',
+           'isolated_rng', 'EpochLoader', 'endless', 'enable_activation_checkpointing', 'NonFiniteLossError',
+           'RunFolderError', 'train', 'Progress', 'bad_input_summary', 'probe_step', 'chance_r1',
+           'evaluate_itc_retrieval', 'objective_overrides', 'run_config', 'input_errors', 'main', 'TrainJob',
+           'RunHandle', 'launch', 'follow', 'bench_train']
 
 # %% ../nbs/20_train.ipynb #2892011b
 HEAD_PREFIXES = ("mlm_head", "itm_head", "itc_image_proj", "itc_text_proj", "itc_logit_scale",
@@ -305,14 +306,16 @@ def _submitit_signal() -> Optional[int]:
 
 class StopFlag:
     "Context manager: catch stop signals, remember them, restore the handlers afterwards."
-    def __init__(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGUSR1)):
+    def __init__(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)):
         self.signals = list(signals)
         if (s := _submitit_signal()) is not None and s not in self.signals: self.signals.append(s)
         self.received: Optional[int] = None
         self.previous: dict = {}
     @property
     def requested(self) -> bool: return self.received is not None
-    def _handle(self, signum, frame): self.received = signum
+    def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.received == signal.SIGINT: raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.received = signum
     def __enter__(self):
         import threading
         if threading.current_thread() is threading.main_thread():
@@ -351,25 +354,63 @@ PEAK_TFLOPS = {  # dense tensor-core peaks per GPU from the vendors' data sheets
     ("L40S", "bf16"): 362, ("L40S", "fp16"): 362, ("L40S", "fp32"): 183,
 }
 
-def measure_cpu_matmul_flops(n: int = 512, seconds: float = 0.3) -> float:
-    "Measured fp32 matmul FLOP/s of this process on the CPU (best of repeated n x n products)."
+def measure_cpu_matmul_flops(n: int = 1024,  # side of the square fp32 matrices
+                             repeats: int = 5,  # timed products; the best one counts
+                            ) -> float:
+    "fp32 matmul FLOP/s of this process on the CPU: the best of `repeats` n x n products."
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    best, t_end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < t_end:
-        t = time.perf_counter(); a @ b; dt = time.perf_counter() - t
-        best = max(best, 2 * n ** 3 / dt)
+    best = 0.0
+    for _ in range(repeats):
+        t = time.perf_counter(); a @ b; best = max(best, 2 * n ** 3 / (time.perf_counter() - t))
     return best
 
-def peak_flops(device: torch.device | str, precision: str) -> tuple[float, str]:
-    "Peak FLOP/s of one device for `precision`, and where the figure comes from."
+def cpu_peak_file(cache_dir=None) -> Path:
+    "Where the CPU peak of this machine is kept: `<cache>/cpu_peak.json` (`$SCL_NB_CACHE` or ~/.cache/scl_nb)."
+    base = Path(cache_dir) if cache_dir else Path(os.environ.get("SCL_NB_CACHE", "~/.cache/scl_nb")).expanduser()
+    return base / "cpu_peak.json"
+
+def _cpu_key() -> str:
+    "CPU model, thread count and torch version: a new peak is measured when one of them changes."
+    model = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                  if l.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"{model} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+
+def cpu_peak_flops(cache_dir=None,  # cache root; None = `$SCL_NB_CACHE` or ~/.cache/scl_nb
+                   observed: float = 0.0,  # FLOP/s a real workload reached; raises the stored peak when higher
+                  ) -> float:
+    "This CPU's fp32 peak: measured once and stored, and never below a rate that was actually reached."
+    path, key = cpu_peak_file(cache_dir), _cpu_key()
+    try: stored = json.loads(path.read_text())
+    except (OSError, ValueError): stored = {}
+    peak = stored.get(key) or measure_cpu_matmul_flops()
+    if stored.get(key) != max(peak, observed):
+        try: atomic_write(path, json.dumps(stored | {key: max(peak, observed)}, indent=1))
+        except OSError: pass  # a read-only cache: the figure is still right for this run
+    return max(peak, observed)
+
+def peak_flops(device: torch.device | str,
+               precision: str,  # "bf16", "fp16" or "fp32"
+               cache_dir=None,  # where a CPU peak is stored
+              ) -> tuple[float, str]:
+    "Peak FLOP/s of one device for `precision`, and where the figure comes from (NaN when unknown)."
     device = torch.device(device)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for (sub, dt), tf in PEAK_TFLOPS.items():
             if sub in name and dt == precision: return tf * 1e12, f"{name} {precision} data sheet"
         return float("nan"), f"{name}: no peak figure known"
-    return measure_cpu_matmul_flops(), "measured CPU fp32 matmul"
+    if device.type != "cpu" or precision != "fp32": return float("nan"), f"{device.type} {precision}: no peak figure known"
+    return cpu_peak_flops(cache_dir), f"CPU fp32 matmul peak, measured once ({cpu_peak_file(cache_dir)})"
+
+def mfu(flops_per_step: float,  # model FLOPs of one optimiser step, all devices together
+        step_time_s: float,
+        peak: float,  # peak FLOP/s of one device
+        devices: int = 1,
+       ) -> float:
+    "Model-FLOPs utilisation in [0, 1]; NaN when the peak is unknown or was exceeded (then the peak is wrong)."
+    u = flops_per_step / step_time_s / (peak * devices)
+    return u if math.isfinite(u) and u <= 1.0 else float("nan")
 
 # %% ../nbs/20_train.ipynb #c8d271eb
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -557,6 +598,9 @@ def _scalar(v) -> float:
     return float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
 
 # %% ../nbs/20_train.ipynb #211c231b
+class RunFolderError(ValueError):
+    "The run folder holds another run and neither resuming nor overwriting it was asked for."
+
 def train(cfg: SCLConfig,  # the run's configuration (`cfg.train` drives the loop)
           out_dir,  # run folder: metrics.jsonl, run.json, checkpoints/, summary.json
           resume: bool = True,  # continue from the newest checkpoint in `out_dir` if there is one
@@ -564,137 +608,207 @@ def train(cfg: SCLConfig,  # the run's configuration (`cfg.train` drives the loo
           data_fn: Callable | None = None,  # (cfg, rank, world_size, device) -> resumable loader (see above)
           loss_fn: Callable | None = None,  # (model, batch, cfg, generator) -> dict(loss=..., terms...)
           device: Optional[str] = None,  # "cpu" to stay on the CPU when a GPU exists; None = GPU if present
-          progress: bool = True,  # tqdm progress bar on rank 0
+          progress: bool | str = True,  # rank 0: True = a bar on a terminal, else a line every tenth of the run; "lines"; False
           max_steps: Optional[int] = None,  # stop after this step (the schedule still follows cfg.train.steps)
           count_model_flops: bool = True,  # count FLOPs of one step for MFU
+          overwrite: bool = False,  # with resume=False: replace a run already in `out_dir` (else that is an error)
          ) -> dict:
-    "Pre-train `cfg` into `out_dir`; return a summary dict (status, steps, final loss, throughput, MFU, paths)."
+    "Pre-train `cfg` into `out_dir`; return a summary dict (status, steps, final loss, throughput, MFU, bad input, paths)."
     ctx = init_dist(device)
-    try: return _train(ctx, cfg, Path(out_dir), resume, model_fn, data_fn, loss_fn, progress, max_steps, count_model_flops)
+    try: return _train(ctx, cfg, Path(out_dir), resume, overwrite, model_fn, data_fn, loss_fn, progress, max_steps, count_model_flops)
     finally:
         if ctx.owns_group: cleanup_distributed()  # also when the run ends by an exception
 
-def _train(ctx, cfg, out_dir, resume, model_fn, data_fn, loss_fn, progress, max_steps, count_model_flops) -> dict:
-    "The body of `train` on an initialised process group `ctx`."
-    tcfg = cfg.train
-    model_fn, data_fn, loss_fn = model_fn or _default_model_fn, data_fn or _default_data_fn, loss_fn or _default_loss_fn
-    precision = resolve_precision(tcfg.precision, ctx.device)
-    micro, accum = batch_layout(tcfg.batch_size, tcfg.per_gpu_batch_size, ctx.world_size)
-    if ctx.is_main: out_dir.mkdir(parents=True, exist_ok=True)
-    _barrier()
-    ckpt_dir = out_dir / "checkpoints"
+def _say(ctx, msg: str):
+    if ctx.is_main: print(msg, flush=True)
 
+def _resume_point(ctx, out_dir: Path, resume: bool, overwrite: bool) -> tuple[Optional[Path], bool]:
+    "The checkpoint to continue from (None: step 0) and whether an earlier run is replaced; says which. Refuses to clobber a run."
+    ckpt_dir, metrics = out_dir / "checkpoints", out_dir / "metrics.jsonl"
+    logged = metrics.exists() and metrics.stat().st_size > 0
+    ckpt = latest_checkpoint(ckpt_dir)
+    if not resume:
+        if (ckpt is not None or logged) and not overwrite:
+            raise RunFolderError(f"{out_dir} already holds a run ({ckpt.name if ckpt else 'metrics.jsonl, no checkpoint'}); "
+                                 "resume it (--resume / resume=True), replace it (--overwrite / overwrite=True) or choose another folder")
+        if ckpt is not None or logged: _say(ctx, f"replacing the run in {out_dir}: starting at step 0")
+        return None, ckpt is not None or logged
+    if ckpt is not None: _say(ctx, f"resuming from {ckpt}")
+    elif logged: _say(ctx, f"{metrics} has steps but there is no checkpoint in {ckpt_dir}: starting again at step 0")
+    elif out_dir.exists(): _say(ctx, f"no checkpoint in {ckpt_dir}: starting at step 0")
+    return ckpt, False
+
+def _clear_run(out_dir: Path):
+    "Remove what an earlier run left that a new one would not overwrite at once."
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    for name in ("summary.json", "results.json"): (out_dir / name).unlink(missing_ok=True)
+
+def _build(ctx, cfg, model_fn, data_fn, precision, micro):
+    "Model (sharded with FSDP), optimizer, scaler, scheduler and loader of a run."
+    tcfg = cfg.train
     torch.manual_seed(tcfg.seed)  # identical initial weights on every rank and every restart
     model = model_fn(cfg).to(ctx.device)
     if tcfg.activation_checkpointing: enable_activation_checkpointing(model)
-    fsdp = tcfg.parallel == "fsdp"
-    if fsdp:  # before the optimizer: fully_shard replaces the parameters
+    if tcfg.parallel == "fsdp":  # before the optimizer: fully_shard replaces the parameters
         if precision == "fp16" and ctx.device.type == "cuda":
             raise ConfigError("train.parallel=fsdp does not support train.precision=fp16 (loss scaling over shards); use bf16")
         if _single_process_group(ctx.device): ctx.owns_group = True
         shard_model(model)
     optimizer, scaler = build_optimizer(model, tcfg), make_scaler(ctx.device, precision)
-    scheduler = build_scheduler(optimizer, tcfg)
     data_cfg = copy.deepcopy(cfg); data_cfg.train.per_gpu_batch_size = micro
     data = data_fn(data_cfg, ctx.rank, ctx.world_size, ctx.device)
     if not hasattr(data, "state_dict"): data = EpochLoader(data)
+    return model, optimizer, scaler, build_scheduler(optimizer, tcfg), data
 
-    start, counters = 0, {"skipped": 0, "nonfinite_run": 0}
-    ckpt = latest_checkpoint(ckpt_dir) if resume else None
+class Progress:
+    "Rank 0's progress: a tqdm bar on a terminal; elsewhere (notebooks, logs) one line every tenth of the run."
+    def __init__(self, mode: bool | str,  # True (bar on a terminal, else lines), "bar", "lines" or False
+                 start: int, end: int, enabled: bool = True):
+        if mode not in (True, False, "bar", "lines"): raise ValueError(f"progress={mode!r} must be True, False, 'bar' or 'lines'")
+        self.mode = ("bar" if sys.stderr.isatty() else "lines") if mode is True else (mode or "off")
+        if not enabled: self.mode = "off"
+        self.end, self.every, self.t0 = end, max(1, end // 10), time.perf_counter()
+        self.bar = tqdm(total=end, initial=start, mininterval=1.0, dynamic_ncols=True) if self.mode == "bar" else None
+
+    def update(self, step: int, row: dict):
+        if self.bar is not None:
+            self.bar.update(1); self.bar.set_postfix(loss=f"{row['loss']:.4f}", pairs_s=f"{row['pairs_per_s']:.1f}", refresh=False)
+        elif self.mode == "lines" and (step % self.every == 0 or step == self.end):
+            print(f"step {step:>{len(str(self.end))}}/{self.end}  loss {row['loss']:.4f}  {row['pairs_per_s']:.1f} pairs/s  "
+                  f"{time.perf_counter() - self.t0:.0f} s", flush=True)
+
+    def close(self):
+        if self.bar is not None: self.bar.close()
+
+def _wrap(model, ctx, tcfg, unused: list) -> nn.Module:
+    "The module the loop calls: compiled parts, and DDP around it when there are several processes (not FSDP)."
+    if tcfg.compile:  # in place, per top-level part: the objectives call encode_image / fuse on the unwrapped model
+        for part in model.children(): part.compile()
+    if ctx.world_size == 1 or tcfg.parallel == "fsdp": return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                                               find_unused_parameters=bool(unused))
+
+def _optimizer_step(ctx, cfg, model, train_model, optimizer, scaler, stream, loss_fn, gen, accum, precision):
+    "Forward/backward over `accum` micro-batches, then (unless a loss or the gradient is not finite) one update."
+    fsdp, sums = cfg.train.parallel == "fsdp", {}
+    for k in range(accum):
+        with isolated_rng(): batch = to_device(next(stream), ctx.device)
+        if fsdp: model.set_requires_gradient_sync(k == accum - 1)  # reduce-scatter on the last micro-batch only
+        sync = contextlib.nullcontext() if (fsdp or ctx.world_size == 1 or k == accum - 1) else train_model.no_sync()
+        with sync:
+            with autocast(ctx.device, precision): out = loss_fn(train_model, batch, cfg, gen)
+            loss = out["loss"].float() / accum
+            (scaler.scale(loss) if scaler else loss).backward()
+        for key, v in out.items(): sums[key] = sums.get(key, 0.0) + _scalar(v) / accum
+    names = sorted(sums)
+    mean = all_reduce_mean(torch.tensor([sums[n] for n in names], dtype=torch.float64, device=ctx.device))  # [terms]
+    terms = dict(zip(names, mean.tolist()))
+    if fsdp: sync_replicated_grads(model)
+    if scaler: scaler.unscale_(optimizer)
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or float("inf"))
+    if hasattr(gnorm, "full_tensor"): gnorm = gnorm.full_tensor()  # FSDP: a DTensor; the global norm
+    bad = any_rank(not (math.isfinite(terms["loss"]) and torch.isfinite(gnorm).item()), ctx.device)
+    if bad:
+        if scaler: scaler.update()  # lowers the fp16 scale
+    elif scaler: scaler.step(optimizer); scaler.update()
+    else: optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return terms, _scalar(gnorm), bad
+
+def bad_input_summary(data) -> dict:
+    "Unusable samples by reason, from a loader's bad-input monitor(s) (empty when the loader keeps no count)."
+    return data.bad_input() if hasattr(data, "bad_input") else {}
+
+def _summary(ctx, cfg, out_dir, status, step, last, counters, times, flops_per_step, peak, precision, accum, micro, data) -> dict:
+    "`summary.json`: how the run ended, its throughput and MFU, the bad input it met, where its files are."
+    tcfg, ckpt_dir = cfg.train, out_dir / "checkpoints"
+    steady = times[1:] or times
+    step_time = float(np.median(steady)) if steady else float("nan")
+    if ctx.device.type == "cpu" and precision == "fp32" and math.isfinite(flops_per_step) and steady:
+        peak = (cpu_peak_flops(cfg.data.cache_dir, observed=flops_per_step / step_time / ctx.world_size), peak[1])
+    s = {"status": status, "step": step, "steps": tcfg.steps, "final": last, "skipped_steps": counters["skipped"],
+         "world_size": ctx.world_size, "parallel": "fsdp" if tcfg.parallel == "fsdp" else "ddp" if ctx.world_size > 1 else "none",
+         "grad_accum": accum, "micro_batch": micro, "precision": precision,
+         "step_time_s": step_time, "pairs_per_s": tcfg.batch_size / step_time if steady else float("nan"),
+         "flops_per_pair": flops_per_step / tcfg.batch_size, "peak_flops_per_device": peak[0], "peak_source": peak[1],
+         "mfu": mfu(flops_per_step, step_time, peak[0], ctx.world_size) if steady else float("nan"),
+         "bad_input": bad_input_summary(data),
+         "out_dir": str(out_dir), "checkpoint": str(latest_checkpoint(ckpt_dir)), "metrics": str(out_dir / "metrics.jsonl")}
+    if ctx.device.type == "cuda": s["peak_memory_gb"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
+    if ctx.is_main: atomic_write(out_dir / "summary.json", json.dumps(s, indent=2))
+    return s
+
+def _train(ctx, cfg, out_dir, resume, overwrite, model_fn, data_fn, loss_fn, progress, max_steps, count_model_flops) -> dict:
+    "The body of `train` on an initialised process group `ctx`."
+    tcfg, ckpt_dir = cfg.train, out_dir / "checkpoints"
+    model_fn, data_fn, loss_fn = model_fn or _default_model_fn, data_fn or _default_data_fn, loss_fn or _default_loss_fn
+    precision = resolve_precision(tcfg.precision, ctx.device)
+    micro, accum = batch_layout(tcfg.batch_size, tcfg.per_gpu_batch_size, ctx.world_size)
+    ckpt, replace = _resume_point(ctx, out_dir, resume, overwrite)  # refuses before anything is built or written
+    model, optimizer, scaler, scheduler, data = _build(ctx, cfg, model_fn, data_fn, precision, micro)  # bad input fails here
+    if ctx.is_main:
+        if replace: _clear_run(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    _barrier()
+    start, counters, end = 0, {"skipped": 0, "nonfinite_run": 0}, min(tcfg.steps, max_steps or tcfg.steps)
     if ckpt is not None:
         st = load_checkpoint(ckpt, model, optimizer, scheduler, scaler, rank=ctx.rank, map_location=ctx.device)
         start = st["step"]
         data.load_state_dict(st["data"])
         counters.update({k: int(v) for k, v in st["extra"].get("counters", {}).items()})
-    elif ctx.is_main and (ckpt_dir.exists() or (out_dir / "metrics.jsonl").exists()) and not resume:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if start >= end and (out_dir / "summary.json").exists():  # nothing left to do: report the finished run, touch nothing
+        _say(ctx, f"{out_dir} holds a finished run (step {start}): nothing to train")
+        return json.loads((out_dir / "summary.json").read_text()) | {"resumed_finished_run": True}
     log = MetricsLog(out_dir, resume_step=start, enabled=ctx.is_main)
     if ctx.is_main: atomic_write(out_dir / "run.json", json.dumps(run_record(cfg, ctx, precision, accum, micro) | {"resumed_from": start}, indent=2))
 
     flops_per_step, peak, unused = float("nan"), (float("nan"), ""), []
     if (count_model_flops or ctx.world_size > 1) and start < tcfg.steps:
         flops, unused = probe_step(model, data, loss_fn, cfg, ctx, precision)
-        if count_model_flops: flops_per_step, peak = flops * accum * ctx.world_size, peak_flops(ctx.device, precision)
-
-    train_model = model
-    if tcfg.compile:  # in place, per top-level part: the objectives call encode_image / fuse on the unwrapped model
-        for part in model.children(): part.compile()
-    if ctx.world_size > 1 and not fsdp:
-        train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                                                          find_unused_parameters=bool(unused))
-
-    end = min(tcfg.steps, max_steps or tcfg.steps)
-    if start >= end and (out_dir / "summary.json").exists():  # nothing left to do: report the finished run
-        log.close()
-        return json.loads((out_dir / "summary.json").read_text()) | {"resumed_finished_run": True}
-    stream = endless(data)
-    bar = tqdm(total=end, initial=start, disable=not (progress and ctx.is_main), mininterval=1.0, dynamic_ncols=True)
+        if count_model_flops: flops_per_step, peak = flops * accum * ctx.world_size, peak_flops(ctx.device, precision, cfg.data.cache_dir)
+    train_model, stream = _wrap(model, ctx, tcfg, unused), endless(data)
+    bar = Progress(progress, start, end, ctx.is_main)
     status, last, times, step = "completed", {}, [], start
+    done = dict(step=start, data=copy.deepcopy(data.state_dict()), counters=dict(counters), gen=None)  # the last finished step
+    save = lambda s: save_checkpoint(ckpt_dir, s["step"], model, optimizer, scheduler, scaler, data_state=s["data"], cfg=cfg,
+                                     extra={"counters": s["counters"]}, generators={"step": s["gen"]} if s["gen"] else None,
+                                     rank=ctx.rank, keep_last=tcfg.keep_last)
     model.train()
     try:
         with StopFlag() as flag:
             for step in range(start + 1, end + 1):
                 t0 = time.perf_counter()
                 gen = seed_step(tcfg.seed, step, ctx.rank, ctx.device.type)
-                sums: dict = {}
-                for k in range(accum):
-                    with isolated_rng(): batch = to_device(next(stream), ctx.device)
-                    if fsdp: model.set_requires_gradient_sync(k == accum - 1)  # reduce-scatter on the last micro-batch only
-                    sync = contextlib.nullcontext() if (fsdp or ctx.world_size == 1 or k == accum - 1) else train_model.no_sync()
-                    with sync:
-                        with autocast(ctx.device, precision): out = loss_fn(train_model, batch, cfg, gen)
-                        loss = out["loss"].float() / accum
-                        (scaler.scale(loss) if scaler else loss).backward()
-                    for key, v in out.items(): sums[key] = sums.get(key, 0.0) + _scalar(v) / accum
-                names = sorted(sums)
-                mean = all_reduce_mean(torch.tensor([sums[n] for n in names], dtype=torch.float64, device=ctx.device))  # [terms]
-                terms = dict(zip(names, mean.tolist()))
-                if fsdp: sync_replicated_grads(model)
-                if scaler: scaler.unscale_(optimizer)
-                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip or float("inf"))
-                if hasattr(gnorm, "full_tensor"): gnorm = gnorm.full_tensor()  # FSDP: a DTensor; the global norm
-                bad = any_rank(not (math.isfinite(terms["loss"]) and torch.isfinite(gnorm).item()), ctx.device)
                 lr = scheduler.get_last_lr()[0]
-                if bad:
-                    counters["skipped"] += 1; counters["nonfinite_run"] += 1
-                    if scaler: scaler.update()  # lowers the fp16 scale
-                else:
-                    counters["nonfinite_run"] = 0
-                    if scaler: scaler.step(optimizer); scaler.update()
-                    else: optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                terms, gnorm, bad = _optimizer_step(ctx, cfg, model, train_model, optimizer, scaler, stream, loss_fn, gen, accum, precision)
                 scheduler.step()
+                counters["skipped"] += bad; counters["nonfinite_run"] = counters["nonfinite_run"] + 1 if bad else 0
+                done = dict(step=step, data=copy.deepcopy(data.state_dict()), counters=dict(counters), gen=gen)
                 if ctx.device.type == "cuda": torch.cuda.synchronize(ctx.device)
                 dt = time.perf_counter() - t0; times.append(dt)
-                last = {"step": step, **terms, "lr": lr, "grad_norm": _scalar(gnorm), "pairs_per_s": tcfg.batch_size / dt,
+                last = {"step": step, **terms, "lr": lr, "grad_norm": gnorm, "pairs_per_s": tcfg.batch_size / dt,
                         "step_time_s": dt, "skipped": bool(bad)}
-                if math.isfinite(flops_per_step): last["mfu"] = flops_per_step / dt / (peak[0] * ctx.world_size)
-                log.log(last)
-                bar.update(1); bar.set_postfix(loss=f"{terms['loss']:.4f}", pairs_s=f"{last['pairs_per_s']:.1f}", refresh=False)
+                if math.isfinite(flops_per_step): last["mfu"] = mfu(flops_per_step, dt, peak[0], ctx.world_size)
+                log.log(last); bar.update(step, last)
                 if counters["nonfinite_run"] >= tcfg.max_nonfinite:
                     raise NonFiniteLossError(
                         f"{counters['nonfinite_run']} consecutive non-finite losses (train.max_nonfinite={tcfg.max_nonfinite}) "
                         f"at step {step}; stopped without saving. Newest checkpoint: {latest_checkpoint(ckpt_dir)}")
                 stop = any_rank(flag.requested, ctx.device)
-                if ((step % tcfg.ckpt_every == 0 or step == end) and not counters["nonfinite_run"]) or stop:
-                    save_checkpoint(ckpt_dir, step, model, optimizer, scheduler, scaler, data_state=data.state_dict(), cfg=cfg,
-                                    extra={"counters": counters}, generators={"step": gen}, rank=ctx.rank, keep_last=tcfg.keep_last)
+                if ((step % tcfg.ckpt_every == 0 or step == end) and not counters["nonfinite_run"]) or stop: save(done)
                 if stop:
                     status = "preempted"
                     break
+    except Exception as e:
+        newest = latest_checkpoint(ckpt_dir)
+        if (not isinstance(e, NonFiniteLossError) and ctx.world_size == 1 and done["step"] > start
+                and not counters["nonfinite_run"] and (newest is None or newest.name != ckpt_name(done["step"]))):
+            save(done)  # one process: the model and optimizer are as the last finished step left them
+            _say(ctx, f"{type(e).__name__} in step {done['step'] + 1}; saved step {done['step']} to {ckpt_dir}: resume to continue")
+        raise
     finally:
         bar.close(); log.close()
-    steady = times[1:] or times
-    step_time = float(np.median(steady)) if steady else float("nan")
-    summary = {"status": status, "step": step, "steps": tcfg.steps, "final": last, "skipped_steps": counters["skipped"],
-               "world_size": ctx.world_size, "parallel": "fsdp" if fsdp else "ddp" if ctx.world_size > 1 else "none",
-               "grad_accum": accum, "micro_batch": micro, "precision": precision,
-               "step_time_s": step_time, "pairs_per_s": tcfg.batch_size / step_time if steady else float("nan"),
-               "flops_per_pair": flops_per_step / tcfg.batch_size, "peak_flops_per_device": peak[0], "peak_source": peak[1],
-               "out_dir": str(out_dir), "checkpoint": str(latest_checkpoint(ckpt_dir)), "metrics": str(out_dir / "metrics.jsonl")}
-    summary["mfu"] = summary["flops_per_pair"] * summary["pairs_per_s"] / (peak[0] * ctx.world_size) if steady else float("nan")
-    if ctx.device.type == "cuda": summary["peak_memory_gb"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
-    if ctx.is_main: atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2))
+    summary = _summary(ctx, cfg, out_dir, status, step, last, counters, times, flops_per_step, peak, precision, accum, micro, data)
     if status == "preempted": flag.forward_to_submitit()
     return summary
 
@@ -773,23 +887,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--objectives", default=None, help="comma-separated objectives to keep, e.g. mlm,itm,itc,scl,mltc")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out (without it, that is an error)")
     p.add_argument("--device", default=None, help="'cpu' to ignore GPUs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     return p
 
+def input_errors() -> tuple:
+    "Exceptions that mean bad input (configuration, run folder, manifest, media): a short message and exit code 2."
+    from scl_nb.data import ManifestError, TooManyBadSamples
+    return (ConfigError, RunFolderError, ManifestError, TooManyBadSamples)
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     "CLI entry point; returns the exit code."
     args = _parser().parse_args(argv)
-    try: cfg = run_config(args.config or args.preset, args.data, args.steps, args.objectives, args.overrides)
-    except ConfigError as e:
-        print(f"configuration error: {e}", file=sys.stderr); return 2
-    try: s = train(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
+    try:
+        cfg = run_config(args.config or args.preset, args.data, args.steps, args.objectives, args.overrides)
+        s = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device, progress=not args.no_progress)
+    except input_errors() as e:
+        print(f"error: {e}", file=sys.stderr); return 2
     except NonFiniteLossError as e:
         print(f"stopped: {e}", file=sys.stderr); return EXIT_NONFINITE
     if s["status"] == "preempted":
         print(f"stopped by a signal at step {s['step']}; checkpoint {s['checkpoint']}; rerun with --resume", file=sys.stderr)
         return EXIT_PREEMPTED
+    if s.get("bad_input", {}).get("unusable"): print(f"bad input skipped: {s['bad_input']}", file=sys.stderr)
     return 0
 
 # %% ../nbs/20_train.ipynb #f3575cc7
