@@ -289,7 +289,7 @@ def _tiny() -> SCLConfig:
         objectives=ObjectiveConfig(itc_dim=64, itc=2.0, scl_image=0.1, scl_text=0.1, mltc_image=0.02, mltc_text=0.02),
         data=DataConfig(num_workers=0),
         train=TrainConfig(steps=300, batch_size=64, per_gpu_batch_size=64, lr=1e-3, head_lr_mult=1.0,
-                          cross_modal_lr_mult=1.0, precision="fp32", ckpt_every=100, log_every=10))
+                          cross_modal_lr_mult=1.0, precision="fp32", ckpt_every=25, log_every=10))
 
 PRESETS = {"paper": _paper, "paper-cvpr": lambda: replace(_paper(), name="paper-cvpr",
                objectives=ObjectiveConfig(mltc_image=0.0, mltc_text=0.0)),

@@ -96,10 +96,14 @@ def load_manifest(path,                       # JSONL / CSV / Parquet file
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None: raise ManifestError(f"{path}: unknown manifest format {path.suffix!r}; use one of {sorted(_FORMATS)}")
     if not path.is_file(): raise ManifestError(f"{path}: manifest file not found")
+    bars = not datasets.are_progress_bars_disabled()
+    if bars: datasets.disable_progress_bars()  # no "Generating train split" bars in logs and executed notebooks
     try: table = datasets.load_dataset(fmt, data_files=str(path), split="train",
                                        cache_dir=None if cache_dir is None else str(cache_dir))
     except Exception as e:  # `datasets` buries the line in a long chain; find it ourselves
         raise ManifestError(_unreadable_manifest(path, fmt, e)) from None
+    finally:
+        if bars: datasets.enable_progress_bars()
     missing = [c for c in required if c not in table.column_names]
     if split is not None and "split" not in table.column_names: missing.append("split")
     if missing: raise ManifestError(f"{path}: missing column {missing[0]!r} (required: {list(required)}; found: {table.column_names})")

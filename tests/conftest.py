@@ -10,9 +10,9 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def offline_cache(tmp_path_factory):
-    "HF offline variables, one thread per process, and one scl_nb cache folder (synthetic data, tokenizers, short pre-trainings) for the session."
+    "HF offline variables and one scl_nb cache folder (synthetic data, tokenizers, short pre-trainings) for the session."
     d = tmp_path_factory.mktemp("scl_nb_cache")
-    env = dict(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", SCL_NB_CACHE=str(d))
+    env = dict(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", SCL_NB_CACHE=str(d))
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield d

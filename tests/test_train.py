@@ -1,7 +1,10 @@
 """Integration tests of the training engine (`scl_nb.train`, issue 5) through its real entry points.
 
+- same seed, same run: two CLI runs give bitwise-identical metrics and weights, with the default thread count;
 - kill-and-resume: the CLI is SIGKILLed mid-run, resumed, and its per-step losses (every term) equal the
-  uninterrupted run's bitwise (CPU);
+  uninterrupted run's bitwise (CPU, default thread count);
+- bad input (missing or malformed manifest, a run folder that holds another run): exit code 2, one line naming
+  the file, no traceback, no run folder left behind;
 - SIGTERM: the CLI finishes the step, writes a checkpoint, exits with code 75, and `--resume` continues
   with the same losses;
 - 2 CPU workers (gloo, torchrun through `launch`): the run finishes with finite losses and both ranks'
@@ -27,7 +30,8 @@ STEPS = 8
 def _env(**extra) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env.pop("OMP_NUM_THREADS", None)  # the default thread count: determinism must not depend on one thread
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     env.update(extra)
     return env
 
@@ -89,6 +93,32 @@ def test_cli_writes_run_files(reference_run):
     assert ckpts == ["step_0000003", "step_0000006", "step_0000008"]
     assert sorted(os.listdir(reference_run / "checkpoints" / "step_0000008")) == ["config.json", "model.safetensors", "rng_0.pt", "state.pt"]
 
+def _weights(out, step=STEPS) -> bytes:
+    return (Path(out) / "checkpoints" / f"step_{step:07d}" / "model.safetensors").read_bytes()
+
+def test_same_seed_same_run(tmp_path, cache_dir, reference_run):
+    out = tmp_path / "again"
+    r = _run(_cli(out, cache_dir))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _losses(out) == _losses(reference_run)
+    assert _weights(out) == _weights(reference_run)
+
+def test_bad_input_exits_2_with_one_line(tmp_path, cache_dir, reference_run):
+    def refused(cmd, *needles):
+        r = _run(cmd)
+        assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        for n in needles: assert n in r.stderr, r.stderr
+    missing = tmp_path / "absent.jsonl"
+    refused([*_cli(tmp_path / "run1", cache_dir), f"data.source={missing}"], str(missing), "not found")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"media": "a.png", "caption": "one"}\n{"media": "b.png", "caption": \n')
+    refused([*_cli(tmp_path / "run2", cache_dir), f"data.source={bad}"], f"{bad}, line 2", "not valid JSON")
+    assert not (tmp_path / "run1").exists() and not (tmp_path / "run2").exists()  # nothing half-made
+    before = _metrics(reference_run)
+    refused(_cli(reference_run, cache_dir), "already holds a run", "--resume")  # no --resume on a finished run folder
+    assert _metrics(reference_run) == before
+
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path, cache_dir, reference_run):
     out = tmp_path / "killed"
     proc = subprocess.Popen(_cli(out, cache_dir), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -96,8 +126,14 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, cache_dir, reference
     proc.send_signal(signal.SIGKILL); proc.wait()
     killed_at = _metrics(out)[-1]["step"]
     assert killed_at < STEPS, "the run finished before it was killed; the test proves nothing"
+    newest = sorted(p.name for p in (out / "checkpoints").iterdir())[-1]
     r = _run(_cli(out, cache_dir, resume=True))
     assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming from {out / 'checkpoints' / newest}" in r.stdout, r.stdout  # says where it continues
+    assert _losses(out) == _losses(reference_run)
+    assert _weights(out) == _weights(reference_run)
+    finished = _run(_cli(out, cache_dir, resume=True))  # a finished run run again: nothing trained, nothing rewritten
+    assert finished.returncode == 0 and "holds a finished run" in finished.stdout, finished.stdout
     assert _losses(out) == _losses(reference_run)
 
 def test_sigterm_checkpoints_exits_75_and_resumes(tmp_path, cache_dir, reference_run):
