@@ -65,7 +65,7 @@ def _first_bad_line(path: Path, fmt: str) -> Optional[tuple[int, str]]:
         if fmt == "json":
             for n, line in enumerate(f, 1):
                 if not line.strip(): continue
-                try: row = json.loads(line)
+                try: row = json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as e: return n, f"not valid JSON ({e.msg} at column {e.colno})"
                 if not isinstance(row, dict): return n, f"a JSON {type(row).__name__}, not an object with named columns"
         elif fmt == "csv":
@@ -96,13 +96,15 @@ def load_manifest(path,                       # JSONL / CSV / Parquet file
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None: raise ManifestError(f"{path}: unknown manifest format {path.suffix!r}; use one of {sorted(_FORMATS)}")
     if not path.is_file(): raise ManifestError(f"{path}: manifest file not found")
-    bars = not datasets.are_progress_bars_disabled()
+    bars, verbosity = not datasets.are_progress_bars_disabled(), datasets.logging.get_verbosity()
     if bars: datasets.disable_progress_bars()  # no "Generating train split" bars in logs and executed notebooks
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a failure gets our one-line message instead
     try: table = datasets.load_dataset(fmt, data_files=str(path), split="train",
                                        cache_dir=None if cache_dir is None else str(cache_dir))
     except Exception as e:  # `datasets` buries the line in a long chain; find it ourselves
         raise ManifestError(_unreadable_manifest(path, fmt, e)) from None
     finally:
+        datasets.logging.set_verbosity(verbosity)
         if bars: datasets.enable_progress_bars()
     missing = [c for c in required if c not in table.column_names]
     if split is not None and "split" not in table.column_names: missing.append("split")
