@@ -527,10 +527,11 @@ def save_lightning_style_checkpoint(model: SCLModel, path,
 
 # %% ../nbs/41_official.ipynb #a0b37934
 def randomise_parameters(model, seed: int = 0):
-    "Give every floating-point parameter distinct random values (tests of weight conversion)."
+    "Give every parameter distinct random values, the ITC temperature one in the learnt range 0.02-0.1 (tests of weight conversion)."
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, p in sorted(model.named_parameters(), key=lambda kv: kv[0]): p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        if hasattr(model, "itc_logit_scale"): model.itc_logit_scale.fill_(-math.log(0.02 + 0.08 * torch.rand((), generator=g).item()))
     return model
 
 def official_tiny_config(**overrides) -> SCLConfig:
