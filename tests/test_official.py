@@ -82,3 +82,31 @@ def test_eval_retrieval_official_checkpoint(official_ckpt, tmp_path):
         for name, value in mine[key].items():
             assert res["metrics"][key][name] == pytest.approx(value, abs=1e-9), (key, name)
     assert res["metrics"]["fused_pairs"] == res["metrics"]["n_images"] * res["metrics"]["n_texts"]
+
+
+def test_finetune_vqa_evaluates_official_vqa_checkpoint(offline_cache, tmp_path):
+    "A released-style fine-tuned VQA file, evaluated as it is (evaluate_only): the notebook's accuracy is that of the file's weights."
+    papermill = pytest.importorskip("papermill")
+    from safetensors.torch import load_file
+    from scl_nb.official import official_tiny_config, randomise_parameters, save_lightning_style_checkpoint, load_official
+    from scl_nb.tasks import TaskModel, task_run_config, task_config, task_manifest, evaluate_vqa
+    from scl_nb.data import task_loader
+    run_cfg = task_run_config("vqa", "tiny", "synthetic", "vqav2")
+    vocab = json.loads((task_manifest(run_cfg, "vqa", "train").parent / "vqa_answers.json").read_text())
+    torch.manual_seed(0)
+    model = randomise_parameters(TaskModel(official_tiny_config(), "vqa", num_answers=len(vocab)).eval(), seed=7)
+    ckpt = save_lightning_style_checkpoint(model, tmp_path / "vqa.ckpt")
+    papermill.execute_notebook(str(NBS / "finetune_vqa.ipynb"), str(tmp_path / "finetune_vqa.ipynb"),
+                               parameters=dict(out_dir=str(tmp_path), checkpoint=str(ckpt), evaluate_only=True, test_splits=""),
+                               cwd=str(NBS), progress_bar=False, kernel_name="python3")
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["evaluate_only"] is True and res["engine"]["step"] == 0 and res["gain"] == 0
+    saved = load_file(str(tmp_path / "model" / "model.safetensors"))
+    assert torch.equal(saved["vqa_head.3.weight"], model.vqa_head[3].weight) and torch.equal(saved["itm_head.weight"], model.itm_head.weight)
+    loaded, _ = load_official(ckpt)
+    loader = task_loader(task_config(run_cfg, loaded.cfg), task_manifest(run_cfg, "vqa", "val"), "vqa", train=False, answers=vocab,
+                         batch_size=128, tokenizer=loaded.text.tokenizer, device="cpu")
+    mine = evaluate_vqa(loaded, loader, vocab)
+    assert res["metrics"]["val"]["questions"] == mine["questions"] > 0
+    assert res["metrics"]["val"]["accuracy"] == pytest.approx(mine["accuracy"], abs=1e-9)
+    assert res["metrics"]["val"]["vqa_score"] == pytest.approx(mine["vqa_score"], abs=1e-9)
