@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
-from .metrics import normalize_vqa_answer, vqa_soft_score
+from .metrics import vqa_vocab_key, vqa_soft_scores
 
 # %% auto #0
 __all__ = ['ANNOTATION_DIRS', 'IMAGE_EXTS', 'CC3M_FILES', 'LSMDC_FILES', 'VQA_QUESTIONS', 'VQA_IMAGES', 'NLVR2_FILES',
@@ -284,17 +284,16 @@ def import_lsmdc(src, stats: ImportStats, splits=None) -> Iterator[dict]:
 VQA_QUESTIONS = {"train": "train2014", "val": "val2014", "test-dev": "test-dev2015", "test": "test2015"}
 VQA_IMAGES = {"train": "train2014", "val": "val2014", "test-dev": "test2015", "test": "test2015"}
 
-def build_vqa_vocab(answers: Iterable[str],     # the multiple-choice answers of train + val (raw)
-                    min_count: int = 9,        # keep answers seen at least this often after normalisation
+def build_vqa_vocab(answers: Iterable[str],     # the multiple-choice answers of train then val, in file order (raw)
+                    min_count: int = 9,        # keep keys seen at least this often
                    ) -> list[str]:
-    "Answer vocabulary: normalised answers with at least `min_count` occurrences, most frequent first."
-    counts = Counter(normalize_vqa_answer(a) for a in answers)
-    return sorted((a for a, n in counts.items() if n >= min_count), key=lambda a: (-counts[a], a))
+    "Answer vocabulary: vocabulary keys seen at least `min_count` times, in order of first appearance."
+    counts = Counter(vqa_vocab_key(a) for a in answers)  # a Counter keeps first-appearance order
+    return [a for a, n in counts.items() if n >= min_count]
 
 def vqa_targets(answers: Sequence[str], ans2label: dict) -> tuple[list[int], list[float]]:
     "Soft targets of one question: (class indices, scores), in vocabulary order."
-    counts = Counter(normalize_vqa_answer(a) for a in answers)
-    pairs = sorted((ans2label[a], vqa_soft_score(n)) for a, n in counts.items() if a in ans2label)
+    pairs = sorted(vqa_soft_scores(answers, ans2label).items())
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 # %% ../nbs/12_importers.ipynb #8b69c21f

@@ -13,34 +13,35 @@ import torch
 
 # %% auto #0
 __all__ = ['vqa_strip_punctuation', 'vqa_digits_articles', 'normalize_vqa_answer', 'vqa_question_accuracy', 'vqa_accuracy',
-           'vqa_submission', 'vqa_soft_score', 'vqa_soft_scores', 'retrieval_ranks', 'recall_at', 'retrieval_recall',
-           'video_retrieval_metrics', 'nlvr2_accuracy']
+           'vqa_submission', 'vqa_vocab_key', 'vqa_soft_score', 'vqa_soft_scores', 'retrieval_ranks', 'recall_at',
+           'retrieval_recall', 'video_retrieval_metrics', 'nlvr2_accuracy']
 
 # %% ../nbs/30_metrics.ipynb #828adac8
-_VQA_PUNCT = [";", ":", "/", "'", "[", "]", '"', "(", ")", "=", "+", "\\", "_", ">", "<", "@", "`", ",", "?"]
+_VQA_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
 _DIGIT_COMMA_DIGIT = re.compile(r"(\d)(,)(\d)")
 _PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")
 _NUMBER_WORDS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())} | {"none": "0"}
 _ARTICLES = {"a", "an", "the"}
-# official contraction table: "written-without-apostrophe>fixed" pairs, apostrophes as in the official file
+# the official contraction table as "written-without-apostrophe>restored" pairs (its keys Id've, Im, Ive
+# are capitalised and so never match the lower-cased words; kept for fidelity)
 _CONTRACTIONS = dict(p.split(">") for p in """
-aint>ain't arent>aren't cant>can't couldve>could've couldnt>couldn't couldn'tve>couldn’t’ve couldnt’ve>couldn’t’ve
-didnt>didn’t doesnt>doesn’t dont>don’t hadnt>hadn’t hadnt’ve>hadn’t’ve hadn'tve>hadn’t’ve hasnt>hasn’t havent>haven’t
-hed>he’d hed’ve>he’d’ve he’dve>he’d’ve hes>he’s howd>how’d howll>how’ll hows>how’s Id’ve>I’d’ve I’dve>I’d’ve Im>I’m
-Ive>I’ve isnt>isn’t itd>it’d itd’ve>it’d’ve it’dve>it’d’ve itll>it’ll let’s>let’s maam>ma’am mightnt>mightn’t
-mightnt’ve>mightn’t’ve mightn’tve>mightn’t’ve mightve>might’ve mustnt>mustn’t mustve>must’ve neednt>needn’t notve>not’ve
-oclock>o’clock oughtnt>oughtn’t ow’s’at>’ow’s’at ’ows’at>’ow’s’at ’ow’sat>’ow’s’at shant>shan’t shed’ve>she’d’ve
-she’dve>she’d’ve she’s>she’s shouldve>should’ve shouldnt>shouldn’t shouldnt’ve>shouldn’t’ve shouldn’tve>shouldn’t’ve
-somebody’d>somebodyd somebodyd’ve>somebody’d’ve somebody’dve>somebody’d’ve somebodyll>somebody’ll somebodys>somebody’s
-someoned>someone’d someoned’ve>someone’d’ve someone’dve>someone’d’ve someonell>someone’ll someones>someone’s
-somethingd>something’d somethingd’ve>something’d’ve something’dve>something’d’ve somethingll>something’ll thats>that’s
-thered>there’d thered’ve>there’d’ve there’dve>there’d’ve therere>there’re theres>there’s theyd>they’d theyd’ve>they’d’ve
-they’dve>they’d’ve theyll>they’ll theyre>they’re theyve>they’ve twas>’twas wasnt>wasn’t wed’ve>we’d’ve we’dve>we’d’ve
-weve>we've werent>weren’t whatll>what’ll whatre>what’re whats>what’s whatve>what’ve whens>when’s whered>where’d
-wheres>where's whereve>where’ve whod>who’d whod’ve>who’d’ve who’dve>who’d’ve wholl>who’ll whos>who’s whove>who've
-whyll>why’ll whyre>why’re whys>why’s wont>won’t wouldve>would’ve wouldnt>wouldn’t wouldnt’ve>wouldn’t’ve
-wouldn’tve>wouldn’t’ve yall>y’all yall’ll>y’all’ll y’allll>y’all’ll yall’d’ve>y’all’d’ve y’alld’ve>y’all’d’ve
-y’all’dve>y’all’d’ve youd>you’d youd’ve>you’d’ve you’dve>you’d’ve youll>you’ll youre>you’re youve>you’ve""".split())
+aint>ain't arent>aren't cant>can't couldve>could've couldnt>couldn't couldn'tve>couldn't've couldnt've>couldn't've
+didnt>didn't doesnt>doesn't dont>don't hadnt>hadn't hadnt've>hadn't've hadn'tve>hadn't've hasnt>hasn't havent>haven't
+hed>he'd hed've>he'd've he'dve>he'd've hes>he's howd>how'd howll>how'll hows>how's Id've>I'd've I'dve>I'd've Im>I'm
+Ive>I've isnt>isn't itd>it'd itd've>it'd've it'dve>it'd've itll>it'll let's>let's maam>ma'am mightnt>mightn't
+mightnt've>mightn't've mightn'tve>mightn't've mightve>might've mustnt>mustn't mustve>must've neednt>needn't notve>not've
+oclock>o'clock oughtnt>oughtn't ow's'at>'ow's'at 'ows'at>'ow's'at 'ow'sat>'ow's'at shant>shan't shed've>she'd've
+she'dve>she'd've she's>she's shouldve>should've shouldnt>shouldn't shouldnt've>shouldn't've shouldn'tve>shouldn't've
+somebody'd>somebodyd somebodyd've>somebody'd've somebody'dve>somebody'd've somebodyll>somebody'll somebodys>somebody's
+someoned>someone'd someoned've>someone'd've someone'dve>someone'd've someonell>someone'll someones>someone's
+somethingd>something'd somethingd've>something'd've something'dve>something'd've somethingll>something'll thats>that's
+thered>there'd thered've>there'd've there'dve>there'd've therere>there're theres>there's theyd>they'd theyd've>they'd've
+they'dve>they'd've theyll>they'll theyre>they're theyve>they've twas>'twas wasnt>wasn't wed've>we'd've we'dve>we'd've
+weve>we've werent>weren't whatll>what'll whatre>what're whats>what's whatve>what've whens>when's whered>where'd
+wheres>where's whereve>where've whod>who'd whod've>who'd've who'dve>who'd've wholl>who'll whos>who's whove>who've
+whyll>why'll whyre>why're whys>why's wont>won't wouldve>would've wouldnt>wouldn't wouldnt've>wouldn't've
+wouldn'tve>wouldn't've yall>y'all yall'll>y'all'll y'allll>y'all'll yall'd've>y'all'd've y'alld've>y'all'd've
+y'all'dve>y'all'd've youd>you'd youd've>you'd've you'dve>you'd've youll>you'll youre>you're youve>you've""".split())
 
 # %% ../nbs/30_metrics.ipynb #eba338a1
 def vqa_strip_punctuation(text: str) -> str:
@@ -53,38 +54,35 @@ def vqa_strip_punctuation(text: str) -> str:
     return _PERIOD_NOT_BEFORE_DIGIT.sub("", out, count=32)
 
 def vqa_digits_articles(text: str) -> str:
-    "Step 2 of the official VQA normalisation: lower-case, number words -> digits, drop articles, fix contractions."
+    "Step 2 of the official VQA normalisation: lower-case, number words -> digits, drop articles, restore contractions."
     words = [_NUMBER_WORDS.get(w, w) for w in text.lower().split()]
     words = [w for w in words if w not in _ARTICLES]
     return " ".join(_CONTRACTIONS.get(w, w) for w in words)
 
 def normalize_vqa_answer(ans: str) -> str:
-    "An answer as the official VQA evaluation compares it (both steps)."
+    "A predicted answer as the official VQA evaluation compares it (both steps)."
     ans = ans.replace("\n", " ").replace("\t", " ").strip()
     return vqa_digits_articles(vqa_strip_punctuation(ans))
 
 # %% ../nbs/30_metrics.ipynb #b8c2fbb7
 def vqa_question_accuracy(prediction: str,       # the predicted answer, raw
-                          answers: Sequence[str],  # the human answers (10 in VQAv2), raw
-                          official_gt: bool = False,  # normalise human answers as the official script does (punctuation only)
+                          answers: Sequence[str],  # the human answers (10 in VQAv2), as in the annotation file
                          ) -> float:
     "Official VQA accuracy of one prediction, in [0, 1]."
     if len(answers) == 0: raise ValueError("a question needs at least one human answer")
     pred = normalize_vqa_answer(prediction)
-    if official_gt: gts = [vqa_strip_punctuation(a) for a in answers] if len(set(answers)) > 1 else list(answers)
-    else: gts = [normalize_vqa_answer(a) for a in answers]
+    gts = [vqa_strip_punctuation(a) for a in answers] if len(set(answers)) > 1 else list(answers)
     matches = [g == pred for g in gts]
     total = sum(matches)
     return sum(min((total - m) / 3, 1.0) for m in matches) / len(gts)
 
 def vqa_accuracy(predictions: Sequence[str],         # one predicted answer per question
                  answers: Sequence[Sequence[str]],   # per question, the list of 10 human answers
-                 official_gt: bool = False,           # see `vqa_question_accuracy`
                 ) -> float:
     "Official VQA accuracy in percent, averaged over questions."
     if len(predictions) != len(answers): raise ValueError(f"{len(predictions)} predictions for {len(answers)} questions")
     if len(predictions) == 0: raise ValueError("no questions")
-    return 100.0 * sum(vqa_question_accuracy(p, a, official_gt) for p, a in zip(predictions, answers)) / len(predictions)
+    return 100.0 * sum(vqa_question_accuracy(p, a) for p, a in zip(predictions, answers)) / len(predictions)
 
 # %% ../nbs/30_metrics.ipynb #f053ea58
 def vqa_submission(question_ids: Sequence,  # VQA question ids (int or numeric str)
@@ -96,15 +94,19 @@ def vqa_submission(question_ids: Sequence,  # VQA question ids (int or numeric s
     return [{"question_id": int(q), "answer": str(a)} for q, a in zip(question_ids, predictions)]
 
 # %% ../nbs/30_metrics.ipynb #67b282d9
+def vqa_vocab_key(ans: str) -> str:
+    "An answer as the reference pipeline writes it into the answer vocabulary (both official steps, then no commas)."
+    return vqa_digits_articles(vqa_strip_punctuation(ans)).replace(",", "")
+
 def vqa_soft_score(count: int) -> float:
     "Soft target of an answer given by `count` humans: 0, 1, 2, 3, >=4 -> 0, .3, .6, .9, 1 (SPEC section 4)."
     return (0.0, 0.3, 0.6, 0.9)[count] if count < 4 else 1.0
 
 def vqa_soft_scores(answers: Sequence[str],  # the human answers of one question, raw
-                    ans2label: dict,        # normalised answer -> class index (the answer vocabulary)
+                    ans2label: dict,        # vocabulary key -> class index
                    ) -> dict:
-    "Class index -> soft score for the normalised answers that are in the vocabulary."
-    counts = Counter(normalize_vqa_answer(a) for a in answers)
+    "Class index -> soft score of the raw human answers that are vocabulary keys (the reference rule)."
+    counts = Counter(answers)
     return {ans2label[a]: vqa_soft_score(c) for a, c in counts.items() if a in ans2label}
 
 # %% ../nbs/30_metrics.ipynb #0a9df13f

@@ -17,9 +17,9 @@ from .config import VisionConfig, ConfigError
 
 # %% auto #0
 __all__ = ['CLIP_KEY_MAP', 'CLIP_BLOCK_KEY_MAP', 'QuickGELU', 'Attention', 'MLP', 'VisionBlock', 'frame_attention_mask',
-           'sample_masked_positions', 'split_frame_tokens', 'VisionOutput', 'FlexibleVisionEncoder',
-           'interpolate_pos_embed', 'clip_to_encoder_state_dict', 'vision_config_from_clip', 'build_vision_encoder',
-           'vision_forward_flops']
+           'dropped_count', 'mask_token_count', 'sample_masked_positions', 'split_frame_tokens', 'VisionOutput',
+           'FlexibleVisionEncoder', 'interpolate_pos_embed', 'clip_to_encoder_state_dict', 'vision_config_from_clip',
+           'build_vision_encoder', 'vision_forward_flops']
 
 # %% ../nbs/01_vision.ipynb #f7cda41c
 class QuickGELU(nn.Module):
@@ -84,15 +84,27 @@ def frame_attention_mask(num_frames: int,  # F
     return is_cls[:, None] | (frame_of[:, None] == frame_of[None, :])
 
 # %% ../nbs/01_vision.ipynb #77f4ccb8
+def _check_ratio(ratio: float):
+    if not 0.0 <= ratio <= 1.0: raise ValueError(f"masking ratio must be in [0, 1], got {ratio}")
+
+def dropped_count(num_patches: int, ratio: float) -> int:
+    "Positions drop mode removes: all but `int(N * (1 - ratio))`, as the reference keeps."
+    _check_ratio(ratio)
+    return num_patches - int(num_patches * (1 - ratio))
+
+def mask_token_count(num_patches: int, ratio: float) -> int:
+    "Positions mask-token mode replaces: `int(N * ratio)`, as the reference does."
+    _check_ratio(ratio)
+    return int(num_patches * ratio)
+
 def sample_masked_positions(batch: int,  # B
                             num_patches: int,  # N patch-grid positions
-                            ratio: float,  # fraction to mask, in [0, 1]
+                            n_masked: int,  # positions to mask per sample (`dropped_count` / `mask_token_count`)
                             generator: Optional[torch.Generator] = None,  # source of randomness (its device is used)
                             device=None,  # device of the returned tensors
-                           ) -> tuple[torch.Tensor, torch.Tensor]:  # masked [B, N] bool, keep_idx [B, N - round(ratio*N)] sorted
-    "Choose exactly `round(ratio * num_patches)` positions per sample, without replacement."
-    if not 0.0 <= ratio <= 1.0: raise ValueError(f"masking ratio must be in [0, 1], got {ratio}")
-    n_masked = round(ratio * num_patches)
+                           ) -> tuple[torch.Tensor, torch.Tensor]:  # masked [B, N] bool, keep_idx [B, N - n_masked] sorted
+    "Choose exactly `n_masked` positions per sample, without replacement."
+    if not 0 <= n_masked <= num_patches: raise ValueError(f"cannot mask {n_masked} of {num_patches} positions")
     noise = torch.rand(batch, num_patches, generator=generator, device=generator.device if generator is not None else device)
     order = noise.argsort(dim=1).to(device)  # [B, N] a random permutation per sample
     masked = torch.zeros(batch, num_patches, dtype=torch.bool, device=device).scatter_(1, order[:, :n_masked], True)
@@ -222,14 +234,14 @@ def _embed(self: FlexibleVisionEncoder,
     x = x.flatten(2).transpose(1, 2).reshape(B, Fr, N, D)  # [B, F, N, D]
     masked = keep_idx = None
     if mask_ratio > 0:
-        masked, _ = sample_masked_positions(B, N, mask_ratio, generator, x.device)  # [B, N]
+        masked, _ = sample_masked_positions(B, N, mask_token_count(N, mask_ratio), generator, x.device)  # [B, N]
         x = torch.where(masked[:, None, :, None], self.mask_token.to(x.dtype), x)
     pos = interpolate_pos_embed(self.pos_embed, rows, cols)  # [1+N, D]
     time = self.temporal[:Fr, None]  # [F, 1, D]
     x = x + pos[1:] + time  # [B, F, N, D]
     cls = (self.class_embedding + pos[0] + time[:, 0]).expand(B, Fr, D)  # [B, F, D]
     if drop_ratio > 0:
-        masked, keep_idx = sample_masked_positions(B, N, drop_ratio, generator, x.device)  # [B, N], [B, N']
+        masked, keep_idx = sample_masked_positions(B, N, dropped_count(N, drop_ratio), generator, x.device)  # [B, N], [B, N']
         x = x.gather(2, keep_idx[:, None, :, None].expand(B, Fr, keep_idx.shape[1], D))  # [B, F, N', D]
     tokens = torch.cat([cls, x.flatten(1, 2)], dim=1)  # [B, F*(1+N'), D]
     return VisionOutput(tokens, Fr, masked, keep_idx, (rows, cols))
@@ -374,7 +386,7 @@ def vision_forward_flops(cfg: VisionConfig,
                         ) -> int:
     "Forward matmul FLOPs of `FlexibleVisionEncoder` for one sample."
     N = ((image_size or cfg.image_size) // cfg.patch_size) ** 2
-    kept = N - round(drop_ratio * N)
+    kept = N - dropped_count(N, drop_ratio)
     D, M, P, Fr = cfg.width, cfg.mlp_dim, cfg.patch_size, num_frames
     T = Fr * (1 + kept)
     patch_embed = 2 * Fr * N * 3 * P * P * D
