@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_data.ipynb #e6a39db9
 from __future__ import annotations
-import csv, hashlib, json, math, os, re, time
+import csv, hashlib, json, math, os, re, signal, time
 from collections import defaultdict
 from pathlib import Path
 from typing import Literal, Optional, Sequence
@@ -15,13 +15,15 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .metrics import vqa_soft_scores
+
 # %% auto #0
 __all__ = ['TASK_COLUMNS', 'VIDEO_EXTENSIONS', 'BAD_REASONS', 'NOTE_REASONS', 'CropMode', 'CROP_SCALE', 'FlipWords', 'CLIP_MEAN',
-           'CLIP_STD', 'VQA_SCORES', 'ManifestError', 'Manifest', 'media_type', 'load_manifest', 'BadSample', 'shrink',
-           'read_image', 'frame_indices', 'read_video', 'centre_box', 'random_resized_box', 'swap_left_right',
-           'BatchTransform', 'TooManyBadSamples', 'BadInputMonitor', 'stable_id', 'normalize_answer', 'ManifestDataset',
-           'pad_media', 'pad_ids', 'Collator', 'ResumableSampler', 'ResumableLoader', 'MixedLoader', 'pretrain_loader',
-           'task_loader', 'bench_data']
+           'CLIP_STD', 'ManifestError', 'Manifest', 'media_type', 'load_manifest', 'BadSample', 'shrink', 'read_image',
+           'frame_indices', 'read_video', 'centre_box', 'random_resized_box', 'swap_left_right', 'BatchTransform',
+           'TooManyBadSamples', 'BadInputMonitor', 'stable_id', 'ManifestDataset', 'pad_media', 'pad_ids', 'Collator',
+           'ResumableSampler', 'ignore_interrupts', 'ResumableLoader', 'MixedLoader', 'pretrain_loader', 'task_loader',
+           'bench_data']
 
 # %% ../nbs/11_data.ipynb #cfbbd2c7
 class ManifestError(ValueError):
@@ -68,20 +70,22 @@ def _first_bad_line(path: Path, fmt: str) -> Optional[tuple[int, str]]:
                 try: row = json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as e: return n, f"not valid JSON ({e.msg} at column {e.colno})"
                 if not isinstance(row, dict): return n, f"a JSON {type(row).__name__}, not an object with named columns"
-        elif fmt == "csv":
+        elif fmt == "csv":  # pandas (under `datasets`) refuses rows with more fields than the header
             rows = csv.reader(f)
-            header = next(rows, None)
-            for row in rows:
-                if header is not None and row and len(row) != len(header):
-                    return rows.line_num, f"{len(row)} fields where the header has {len(header)}"
+            try:
+                header = next(rows, None)
+                for row in rows:
+                    if header is not None and len(row) > len(header):
+                        return rows.line_num, f"{len(row)} fields where the header has {len(header)}"
+            except csv.Error as e: return rows.line_num, str(e)
     return None
 
 def _unreadable_manifest(path: Path, fmt: str, e: Exception) -> str:
     "A one-line message for a manifest `datasets` could not read."
     bad = _first_bad_line(path, fmt) if fmt in ("json", "csv") else None
     if bad is not None: return f"{path}, line {bad[0]}: {bad[1]}; fix or remove that line"
-    cause = e
-    while cause.__cause__ is not None or cause.__context__ is not None: cause = cause.__cause__ or cause.__context__
+    cause, seen = e, {id(e)}
+    while (nxt := cause.__cause__ or cause.__context__) is not None and id(nxt) not in seen: cause = nxt; seen.add(id(nxt))
     lines = str(cause).strip().splitlines()
     return f"{path}: cannot be read as {fmt} ({type(cause).__name__}: {lines[-1] if lines else 'no details'})"
 
@@ -308,15 +312,9 @@ class BadInputMonitor:
         self.examples = defaultdict(list, d["examples"]); self.reads, self.bad_reads = d["reads"], d["bad_reads"]
 
 # %% ../nbs/11_data.ipynb #dc932a23
-VQA_SCORES = (0.0, 0.3, 0.6, 0.9, 1.0)
-
 def stable_id(s) -> int:
     "A stable 63-bit integer for an id string (same in every process; equal strings give equal ints)."
     return int.from_bytes(hashlib.blake2b(str(s).encode(), digest_size=8).digest(), "little") >> 1
-
-def normalize_answer(a: str) -> str:
-    "Light answer normalisation for matching the vocabulary (lower case, stripped, final period dropped)."
-    return str(a).strip().lower().rstrip(".")
 
 class ManifestDataset(Dataset):
     "Samples of one task from a manifest: media read, crop box and flip drawn, text tokenised."
@@ -341,7 +339,7 @@ class ManifestDataset(Dataset):
         self.tok, self.task, self.mode = tokenizer, task, mode
         self.image_size, self.num_frames, self.max_len, self.seed = image_size, num_frames, max_len, seed
         self.flip_words, self.n_false_texts, self.max_tries = flip_words, n_false_texts, max_tries
-        self.answer_index = {normalize_answer(a): i for i, a in enumerate(answers or [])}
+        self.answer_index = {a: i for i, a in enumerate(answers or [])}
         self.n_answers = len(answers or [])
         self._texts = self.m.table.select_columns(["image_id", "caption"]) if task == "retrieval" else None
 
@@ -371,13 +369,12 @@ def _tokens(self, text, events, row):
     return ids
 
 def _vqa_targets(self, answers, path):
-    counts = np.zeros(self.n_answers, np.int64)
-    for a in answers or []:
-        i = self.answer_index.get(normalize_answer(a))
-        if i is not None: counts[i] += 1
-    if counts.sum() == 0 and self.mode != "test":  # training skips it; evaluation keeps it (test-dev has no answers)
+    "Soft scores over the vocabulary: the raw human answers that are vocabulary entries (the reference rule, method §4)."
+    targets = torch.zeros(self.n_answers)
+    for i, score in vqa_soft_scores(answers or [], self.answer_index).items(): targets[i] = score
+    if not targets.any() and self.mode != "test":  # training skips it; evaluation keeps it (test-dev has no answers)
         raise BadSample("unknown_answer", path)  # the media file, to find the question
-    return torch.tensor(np.array(VQA_SCORES)[np.minimum(counts, 4)], dtype=torch.float32)
+    return targets
 
 ManifestDataset._media, ManifestDataset._box, ManifestDataset._tokens, ManifestDataset._vqa_targets = _media, _box, _tokens, _vqa_targets
 
@@ -524,6 +521,10 @@ class ResumableSampler(Sampler):
 def _to_device(batch: dict, device, non_blocking: bool) -> dict:
     return {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v for k, v in batch.items()}
 
+def ignore_interrupts(worker_id: int):
+    "DataLoader workers leave Ctrl-C to the training process, which finishes its step and checkpoints."
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
 class ResumableLoader:
     "DataLoader + ResumableSampler + device transform + bad-input monitor."
     def __init__(self, dataset: ManifestDataset, batch_size: int,
@@ -545,7 +546,8 @@ class ResumableLoader:
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, drop_last=drop_last,
                                  collate_fn=collator or Collator(dataset.tok, seed=dataset.seed),
                                  num_workers=num_workers, pin_memory=pin, persistent_workers=num_workers > 0,
-                                 prefetch_factor=prefetch_factor if num_workers > 0 else None)
+                                 prefetch_factor=prefetch_factor if num_workers > 0 else None,
+                                 worker_init_fn=ignore_interrupts if num_workers > 0 else None)
 
     def __len__(self): return len(self.loader)
 

@@ -59,8 +59,9 @@ def rank_head_from_itm(itm_head: nn.Linear) -> nn.Linear:
 def take_rows(t: torch.Tensor,  # [B, ...]
               idx,  # [B'] sample indices (a tensor or a list); repeats allowed
              ) -> torch.Tensor:  # [B', ...]
-    "Rows `idx` of `t` by `index_select`, whose backward sums repeated rows in a fixed order."
-    return t.index_select(0, torch.as_tensor(idx, dtype=torch.long, device=t.device))
+    "Rows `idx` of `t`; on the CPU by `index_select`, whose backward sums repeated rows in a fixed order."
+    idx = torch.as_tensor(idx, dtype=torch.long, device=t.device)
+    return t.index_select(0, idx) if t.device.type == "cpu" else t[idx]  # CUDA: `t[idx]` backward sorts; index_add_ uses atomics
 
 # %% ../nbs/04_model.ipynb #54fe0e1e
 @dataclass

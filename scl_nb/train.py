@@ -371,23 +371,28 @@ def cpu_peak_file(cache_dir=None) -> Path:
     return base / "cpu_peak.json"
 
 def _cpu_key() -> str:
-    "CPU model, thread count and torch version: a new peak is measured when one of them changes."
-    model = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                  if l.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return f"{model} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    "CPU model, host, thread count and torch version: a new peak is measured when one of them changes."
+    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    model = next((l.split(":", 1)[1].strip() for l in info if l.startswith(("model name", "Model", "CPU part"))), "") or platform.processor()
+    return f"{model or platform.machine()} | {platform.node()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
 
 def cpu_peak_flops(cache_dir=None,  # cache root; None = `$SCL_NB_CACHE` or ~/.cache/scl_nb
-                   observed: float = 0.0,  # FLOP/s a real workload reached; raises the stored peak when higher
+                   observed: float = 0.0,  # FLOP/s a real workload reached; above the stored peak, it is measured again
+                   measure: Callable = measure_cpu_matmul_flops,  # () -> FLOP/s
                   ) -> float:
-    "This CPU's fp32 peak: measured once and stored, and never below a rate that was actually reached."
+    "This CPU's fp32 peak: measured once and stored; measured again (more carefully) when a workload beat it."
     path, key = cpu_peak_file(cache_dir), _cpu_key()
     try: stored = json.loads(path.read_text())
     except (OSError, ValueError): stored = {}
-    peak = stored.get(key) or measure_cpu_matmul_flops()
-    if stored.get(key) != max(peak, observed):
-        try: atomic_write(path, json.dumps(stored | {key: max(peak, observed)}, indent=1))
+    peak = stored.get(key)
+    if peak is None: peak = measure()
+    elif observed > peak: peak = max(peak, measure(n=2048, repeats=8))  # the first measurement ran under load
+    if stored.get(key) != peak:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, json.dumps(stored | {key: peak}, indent=1))
         except OSError: pass  # a read-only cache: the figure is still right for this run
-    return max(peak, observed)
+    return peak
 
 def peak_flops(device: torch.device | str,
                precision: str,  # "bf16", "fp16" or "fp32"
@@ -641,6 +646,7 @@ def _resume_point(ctx, out_dir: Path, resume: bool, overwrite: bool) -> tuple[Op
 def _clear_run(out_dir: Path):
     "Remove what an earlier run left that a new one would not overwrite at once."
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    shutil.rmtree(out_dir / "tb", ignore_errors=True)
     for name in ("summary.json", "results.json"): (out_dir / name).unlink(missing_ok=True)
 
 def _build(ctx, cfg, model_fn, data_fn, precision, micro):
@@ -688,7 +694,7 @@ def _wrap(model, ctx, tcfg, unused: list) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
                                                find_unused_parameters=bool(unused))
 
-def _optimizer_step(ctx, cfg, model, train_model, optimizer, scaler, stream, loss_fn, gen, accum, precision):
+def _optimizer_step(ctx, cfg, model, train_model, optimizer, scaler, stream, loss_fn, gen, accum, precision, updating: dict):
     "Forward/backward over `accum` micro-batches, then (unless a loss or the gradient is not finite) one update."
     fsdp, sums = cfg.train.parallel == "fsdp", {}
     for k in range(accum):
@@ -708,6 +714,7 @@ def _optimizer_step(ctx, cfg, model, train_model, optimizer, scaler, stream, los
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or float("inf"))
     if hasattr(gnorm, "full_tensor"): gnorm = gnorm.full_tensor()  # FSDP: a DTensor; the global norm
     bad = any_rank(not (math.isfinite(terms["loss"]) and torch.isfinite(gnorm).item()), ctx.device)
+    updating["now"] = True  # from here until the step is recorded, model and optimizer belong to no finished step
     if bad:
         if scaler: scaler.update()  # lowers the fp16 scale
     elif scaler: scaler.step(optimizer); scaler.update()
@@ -737,6 +744,20 @@ def _summary(ctx, cfg, out_dir, status, step, last, counters, times, flops_per_s
     if ctx.device.type == "cuda": s["peak_memory_gb"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
     if ctx.is_main: atomic_write(out_dir / "summary.json", json.dumps(s, indent=2))
     return s
+
+def _rescue(ctx, e: Exception, done: dict, start: int, counters: dict, updating: bool, ckpt_dir: Path, save: Callable):
+    "On an exception in the loop (one process): save the last finished step unless that state is gone or already saved."
+    newest = latest_checkpoint(ckpt_dir)
+    if (isinstance(e, NonFiniteLossError) or ctx.world_size > 1 or done["step"] <= start or counters["nonfinite_run"]
+            or (newest is not None and newest.name == ckpt_name(done["step"]))): return
+    if updating:  # the error came from inside the update: weights and moments may be half-changed
+        _say(ctx, f"{type(e).__name__} during the update of step {done['step'] + 1}: nothing saved; the newest checkpoint is {newest}")
+        return
+    try: save(done)  # the model and optimizer are as the last finished step left them
+    except Exception as s:
+        _say(ctx, f"{type(e).__name__} in step {done['step'] + 1}; saving step {done['step']} failed too ({type(s).__name__}: {s})")
+        return
+    _say(ctx, f"{type(e).__name__} in step {done['step'] + 1}; saved step {done['step']} to {ckpt_dir}: resume to continue")
 
 def _train(ctx, cfg, out_dir, resume, overwrite, model_fn, data_fn, loss_fn, progress, max_steps, count_model_flops) -> dict:
     "The body of `train` on an initialised process group `ctx`."
@@ -770,6 +791,7 @@ def _train(ctx, cfg, out_dir, resume, overwrite, model_fn, data_fn, loss_fn, pro
     bar = Progress(progress, start, end, ctx.is_main)
     status, last, times, step = "completed", {}, [], start
     done = dict(step=start, data=copy.deepcopy(data.state_dict()), counters=dict(counters), gen=None)  # the last finished step
+    updating = {"now": False}
     save = lambda s: save_checkpoint(ckpt_dir, s["step"], model, optimizer, scheduler, scaler, data_state=s["data"], cfg=cfg,
                                      extra={"counters": s["counters"]}, generators={"step": s["gen"]} if s["gen"] else None,
                                      rank=ctx.rank, keep_last=tcfg.keep_last)
@@ -780,10 +802,11 @@ def _train(ctx, cfg, out_dir, resume, overwrite, model_fn, data_fn, loss_fn, pro
                 t0 = time.perf_counter()
                 gen = seed_step(tcfg.seed, step, ctx.rank, ctx.device.type)
                 lr = scheduler.get_last_lr()[0]
-                terms, gnorm, bad = _optimizer_step(ctx, cfg, model, train_model, optimizer, scaler, stream, loss_fn, gen, accum, precision)
+                terms, gnorm, bad = _optimizer_step(ctx, cfg, model, train_model, optimizer, scaler, stream, loss_fn, gen, accum, precision, updating)
                 scheduler.step()
                 counters["skipped"] += bad; counters["nonfinite_run"] = counters["nonfinite_run"] + 1 if bad else 0
                 done = dict(step=step, data=copy.deepcopy(data.state_dict()), counters=dict(counters), gen=gen)
+                updating["now"] = False
                 if ctx.device.type == "cuda": torch.cuda.synchronize(ctx.device)
                 dt = time.perf_counter() - t0; times.append(dt)
                 last = {"step": step, **terms, "lr": lr, "grad_norm": gnorm, "pairs_per_s": tcfg.batch_size / dt,
@@ -796,15 +819,11 @@ def _train(ctx, cfg, out_dir, resume, overwrite, model_fn, data_fn, loss_fn, pro
                         f"at step {step}; stopped without saving. Newest checkpoint: {latest_checkpoint(ckpt_dir)}")
                 stop = any_rank(flag.requested, ctx.device)
                 if ((step % tcfg.ckpt_every == 0 or step == end) and not counters["nonfinite_run"]) or stop: save(done)
-                if stop:
+                if stop and step < end:  # a signal in the last step: the run is complete all the same
                     status = "preempted"
                     break
     except Exception as e:
-        newest = latest_checkpoint(ckpt_dir)
-        if (not isinstance(e, NonFiniteLossError) and ctx.world_size == 1 and done["step"] > start
-                and not counters["nonfinite_run"] and (newest is None or newest.name != ckpt_name(done["step"]))):
-            save(done)  # one process: the model and optimizer are as the last finished step left them
-            _say(ctx, f"{type(e).__name__} in step {done['step'] + 1}; saved step {done['step']} to {ckpt_dir}: resume to continue")
+        _rescue(ctx, e, done, start, counters, updating["now"], ckpt_dir, save)
         raise
     finally:
         bar.close(); log.close()
@@ -937,7 +956,8 @@ class TrainJob(_Checkpointable):
     def __call__(self) -> dict:
         dist_env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         os.environ.setdefault("LOCAL_RANK", str(dist_env.local_rank))
-        return train(from_dict(self.cfg), self.out_dir, resume=self.resume, device=self.device, progress=False)
+        requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0  # a node failure or `scontrol requeue`
+        return train(from_dict(self.cfg), self.out_dir, resume=self.resume or requeued, device=self.device, progress=False)
     def checkpoint(self, *args, **kwargs):
         return submitit.helpers.DelayedSubmission(TrainJob(self.cfg, self.out_dir, self.device, resume=True))
 
