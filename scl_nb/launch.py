@@ -17,7 +17,7 @@ __all__ = ['SPEC_KEYS', 'RUN_KEYS', 'SCALE_KEYS', 'OVERRIDE_KEYS', 'RESOURCE_DEF
            'topo_order', 'find_refs', 'resolve_templates', 'notebook_parameters', 'write_test_notebook', 'Run', 'Spec',
            'yaml_line', 'Problem', 'is_path_parameter', 'notebook_defaults', 'run_problems', 'problem_lines',
            'format_problems', 'load_spec', 'check_table', 'collect_table', 'table_markdown', 'check_figure',
-           'collect_figures', 'run_dir', 'is_finished', 'run_parameters', 'NotebookJob', 'Launched', 'launch', 'main']
+           'figure_files', 'run_dir', 'is_finished', 'run_parameters', 'NotebookJob', 'Launched', 'launch', 'main']
 
 # %% ../nbs/60_launch.ipynb #a3b6fecc
 class SpecError(ValueError):
@@ -539,17 +539,14 @@ def check_figure(spec: Spec) -> dict:
         if spec.qualify(v.split(":", 1)[0]) not in spec.skipped: spec.run(v.split(":", 1)[0])
     return f
 
-def collect_figures(spec: Spec, runs_dir="runs", dest="figures") -> list:
-    "Copy the figure files that exist into `dest`; return the copied paths."
-    import shutil
+def figure_files(spec: Spec, runs_dir="runs") -> list:
+    "[(run id, path)] of the files of `spec.figure` in their run folders, for the runs the scale keeps (they may not exist yet)."
     out = []
     for v in check_figure(spec)["files"]:
         run, rel = v.split(":", 1)
         if spec.qualify(run) in spec.skipped: continue
-        r = spec.run(run); src = run_dir(r, runs_dir, spec.scale) / rel
-        if src.exists():
-            Path(dest).mkdir(parents=True, exist_ok=True)
-            out.append(Path(shutil.copy(src, Path(dest) / f"{spec.name}__{r.name}__{Path(rel).name}")))
+        r = spec.run(run)
+        out.append((r.id, run_dir(r, runs_dir, spec.scale) / rel))
     return out
 
 # %% ../nbs/60_launch.ipynb #564c6c1f
