@@ -236,6 +236,11 @@ def yaml_line(node,  # a composed YAML node (`yaml.compose`)
         else: return None
     return line
 
+def _place(path, *keys) -> str:
+    "'file:line' of `keys` in the YAML file at `path` ('file' alone if they are not there)."
+    line = yaml_line(yaml.compose(Path(path).read_text()), keys)
+    return f"{_show(path)}:{line}" if line else _show(path)
+
 def _mapping_item(node: yaml.MappingNode, key):
     "(key node, value node) of `key` in a mapping node, looking into `<<` merges last, as YAML does."
     for k, v in node.value:
@@ -250,53 +255,56 @@ def _mapping_item(node: yaml.MappingNode, key):
 def _parse_runs(path: Path, d: dict, scale: Optional[str], root: Path) -> tuple[list, list]:
     "The runs of one file with defaults and scale applied (no cross-file checks yet), and the ids the scale skips."
     src, spec, tree = _show(path), path.stem, yaml.compose(path.read_text())
+    def loc(*keys) -> str:  # "file:line" of a place in the file (the file alone if it is not there)
+        line = yaml_line(tree, keys)
+        return f"{src}:{line}" if line else src
     runs = d.get("runs")
-    if not isinstance(runs, list) or not runs: raise SpecError(f"{src}: 'runs' must be a non-empty list of runs")
-    defaults = _check_keys(d.get("defaults") or {}, OVERRIDE_KEYS, "defaults", src)
+    if not isinstance(runs, list) or not runs: raise SpecError(f"{loc('runs')}: 'runs' must be a non-empty list of runs")
+    defaults = _check_keys(d.get("defaults") or {}, OVERRIDE_KEYS, "defaults", loc("defaults"))
     scales = d.get("scales") or {}
-    if not isinstance(scales, dict): raise SpecError(f"{src}: scales must be a mapping of scale names")
+    if not isinstance(scales, dict): raise SpecError(f"{loc('scales')}: scales must be a mapping of scale names")
     if scale is not None and scale not in scales:
         raise SpecError(f"{src}: no scale {scale!r}; scales: {sorted(scales)}")
-    sc = _check_keys(scales.get(scale) or {}, SCALE_KEYS, f"scales.{scale}", src) if scale else {}
-    sc_defaults = _check_keys(sc.get("defaults") or {}, OVERRIDE_KEYS, f"scales.{scale}.defaults", src)
-    sc_runs = _check_keys(sc.get("runs") or {}, [r.get("name") for r in runs if isinstance(r, dict)], f"scales.{scale}.runs", src)
+    sc = _check_keys(scales.get(scale) or {}, SCALE_KEYS, f"scales.{scale}", loc("scales", scale)) if scale else {}
+    sc_defaults = _check_keys(sc.get("defaults") or {}, OVERRIDE_KEYS, f"scales.{scale}.defaults", loc("scales", scale, "defaults"))
+    sc_runs = _check_keys(sc.get("runs") or {}, [r.get("name") for r in runs if isinstance(r, dict)], f"scales.{scale}.runs", loc("scales", scale, "runs"))
     out, seen, skipped = [], set(), []
     for i, r in enumerate(runs):
-        _check_keys(r, RUN_KEYS, f"run #{i + 1}", src)
+        rsrc = loc("runs", i)  # errors about this run name its line
+        _check_keys(r, RUN_KEYS, f"run #{i + 1}", rsrc)
         for k in ("name", "notebook"):
-            if not isinstance(r.get(k), str): raise SpecError(f"{src}: run #{i + 1} needs a '{k}' string")
+            if not isinstance(r.get(k), str): raise SpecError(f"{rsrc}: run #{i + 1} needs a '{k}' string")
         name = r["name"]
-        if not _NAME.match(name): raise SpecError(f"{src}: run name {name!r} may only use letters, digits, '_' and '-'")
-        if name in seen: raise SpecError(f"{src}: run {name!r} is defined twice")
+        if not _NAME.match(name): raise SpecError(f"{rsrc}: run name {name!r} may only use letters, digits, '_' and '-'")
+        if name in seen: raise SpecError(f"{rsrc}: run {name!r} is defined twice")
         seen.add(name)
         where = f"run {name!r}"
-        over = _check_keys(sc_runs.get(name) or {}, OVERRIDE_KEYS + ("skip",), f"scales.{scale}.runs.{name}", src)
-        if over.get("skip", False) not in (True, False): raise SpecError(f"{src}: scales.{scale}.runs.{name}.skip must be true or false")
+        over = _check_keys(sc_runs.get(name) or {}, OVERRIDE_KEYS + ("skip",), f"scales.{scale}.runs.{name}", loc("scales", scale, "runs", name))
+        if over.get("skip", False) not in (True, False): raise SpecError(f"{rsrc}: scales.{scale}.runs.{name}.skip must be true or false")
         if over.get("skip"): skipped.append(f"{spec}/{name}"); continue
         layers = [defaults, {k: r.get(k) or {} for k in OVERRIDE_KEYS}, sc_defaults, over]
         layer_keys = [("defaults",), ("runs", i), ("scales", scale, "defaults"), ("scales", scale, "runs", name)]  # where each layer is written
         for k in OVERRIDE_KEYS:
             for layer in layers:
-                if not isinstance(layer.get(k) or {}, dict): raise SpecError(f"{src}: {k} of {where} must be a mapping")
+                if not isinstance(layer.get(k) or {}, dict): raise SpecError(f"{rsrc}: {k} of {where} must be a mapping")
         params, res = {}, {}
         for layer in layers: params, res = _merge(params, layer.get("parameters") or {}), _merge(res, layer.get("resources") or {})
         for k in LAUNCHER_PARAMETERS:
-            if k in params: raise SpecError(f"{src}: {where} sets parameter {k!r}; the launcher sets it to the run's folder")
+            if k in params: raise SpecError(f"{rsrc}: {where} sets parameter {k!r}; the launcher sets it to the run's folder")
         deps = r.get("depends_on") or []
-        if not isinstance(deps, list): raise SpecError(f"{src}: depends_on of {where} must be a list of run names")
-        deps = [_qualify(x, spec, f"{src}: depends_on of {where}") for x in deps]
+        if not isinstance(deps, list): raise SpecError(f"{rsrc}: depends_on of {where} must be a list of run names")
+        deps = [_qualify(x, spec, f"{rsrc}: depends_on of {where}") for x in deps]
         try: refs = [_qualify(x, spec, src) for x in find_refs(params)]
-        except SpecError as e: raise SpecError(f"{src}: parameters of {where}: {e}") from None
+        except SpecError as e: raise SpecError(f"{rsrc}: parameters of {where}: {e}") from None
         missing = sorted(set(refs) - set(deps))
-        if missing: raise SpecError(f"{src}: {where} uses ${{{missing[0]}.out_dir}} but does not list {missing[0]!r} in depends_on")
+        if missing: raise SpecError(f"{rsrc}: {where} uses ${{{missing[0]}.out_dir}} but does not list {missing[0]!r} in depends_on")
         params = _walk_strings(params, lambda s: _TEMPLATE.sub(lambda m: "${" + _qualify(_REF.match(m.group(1).strip()).group(1), spec, src) + ".out_dir}", s))
-        run_line = f"{src}:{yaml_line(tree, ('runs', i))}"
         lines = {}
         for k in params:  # the last layer that sets k wrote the value in effect
             at = [yaml_line(tree, lk + ("parameters", k)) for lk, layer in zip(layer_keys, layers) if k in (layer.get("parameters") or {})]
-            lines[k] = f"{src}:{at[-1]}" if at and at[-1] else run_line
-        out.append(Run(f"{spec}/{name}", (root / r["notebook"]).resolve(), params, check_resources(res, where, src), deps,
-                       r.get("description") or "", run_line, lines))
+            lines[k] = f"{src}:{at[-1]}" if at and at[-1] else rsrc
+        out.append(Run(f"{spec}/{name}", (root / r["notebook"]).resolve(), params, check_resources(res, where, rsrc), deps,
+                       r.get("description") or "", rsrc, lines))
     return out, skipped
 
 # %% ../nbs/60_launch.ipynb #c3640136
@@ -438,13 +446,13 @@ def load_spec(path,  # the spec file (YAML)
             for dep in r.depends_on:
                 other = path.parent / f"{dep.split('/')[0]}.yaml"
                 if dep.split("/")[0] not in loaded:
-                    if not other.exists(): raise SpecError(f"{path}: run {r.id!r} depends on {dep!r}, but {other} does not exist")
+                    if not other.exists(): raise SpecError(f"{r.where}: run {r.id!r} depends on {dep!r}, but {_show(other)} does not exist")
                     todo.append(other)
     for r in runs.values():
         cut = [x for x in r.depends_on if x in skipped]
-        if cut: raise SpecError(f"{path}: run {r.id!r} depends on {cut[0]!r}, which scale {scale!r} skips; skip {r.id!r} too")
+        if cut: raise SpecError(f"{r.where}: run {r.id!r} depends on {cut[0]!r}, which scale {scale!r} skips; skip {r.id!r} too")
         unknown = [x for x in r.depends_on if x not in runs]
-        if unknown: raise SpecError(f"{path}: run {r.id!r} depends on unknown run {unknown[0]!r}; runs: {sorted(runs)}")
+        if unknown: raise SpecError(f"{r.where}: run {r.id!r} depends on unknown run {unknown[0]!r}; runs: {sorted(runs)}")
     keep, todo = set(), [k for k in runs if k.startswith(f"{path.stem}/")]  # this file's runs and what they need
     while todo:
         k = todo.pop()
@@ -473,7 +481,8 @@ def _cell_ref(v):
 
 def check_table(spec: Spec) -> dict:
     "Validate `spec.table`: keys, one value per column, references to runs of the spec."
-    src, t = str(spec.path), _check_keys(spec.table, TABLE_KEYS, "table", str(spec.path))
+    src = _place(spec.path, "table")
+    t = _check_keys(spec.table, TABLE_KEYS, "table", src)
     cols = t.get("columns")
     if not isinstance(cols, list) or not cols or not all(isinstance(c, str) for c in cols): raise SpecError(f"{src}: table.columns must be a list of labels")
     if not isinstance(t.get("rows"), list) or not t["rows"]: raise SpecError(f"{src}: table.rows must be a non-empty list")
@@ -531,7 +540,8 @@ FIGURE_KEYS = ("title", "files", "notes")
 
 def check_figure(spec: Spec) -> dict:
     "Validate `spec.figure`: keys, and `run:path` entries naming runs of the spec."
-    src, f = str(spec.path), _check_keys(spec.figure, FIGURE_KEYS, "figure", str(spec.path))
+    src = _place(spec.path, "figure")
+    f = _check_keys(spec.figure, FIGURE_KEYS, "figure", src)
     files = f.get("files")
     if not isinstance(files, list) or not files: raise SpecError(f"{src}: figure.files must be a non-empty list of '<run>:<path>'")
     for v in files:
