@@ -23,7 +23,7 @@ __all__ = ['Geometry', 'ALIGN_BENCH_LAYOUT', 'SCORE_KEYS', 'patch_attention', 'r
            'cell_coverage', 'box_coverage', 'mask_coverage', 'region_mass', 'MaskRef', 'Region', 'Phrase',
            'AlignSample', 'phrase_words', 'read_alignment_jsonl', 'write_alignment_jsonl', 'read_align_bench',
            'read_synthetic_alignment', 'text_patch_maps', 'AttentionMaps', 'attention_maps', 'score_sample',
-           'alignment_report', 'upsample_map', 'overlay_attention', 'plot_attention_maps']
+           'alignment_report', 'upsample_map', 'overlay_attention', 'plot_attention_maps', 'write_png', 'save_figure']
 
 # %% ../nbs/50_alignment.ipynb #a43fb39a
 def patch_attention(cross_attentions: list,  # `FusionOutput.cross_attentions`: per layer (text->image, image->text)
@@ -486,15 +486,16 @@ def overlay_attention(view: np.ndarray,   # [S, S, 3] uint8: `PreparedImage.view
                       ax=None,            # matplotlib axes to draw into; None = a new figure
                       alpha: float = 0.5,
                       cmap: str = "jet",
+                      fontsize: float = 9,  # of the title
                      ):
-    "Draw `att_map` over the image; returns the figure."
+    "Draw `att_map` over the image (its pixels as they are: no smoothing by the renderer); returns the figure."
     import matplotlib.pyplot as plt
     if ax is None: fig, ax = plt.subplots(figsize=(3, 3))
     else: fig = ax.figure
-    ax.imshow(view)
-    ax.imshow(upsample_map(att_map, view.shape[0]), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+    ax.imshow(view, interpolation="nearest")
+    ax.imshow(upsample_map(att_map, view.shape[0]), cmap=cmap, alpha=alpha, vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
-    if title: ax.set_title(title, fontsize=9)
+    if title: ax.set_title(title, fontsize=fontsize)
     return fig
 
 def plot_attention_maps(maps: AttentionMaps, max_words: int = 8, ncols: int = 5, title: Optional[str] = None):
@@ -510,3 +511,30 @@ def plot_attention_maps(maps: AttentionMaps, max_words: int = 8, ncols: int = 5,
     if title: fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/50_alignment.ipynb #be7e1c5e
+def write_png(img: Image.Image,    # any PIL image; transparency is flattened onto white
+              path,                # where the PNG goes (folders are made)
+              colours: int = 256,  # palette size; 0: keep full RGB
+             ) -> Path:
+    "Write `img` as a compact PNG: RGB on white, quantised to a palette of `colours` (no dithering), optimised."
+    img = img.convert("RGBA")
+    rgb = Image.new("RGB", img.size, "white"); rgb.paste(img, mask=img.getchannel("A"))
+    out = rgb.quantize(colours, dither=Image.Dither.NONE) if colours else rgb
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    out.save(path, format="PNG", optimize=True)
+    return path
+
+def save_figure(fig,                 # a matplotlib figure; closed after writing
+                path,                # where the PNG goes
+                dpi: float = 100,    # pixels per inch
+                colours: int = 256,  # palette size (see `write_png`); 0: full RGB
+                **savefig_kw,        # more `Figure.savefig` options, e.g. bbox_inches="tight"
+               ) -> Path:
+    "Render `fig` and write it with `write_png`."
+    import io, matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, **savefig_kw)
+    plt.close(fig)
+    buf.seek(0)
+    with Image.open(buf) as img: return write_png(img, path, colours)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/60_launch.ipynb #883ffd76
 from __future__ import annotations
-import argparse, json, os, re, signal, sys, threading, time
+import argparse, difflib, json, os, re, signal, sys, threading, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -12,15 +12,19 @@ from typing import Any, Callable, Optional, Sequence
 import yaml
 
 # %% auto #0
-__all__ = ['SPEC_KEYS', 'RUN_KEYS', 'SCALE_KEYS', 'OVERRIDE_KEYS', 'RESOURCE_DEFAULTS', 'LAUNCHER_PARAMETERS', 'TABLE_KEYS',
-           'ROW_KEYS', 'FIGURE_KEYS', 'SpecError', 'check_resources', 'topo_order', 'find_refs', 'resolve_templates',
-           'notebook_parameters', 'write_test_notebook', 'Run', 'Spec', 'load_spec', 'check_table', 'collect_table',
-           'table_markdown', 'check_figure', 'collect_figures', 'run_dir', 'is_finished', 'run_parameters',
-           'NotebookJob', 'Launched', 'launch', 'main']
+__all__ = ['SPEC_KEYS', 'RUN_KEYS', 'SCALE_KEYS', 'OVERRIDE_KEYS', 'RESOURCE_DEFAULTS', 'LAUNCHER_PARAMETERS', 'MISSING_DATA_FIX',
+           'PATH_PARAMETERS', 'PATH_SUFFIXES', 'TABLE_KEYS', 'ROW_KEYS', 'FIGURE_KEYS', 'SpecError', 'check_resources',
+           'topo_order', 'find_refs', 'resolve_templates', 'notebook_parameters', 'write_test_notebook', 'Run', 'Spec',
+           'yaml_line', 'Problem', 'is_path_parameter', 'notebook_defaults', 'run_problems', 'problem_lines',
+           'format_problems', 'load_spec', 'check_table', 'collect_table', 'table_markdown', 'check_figure',
+           'figure_files', 'run_dir', 'is_finished', 'run_parameters', 'NotebookJob', 'Launched', 'launch', 'main']
 
 # %% ../nbs/60_launch.ipynb #a3b6fecc
 class SpecError(ValueError):
-    "An experiment spec is malformed; the message names the file and the key."
+    "An experiment spec is malformed; the message names the file and the key (`problems`: the `Problem`s behind it, if any)."
+    def __init__(self, msg: str, problems: Sequence = ()):
+        super().__init__(msg)
+        self.problems = list(problems)
 
 SPEC_KEYS = ("description", "defaults", "runs", "scales", "table", "figure")
 RUN_KEYS = ("name", "notebook", "description", "depends_on", "parameters", "resources")
@@ -155,6 +159,8 @@ class Run:
     resources: dict  # see `check_resources`
     depends_on: list  # qualified ids of upstream runs
     description: str = ""
+    where: str = ""  # "file:line" of the run in its spec
+    lines: dict = field(default_factory=dict)  # parameter -> "file:line" of the value in effect (after defaults and scale)
     @property
     def spec(self) -> str: return self.id.split("/")[0]
     @property
@@ -172,6 +178,7 @@ class Spec:
     figure: Optional[dict] = None
     root: Path = Path(".")  # notebooks and relative paths in parameters are relative to it; notebooks run in it
     skipped: list = field(default_factory=list)  # ids of runs the scale leaves out (their table cells stay empty)
+    notes: list = field(default_factory=list)  # `Problem`s let through: data paths that do not exist, with `allow_missing_data`
     def qualify(self, name: str) -> str: return name if "/" in name else f"{self.name}/{name}"
     def run(self, name: str) -> Run:
         "The run `name` (`<run>` of this spec or `<spec>/<run>`)."
@@ -187,68 +194,243 @@ def _merge(a: dict, b: dict) -> dict:
     for k, v in b.items(): out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
+def _show(path) -> str:
+    "`path` relative to the working directory when it lies below it (shorter messages), else as it is."
+    try: return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError: return str(path)
+
 def _read_yaml(path: Path) -> dict:
-    if not path.exists(): raise SpecError(f"spec {path} does not exist")
+    if not path.exists(): raise SpecError(f"spec {_show(path)} does not exist")
     try: d = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e: raise SpecError(f"cannot parse spec {path}: {e}") from None
-    return _check_keys(d or {}, SPEC_KEYS, "the spec", str(path))
+    except yaml.YAMLError as e: raise SpecError(_yaml_error(path, e)) from None
+    return _check_keys(d or {}, SPEC_KEYS, "the spec", _show(path))
+
+def _yaml_error(path: Path, e: yaml.YAMLError) -> str:
+    "One line for a YAML syntax error: `file:line:column: what (context)` and the fix."
+    mark = getattr(e, "problem_mark", None)
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    ctx, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    where = f"{_show(path)}:{mark.line + 1}:{mark.column + 1}" if mark else _show(path)
+    ctx = f" ({ctx} from line {cmark.line + 1})" if ctx and cmark else (f" ({ctx})" if ctx else "")
+    return f"{where}: YAML syntax error: {what}{ctx}; check the indentation, brackets and quotes on that line and the lines before it"
 
 def _qualify(name: str, spec: str, src: str) -> str:
     if not isinstance(name, str) or not all(_NAME.match(p) for p in name.split("/")) or name.count("/") > 1:
         raise SpecError(f"{src}: {name!r} is not a run name (letters, digits, '_', '-'; other files' runs as <spec>/<run>)")
     return name if "/" in name else f"{spec}/{name}"
 
-# %% ../nbs/60_launch.ipynb #1eb43c32
+# %% ../nbs/60_launch.ipynb #d4cc0b6e
+def yaml_line(node,  # a composed YAML node (`yaml.compose`)
+              keys: Sequence,  # mapping keys and list indices from `node` down
+             ) -> Optional[int]:
+    "1-based line of the last of `keys` below `node` (merge keys followed), or None if it is not there."
+    line = None
+    for k in keys:
+        if isinstance(node, yaml.MappingNode):
+            hit = _mapping_item(node, k)
+            if hit is None: return None
+            key_node, node = hit
+            line = key_node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(k, int) and 0 <= k < len(node.value):
+            node = node.value[k]; line = node.start_mark.line + 1
+        else: return None
+    return line
+
+def _place(path, *keys) -> str:
+    "'file:line' of `keys` in the YAML file at `path` ('file' alone if they are not there)."
+    line = yaml_line(yaml.compose(Path(path).read_text()), keys)
+    return f"{_show(path)}:{line}" if line else _show(path)
+
+def _mapping_item(node: yaml.MappingNode, key):
+    "(key node, value node) of `key` in a mapping node, looking into `<<` merges last, as YAML does."
+    for k, v in node.value:
+        if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge" and k.value == str(key): return k, v
+    for k, v in node.value:
+        if k.tag == "tag:yaml.org,2002:merge":
+            for m in (v.value if isinstance(v, yaml.SequenceNode) else [v]):
+                if isinstance(m, yaml.MappingNode) and (hit := _mapping_item(m, key)): return hit
+    return None
+
+# %% ../nbs/60_launch.ipynb #54055840
 def _parse_runs(path: Path, d: dict, scale: Optional[str], root: Path) -> tuple[list, list]:
     "The runs of one file with defaults and scale applied (no cross-file checks yet), and the ids the scale skips."
-    src, spec = str(path), path.stem
+    src, spec, tree = _show(path), path.stem, yaml.compose(path.read_text())
+    def loc(*keys) -> str:  # "file:line" of a place in the file (the file alone if it is not there)
+        line = yaml_line(tree, keys)
+        return f"{src}:{line}" if line else src
     runs = d.get("runs")
-    if not isinstance(runs, list) or not runs: raise SpecError(f"{src}: 'runs' must be a non-empty list of runs")
-    defaults = _check_keys(d.get("defaults") or {}, OVERRIDE_KEYS, "defaults", src)
+    if not isinstance(runs, list) or not runs: raise SpecError(f"{loc('runs')}: 'runs' must be a non-empty list of runs")
+    defaults = _check_keys(d.get("defaults") or {}, OVERRIDE_KEYS, "defaults", loc("defaults"))
     scales = d.get("scales") or {}
-    if not isinstance(scales, dict): raise SpecError(f"{src}: scales must be a mapping of scale names")
+    if not isinstance(scales, dict): raise SpecError(f"{loc('scales')}: scales must be a mapping of scale names")
     if scale is not None and scale not in scales:
         raise SpecError(f"{src}: no scale {scale!r}; scales: {sorted(scales)}")
-    sc = _check_keys(scales.get(scale) or {}, SCALE_KEYS, f"scales.{scale}", src) if scale else {}
-    sc_defaults = _check_keys(sc.get("defaults") or {}, OVERRIDE_KEYS, f"scales.{scale}.defaults", src)
-    sc_runs = _check_keys(sc.get("runs") or {}, [r.get("name") for r in runs if isinstance(r, dict)], f"scales.{scale}.runs", src)
+    sc = _check_keys(scales.get(scale) or {}, SCALE_KEYS, f"scales.{scale}", loc("scales", scale)) if scale else {}
+    sc_defaults = _check_keys(sc.get("defaults") or {}, OVERRIDE_KEYS, f"scales.{scale}.defaults", loc("scales", scale, "defaults"))
+    sc_runs = _check_keys(sc.get("runs") or {}, [r.get("name") for r in runs if isinstance(r, dict)], f"scales.{scale}.runs", loc("scales", scale, "runs"))
     out, seen, skipped = [], set(), []
     for i, r in enumerate(runs):
-        _check_keys(r, RUN_KEYS, f"run #{i + 1}", src)
+        rsrc = loc("runs", i)  # errors about this run name its line
+        _check_keys(r, RUN_KEYS, f"run #{i + 1}", rsrc)
         for k in ("name", "notebook"):
-            if not isinstance(r.get(k), str): raise SpecError(f"{src}: run #{i + 1} needs a '{k}' string")
+            if not isinstance(r.get(k), str): raise SpecError(f"{rsrc}: run #{i + 1} needs a '{k}' string")
         name = r["name"]
-        if not _NAME.match(name): raise SpecError(f"{src}: run name {name!r} may only use letters, digits, '_' and '-'")
-        if name in seen: raise SpecError(f"{src}: run {name!r} is defined twice")
+        if not _NAME.match(name): raise SpecError(f"{rsrc}: run name {name!r} may only use letters, digits, '_' and '-'")
+        if name in seen: raise SpecError(f"{rsrc}: run {name!r} is defined twice")
         seen.add(name)
         where = f"run {name!r}"
-        over = _check_keys(sc_runs.get(name) or {}, OVERRIDE_KEYS + ("skip",), f"scales.{scale}.runs.{name}", src)
-        if over.get("skip", False) not in (True, False): raise SpecError(f"{src}: scales.{scale}.runs.{name}.skip must be true or false")
+        over = _check_keys(sc_runs.get(name) or {}, OVERRIDE_KEYS + ("skip",), f"scales.{scale}.runs.{name}", loc("scales", scale, "runs", name))
+        if over.get("skip", False) not in (True, False): raise SpecError(f"{rsrc}: scales.{scale}.runs.{name}.skip must be true or false")
         if over.get("skip"): skipped.append(f"{spec}/{name}"); continue
         layers = [defaults, {k: r.get(k) or {} for k in OVERRIDE_KEYS}, sc_defaults, over]
+        layer_keys = [("defaults",), ("runs", i), ("scales", scale, "defaults"), ("scales", scale, "runs", name)]  # where each layer is written
         for k in OVERRIDE_KEYS:
             for layer in layers:
-                if not isinstance(layer.get(k) or {}, dict): raise SpecError(f"{src}: {k} of {where} must be a mapping")
+                if not isinstance(layer.get(k) or {}, dict): raise SpecError(f"{rsrc}: {k} of {where} must be a mapping")
         params, res = {}, {}
         for layer in layers: params, res = _merge(params, layer.get("parameters") or {}), _merge(res, layer.get("resources") or {})
         for k in LAUNCHER_PARAMETERS:
-            if k in params: raise SpecError(f"{src}: {where} sets parameter {k!r}; the launcher sets it to the run's folder")
+            if k in params: raise SpecError(f"{rsrc}: {where} sets parameter {k!r}; the launcher sets it to the run's folder")
         deps = r.get("depends_on") or []
-        if not isinstance(deps, list): raise SpecError(f"{src}: depends_on of {where} must be a list of run names")
-        deps = [_qualify(x, spec, f"{src}: depends_on of {where}") for x in deps]
+        if not isinstance(deps, list): raise SpecError(f"{rsrc}: depends_on of {where} must be a list of run names")
+        deps = [_qualify(x, spec, f"{rsrc}: depends_on of {where}") for x in deps]
         try: refs = [_qualify(x, spec, src) for x in find_refs(params)]
-        except SpecError as e: raise SpecError(f"{src}: parameters of {where}: {e}") from None
+        except SpecError as e: raise SpecError(f"{rsrc}: parameters of {where}: {e}") from None
         missing = sorted(set(refs) - set(deps))
-        if missing: raise SpecError(f"{src}: {where} uses ${{{missing[0]}.out_dir}} but does not list {missing[0]!r} in depends_on")
+        if missing: raise SpecError(f"{rsrc}: {where} uses ${{{missing[0]}.out_dir}} but does not list {missing[0]!r} in depends_on")
         params = _walk_strings(params, lambda s: _TEMPLATE.sub(lambda m: "${" + _qualify(_REF.match(m.group(1).strip()).group(1), spec, src) + ".out_dir}", s))
-        out.append(Run(f"{spec}/{name}", (root / r["notebook"]).resolve(), params, check_resources(res, where, src), deps, r.get("description") or ""))
+        lines = {}
+        for k in params:  # the last layer that sets k wrote the value in effect
+            at = [yaml_line(tree, lk + ("parameters", k)) for lk, layer in zip(layer_keys, layers) if k in (layer.get("parameters") or {})]
+            lines[k] = f"{src}:{at[-1]}" if at and at[-1] else rsrc
+        out.append(Run(f"{spec}/{name}", (root / r["notebook"]).resolve(), params, check_resources(res, where, rsrc), deps,
+                       r.get("description") or "", rsrc, lines))
     return out, skipped
 
-# %% ../nbs/60_launch.ipynb #d4cc0b6e
+# %% ../nbs/60_launch.ipynb #c3640136
+@dataclass(frozen=True)
+class Problem:
+    "One bad value of a run: where it is written, what is wrong and the fix."
+    where: str  # "file:line" of the value (or of the run)
+    run: str  # qualified run id
+    parameter: str  # "" for the run as a whole
+    what: str
+    fix: str
+    missing: str = ""  # a data path that does not exist (reported once per path, see `format_problems`)
+    def __str__(self):
+        return f"{self.where}: run {self.run}" + (f", parameter {self.parameter!r}" if self.parameter else "") + f": {self.what}; {self.fix}"
+
+MISSING_DATA_FIX = ("write the data with `python -m scl_nb.importers` (experiments/README.md) or edit the paths in the spec; "
+                    "`--scale tiny` runs on synthetic data; `--allow-missing-data` shows the plan anyway")
+PATH_PARAMETERS = ("data", "manifest", "answers", "checkpoint", "config")
+PATH_SUFFIXES = ("_manifest", "_path", "_file", "_checkpoint")
+
+def is_path_parameter(name: str) -> bool:
+    "Does the parameter `name` hold a data path (checked to exist unless it is 'synthetic' or made by an upstream run)?"
+    return name in PATH_PARAMETERS or name.endswith(PATH_SUFFIXES)
+
+def notebook_defaults(path) -> dict:
+    "The parameters of the notebook at `path` with their default values (`...` where the default is not a literal)."
+    import ast
+    out = {}
+    for k, src in notebook_parameters(path).items():
+        try: out[k] = ast.literal_eval(src)
+        except (ValueError, SyntaxError): out[k] = ...
+    return out
+
+# %% ../nbs/60_launch.ipynb #ea522af5
+_FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+_KINDS = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list,), dict: (dict,)}
+
+def _type_problem(value, default) -> Optional[tuple]:
+    "(what, fix) if `value` has not the type of the notebook's `default`; None if it has or the default says nothing."
+    if isinstance(value, str) and _FLOAT_TEXT.match(value) and not isinstance(default, str):
+        mant, exp = re.split("[eE]", value)
+        return (f"{value!r} is text: YAML reads e-notation as a number only with a dot and a signed exponent",
+                f"write {mant if '.' in mant else mant + '.0'}e{exp if exp[0] in '+-' else '+' + exp}")
+    want = _KINDS.get(type(default))
+    if want is None or (isinstance(value, want) and not (isinstance(value, bool) and type(default) is not bool)): return None
+    tp = type(default).__name__
+    return (f"{value!r} is a {type(value).__name__}, the notebook's default {default!r} a {tp}",
+            "give true or false" if tp == "bool" else f"give a {'number' if tp == 'float' else tp}")
+
+# %% ../nbs/60_launch.ipynb #4af52181
+def _at_root(v: str, root: Path) -> Path: return Path(v) if Path(v).is_absolute() else Path(root) / v
+
+def _preset_problem(v, root: Path) -> Optional[tuple]:
+    from scl_nb.config import PRESETS
+    if isinstance(v, str) and (v in PRESETS or _at_root(v, root).is_file()): return None
+    return (f"{v!r} is neither a preset nor a config file", f"use one of {sorted(PRESETS)} or the path of a YAML/JSON config (relative to the root)")
+
+def _value_problem(name: str, v, params: dict, root: Path) -> Optional[tuple]:
+    "(what, fix[, missing path]) if the value `v` of parameter `name` is not one the notebook can use; None if it is."
+    if v is None: return None
+    if name.endswith("objectives"):
+        from scl_nb.config import ConfigError
+        from scl_nb.train import objective_overrides
+        if not isinstance(v, str): return (f"{v!r} is not a comma-separated list", "write the objectives as text, e.g. 'mlm,itm,itc,scl'")
+        try: objective_overrides(v)
+        except ConfigError as e: return (str(e), "write the objectives separated by commas")
+    if name == "preset": return _preset_problem(v, root)
+    if name == "overrides" and isinstance(v, str) and v.strip() and not _preset_problem(params.get("preset", "tiny"), root):
+        from scl_nb.config import ConfigError, PRESETS, load_config
+        pre = params.get("preset", "tiny")
+        try: load_config(pre if pre in PRESETS else _at_root(pre, root), v.split())
+        except ConfigError as e: return (f"{v!r}: {e}", "write key.sub=value settings of scl_nb.config, separated by spaces")
+    if name == "dataset":
+        from scl_nb.tasks import TASK_SETTINGS
+        if v not in TASK_SETTINGS: return (f"{v!r} has no SPEC section 4 setting", f"choose one of {sorted(TASK_SETTINGS)}")
+    if is_path_parameter(name):
+        if not isinstance(v, str): return (f"{v!r} is not a path", "give a path (relative to the root) or 'synthetic'")
+        if v == "synthetic" or find_refs(v): return None  # generated, or made by an upstream run
+        if not _at_root(v, root).exists(): return (f"{v} does not exist", MISSING_DATA_FIX, _show(_at_root(v, root)))
+    return None
+
+def run_problems(run: Run, root) -> list:
+    "Every `Problem` of `run` against its notebook: the notebook, parameter names, types, known values, data paths."
+    nb, at = run.notebook, lambda k: run.lines.get(k) or run.where
+    if not nb.exists(): return [Problem(run.where, run.id, "", f"notebook {_show(nb)} does not exist", "fix the notebook path (relative to the root)")]
+    defaults = notebook_defaults(nb)
+    if "out_dir" not in defaults:
+        return [Problem(run.where, run.id, "", f"notebook {nb.name} has no 'out_dir' parameter (cell tagged 'parameters')",
+                        "add one: the launcher gives every run its folder through it")]
+    out, params = [], {**{k: v for k, v in defaults.items() if v is not ...}, **run.parameters}
+    for k, v in run.parameters.items():
+        if k not in defaults:
+            close = difflib.get_close_matches(k, list(defaults), n=1)
+            out.append(Problem(at(k), run.id, k, f"notebook {nb.name} has no such parameter",
+                               (f"did you mean {close[0]!r}? " if close else "") + f"its parameters: {sorted(defaults)}"))
+            continue
+        bad = _type_problem(v, defaults[k]) or _value_problem(k, v, params, Path(root))
+        if bad: out.append(Problem(at(k), run.id, k, *bad))
+    return out
+
+# %% ../nbs/60_launch.ipynb #d27bace4
+def problem_lines(problems: Sequence[Problem]) -> list:
+    "One line per problem (duplicates dropped); missing data paths one line per path, then the fix."
+    problems = list(dict.fromkeys(problems))
+    lines, by_path = [str(p) for p in problems if not p.missing], {}
+    for p in problems:
+        if p.missing: by_path.setdefault(p.missing, []).append(p)
+    for path, ps in by_path.items():
+        runs = list(dict.fromkeys(p.run for p in ps))
+        used = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more runs" if len(runs) > 3 else "")
+        lines.append(f"{ps[0].where}: data path {path} does not exist (parameter {'/'.join(sorted({p.parameter for p in ps}))} of {used})")
+    if by_path: lines.append(f"fix: {MISSING_DATA_FIX}")
+    return lines
+
+def format_problems(problems: Sequence[Problem]) -> str:
+    "The message of a `SpecError` for `problems`."
+    lines = problem_lines(problems)
+    n = len(lines) - any(p.missing for p in problems)  # the fix line of missing paths is not a problem
+    return lines[0] if len(lines) == 1 else f"{n} problem{'s' * (n > 1)}:\n  " + "\n  ".join(lines)
+
+# %% ../nbs/60_launch.ipynb #b759b8dc
 def load_spec(path,  # the spec file (YAML)
               scale: Optional[str] = None,  # a key of `scales` (e.g. "tiny"); None = full scale
               root=None,  # folder that notebook paths are relative to; None = the current directory
-              check_notebooks: bool = True,  # notebooks must exist and know every parameter
+              check_notebooks: bool = True,  # notebooks must exist and every parameter be valid (`run_problems`)
+              allow_missing_data: bool = False,  # data paths that do not exist become `Spec.notes` instead of errors
              ) -> Spec:
     "Read, validate and scale an experiment spec; runs of other files it depends on are included."
     path, root = Path(path).resolve(), Path(root or Path.cwd()).resolve()
@@ -264,13 +446,13 @@ def load_spec(path,  # the spec file (YAML)
             for dep in r.depends_on:
                 other = path.parent / f"{dep.split('/')[0]}.yaml"
                 if dep.split("/")[0] not in loaded:
-                    if not other.exists(): raise SpecError(f"{path}: run {r.id!r} depends on {dep!r}, but {other} does not exist")
+                    if not other.exists(): raise SpecError(f"{r.where}: run {r.id!r} depends on {dep!r}, but {_show(other)} does not exist")
                     todo.append(other)
     for r in runs.values():
         cut = [x for x in r.depends_on if x in skipped]
-        if cut: raise SpecError(f"{path}: run {r.id!r} depends on {cut[0]!r}, which scale {scale!r} skips; skip {r.id!r} too")
+        if cut: raise SpecError(f"{r.where}: run {r.id!r} depends on {cut[0]!r}, which scale {scale!r} skips; skip {r.id!r} too")
         unknown = [x for x in r.depends_on if x not in runs]
-        if unknown: raise SpecError(f"{path}: run {r.id!r} depends on unknown run {unknown[0]!r}; runs: {sorted(runs)}")
+        if unknown: raise SpecError(f"{r.where}: run {r.id!r} depends on unknown run {unknown[0]!r}; runs: {sorted(runs)}")
     keep, todo = set(), [k for k in runs if k.startswith(f"{path.stem}/")]  # this file's runs and what they need
     while todo:
         k = todo.pop()
@@ -278,22 +460,14 @@ def load_spec(path,  # the spec file (YAML)
     runs = {k: r for k, r in runs.items() if k in keep}
     skipped = [k for k in skipped if k.startswith(f"{path.stem}/")]
     order = topo_order({k: r.depends_on for k, r in runs.items()})
-    if check_notebooks:
-        for r in runs.values(): _check_notebook(r)
-    spec = Spec(path.stem, path, scale, [runs[k] for k in order], d.get("description") or "", d.get("table"), d.get("figure"), root, skipped)
+    problems, notes = [], []
+    for r in runs.values() if check_notebooks else []:
+        for pr in run_problems(r, root): (notes if pr.missing and allow_missing_data else problems).append(pr)
+    if problems: raise SpecError(format_problems(problems), problems)
+    spec = Spec(path.stem, path, scale, [runs[k] for k in order], d.get("description") or "", d.get("table"), d.get("figure"), root, skipped, notes)
     if spec.table is not None: check_table(spec)
     if spec.figure is not None: check_figure(spec)
     return spec
-
-def _check_notebook(run: Run):
-    "The notebook exists, has an `out_dir` parameter and knows every parameter the run sets."
-    if not run.notebook.exists(): raise SpecError(f"run {run.id!r}: notebook {run.notebook} does not exist")
-    known = notebook_parameters(run.notebook)
-    if "out_dir" not in known:
-        raise SpecError(f"run {run.id!r}: notebook {run.notebook.name} has no 'out_dir' parameter (cell tagged 'parameters'); "
-                        "the launcher gives every run its folder through it")
-    unknown = sorted(set(run.parameters) - set(known))
-    if unknown: raise SpecError(f"run {run.id!r}: notebook {run.notebook.name} has no parameter {unknown[0]!r}; its parameters: {sorted(known)}")
 
 # %% ../nbs/60_launch.ipynb #94e722a1
 TABLE_KEYS = ("title", "columns", "rows", "notes")
@@ -307,7 +481,8 @@ def _cell_ref(v):
 
 def check_table(spec: Spec) -> dict:
     "Validate `spec.table`: keys, one value per column, references to runs of the spec."
-    src, t = str(spec.path), _check_keys(spec.table, TABLE_KEYS, "table", str(spec.path))
+    src = _place(spec.path, "table")
+    t = _check_keys(spec.table, TABLE_KEYS, "table", src)
     cols = t.get("columns")
     if not isinstance(cols, list) or not cols or not all(isinstance(c, str) for c in cols): raise SpecError(f"{src}: table.columns must be a list of labels")
     if not isinstance(t.get("rows"), list) or not t["rows"]: raise SpecError(f"{src}: table.rows must be a non-empty list")
@@ -365,7 +540,8 @@ FIGURE_KEYS = ("title", "files", "notes")
 
 def check_figure(spec: Spec) -> dict:
     "Validate `spec.figure`: keys, and `run:path` entries naming runs of the spec."
-    src, f = str(spec.path), _check_keys(spec.figure, FIGURE_KEYS, "figure", str(spec.path))
+    src = _place(spec.path, "figure")
+    f = _check_keys(spec.figure, FIGURE_KEYS, "figure", src)
     files = f.get("files")
     if not isinstance(files, list) or not files: raise SpecError(f"{src}: figure.files must be a non-empty list of '<run>:<path>'")
     for v in files:
@@ -373,17 +549,14 @@ def check_figure(spec: Spec) -> dict:
         if spec.qualify(v.split(":", 1)[0]) not in spec.skipped: spec.run(v.split(":", 1)[0])
     return f
 
-def collect_figures(spec: Spec, runs_dir="runs", dest="figures") -> list:
-    "Copy the figure files that exist into `dest`; return the copied paths."
-    import shutil
+def figure_files(spec: Spec, runs_dir="runs") -> list:
+    "[(run id, path)] of the files of `spec.figure` in their run folders, for the runs the scale keeps (they may not exist yet)."
     out = []
     for v in check_figure(spec)["files"]:
         run, rel = v.split(":", 1)
         if spec.qualify(run) in spec.skipped: continue
-        r = spec.run(run); src = run_dir(r, runs_dir, spec.scale) / rel
-        if src.exists():
-            Path(dest).mkdir(parents=True, exist_ok=True)
-            out.append(Path(shutil.copy(src, Path(dest) / f"{spec.name}__{r.name}__{Path(rel).name}")))
+        r = spec.run(run)
+        out.append((r.id, run_dir(r, runs_dir, spec.scale) / rel))
     return out
 
 # %% ../nbs/60_launch.ipynb #564c6c1f
@@ -642,6 +815,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=".", help="folder that notebook paths are relative to (default: .)")
     p.add_argument("--only", nargs="*", default=None, help="launch only these runs (and the runs they need)")
     p.add_argument("--no-check", action="store_true", help="do not check notebooks and their parameters")
+    p.add_argument("--allow-missing-data", action="store_true",
+                   help="data paths that do not exist are notes, not errors (to see the plan of a suite whose data is elsewhere)")
     p.add_argument("--wait", action="store_true", help="slurm: wait for the submitted jobs and report how they ended")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="local: run up to N runs at once, each when its upstream runs finished; a run shared by specs runs once (default: 1)")
@@ -650,12 +825,30 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     "CLI entry point; returns the exit code (0 ok, 1 a run failed, 2 a bad spec or option)."
     args = _parser().parse_args(argv)
-    try: specs = [load_spec(s, args.scale, args.root, check_notebooks=not args.no_check) for s in args.specs]
-    except SpecError as e:
-        print(f"spec error: {e}", file=sys.stderr); return 2
+    specs, errors = [], []
+    for s in args.specs:  # every file is checked, so that one message lists all problems
+        try: specs.append(load_spec(s, args.scale, args.root, check_notebooks=not args.no_check, allow_missing_data=args.allow_missing_data))
+        except SpecError as e: errors.append(e)
+    if errors:
+        print(_spec_error_text(errors), file=sys.stderr); return 2
     try: _check_jobs(args.jobs, args.cluster)
     except ValueError as e:
         print(f"error: --jobs: {e}", file=sys.stderr); return 2
+    notes = problem_lines([n for s in specs for n in s.notes])
+    if notes: print("# note: planned although data is missing (--allow-missing-data):\n#   " + "\n#   ".join(notes))
+    try: return _launch_all(specs, args)
+    except SpecError as e:  # e.g. `--only` names a run the specs do not have
+        print(f"spec error: {e}", file=sys.stderr); return 2
+
+def _spec_error_text(errors: list) -> str:
+    "One message for the `SpecError`s of several files: their problems once each (a shared run is checked by every file using it)."
+    problems = [p for e in errors for p in e.problems]
+    lines = list(dict.fromkeys(str(e) for e in errors if not e.problems)) + (problem_lines(problems) if problems else [])
+    n = len(lines) - any(p.missing for p in problems)
+    return "spec error: " + (lines[0] if len(lines) == 1 else f"{n} problem{'s' * (n > 1)}:\n  " + "\n  ".join(lines))
+
+def _launch_all(specs: list, args) -> int:
+    "Launch (or plan) the specs as the command line asks; the exit code."
     failed, submitted = False, []
     for spec in specs:
         print(f"# {spec.name}" + (f" (scale {spec.scale})" if spec.scale else "") + (f": {spec.description}" if spec.description else ""))

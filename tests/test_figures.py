@@ -58,6 +58,8 @@ def png_bytes(colour, size=(40, 60)):
     return buf.getvalue()
 
 
+STALE = "attention_maps__maps_scl__attention_global.png"  # the name of the per-run copies figures/ used to hold
+
 FAKE = {  # (spec, run): results.json
     ("ablation_objectives", "pt_base"): {"r1_after": 3.25},
     ("pretrain", "scl"): {"r1_after": 4.5},
@@ -83,6 +85,11 @@ def results(env, tmp_path_factory):
     write_run(runs, "ablation_objectives", "pt_base", FAKE[("ablation_objectives", "pt_base")], fake_metrics(["itc", "itm", "mlm"]))
     maps = {"attention_global.png": png_bytes((200, 30, 30)), "attention_local.png": png_bytes((30, 30, 200), (30, 90))}
     write_run(runs, "attention_maps", "maps_scl", {"global_box": 0.3}, files=maps)
+    figs.mkdir(parents=True)  # a figures/ folder from an earlier regeneration, with a file under a name no longer written
+    (figs / STALE).write_bytes(png_bytes((1, 2, 3)))
+    (figs / "notes.txt").write_text("not in the manifest: left alone")
+    (figs / "manifest.json").write_text(json.dumps({STALE: {"what": "old per-run copy", "runs": [], "scale": "tiny", "missing": [],
+                                                            "writer": "nbs/figures.ipynb", "written": "2026-11-27 08:15"}}))
     execute("tables.ipynb", base / "out", runs_dir=str(runs), figures_dir=str(figs), scale="tiny")
     execute("figures.ipynb", base / "out", runs_dir=str(runs), figures_dir=str(figs), scale="tiny")
     return dict(runs=runs, figs=figs, maps=maps)
@@ -132,8 +139,14 @@ def test_figures_written(results):
                  "attention_global.png", "attention_local.png"):
         with Image.open(figs / name) as im:
             assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 50, name
-    for kind, data in results["maps"].items():  # copied unchanged from the run folder
-        assert (figs / f"attention_maps__maps_scl__{kind}").read_bytes() == data
+    for kind, colour, size in (("global", (200, 30, 30), (40, 60)), ("local", (30, 30, 200), (30, 90))):
+        with Image.open(figs / f"attention_{kind}.png") as im:  # the run's image stacked pixel for pixel
+            rgb = np.asarray(im.convert("RGB"))
+        assert (rgb == colour).all(axis=-1).sum() == size[0] * size[1], kind
+    assert not list(figs.glob("attention_maps__*")), "per-run copies are not written (each map once) and the old ones removed"
+    assert (figs / "notes.txt").exists()  # only files the manifest says the notebook wrote are removed
+    for png in figs.glob("*.png"):
+        with Image.open(png) as im: assert im.mode in ("RGB", "P") and "transparency" not in im.info, (png.name, im.mode)
     index = json.loads((figs / "manifest.json").read_text())
     assert index["pretrain_loss.png"]["runs"] == ["ablation_objectives/pt_base", "pretrain/scl"]
     assert index["pretrain_loss.png"]["panels"] == ["total", "ITC", "ITM", "MLM", "MVSC (image completion)", "MLSC (text completion)"]

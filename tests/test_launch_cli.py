@@ -1,0 +1,67 @@
+"""`python -m scl_nb.launch` on bad specs, as a user runs it: exit status 2, a short message on stderr
+naming the file and line, no traceback; and the full-scale suite without its data refused (not planned).
+
+Each test spawns the launcher (about 5 to 15 s each on 2 CPU cores: it imports torch to check objectives).
+"""
+import os, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+           PYTHONPATH=os.pathsep.join([str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+
+
+def launch(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "scl_nb.launch", *map(str, args)], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_user_error(p, *parts, max_lines=12):
+    "Exit status 2, no traceback, a short stderr containing every one of `parts`."
+    assert p.returncode == 2, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+    assert "Traceback" not in p.stderr + p.stdout, p.stderr
+    assert 0 < len(p.stderr.splitlines()) <= max_lines, p.stderr
+    for part in parts: assert part in p.stderr, (part, p.stderr)
+
+
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("runs:\n  - name: a\n    notebook: nbs/pretrain.ipynb\n   parameters: {steps: 3}\n")
+    p = launch(bad, "--cluster", "local", "--dry-run", "--root", ROOT)
+    assert_user_error(p, f"{bad}:4:4: YAML syntax error", max_lines=1)
+
+
+def test_bad_values_listed_with_lines(tmp_path):
+    spec = tmp_path / "typos.yaml"
+    spec.write_text("runs:\n"
+                    "  - name: pt\n"
+                    "    notebook: nbs/pretrain.ipynb\n"
+                    "    parameters: {objectives: \"mlm,itm,itcc\", preset: tiny, data: synthetic}\n"
+                    "  - name: ft\n"
+                    "    notebook: nbs/finetune_vqa.ipynb\n"
+                    "    parameters: {data: data/none/vqav2.jsonl, epochs: 2, stepz: 5}\n")
+    p = launch(spec, "--cluster", "local", "--dry-run", "--root", ROOT)
+    assert_user_error(p, "spec error: 3 problems:",
+                      f"{spec}:4: run typos/pt, parameter 'objectives': unknown objective 'itcc'; choose from [",
+                      f"{spec}:7: run typos/ft, parameter 'stepz': notebook finetune_vqa.ipynb has no such parameter; did you mean 'steps'?",
+                      f"{spec}:7: data path data/none/vqav2.jsonl does not exist (parameter data of typos/ft)")  # relative to the working directory
+    assert "[would run]" not in p.stdout
+
+
+def test_unknown_only_run_is_a_user_error():
+    p = launch(ROOT / "experiments" / "pretrain.yaml", "--cluster", "local", "--scale", "tiny", "--dry-run", "--only", "nope")
+    assert_user_error(p, "spec error:", "no run 'nope'")
+
+
+@pytest.mark.skipif((ROOT / "data" / "manifests" / "pretrain_4m.jsonl").exists(), reason="this checkout has the paper's data")
+def test_full_scale_without_data_is_refused_not_planned():
+    specs = sorted((ROOT / "experiments").glob("*.yaml"))
+    p = launch(*specs, "--cluster", "slurm", "--dry-run")
+    assert_user_error(p, "data path data/manifests/pretrain_4m.jsonl does not exist", "--allow-missing-data", max_lines=15)
+    assert "[would run]" not in p.stdout
+    planned = launch(*specs, "--cluster", "slurm", "--dry-run", "--allow-missing-data")
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    assert "# note: planned although data is missing" in planned.stdout
+    assert planned.stdout.count("[would run]") > 20
