@@ -30,7 +30,7 @@ def num(default,      # default value
 # %% ../nbs/00_config.ipynb #dea9dce4
 @dataclass
 class VisionConfig:
-    "CLIP ViT vision tower (SPEC section 1)."
+    "CLIP ViT vision tower (method §1)."
     pretrained: Optional[str] = None  # HF `CLIPVisionModel` folder or hub id; None = random init
     image_size: int = num(288, 16, 2048)  # input resolution; position embeddings are interpolated to it
     patch_size: int = num(16, 1, 128)  # patch side in pixels
@@ -56,7 +56,7 @@ class VisionConfig:
 # %% ../nbs/00_config.ipynb #da044699
 @dataclass
 class TextConfig:
-    "Encoder-only text tower: RoBERTa by default, any BERT-family model works (SPEC section 1)."
+    "Encoder-only text tower: RoBERTa by default, any BERT-family model works (method §1)."
     pretrained: Optional[str] = None  # HF encoder folder or hub id (e.g. "roberta-base"); None = random init
     tokenizer: Optional[str] = None  # tokenizer folder or hub id; None = `pretrained`; "tiny-bpe" = built-in offline BPE
     model_type: Literal["roberta", "bert"] = "roberta"  # architecture used when building from these fields
@@ -72,7 +72,7 @@ class TextConfig:
 # %% ../nbs/00_config.ipynb #8550a1bc
 @dataclass
 class FusionConfig:
-    "Co-attention fusion: two lock-step streams of BERT layers with cross-attention (SPEC section 1)."
+    "Co-attention fusion: two lock-step streams of BERT layers with cross-attention (method §1)."
     layers: int = num(6, 1)  # layers per stream
     width: int = num(768, 8)  # hidden size of both streams
     heads: int = num(12, 1)  # attention heads
@@ -84,7 +84,7 @@ class FusionConfig:
 # %% ../nbs/00_config.ipynb #ee93fc49
 @dataclass
 class ObjectiveConfig:
-    "Pre-training objectives, their weights and hyper-parameters (SPEC section 2)."
+    "Pre-training objectives, their weights and hyper-parameters (method §2)."
     mlm: float = num(1.0, 0.0)  # masked language modelling
     itm: float = num(1.0, 0.0)  # image-text matching
     itc: float = num(0.5, 0.0)  # image-text contrastive
@@ -112,7 +112,7 @@ class ObjectiveConfig:
 # %% ../nbs/00_config.ipynb #bf4f9bb9
 @dataclass
 class DataConfig:
-    "Where the data comes from and how it is loaded (SPEC sections 3-4)."
+    "Where the data comes from and how it is loaded (method §3-§4)."
     source: str = "synthetic"  # "synthetic" or a manifest file (JSONL / CSV / Parquet)
     num_frames: int = num(4, 1, 64)  # frames per video clip
     video_ratio: float = num(0.0, 0.0, 1.0)  # fraction of video clips in mixed image+video batches
@@ -123,7 +123,7 @@ class DataConfig:
 # %% ../nbs/00_config.ipynb #1559a499
 @dataclass
 class TrainConfig:
-    "Optimisation and run control (SPEC section 3)."
+    "Optimisation and run control (method §3)."
     steps: int = num(100_000, 1)  # optimiser steps
     batch_size: int = num(4096, 1)  # global batch (reached by gradient accumulation)
     per_gpu_batch_size: int = num(32, 1)  # micro-batch per process

@@ -110,7 +110,7 @@ def _type_ids(like: torch.Tensor, type_id) -> torch.Tensor:
 
 # %% ../nbs/03_fusion.ipynb #3016b2d0
 class CoAttentionFusion(nn.Module):
-    "Modality transforms, token types and two lock-step streams of `CoAttentionLayer`s, with poolers (SPEC section 1)."
+    "Modality transforms, token types and two lock-step streams of `CoAttentionLayer`s, with poolers (method §1)."
     def __init__(self, cfg: FusionConfig,   # fusion architecture
                  vision_width: int,         # width of the vision tower's tokens
                  text_width: int,           # width of the text tower's tokens

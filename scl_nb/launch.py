@@ -379,7 +379,7 @@ def _value_problem(name: str, v, params: dict, root: Path) -> Optional[tuple]:
         except ConfigError as e: return (f"{v!r}: {e}", "write key.sub=value settings of scl_nb.config, separated by spaces")
     if name == "dataset":
         from scl_nb.tasks import TASK_SETTINGS
-        if v not in TASK_SETTINGS: return (f"{v!r} has no SPEC section 4 setting", f"choose one of {sorted(TASK_SETTINGS)}")
+        if v not in TASK_SETTINGS: return (f"{v!r} has no method §4 setting", f"choose one of {sorted(TASK_SETTINGS)}")
     if is_path_parameter(name):
         if not isinstance(v, str): return (f"{v!r} is not a path", "give a path (relative to the root) or 'synthetic'")
         if v == "synthetic" or find_refs(v): return None  # generated, or made by an upstream run

@@ -99,7 +99,7 @@ def vqa_vocab_key(ans: str) -> str:
     return vqa_digits_articles(vqa_strip_punctuation(ans)).replace(",", "")
 
 def vqa_soft_score(count: int) -> float:
-    "Soft target of an answer given by `count` humans: 0, 1, 2, 3, >=4 -> 0, .3, .6, .9, 1 (SPEC section 4)."
+    "Soft target of an answer given by `count` humans: 0, 1, 2, 3, >=4 -> 0, .3, .6, .9, 1 (method §4)."
     return (0.0, 0.3, 0.6, 0.9)[count] if count < 4 else 1.0
 
 def vqa_soft_scores(answers: Sequence[str],  # the human answers of one question, raw
@@ -176,7 +176,7 @@ def video_retrieval_metrics(scores,                    # [n_videos, n_texts] sim
 def nlvr2_accuracy(predictions,  # predicted labels (0/1 or bool), or logits `[N, 2]`
                    labels,       # true labels, 1 = the statement is true
                   ) -> float:
-    "NLVR2 accuracy in percent (SPEC section 5)."
+    "NLVR2 accuracy in percent (method §5)."
     p, y = _as_tensor(predictions), _as_tensor(labels).long().flatten()
     if p.ndim == 2: p = p.argmax(-1)
     p = p.long().flatten()

@@ -36,7 +36,7 @@ class MLMHead(nn.Module):
         return self.decoder(self.norm(F.gelu(self.dense(x))))
 
 def mlp_head(d_in: int, d_hidden: int, d_out: int, eps: float = 1e-5) -> nn.Sequential:
-    "Linear - LayerNorm - GELU - Linear: the shape of the ITC projections and of the task heads (SPEC sections 2, 4)."
+    "Linear - LayerNorm - GELU - Linear: the shape of the ITC projections and of the task heads (method §2 and §4)."
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.LayerNorm(d_hidden, eps=eps), nn.GELU(), nn.Linear(d_hidden, d_out))
 
 # %% ../nbs/04_model.ipynb #c9b45af7
@@ -94,7 +94,7 @@ class TextEncoding:
 
 # %% ../nbs/04_model.ipynb #19037521
 class SCLModel(nn.Module):
-    "Two towers + co-attention fusion + pre-training heads (SPEC section 1)."
+    "Two towers + co-attention fusion + pre-training heads (method §1)."
     def __init__(self, cfg: SCLConfig,  # model configuration; weights are random, nothing is downloaded
                  vision: Optional[FlexibleVisionEncoder] = None,  # a ready vision tower (e.g. from CLIP weights)
                  text: Optional[TextEncoder] = None,  # a ready text tower (e.g. from RoBERTa weights)

@@ -251,7 +251,7 @@ def pretrain_step(model: nn.Module,                       # `SCLModel`, possibly
                   objectives: ObjectiveConfig,            # weights, ratios, temperatures, schedule
                   generator: Optional[torch.Generator] = None,  # randomness of image masks and ITM negatives
                  ) -> dict:  # loss (weighted total), <name>_loss per active objective, accuracies
-    "One pre-training forward pass: every active objective of SPEC section 2, weighted and summed."
+    "One pre-training forward pass: every active objective of method §2, weighted and summed."
     active = objectives.active
     if not active: raise ValueError("pretrain_step: every objective weight is 0")
     _check_batch(batch, active)

@@ -120,7 +120,7 @@ OFFICIAL_LAYOUTS = {"scl": "vision_transformer.visual.", "meter": "vit_model.vis
 IGNORED_PREFIXES = [  # (official prefix, why it is not loaded)
     ("vision_transformer.decoder_", "SCL's MAE-style image decoder; the method does not use it"),
     ("vision_transformer.mask_token", "the MAE decoder's mask token; the method does not use it"),
-    ("text_transformer.pooler.", "the text tower's own pooler; the fusion has its own (SPEC section 1)"),
+    ("text_transformer.pooler.", "the text tower's own pooler; the fusion has its own (method §1)"),
     ("text_transformer.embeddings.position_ids", "a buffer of position indices, rebuilt by the text tower"),
     ("text_transformer.embeddings.token_type_ids", "a buffer of zeros, rebuilt by the text tower"),
     ("vit_model.token_embedding.", "the text tower of METER's CLIP; unused"),

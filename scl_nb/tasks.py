@@ -41,7 +41,7 @@ class TaskModel(SCLModel):
     def __init__(self, cfg: SCLConfig,  # model configuration
                  task: str,             # one of `TASKS`
                  num_answers: int = 0,  # VQA: size of the answer vocabulary
-                 itc_weight: float = 0.0,  # retrieval: weight of the ITC term (SPEC section 4: 0.5 images, 1 video)
+                 itc_weight: float = 0.0,  # retrieval: weight of the ITC term (method §4: 0.5 images, 1 video)
                  vision=None, text=None,   # ready towers, as for `SCLModel`
                 ):
         if task not in TASKS: raise ValueError(f"task={task!r}; choose one of {list(TASKS)}")
@@ -418,7 +418,7 @@ def evaluate_nlvr2(model: TaskModel, loader) -> dict:
     return dict(accuracy=nlvr2_accuracy([r["pred"] for r in rows], [r["label"] for r in rows]), statements=len(rows))
 
 # %% ../nbs/40_tasks.ipynb #f5d2b56a
-TASK_SETTINGS = {  # SPEC section 4: batch, lr, head x, cross-modal x, resolution, warm-up; retrieval: ITC weight, re-rank k
+TASK_SETTINGS = {  # method §4: batch, lr, head x, cross-modal x, resolution, warm-up; retrieval: ITC weight, re-rank k
     "vqav2":  dict(batch_size=512, lr=5e-6, head_lr_mult=50, cross_modal_lr_mult=10, image_size=384, warmup=0.1),
     "nlvr2":  dict(batch_size=256, lr=1e-5, head_lr_mult=10, cross_modal_lr_mult=10, image_size=288, warmup=0.1),
     "f30k":   dict(batch_size=512, lr=5e-6, head_lr_mult=10, cross_modal_lr_mult=10, image_size=384, warmup=0.1, itc_weight=0.5, k=128),
@@ -426,10 +426,10 @@ TASK_SETTINGS = {  # SPEC section 4: batch, lr, head x, cross-modal x, resolutio
     "msrvtt": dict(batch_size=256, lr=5e-6, head_lr_mult=5, cross_modal_lr_mult=5, image_size=224, warmup=0.05, itc_weight=1.0, num_frames=4),
     "lsmdc":  dict(batch_size=256, lr=5e-6, head_lr_mult=5, cross_modal_lr_mult=5, image_size=224, warmup=0.05, itc_weight=1.0, num_frames=4),
 }
-EPOCHS = 10  # every downstream task (SPEC section 4)
+EPOCHS = 10  # every downstream task (method §4)
 
 def task_overrides(dataset: str) -> list[str]:
-    "Config overrides for the SPEC section 4 setting of `dataset`."
+    "Config overrides for the method §4 setting of `dataset`."
     if dataset not in TASK_SETTINGS: raise ValueError(f"dataset={dataset!r}; choose one of {sorted(TASK_SETTINGS)}")
     s, keys = TASK_SETTINGS[dataset], ("batch_size", "lr", "head_lr_mult", "cross_modal_lr_mult", "warmup")
     out = [f"train.{k}={s[k]}" for k in keys] + [f"vision.image_size={s['image_size']}"]
@@ -458,7 +458,7 @@ def finetune(model: TaskModel,      # trained in place
              answers=None,          # VQA answer vocabulary
              resume: bool = False,  # continue from the newest checkpoint in `out_dir`
              device: Optional[str] = None, progress: bool = True,
-             randaugment: bool = True,  # SPEC section 4's RandAugment(2, 9); False keeps only the random crop
+             randaugment: bool = True,  # method §4's RandAugment(2, 9); False keeps only the random crop
             ) -> dict:
     "Fine-tune `model` with the engine (`model.cfg.train` drives it); return the engine's summary."
     from scl_nb.train import train
@@ -468,7 +468,7 @@ def finetune(model: TaskModel,      # trained in place
                  device=device, progress=progress, count_model_flops=False)
 
 # %% ../nbs/40_tasks.ipynb #da96f241
-PAPER_RESULTS = {  # SPEC section 6: metric -> {model: value}
+PAPER_RESULTS = {  # method §6: metric -> {model: value}
     "vqa_test_dev": {"SCL (paper)": 78.72, "METER CLIP-B/16 4M": 77.68},
     "vqa_test_std": {"SCL (paper)": 78.78, "METER CLIP-B/16 4M": 77.64},
     "nlvr2_dev": {"SCL (paper)": 83.63, "METER CLIP-B/16 4M": 82.33},
@@ -537,7 +537,7 @@ def check_run_parameters(gpus, nodes, cluster, preset, data, checkpoint, epochs,
     need(isinstance(out_dir, str) and out_dir, f"out_dir={out_dir!r} must be a folder path")
     need(isint(seed) and seed >= 0, f"seed={seed!r} must be an integer >= 0")
 
-def task_run_config(task: str, preset: str, data: str, dataset: Optional[str] = None,  # SPEC section 4 setting (paper presets)
+def task_run_config(task: str, preset: str, data: str, dataset: Optional[str] = None,  # method §4 setting (paper presets)
                     batch_size=None, lr=None, precision: str = "auto", gpus: int = 0, seed: int = 0,
                     overrides: str = "") -> SCLConfig:
     "The run's configuration before the number of steps is known (see `with_steps`)."
@@ -554,7 +554,7 @@ def task_run_config(task: str, preset: str, data: str, dataset: Optional[str] = 
     except Exception as e: raise ValueError(f"parameter error: {e}") from None
 
 def with_steps(cfg: SCLConfig, n_train: int, epochs=None, steps=None, task: Optional[str] = None) -> SCLConfig:
-    "`cfg` with `train.steps`: `steps`, else `epochs` (default: the tiny CPU value or SPEC's 10) over `n_train` samples."
+    "`cfg` with `train.steps`: `steps`, else `epochs` (default: the tiny CPU value or the method's 10) over `n_train` samples."
     tiny = TINY_TASKS.get(task, {}) if cfg.name == "tiny" else {}
     if steps is None and epochs is None: steps = tiny.get("steps")
     if steps is None:

@@ -156,7 +156,7 @@ def hf_text_config(cfg: TextConfig,         # text tower fields
 
 # %% ../nbs/02_text.ipynb #15de7c48
 def _drop_pooler(model):
-    "Remove the pooler of a Hugging Face encoder (SPEC section 1: unused)."
+    "Remove the pooler of a Hugging Face encoder (method §1: unused)."
     if getattr(model, "pooler", None) is not None: model.pooler = None
     return model
 

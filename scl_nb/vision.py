@@ -141,7 +141,7 @@ class VisionOutput:
 
 # %% ../nbs/01_vision.ipynb #bb06a721
 class FlexibleVisionEncoder(nn.Module):
-    "CLIP ViT for images `[B,3,H,W]` and videos `[B,F,3,H,W]` with frame-aware attention and masking (SPEC section 1)."
+    "CLIP ViT for images `[B,3,H,W]` and videos `[B,F,3,H,W]` with frame-aware attention and masking (method §1)."
     def __init__(self, cfg: VisionConfig,
                  activation_checkpointing: bool = False,  # recompute each block in the backward pass
                 ):
