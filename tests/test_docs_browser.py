@@ -104,7 +104,7 @@ def _local(url):
 
 
 @pytest.fixture(scope="module")
-def crawl():
+def site():
     "Every page reachable from the home page: {path: report}."
     browser, pages = Chromium(), {}
     try:
@@ -116,12 +116,28 @@ def crawl():
             for link in pages[p]["links"]:
                 q = _local(urldefrag(link)[0])
                 if q is not None and q.suffix == ".html" and q not in seen: seen.add(q); todo.append(q)
+        browser.open((SITE / "search.html").as_uri() + "?q=all_gather_with_grad")
+        for _ in range(40):  # Sphinx's client-side search fills the results after the index script loaded
+            hits = browser.send("Runtime.evaluate", expression="Array.from(document.querySelectorAll('#search-results li a')).map(a => a.href)",
+                                returnByValue=True)["result"]["value"]
+            if hits: break
+            time.sleep(0.25)
+        pages["search"] = hits
         ARTIFACTS.mkdir(exist_ok=True)
         for name in ("index", "objectives", "pretrain"):
             if (SITE / f"{name}.html").exists():
                 browser.open((SITE / f"{name}.html").as_uri()); browser.screenshot(ARTIFACTS / f"{name}.png")
     finally: browser.close()
     return pages
+
+
+@pytest.fixture(scope="module")
+def crawl(site): return {p: r for p, r in site.items() if p != "search"}
+
+
+def test_search_works_offline(site):
+    hits = site["search"]
+    assert any(h.split("#")[0].endswith("/distributed.html") for h in hits), hits
 
 
 def test_every_internal_link_resolves(crawl):
