@@ -440,8 +440,8 @@ def manifest_paths(folder) -> dict[str, Path]:
 
 def synthetic_cache_root(root=None) -> Path:
     "Base folder of the synthetic sets: `root`, else `$SCL_NB_CACHE` or `~/.cache/scl_nb`, plus `synthetic`."
-    base = Path(root) if root is not None else Path(os.environ.get("SCL_NB_CACHE", "~/.cache/scl_nb")).expanduser()
-    return base / "synthetic"
+    from scl_nb.text import default_cache_dir
+    return (Path(root) if root is not None else default_cache_dir()) / "synthetic"
 
 def make_synthetic(root=None,  # cache root (`cfg.data.cache_dir`); None = `$SCL_NB_CACHE` or ~/.cache/scl_nb
                    **params,   # fields of `SyntheticParams` (n_images, n_videos, image_size, seed, ...)

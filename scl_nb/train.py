@@ -367,8 +367,8 @@ def measure_cpu_matmul_flops(n: int = 1024,  # side of the square fp32 matrices
 
 def cpu_peak_file(cache_dir=None) -> Path:
     "Where the CPU peak of this machine is kept: `<cache>/cpu_peak.json` (`$SCL_NB_CACHE` or ~/.cache/scl_nb)."
-    base = Path(cache_dir) if cache_dir else Path(os.environ.get("SCL_NB_CACHE", "~/.cache/scl_nb")).expanduser()
-    return base / "cpu_peak.json"
+    from scl_nb.text import default_cache_dir
+    return (Path(cache_dir) if cache_dir else default_cache_dir()) / "cpu_peak.json"
 
 def _cpu_key() -> str:
     "CPU model, host, thread count and torch version: a new peak is measured when one of them changes."
