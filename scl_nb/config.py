@@ -12,9 +12,9 @@ from typing import Literal, Optional, Union, get_args, get_origin, get_type_hint
 import yaml
 
 # %% auto #0
-__all__ = ['PRESETS', 'ConfigError', 'num', 'VisionConfig', 'TextConfig', 'FusionConfig', 'ObjectiveConfig', 'DataConfig',
-           'TrainConfig', 'SCLConfig', 'validate', 'from_dict', 'to_dict', 'apply_overrides', 'preset', 'save_config',
-           'load_config']
+__all__ = ['OBJECTIVE_NAMES', 'PRESETS', 'OBJECTIVE_ALIASES', 'ConfigError', 'num', 'VisionConfig', 'TextConfig', 'FusionConfig',
+           'ObjectiveConfig', 'DataConfig', 'TrainConfig', 'SCLConfig', 'validate', 'from_dict', 'to_dict',
+           'apply_overrides', 'preset', 'save_config', 'load_config', 'objective_overrides']
 
 # %% ../nbs/00_config.ipynb #88e45046
 class ConfigError(ValueError):
@@ -82,6 +82,8 @@ class FusionConfig:
     layer_norm_eps: float = num(1e-12, 0.0, 1.0)  # LayerNorm epsilon (BERT)
 
 # %% ../nbs/00_config.ipynb #ee93fc49
+OBJECTIVE_NAMES = ("mlm", "itm", "itc", "scl_image", "scl_text", "mltc_image", "mltc_text")  # the weights of `ObjectiveConfig`
+
 @dataclass
 class ObjectiveConfig:
     "Pre-training objectives, their weights and hyper-parameters (method §2)."
@@ -107,7 +109,7 @@ class ObjectiveConfig:
     @property
     def active(self) -> list[str]:
         "Names of the objectives with a non-zero weight."
-        return [k for k in ("mlm", "itm", "itc", "scl_image", "scl_text", "mltc_image", "mltc_text") if getattr(self, k) > 0]
+        return [k for k in OBJECTIVE_NAMES if getattr(self, k) > 0]
 
 # %% ../nbs/00_config.ipynb #bf4f9bb9
 @dataclass
@@ -321,3 +323,17 @@ def load_config(source: Union[str, Path, SCLConfig] = "tiny",  # preset name, YA
         except (yaml.YAMLError, json.JSONDecodeError) as e: raise ConfigError(f"cannot parse config file {path}: {e}") from None
         cfg = from_dict(d or {})
     return apply_overrides(cfg, overrides)
+
+# %% ../nbs/00_config.ipynb #78ca360f
+OBJECTIVE_ALIASES = {"scl": ("scl_image", "scl_text"), "mltc": ("mltc_image", "mltc_text")}
+
+def objective_overrides(spec: str) -> list[str]:
+    "Overrides that switch off every objective not named in the comma-separated `spec`."
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    keep = set()
+    for n in names:
+        if n in OBJECTIVE_ALIASES: keep.update(OBJECTIVE_ALIASES[n])
+        elif n in OBJECTIVE_NAMES: keep.add(n)
+        else: raise ConfigError(f"unknown objective {n!r}; choose from {sorted(set(OBJECTIVE_NAMES) | set(OBJECTIVE_ALIASES))}")
+    if not keep: raise ConfigError("objectives: name at least one objective")
+    return [f"objectives.{k}=0" for k in OBJECTIVE_NAMES if k not in keep]

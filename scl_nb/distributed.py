@@ -5,6 +5,7 @@
 # %% ../nbs/06_distributed.ipynb #c9df2775
 from __future__ import annotations
 import os, re, socket, tempfile
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Callable, Mapping, Optional, Sequence, Union
 
@@ -13,11 +14,13 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 import torch.multiprocessing as mp
+from torch import nn
 
 # %% auto #0
-__all__ = ['is_distributed', 'rank', 'world_size', 'is_main', 'barrier', 'first_host', 'launcher_env', 'local_rank',
-           'init_distributed', 'cleanup_distributed', 'all_gather_with_grad', 'all_reduce_mean', 'free_port',
-           'run_local_processes']
+__all__ = ['BLOCK_LIST_SUFFIXES', 'is_distributed', 'rank', 'world_size', 'is_main', 'barrier', 'first_host', 'launcher_env',
+           'local_rank', 'init_distributed', 'cleanup_distributed', 'DistContext', 'init_dist', 'any_rank',
+           'unwrap_model', 'is_fsdp', 'all_gather_with_grad', 'all_reduce_mean', 'shard_model', 'sync_replicated_grads',
+           'single_process_group', 'free_port', 'PickledByValue', 'run_local_processes']
 
 # %% ../nbs/06_distributed.ipynb #9b1d71be
 def is_distributed() -> bool:
@@ -84,6 +87,49 @@ def cleanup_distributed():
     "Destroy the default process group if there is one."
     if is_distributed(): dist.destroy_process_group()
 
+# %% ../nbs/06_distributed.ipynb #b1dce86e
+@dataclass
+class DistContext:
+    "Rank, world size and device of this process."
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False  # this context created the process group (and destroys it)
+    @property
+    def is_main(self) -> bool: return self.rank == 0
+
+def init_dist(device: Optional[str] = None) -> DistContext:
+    "Initialise the process group when several processes run; choose the device (`'cpu'` forces the CPU)."
+    cuda = torch.cuda.is_available() and device != "cpu"
+    existed = dist.is_available() and dist.is_initialized()
+    init_distributed(backend=None if cuda else "gloo")
+    local = local_rank() if world_size() > 1 else 0
+    dev = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+    if cuda: torch.cuda.set_device(dev)
+    return DistContext(rank(), world_size(), local, dev, owns_group=world_size() > 1 and not existed)
+
+def any_rank(flag: bool, device) -> bool:
+    "True when `flag` is true on any rank (so every rank takes the same branch)."
+    if world_size() > 1:
+        t = torch.tensor([float(flag)], device=device); dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+    return flag
+
+# %% ../nbs/06_distributed.ipynb #f90835b0
+def unwrap_model(model: nn.Module) -> nn.Module:
+    "The model inside DDP / `torch.compile` wrappers (an FSDP2 root, `fully_shard`-ed in place, is its own model)."
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel): model = model.module
+        elif hasattr(model, "_orig_mod"): model = model._orig_mod
+        else: return model
+
+def is_fsdp(model: nn.Module) -> bool:
+    "True for a module `torch.distributed.fsdp.fully_shard` was applied to (FSDP2)."
+    try: from torch.distributed.fsdp import FSDPModule
+    except ImportError: return False
+    return isinstance(model, FSDPModule)
+
 # %% ../nbs/06_distributed.ipynb #66f88907
 def _group(group): return group if group is not None else dist.group.WORLD
 
@@ -119,6 +165,42 @@ def all_reduce_mean(x: Union[torch.Tensor, float],  # a value to log
     dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
     return t / dist.get_world_size(group)
 
+# %% ../nbs/06_distributed.ipynb #07484986
+BLOCK_LIST_SUFFIXES = ("layers", "layer", "blocks")  # nn.ModuleList names whose elements are sharded one by one
+
+def shard_model(model: nn.Module,  # the plain model, already on its device
+                mesh=None,  # a 1-D `DeviceMesh`; None = every process of the default group
+               ) -> list[str]:  # names of the sharded blocks
+    "Shard `model` in place with FSDP2: every transformer block, then the root (which takes the other parameters)."
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.device_mesh import init_device_mesh
+    if mesh is None: mesh = init_device_mesh(next(model.parameters()).device.type, (dist.get_world_size(),))
+    blocks = [(f"{name}.{i}", block) for name, m in model.named_modules()
+              if isinstance(m, nn.ModuleList) and name.rsplit(".", 1)[-1].endswith(BLOCK_LIST_SUFFIXES) for i, block in enumerate(m)]
+    for _, block in reversed(blocks): fully_shard(block, mesh=mesh)  # inner blocks of nested lists first
+    scalars = {p for p in model.parameters() if p.dim() == 0}  # fully_shard cannot shard 0-d tensors: replicated
+    fully_shard(model, mesh=mesh, ignored_params=scalars or None)
+    return [n for n, _ in blocks]
+
+def sync_replicated_grads(model: nn.Module):
+    "Average over the processes the gradients of the parameters FSDP left replicated (plain tensors, e.g. 0-d ones)."
+    from torch.distributed.tensor import DTensor
+    params = [p for p in model.parameters() if p.requires_grad and not isinstance(p, DTensor)]
+    if not params or not dist.is_initialized() or dist.get_world_size() == 1: return
+    used = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
+    dist.all_reduce(used, op=dist.ReduceOp.MAX)  # a parameter used on any rank gets a gradient on every rank
+    params = [p for p, u in zip(params, used.tolist()) if u]
+    if not params: return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params])
+    dist.all_reduce(flat); flat /= dist.get_world_size()
+    for p, g in zip(params, flat.split([p.numel() for p in params])): p.grad = g.view_as(p).to(p.dtype)
+
+def single_process_group(device: torch.device) -> bool:
+    "Create a 1-process group when none exists (FSDP needs one even alone); True when it was created here."
+    if dist.is_initialized(): return False
+    dist.init_process_group("gloo" if device.type == "cpu" else "cpu:gloo,cuda:nccl", store=dist.HashStore(), rank=0, world_size=1)
+    return True
+
 # %% ../nbs/06_distributed.ipynb #7f277504
 def free_port() -> int:
     "A TCP port that is free on this machine right now."
@@ -126,7 +208,7 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
-class _ByValue:
+class PickledByValue:
     "Pickles as `cloudpickle.loads(payload)`: the wrapped object travels by value, even from a notebook's `__main__`."
     def __init__(self, obj): self.payload = cloudpickle.dumps(obj)
     def __reduce__(self): return cloudpickle.loads, (self.payload,)
@@ -158,7 +240,7 @@ def run_local_processes(fn: Callable,          # called as fn(*args) in every pr
     "Run `fn` in `world_size` local gloo processes and return their results in rank order."
     with tempfile.TemporaryDirectory() as d:
         try:
-            mp.start_processes(_ByValue(_local_process_entry), args=(_ByValue(fn), tuple(args), world_size, free_port(), d),
+            mp.start_processes(PickledByValue(_local_process_entry), args=(PickledByValue(fn), tuple(args), world_size, free_port(), d),
                                nprocs=world_size, start_method="spawn")
             failed = None
         except mp.ProcessExitedException as e: failed = e

@@ -367,7 +367,7 @@ def _value_problem(name: str, v, params: dict, root: Path) -> Optional[tuple]:
     if v is None: return None
     if name.endswith("objectives"):
         from scl_nb.config import ConfigError
-        from scl_nb.train import objective_overrides
+        from scl_nb.config import objective_overrides
         if not isinstance(v, str): return (f"{v!r} is not a comma-separated list", "write the objectives as text, e.g. 'mlm,itm,itc,scl'")
         try: objective_overrides(v)
         except ConfigError as e: return (str(e), "write the objectives separated by commas")

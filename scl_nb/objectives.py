@@ -11,13 +11,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ObjectiveConfig, SCLConfig, load_config, preset
+from .config import OBJECTIVE_NAMES, ObjectiveConfig, SCLConfig, load_config, preset
 from .distributed import all_gather_with_grad
 
 # %% auto #0
-__all__ = ['MAX_LOGIT_SCALE', 'OBJECTIVE_NAMES', 'ROBERTA_LAYOUT', 'nce', 'mlm_loss', 'itm_loss', 'itm_negatives', 'itc_loss',
-           'completion_nce', 'scl_global_loss', 'mltc_loss', 'image_token_mask', 'unwrap_model', 'pretrain_step',
-           'random_pretrain_batch', 'bench_pretrain_step']
+__all__ = ['MAX_LOGIT_SCALE', 'ROBERTA_LAYOUT', 'nce', 'mlm_loss', 'itm_loss', 'itm_negatives', 'itc_loss', 'completion_nce',
+           'scl_global_loss', 'mltc_loss', 'image_token_mask', 'PretrainTask', 'random_pretrain_batch']
 
 # %% ../nbs/07_objectives.ipynb #cfd19f4d
 def nce(sim: torch.Tensor,  # [..., N, N] similarities; positives on the diagonal
@@ -126,18 +125,17 @@ def mltc_loss(pred_tokens: torch.Tensor,  # [B, T, D] fused tokens of the masked
 # %% ../nbs/07_objectives.ipynb #b0dfd06e
 from .model import SCLModel, ImageEncoding
 
-OBJECTIVE_NAMES = ("mlm", "itm", "itc", "scl_image", "scl_text", "mltc_image", "mltc_text")
 _BATCH_KEYS = {"mlm": ("mlm_ids", "mlm_labels"), "scl_image": ("scl_text_ids",), "scl_text": ("scl_text_ids",),
                "mltc_image": ("scl_text_ids",), "mltc_text": ("scl_text_ids", "scl_text_masked")}
 
 def _check_batch(batch: dict, active) -> None:
     "Fail early, naming the key and the objective that needs it."
     for name in ("pixels", "input_ids", "attention_mask"):
-        if name not in batch: raise KeyError(f"pretrain_step: the batch has no {name!r}")
+        if name not in batch: raise KeyError(f"PretrainTask: the batch has no {name!r}")
     for objective in active:
         for name in _BATCH_KEYS.get(objective, ()):
             if name not in batch:
-                raise KeyError(f"pretrain_step: objective {objective!r} needs batch[{name!r}]; build batches with "
+                raise KeyError(f"PretrainTask: objective {objective!r} needs batch[{name!r}]; build batches with "
                                "scl_nb.data.Collator(tokenizer, cfg.objectives) or set its weight to 0")
 
 def _random_streams(generator: Optional[torch.Generator], n: int) -> list:
@@ -224,48 +222,26 @@ def _objective_terms(m: SCLModel, batch: dict, o: ObjectiveConfig, generator) ->
     return terms, logs
 
 # %% ../nbs/07_objectives.ipynb #41985d95
-def unwrap_model(model: nn.Module) -> nn.Module:
-    "The model inside DDP / `torch.compile` wrappers (an FSDP2 root, `fully_shard`-ed in place, is its own model)."
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel): model = model.module
-        elif hasattr(model, "_orig_mod"): model = model._orig_mod
-        else: return model
+class PretrainTask(SCLModel):
+    "`SCLModel` + the objectives of method §2: `forward(batch, generator)` returns the weighted loss and its terms."
+    def __init__(self, cfg: SCLConfig,  # model configuration; `cfg.objectives` are the default objectives
+                 vision=None, text=None,  # ready towers, as for `SCLModel`
+                ):
+        super().__init__(cfg, vision=vision, text=text)
+        self.objectives = cfg.objectives
 
-def _is_fsdp(model: nn.Module) -> bool:
-    "True for a module `torch.distributed.fsdp.fully_shard` was applied to (FSDP2)."
-    try: from torch.distributed.fsdp import FSDPModule
-    except ImportError: return False
-    return isinstance(model, FSDPModule)
-
-def _run_as_forward(model: nn.Module, fn):
-    "Return `fn()`, called as `model`'s forward when `model` is a DDP wrapper or an FSDP2 root (so their hooks run)."
-    if isinstance(model, nn.parallel.DistributedDataParallel): inner = model.module  # DDP prepares its gradient hooks
-    elif _is_fsdp(model): inner = model  # FSDP2 gathers the root's own parameters and sets up the backward
-    else: return fn()
-    inner.forward = lambda: fn()
-    try: return model()
-    finally: del inner.forward
-
-def pretrain_step(model: nn.Module,                       # `SCLModel`, possibly wrapped in DDP
-                  batch: dict,                            # see above
-                  objectives: ObjectiveConfig,            # weights, ratios, temperatures, schedule
-                  generator: Optional[torch.Generator] = None,  # randomness of image masks and ITM negatives
-                 ) -> dict:  # loss (weighted total), <name>_loss per active objective, accuracies
-    "One pre-training forward pass: every active objective of method §2, weighted and summed."
-    active = objectives.active
-    if not active: raise ValueError("pretrain_step: every objective weight is 0")
-    _check_batch(batch, active)
-    terms, logs = _run_as_forward(model, lambda: _objective_terms(unwrap_model(model), batch, objectives, generator))
-    out = {f"{k}_loss": v for k, v in terms.items()}
-    out["loss"] = sum(getattr(objectives, k) * v for k, v in terms.items())
-    return out | logs
-
-def _scl_model_pretrain_step(self: SCLModel, batch: dict, objectives: Optional[ObjectiveConfig] = None,
-                             generator: Optional[torch.Generator] = None) -> dict:
-    "`pretrain_step(self, batch, objectives or self.cfg.objectives, generator)`."
-    return pretrain_step(self, batch, objectives or self.cfg.objectives, generator)
-
-SCLModel.pretrain_step = _scl_model_pretrain_step
+    def forward(self, batch: dict,  # see above
+                generator: Optional[torch.Generator] = None,  # randomness of image masks and ITM negatives
+                objectives: Optional[ObjectiveConfig] = None,  # weights, ratios, temperatures, schedule; None = `self.objectives`
+               ) -> dict:  # loss (weighted total), <name>_loss per active objective, accuracies
+        "One pre-training forward pass: every active objective, weighted and summed."
+        o = objectives or self.objectives
+        if not o.active: raise ValueError("PretrainTask: every objective weight is 0")
+        _check_batch(batch, o.active)
+        terms, logs = _objective_terms(self, batch, o, generator)
+        out = {f"{k}_loss": v for k, v in terms.items()}
+        out["loss"] = sum(getattr(o, k) * v for k, v in terms.items())
+        return out | logs
 
 # %% ../nbs/07_objectives.ipynb #ece68dac
 ROBERTA_LAYOUT = dict(bos=0, pad=1, eos=2, unk=3)  # special ids of RoBERTa and of the tiny BPE; <mask> = vocab_size - 1
@@ -294,116 +270,3 @@ def random_pretrain_batch(cfg: SCLConfig,       # model and objective settings (
     batch = dict(pixels=torch.randn(shape, generator=generator), input_ids=ids, attention_mask=attn, mlm_ids=mlm_ids,
                  mlm_labels=mlm_labels, scl_text_ids=scl_ids, scl_text_masked=scl_masked, image_ids=torch.arange(batch_size))
     return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
-
-# %% ../nbs/07_objectives.ipynb #45535e5d
-def _saved_activation_bytes(fn, params) -> int:
-    "Bytes of the tensors autograd saves for backward while `fn()` runs (parameters excluded, storages counted once)."
-    skip, seen = {p.untyped_storage().data_ptr() for p in params}, {}
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in skip: seen[s.data_ptr()] = s.nbytes()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): fn()
-    return sum(seen.values())
-
-def _rss_mb() -> float:
-    "Current resident set size of this process in MB (Linux)."
-    with open("/proc/self/statm") as f: return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-def _peak_rss_mb(fn, interval_s: float = 5e-4) -> float:
-    "Highest resident set size (MB) seen while `fn()` runs, sampled by a background thread."
-    import threading
-    peak, done = [_rss_mb()], threading.Event()
-    def watch():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_mb()); time.sleep(interval_s)
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try: fn()
-    finally: done.set(); watcher.join()
-    return max(peak[0], _rss_mb())
-
-def _bench_setup(cfg: SCLConfig, batch_size: int, num_frames: int, device: str):
-    "The tiny/paper model (seed 0), a fixed batch, and `step(schedule, i)` = one forward + backward."
-    from dataclasses import replace
-    torch.manual_seed(0)
-    model = SCLModel(cfg).to(device).train()
-    batch = random_pretrain_batch(cfg, batch_size, num_frames, torch.Generator().manual_seed(0), device)
-    schedules = {s: replace(cfg.objectives, schedule=s) for s in ("shared", "reference")}
-    def step(schedule: str, i: int):
-        model.zero_grad(set_to_none=True)
-        pretrain_step(model, batch, schedules[schedule], torch.Generator(device).manual_seed(i))["loss"].backward()
-    return model, batch, schedules, step
-
-def _bench_memory(cfg: SCLConfig, schedule: str, batch_size: int, num_frames: int, device: str) -> dict:
-    "Peak memory, saved activations and FLOPs of one schedule's step, measured in the current process."
-    model, batch, schedules, step = _bench_setup(cfg, batch_size, num_frames, device)
-    cuda = device.startswith("cuda")
-    if cuda:
-        step(schedule, 0)                                                    # warm-up (cuBLAS workspaces, ...)
-        torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
-        step(schedule, 1); torch.cuda.synchronize()
-        peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    else:  # the first step of a fresh process: the allocator has no freed memory to reuse yet
-        base = _rss_mb()
-        peak = max(0.0, _peak_rss_mb(lambda: step(schedule, 0)) - base)
-    activation = _saved_activation_bytes(lambda: pretrain_step(model, batch, schedules[schedule], torch.Generator(device).manual_seed(0)),
-                                         list(model.parameters()))
-    from scl_nb.train import count_flops
-    flops, _ = count_flops(step, schedule, 0)
-    return dict(peak_mb=peak, activation_mb=activation / 2 ** 20, gflops=flops / 1e9)
-
-def _bench_time(cfg: SCLConfig, batch_size: int, steps: int, warmup: int, num_frames: int, device: str) -> dict:
-    "Median seconds per step of each schedule, the two schedules alternating step by step (fair under changing load)."
-    _, _, _, step = _bench_setup(cfg, batch_size, num_frames, device)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    times = {"shared": [], "reference": []}
-    for i in range(warmup + steps):
-        for schedule in (("shared", "reference") if i % 2 == 0 else ("reference", "shared")):
-            sync(); t0 = time.perf_counter()
-            step(schedule, i)
-            sync()
-            if i >= warmup: times[schedule].append(time.perf_counter() - t0)
-    return {k: float(torch.tensor(v).median()) for k, v in times.items()}
-
-# %% ../nbs/07_objectives.ipynb #af493637
-def _in_fresh_process(fn, *args):
-    "`fn(*args)` in a newly spawned Python process (clean memory high-water mark)."
-    from concurrent.futures import ProcessPoolExecutor
-    import multiprocessing
-    from scl_nb.distributed import _ByValue
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_ByValue(fn), *args).result()
-
-def bench_pretrain_step(preset: str = "tiny",       # preset name or YAML/JSON config file (or pass `cfg`)
-                        batch_size: int = 32,       # samples per step
-                        steps: int = 5,             # timed steps per schedule
-                        warmup: int = 1,            # untimed steps first
-                        num_frames: int = 1,        # 1 = images, more = videos
-                        device: Optional[str] = None,  # None = "cuda" when available, else "cpu"
-                        overrides: Sequence[str] = (),   # `key.sub=value` config overrides
-                        cfg: Optional[SCLConfig] = None,  # a full config instead of a preset
-                        fresh_process: bool = True, # measure each schedule's memory in its own spawned process
-                        verbose: bool = True,       # print a table
-                       ) -> dict:
-    "Time and memory of `pretrain_step` with the shared and the reference schedule on the same batch, and their ratios."
-    cfg = cfg or load_config(preset, overrides)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    memory = (lambda *a: _in_fresh_process(_bench_memory, *a)) if fresh_process else _bench_memory
-    res = {s: memory(cfg, s, batch_size, num_frames, device) for s in ("shared", "reference")}
-    for s, seconds in _bench_time(cfg, batch_size, steps, warmup, num_frames, device).items():
-        res[s].update(s_per_step=seconds, pairs_per_s=batch_size / seconds)
-    sh, ref = res["shared"], res["reference"]
-    out = dict(preset=cfg.name, batch_size=batch_size, num_frames=num_frames, device=device, objectives=cfg.objectives.active,
-               shared=sh, reference=ref, time_ratio=sh["s_per_step"] / ref["s_per_step"],
-               peak_memory_ratio=sh["peak_mb"] / ref["peak_mb"] if ref["peak_mb"] > 0 else float("nan"),
-               activation_ratio=sh["activation_mb"] / ref["activation_mb"], flops_ratio=sh["gflops"] / ref["gflops"])
-    if verbose:
-        print(f"pretrain_step  preset={cfg.name}  batch={batch_size}  frames={num_frames}  device={device}  objectives={'+'.join(out['objectives'])}")
-        print(f"{'schedule':<10} {'s/step':>9} {'pairs/s':>9} {'GFLOP':>9} {'peak MB':>9} {'activ. MB':>10}")
-        for s in ("shared", "reference"):
-            r = res[s]
-            print(f"{s:<10} {r['s_per_step']:>9.4f} {r['pairs_per_s']:>9.1f} {r['gflops']:>9.1f} {r['peak_mb']:>9.1f} {r['activation_mb']:>10.1f}")
-        print(f"shared/reference: time {out['time_ratio']:.2f}  FLOPs {out['flops_ratio']:.2f}  "
-              f"peak memory {out['peak_memory_ratio']:.2f}  activations {out['activation_ratio']:.2f}")
-    return out

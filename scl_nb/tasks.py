@@ -25,13 +25,12 @@ from . import distributed
 __all__ = ['TASKS', 'TASK_STEPS', 'TASK_SETTINGS', 'EPOCHS', 'PAPER_RESULTS', 'TINY_TASKS', 'SYNTHETIC_TABLE', 'TaskModel',
            'resolve_checkpoint', 'checkpoint_config', 'task_config', 'build_task_model', 'vqa_bce_loss', 'rank_ce_loss',
            'vqa_logits', 'nlvr2_logits', 'candidate_texts', 'retrieval_forward', 'vqa_step', 'nlvr2_step',
-           'retrieval_step', 'task_loss_fn', 'RetrievalSet', 'encode_retrieval_set', 'itc_similarity', 'topk_masks',
-           'rank_slice', 'pair_score', 'score_pairs', 'sum_over_ranks', 'rerank', 'retrieval_metrics',
-           'retrieval_scores', 'evaluate_retrieval', 'gather_rows', 'numeric_question_id', 'evaluate_vqa',
-           'evaluate_nlvr2', 'task_overrides', 'epochs_to_steps', 'task_data_fn', 'finetune', 'comparison_table',
-           'write_results', 'check_run_parameters', 'task_run_config', 'with_steps', 'task_manifest', 'select_rows',
-           'manifest_len', 'retrieval_subset', 'pretrained_checkpoint', 'has_task_head', 'finetune_job',
-           'launch_finetune', 'main']
+           'retrieval_step', 'RetrievalSet', 'encode_retrieval_set', 'itc_similarity', 'topk_masks', 'rank_slice',
+           'pair_score', 'score_pairs', 'sum_over_ranks', 'rerank', 'retrieval_metrics', 'retrieval_scores',
+           'evaluate_retrieval', 'gather_rows', 'numeric_question_id', 'evaluate_vqa', 'evaluate_nlvr2',
+           'task_overrides', 'epochs_to_steps', 'task_data_fn', 'finetune', 'comparison_table', 'write_results',
+           'check_run_parameters', 'task_run_config', 'with_steps', 'task_manifest', 'select_rows', 'manifest_len',
+           'retrieval_subset', 'pretrained_checkpoint', 'has_task_head', 'finetune_job', 'launch_finetune', 'main']
 
 # %% ../nbs/40_tasks.ipynb #d38f7e0f
 TASKS = ("vqa", "nlvr2", "retrieval")
@@ -78,7 +77,7 @@ def resolve_checkpoint(path) -> Path:
     "The model folder behind `path`: a `save_pretrained` folder, an engine checkpoint, or an engine run folder."
     p = Path(path)
     if (p / "model.safetensors").exists() and ((p / "config.yaml").exists() or (p / "config.json").exists()): return p
-    from scl_nb.train import latest_checkpoint
+    from scl_nb.checkpoint import latest_checkpoint
     c = latest_checkpoint(p / "checkpoints")
     if c is None: raise FileNotFoundError(f"{p} holds no model: expected config.yaml or config.json with model.safetensors, or checkpoints/step_*/")
     return c
@@ -198,10 +197,6 @@ def retrieval_step(model: TaskModel, batch: dict) -> dict:
     return dict(loss=loss, **out)
 
 TASK_STEPS = {"vqa": vqa_step, "nlvr2": nlvr2_step, "retrieval": retrieval_step}
-
-def task_loss_fn(model, batch: dict, cfg: SCLConfig, generator=None) -> dict:
-    "The engine's `loss_fn` for every task: the (possibly DDP-wrapped) `TaskModel`'s forward."
-    return model(batch, generator)
 
 # %% ../nbs/40_tasks.ipynb #b430e374
 @dataclass
@@ -464,7 +459,7 @@ def finetune(model: TaskModel,      # trained in place
     from scl_nb.train import train
     tok = getattr(model.text, "tokenizer", None)
     return train(model.cfg, out_dir, resume=resume, model_fn=lambda cfg: model,
-                 data_fn=task_data_fn(model.task, train_manifest, answers, tok, randaugment), loss_fn=task_loss_fn,
+                 data_fn=task_data_fn(model.task, train_manifest, answers, tok, randaugment),
                  device=device, progress=progress, count_model_flops=False)
 
 # %% ../nbs/40_tasks.ipynb #da96f241
@@ -498,7 +493,7 @@ def _jsonable(x):
 
 def write_results(out_dir, **fields) -> Path:
     "Write `results.json` (JSON-safe: paths and tensors converted, NaN -> null) atomically on rank 0."
-    from scl_nb.train import atomic_write
+    from scl_nb.checkpoint import atomic_write
     path = Path(out_dir) / "results.json"
     if distributed.is_main():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -612,13 +607,14 @@ def retrieval_subset(manifest,                      # a manifest file or `Manife
 # %% ../nbs/40_tasks.ipynb #6f40ead1
 def pretrained_checkpoint(cfg: SCLConfig,          # the task run's configuration (architecture, data, cache)
                           steps: int,              # pre-training steps
-                          objectives: str = "itm,itc",  # objectives kept (`scl_nb.train.objective_overrides`)
+                          objectives: str = "itm,itc",  # objectives kept (`scl_nb.config.objective_overrides`)
                           batch_size: int = 64, lr: float = 2e-3,  # pre-training batch and learning rate
                           synthetic: Optional[dict] = None,  # `SyntheticParams` fields of the synthetic set; None = defaults
                           device: Optional[str] = None, progress: bool = False) -> Path:
     "The run folder of a cached short pre-training of `cfg` (trained now if missing or unfinished)."
     import fcntl, hashlib
-    from scl_nb.train import train, objective_overrides
+    from scl_nb.train import train
+    from scl_nb.config import objective_overrides
     from scl_nb.synthetic import synthetic_cache_root
     pcfg = apply_overrides(cfg, objective_overrides(objectives) + [
         f"train.steps={steps}", f"train.batch_size={batch_size}", f"train.per_gpu_batch_size={batch_size}", f"train.lr={lr}",
@@ -660,7 +656,8 @@ def launch_finetune(job: dict,          # cfg (dict), task, table, train_splits,
                    ) -> dict:
     "Run `finetune_job` in `nprocs` processes with torchrun; follow it; return the engine's summary."
     import subprocess, sys
-    from scl_nb.train import RunHandle, follow, _package_env, atomic_write
+    from scl_nb.train import RunHandle, follow, _package_env
+    from scl_nb.checkpoint import atomic_write
     out = Path(job["out_dir"]); out.mkdir(parents=True, exist_ok=True)
     path = atomic_write(out / "job.json", json.dumps(_jsonable(job), indent=2))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={nprocs}",

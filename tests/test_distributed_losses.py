@@ -2,7 +2,7 @@
 SCL local (MLTC) computed by 2 CPU gloo processes on two parts of a batch equal the single-process values
 on the whole batch -- losses on every rank, and gradients after DDP's averaging.
 
-- `test_ddp_pretrain_step_matches_single_process`: `scl_nb.objectives.pretrain_step` through
+- `test_ddp_pretrain_step_matches_single_process`: `scl_nb.objectives.PretrainTask` through
   `DistributedDataParallel` on the tiny model, images and 2-frame videos, uneven split (4 + 2 samples).
 - `test_tensor_losses_match_single_process`: the loss functions on fixed tensors through one shared
   linear layer; one rank holds only all-special captions, i.e. no masked text token at all.
@@ -17,7 +17,7 @@ from scl_nb.config import apply_overrides, preset
 from scl_nb.distributed import run_local_processes
 from scl_nb.masking import scl_text_mask
 from scl_nb.model import SCLModel
-from scl_nb.objectives import completion_nce, itc_loss, mltc_loss, pretrain_step
+from scl_nb.objectives import PretrainTask, completion_nce, itc_loss, mltc_loss
 
 CFG = preset("tiny")
 SPECIAL_IDS = torch.tensor([0, 1, 2, 3, CFG.text.vocab_size - 1])  # <s> <pad> </s> <unk> ... <mask> (tiny BPE layout)
@@ -47,14 +47,13 @@ def _ddp_worker(batches, objectives, sizes):
     import torch
     from scl_nb.config import preset
     from scl_nb.distributed import rank
-    from scl_nb.model import SCLModel
-    from scl_nb.objectives import pretrain_step
+    from scl_nb.objectives import PretrainTask
     torch.manual_seed(0)
-    ddp = torch.nn.parallel.DistributedDataParallel(SCLModel(preset("tiny")), find_unused_parameters=True)
+    ddp = torch.nn.parallel.DistributedDataParallel(PretrainTask(preset("tiny")), find_unused_parameters=True)
     start, results = sum(sizes[:rank()]), []
     for b in batches:
         ddp.zero_grad()
-        out = pretrain_step(ddp, {k: v[start:start + sizes[rank()]] for k, v in b.items()}, objectives)
+        out = ddp({k: v[start:start + sizes[rank()]] for k, v in b.items()}, objectives=objectives)
         out["loss"].backward()
         results.append(({k: v.item() for k, v in out.items()},
                          {n: p.grad.clone() for n, p in ddp.module.named_parameters() if p.grad is not None}))
@@ -63,8 +62,8 @@ def _ddp_worker(batches, objectives, sizes):
 
 def _single(b, objectives):
     torch.manual_seed(0)
-    model = SCLModel(CFG)
-    out = pretrain_step(model, b, objectives)
+    model = PretrainTask(CFG)
+    out = model(b, objectives=objectives)
     out["loss"].backward()
     return {k: v.item() for k, v in out.items()}, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 

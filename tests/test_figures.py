@@ -220,7 +220,7 @@ def test_eval_alignment_checkpoint_on_align_bench(env, tmp_path):
     from scl_nb.config import load_config
     from scl_nb.model import SCLModel
     from scl_nb.text import load_tokenizer
-    from scl_nb.train import save_checkpoint
+    from scl_nb.checkpoint import save_checkpoint
     cfg = load_config("tiny")
     torch.manual_seed(3)
     model = SCLModel(cfg).eval()
