@@ -365,6 +365,41 @@ def _rescue(ctx, e: Exception, done: dict, start: int, counters: dict, updating:
         return
     _say(ctx, f"{type(e).__name__} in step {done['step'] + 1}; saved step {done['step']} to {ckpt_dir}: resume to continue")
 
+def _open_folder(ctx, out_dir: Path, replace: bool):
+    "Rank 0 makes the run folder (first clearing a replaced run); every rank waits for it."
+    if ctx.is_main:
+        if replace: _clear_run(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    barrier()
+
+def _check_nonfinite(counters: dict, tcfg, step: int, ckpt_dir: Path):
+    "Stop the run after `train.max_nonfinite` non-finite losses in a row."
+    if counters["nonfinite_run"] >= tcfg.max_nonfinite:
+        raise NonFiniteLossError(f"{counters['nonfinite_run']} consecutive non-finite losses (train.max_nonfinite={tcfg.max_nonfinite}) "
+                                 f"at step {step}; stopped without saving. Newest checkpoint: {latest_checkpoint(ckpt_dir)}")
+
+def _restore(ctx, ckpt, model, optimizer, scheduler, scaler, data) -> tuple[int, dict]:
+    "Load `ckpt` (None: a fresh run) into the run's parts; return the step it holds and the skip counters."
+    counters = {"skipped": 0, "nonfinite_run": 0}
+    if ckpt is None: return 0, counters
+    st = load_checkpoint(ckpt, model, optimizer, scheduler, scaler, rank=ctx.rank, map_location=ctx.device)
+    data.load_state_dict(st["data"])
+    counters.update({k: int(v) for k, v in st["extra"].get("counters", {}).items()})
+    return st["step"], counters
+
+def _step_cost(ctx, cfg, model, data, precision, accum, count: bool, need_unused: bool) -> tuple[float, tuple, list]:
+    "FLOPs of one optimiser step, the device's peak (value, source) and the parameters a step leaves without gradient."
+    if not (count or need_unused): return float("nan"), (float("nan"), ""), []
+    flops, unused = probe_step(model, data, ctx, precision)
+    if not count: return float("nan"), (float("nan"), ""), unused
+    return flops * accum * ctx.world_size, peak_flops(ctx.device, precision, cfg.data.cache_dir), unused
+
+def _step_row(ctx, tcfg, step, terms, lr, gnorm, bad, dt, flops_per_step, peak) -> dict:
+    "The metrics row of one step."
+    row = {"step": step, **terms, "lr": lr, "grad_norm": gnorm, "pairs_per_s": tcfg.batch_size / dt, "step_time_s": dt, "skipped": bool(bad)}
+    if math.isfinite(flops_per_step): row["mfu"] = mfu(flops_per_step, dt, peak[0], ctx.world_size)
+    return row
+
 def _train(ctx, cfg, out_dir, resume, overwrite, model_fn, data_fn, progress, max_steps, count_model_flops) -> dict:
     "The body of `train` on an initialised process group `ctx`."
     tcfg, ckpt_dir = cfg.train, out_dir / "checkpoints"
@@ -373,26 +408,17 @@ def _train(ctx, cfg, out_dir, resume, overwrite, model_fn, data_fn, progress, ma
     micro, accum = batch_layout(tcfg.batch_size, tcfg.per_gpu_batch_size, ctx.world_size)
     ckpt, replace = _resume_point(ctx, out_dir, resume, overwrite)  # refuses before anything is built or written
     model, optimizer, scaler, scheduler, data = _build(ctx, cfg, model_fn, data_fn, precision, micro)  # bad input fails here
-    if ctx.is_main:
-        if replace: _clear_run(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-    barrier()
-    start, counters, end = 0, {"skipped": 0, "nonfinite_run": 0}, min(tcfg.steps, max_steps or tcfg.steps)
-    if ckpt is not None:
-        st = load_checkpoint(ckpt, model, optimizer, scheduler, scaler, rank=ctx.rank, map_location=ctx.device)
-        start = st["step"]
-        data.load_state_dict(st["data"])
-        counters.update({k: int(v) for k, v in st["extra"].get("counters", {}).items()})
+    _open_folder(ctx, out_dir, replace)
+    start, counters = _restore(ctx, ckpt, model, optimizer, scheduler, scaler, data)
+    end = min(tcfg.steps, max_steps or tcfg.steps)
     if start >= end and (out_dir / "summary.json").exists():  # nothing left to do: report the finished run, touch nothing
         _say(ctx, f"{out_dir} holds a finished run (step {start}): nothing to train")
         return json.loads((out_dir / "summary.json").read_text()) | {"resumed_finished_run": True}
     log = MetricsLog(out_dir, resume_step=start, enabled=ctx.is_main)
     if ctx.is_main: atomic_write(out_dir / "run.json", json.dumps(run_record(cfg, ctx, precision, accum, micro) | {"resumed_from": start}, indent=2))
 
-    flops_per_step, peak, unused = float("nan"), (float("nan"), ""), []
-    if (count_model_flops or ctx.world_size > 1) and start < tcfg.steps:
-        flops, unused = probe_step(model, data, ctx, precision)
-        if count_model_flops: flops_per_step, peak = flops * accum * ctx.world_size, peak_flops(ctx.device, precision, cfg.data.cache_dir)
+    flops_per_step, peak, unused = _step_cost(ctx, cfg, model, data, precision, accum, count_model_flops and start < tcfg.steps,
+                                              ctx.world_size > 1 and start < tcfg.steps)
     train_model, stream = _wrap(model, ctx, tcfg, unused), endless(data)
     bar = Progress(progress, start, end, ctx.is_main)
     status, last, times, step = "completed", {}, [], start
@@ -415,14 +441,9 @@ def _train(ctx, cfg, out_dir, resume, overwrite, model_fn, data_fn, progress, ma
                 updating["now"] = False
                 if ctx.device.type == "cuda": torch.cuda.synchronize(ctx.device)
                 dt = time.perf_counter() - t0; times.append(dt)
-                last = {"step": step, **terms, "lr": lr, "grad_norm": gnorm, "pairs_per_s": tcfg.batch_size / dt,
-                        "step_time_s": dt, "skipped": bool(bad)}
-                if math.isfinite(flops_per_step): last["mfu"] = mfu(flops_per_step, dt, peak[0], ctx.world_size)
+                last = _step_row(ctx, tcfg, step, terms, lr, gnorm, bad, dt, flops_per_step, peak)
                 log.log(last); bar.update(step, last)
-                if counters["nonfinite_run"] >= tcfg.max_nonfinite:
-                    raise NonFiniteLossError(
-                        f"{counters['nonfinite_run']} consecutive non-finite losses (train.max_nonfinite={tcfg.max_nonfinite}) "
-                        f"at step {step}; stopped without saving. Newest checkpoint: {latest_checkpoint(ckpt_dir)}")
+                _check_nonfinite(counters, tcfg, step, ckpt_dir)
                 stop = any_rank(flag.requested, ctx.device)
                 if ((step % tcfg.ckpt_every == 0 or step == end) and not counters["nonfinite_run"]) or stop: save(done)
                 if stop and step < end:  # a signal in the last step: the run is complete all the same
