@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .data import BatchTransform, centre_box, read_image, shrink
+from .media import BatchTransform, centre_box, read_image, shrink
 from .masking import special_mask, word_starts
 
 # %% auto #0

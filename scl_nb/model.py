@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoTokenizer
+from fastcore.basics import patch
 
 from .config import SCLConfig, VisionConfig, TextConfig, load_config, save_config, to_dict, from_dict, ConfigError
 from .vision import FlexibleVisionEncoder
@@ -22,8 +23,7 @@ from .fusion import CoAttentionFusion
 
 # %% auto #0
 __all__ = ['MLMHead', 'mlp_head', 'vqa_head', 'nlvr2_head', 'rank_head_from_itm', 'take_rows', 'ImageEncoding', 'TextEncoding',
-           'SCLModel', 'parameter_breakdown', 'save_pretrained', 'load_text_tower', 'from_pretrained',
-           'load_checkpoint_state', 'from_pretrained_towers']
+           'SCLModel', 'parameter_breakdown', 'load_text_tower']
 
 # %% ../nbs/04_model.ipynb #0eb3bfee
 class MLMHead(nn.Module):
@@ -176,6 +176,7 @@ def _state_for_save(module: nn.Module) -> dict:
     return out
 
 # %% ../nbs/04_model.ipynb #46a3a928
+@patch
 @torch.no_grad()
 def save_pretrained(self: SCLModel, path) -> Path:
     "Write `config.yaml` + `model.safetensors` atomically into folder `path`."
@@ -194,7 +195,8 @@ def load_text_tower(path, cfg: SCLConfig) -> Optional[TextEncoder]:
     tok = AutoTokenizer.from_pretrained(str(path / "tokenizer")) if (path / "tokenizer").exists() else None
     return TextEncoder(cfg.text, model=AutoModel.from_config(hf_cfg), tokenizer=tok)
 
-def from_pretrained(cls, path, overrides=(), strict: bool = True) -> SCLModel:
+@patch(cls_method=True)
+def from_pretrained(cls: SCLModel, path, overrides=(), strict: bool = True) -> SCLModel:
     "Load a folder written by `save_pretrained` (config overrides allowed, e.g. a new image size)."
     path = Path(path)
     for f in ("config.yaml", "model.safetensors"):
@@ -205,10 +207,8 @@ def from_pretrained(cls, path, overrides=(), strict: bool = True) -> SCLModel:
     model.load_checkpoint_state(state, strict=strict)
     return model
 
-SCLModel.save_pretrained = save_pretrained
-SCLModel.from_pretrained = classmethod(from_pretrained)
-
 # %% ../nbs/04_model.ipynb #9b9a8bf3
+@patch
 def load_checkpoint_state(self: SCLModel, state: dict, strict: bool = True):
     "Load a state dict, adapting position embeddings and token types to this model's configuration."
     state = dict(state)  # the vision tower re-grids position embeddings itself while loading
@@ -222,17 +222,16 @@ def load_checkpoint_state(self: SCLModel, state: dict, strict: bool = True):
         raise KeyError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return self
 
+@patch
 def _tied_or_buffers(self: SCLModel) -> set:
     "Keys that may be absent from a checkpoint: non-persistent buffers and tensors sharing storage."
     names = {k for k, _ in self.named_buffers()}
     full = self.state_dict(); kept = set(_state_for_save(self))
     return names | (set(full) - kept)
 
-SCLModel.load_checkpoint_state = load_checkpoint_state
-SCLModel._tied_or_buffers = _tied_or_buffers
-
 # %% ../nbs/04_model.ipynb #4b4e527b
-def from_pretrained_towers(cls, vision: str = "openai/clip-vit-base-patch16",  # HF CLIPVisionModel folder or hub id
+@patch(cls_method=True)
+def from_pretrained_towers(cls: SCLModel, vision: str = "openai/clip-vit-base-patch16",  # HF CLIPVisionModel folder or hub id
                            text: str = "roberta-base",  # HF encoder-only folder or hub id
                            cfg: SCLConfig | str = "paper",  # base configuration (preset name or config)
                            image_size: Optional[int] = None,  # resolution; None = the config's
@@ -246,5 +245,3 @@ def from_pretrained_towers(cls, vision: str = "openai/clip-vit-base-patch16",  #
     d["vision"] = to_dict(v.cfg) | {"pretrained": vision}
     d["text"] = to_dict(t.cfg) | {"pretrained": text}
     return cls(from_dict(d), vision=v, text=t)
-
-SCLModel.from_pretrained_towers = classmethod(from_pretrained_towers)

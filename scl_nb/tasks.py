@@ -440,7 +440,8 @@ def task_data_fn(task: str, manifest, answers=None, tokenizer=None,
                 ) -> Callable:
     "The engine's `data_fn` for a task: the training `task_loader` of `manifest` on this rank."
     def data_fn(cfg, rank, world_size, device):
-        from scl_nb.data import task_loader, BatchTransform
+        from scl_nb.data import task_loader
+        from scl_nb.media import BatchTransform
         loader = task_loader(cfg, manifest, task, train=True, rank=rank, world=world_size, device=device,
                              tokenizer=tokenizer, answers=answers)
         if not randaugment: loader.transform = BatchTransform(cfg.vision.image_size, "test").to(loader.transform.mean.device)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from fastcore.basics import patch
 
 from .config import VisionConfig, ConfigError
 
@@ -185,27 +186,26 @@ def interpolate_pos_embed(pos: torch.Tensor,  # [1 + G*G, D] class position firs
     grid = F.interpolate(grid, size=(rows, cols), mode="bicubic", align_corners=False)  # [1, D, rows, cols]
     return torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(rows * cols, D).to(pos.dtype)])
 
+@patch
 @torch.no_grad()
-def _resize_pos_embed(self: FlexibleVisionEncoder, image_size: int):
+def resize_pos_embed(self: FlexibleVisionEncoder, image_size: int):
     "Permanently re-grid the stored position embedding to `image_size` (bicubic)."
     if image_size % self.cfg.patch_size: raise ValueError(f"image_size={image_size} is not a multiple of patch_size={self.cfg.patch_size}")
     g = image_size // self.cfg.patch_size
     self.pos_embed = nn.Parameter(interpolate_pos_embed(self.pos_embed.data, g, g).clone())
     self.cfg = replace(self.cfg, image_size=image_size)
 
-FlexibleVisionEncoder.resize_pos_embed = _resize_pos_embed
-
 # %% ../nbs/01_vision.ipynb #e85f3b05
-def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+@patch
+def _load_from_state_dict(self: FlexibleVisionEncoder, state_dict, prefix, *args, **kwargs):
     "Re-grid a checkpoint's `pos_embed` to this module's grid before the usual loading."
     key = prefix + "pos_embed"
     if key in state_dict and state_dict[key].shape != self.pos_embed.shape:
         state_dict[key] = interpolate_pos_embed(state_dict[key], self.grid, self.grid)
     nn.Module._load_from_state_dict(self, state_dict, prefix, *args, **kwargs)
 
-FlexibleVisionEncoder._load_from_state_dict = _load_from_state_dict
-
 # %% ../nbs/01_vision.ipynb #83e7174a
+@patch
 def _as_video(self: FlexibleVisionEncoder, pixels: torch.Tensor) -> torch.Tensor:  # [B, F, 3, H, W]
     "Check the input and give images a frame axis."
     if pixels.dim() == 4: pixels = pixels[:, None]
@@ -218,12 +218,13 @@ def _as_video(self: FlexibleVisionEncoder, pixels: torch.Tensor) -> torch.Tensor
         raise ValueError(f"{Fr} frames given but the temporal embedding holds vision.max_frames={self.cfg.max_frames}")
     return pixels
 
-def _embed(self: FlexibleVisionEncoder,
-           pixels: torch.Tensor,  # [B, 3, H, W] or [B, F, 3, H, W]
-           drop_ratio: float = 0.0,  # drop mode: fraction of patch positions removed (same in every frame)
-           mask_ratio: float = 0.0,  # mask-token mode: fraction of patch embeddings replaced by `mask_token`
-           generator: Optional[torch.Generator] = None,  # randomness for the positions
-          ) -> VisionOutput:  # tokens before ln_pre: [B, F*(1+N'), D]
+@patch
+def embed(self: FlexibleVisionEncoder,
+          pixels: torch.Tensor,  # [B, 3, H, W] or [B, F, 3, H, W]
+          drop_ratio: float = 0.0,  # drop mode: fraction of patch positions removed (same in every frame)
+          mask_ratio: float = 0.0,  # mask-token mode: fraction of patch embeddings replaced by `mask_token`
+          generator: Optional[torch.Generator] = None,  # randomness for the positions
+         ) -> VisionOutput:  # tokens before ln_pre: [B, F*(1+N'), D]
     "Pixels to the token sequence `[CLS_1..CLS_F, patches_1..patches_F]`, with the chosen masking."
     if drop_ratio > 0 and mask_ratio > 0: raise ValueError("use one masking mode at a time: drop_ratio or mask_ratio, not both")
     pixels = self._as_video(pixels)
@@ -246,9 +247,8 @@ def _embed(self: FlexibleVisionEncoder,
     tokens = torch.cat([cls, x.flatten(1, 2)], dim=1)  # [B, F*(1+N'), D]
     return VisionOutput(tokens, Fr, masked, keep_idx, (rows, cols))
 
-FlexibleVisionEncoder._as_video, FlexibleVisionEncoder.embed = _as_video, _embed
-
 # %% ../nbs/01_vision.ipynb #27227d01
+@patch
 def _attention_mask(self: FlexibleVisionEncoder, num_frames: int, num_patches: int, device) -> Optional[torch.Tensor]:
     "The cached frame-aware mask `[T, T]`, or None for a single frame."
     if num_frames == 1: return None
@@ -256,10 +256,11 @@ def _attention_mask(self: FlexibleVisionEncoder, num_frames: int, num_patches: i
     if key not in self._mask_cache: self._mask_cache[key] = frame_attention_mask(num_frames, num_patches, device)
     return self._mask_cache[key]
 
-def _transformer(self: FlexibleVisionEncoder,
-                 tokens: torch.Tensor,  # [B, F*(1+N'), D] embedded tokens, [CLS_1..CLS_F, patches_1..patches_F]
-                 num_frames: int,  # F
-                ) -> torch.Tensor:  # [B, F*(1+N'), D] after ln_post
+@patch
+def transformer(self: FlexibleVisionEncoder,
+                tokens: torch.Tensor,  # [B, F*(1+N'), D] embedded tokens, [CLS_1..CLS_F, patches_1..patches_F]
+                num_frames: int,  # F
+               ) -> torch.Tensor:  # [B, F*(1+N'), D] after ln_post
     "ln_pre, the used blocks with frame-aware attention, ln_post on every token."
     mask = self._attention_mask(num_frames, tokens.shape[1] // num_frames - 1, tokens.device)
     x = self.ln_pre(tokens)
@@ -269,18 +270,17 @@ def _transformer(self: FlexibleVisionEncoder,
         else: x = block(x, mask)
     return self.ln_post(x)
 
-def _forward(self: FlexibleVisionEncoder,
-             pixels: torch.Tensor,  # [B, 3, H, W] or [B, F, 3, H, W]
-             drop_ratio: float = 0.0,  # drop mode: fraction of patch positions removed, same in every frame
-             mask_ratio: float = 0.0,  # mask-token mode: fraction of patch embeddings replaced by `mask_token`
-             generator: Optional[torch.Generator] = None,  # randomness for the positions
-            ) -> VisionOutput:  # tokens [B, F*(1+N'), D]
+@patch
+def forward(self: FlexibleVisionEncoder,
+            pixels: torch.Tensor,  # [B, 3, H, W] or [B, F, 3, H, W]
+            drop_ratio: float = 0.0,  # drop mode: fraction of patch positions removed, same in every frame
+            mask_ratio: float = 0.0,  # mask-token mode: fraction of patch embeddings replaced by `mask_token`
+            generator: Optional[torch.Generator] = None,  # randomness for the positions
+           ) -> VisionOutput:  # tokens [B, F*(1+N'), D]
     "Encode images or videos; see `VisionOutput` for what comes back."
     out = self.embed(pixels, drop_ratio, mask_ratio, generator)
     out.tokens = self.transformer(out.tokens, out.num_frames)
     return out
-
-FlexibleVisionEncoder._attention_mask, FlexibleVisionEncoder.transformer, FlexibleVisionEncoder.forward = _attention_mask, _transformer, _forward
 
 # %% ../nbs/01_vision.ipynb #8a294f1f
 CLIP_KEY_MAP = {  # Hugging Face CLIPVisionModel name -> FlexibleVisionEncoder name
@@ -312,15 +312,14 @@ def clip_to_encoder_state_dict(clip_sd: dict,  # state dict of CLIPVisionModel /
     return out
 
 # %% ../nbs/01_vision.ipynb #96e19ccc
-def _load_clip_state_dict(self: FlexibleVisionEncoder, clip_sd: dict) -> FlexibleVisionEncoder:
+@patch
+def load_clip_state_dict(self: FlexibleVisionEncoder, clip_sd: dict) -> FlexibleVisionEncoder:
     "Load a Hugging Face CLIP vision state dict into this encoder (in place); returns self."
     sd = clip_to_encoder_state_dict(clip_sd, len(self.blocks))
     missing, unexpected = self.load_state_dict(sd, strict=False)
     missing = sorted(set(missing) - {"temporal", "mask_token"})
     if missing or unexpected: raise ValueError(f"CLIP weights do not fit this encoder: missing {missing}, unexpected {unexpected}")
     return self
-
-FlexibleVisionEncoder.load_clip_state_dict = _load_clip_state_dict
 
 # %% ../nbs/01_vision.ipynb #dc55e12e
 def vision_config_from_clip(hf_config,  # transformers.CLIPVisionConfig
@@ -348,22 +347,20 @@ def _quiet_transformers():
         hf_logging.set_verbosity(level)
         if bar: hf_logging.enable_progress_bar()
 
-@classmethod
-def _from_clip(cls,
-               name_or_path: str,  # HF CLIPVisionModel / CLIPModel folder, or a hub id (downloads unless offline)
-               image_size: Optional[int] = None,  # input resolution; None = the checkpoint's
-               num_layers: Optional[int] = None,  # blocks used; None = all but the last
-               max_frames: int = 8,  # capacity of the temporal embedding
-               activation_checkpointing: bool = False,  # recompute each block in the backward pass
-              ) -> FlexibleVisionEncoder:
+@patch(cls_method=True)
+def from_clip(cls: FlexibleVisionEncoder,
+              name_or_path: str,  # HF CLIPVisionModel / CLIPModel folder, or a hub id (downloads unless offline)
+              image_size: Optional[int] = None,  # input resolution; None = the checkpoint's
+              num_layers: Optional[int] = None,  # blocks used; None = all but the last
+              max_frames: int = 8,  # capacity of the temporal embedding
+              activation_checkpointing: bool = False,  # recompute each block in the backward pass
+             ) -> FlexibleVisionEncoder:
     "Build the encoder from a Hugging Face CLIP vision checkpoint."
     from transformers import CLIPVisionModel
     with _quiet_transformers(): clip = CLIPVisionModel.from_pretrained(name_or_path)
     cfg = replace(vision_config_from_clip(clip.config, image_size, num_layers, str(name_or_path)), max_frames=max_frames)
     enc = cls(cfg, activation_checkpointing)
     return enc.load_clip_state_dict(clip.state_dict())
-
-FlexibleVisionEncoder.from_clip = _from_clip
 
 # %% ../nbs/01_vision.ipynb #489d4bcd
 def build_vision_encoder(cfg: VisionConfig,
