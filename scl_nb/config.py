@@ -5,6 +5,7 @@
 # %% ../nbs/00_config.ipynb #e4f90a33
 from __future__ import annotations
 import json, typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace, asdict
 from pathlib import Path
 from typing import Literal, Optional, Union, get_args, get_origin, get_type_hints
@@ -14,7 +15,7 @@ import yaml
 # %% auto #0
 __all__ = ['OBJECTIVE_NAMES', 'PRESETS', 'OBJECTIVE_ALIASES', 'ConfigError', 'num', 'VisionConfig', 'TextConfig', 'FusionConfig',
            'ObjectiveConfig', 'DataConfig', 'TrainConfig', 'SCLConfig', 'validate', 'from_dict', 'to_dict',
-           'apply_overrides', 'preset', 'save_config', 'load_config', 'objective_overrides']
+           'apply_overrides', 'preset', 'save_config', 'load_config', 'objective_overrides', 'check_parameters']
 
 # %% ../nbs/00_config.ipynb #88e45046
 class ConfigError(ValueError):
@@ -258,12 +259,22 @@ def _parse_value(s: str):
         except ValueError: return v
     return v
 
-def apply_overrides(cfg: SCLConfig, overrides=()) -> SCLConfig:
-    "Return a validated copy of `cfg` with each `key.sub=value` string applied."
-    d = to_dict(cfg)
+def _override_items(overrides) -> list[tuple[str, object]]:
+    "(dotted key, value) pairs of a mapping (typed values) or of `key.sub=value` strings (YAML values)."
+    if isinstance(overrides, Mapping): return [(str(k), v) for k, v in overrides.items()]
+    items = []
     for ov in overrides:
-        if "=" not in ov: raise ConfigError(f"override {ov!r} must look like key.sub=value")
+        if not isinstance(ov, str) or "=" not in ov: raise ConfigError(f"override {ov!r} must look like key.sub=value")
         key, raw = ov.split("=", 1)
+        items.append((key, _parse_value(raw)))
+    return items
+
+def apply_overrides(cfg: SCLConfig,
+                    overrides=(),  # `key.sub=value` strings, or a mapping {"key.sub": value}
+                   ) -> SCLConfig:
+    "Return a validated copy of `cfg` with the overrides applied."
+    d = to_dict(cfg)
+    for key, value in _override_items(overrides):
         node, parts = d, key.strip().split(".")
         for i, p in enumerate(parts):
             if not isinstance(node, dict) or p not in node:
@@ -272,7 +283,7 @@ def apply_overrides(cfg: SCLConfig, overrides=()) -> SCLConfig:
                 raise ConfigError(f"unknown key {key.strip()}: {where} has keys {known}")
             if i == len(parts) - 1:
                 if isinstance(node[p], dict): raise ConfigError(f"{key.strip()} is a section; set one of its keys {sorted(node[p])}")
-                node[p] = _parse_value(raw)
+                node[p] = list(value) if isinstance(value, tuple) else value
             else: node = node[p]
     return validate(_build(SCLConfig, d))
 
@@ -290,8 +301,8 @@ def _tiny() -> SCLConfig:
         fusion=FusionConfig(layers=2, width=64, heads=2, mlp_dim=256, dropout=0.0),
         objectives=ObjectiveConfig(itc_dim=64, itc=2.0, scl_image=0.1, scl_text=0.1, mltc_image=0.02, mltc_text=0.02),
         data=DataConfig(num_workers=0),
-        train=TrainConfig(steps=300, batch_size=64, per_gpu_batch_size=64, lr=1e-3, head_lr_mult=1.0,
-                          cross_modal_lr_mult=1.0, precision="fp32", ckpt_every=25, log_every=10))
+        train=TrainConfig(steps=400, batch_size=32, per_gpu_batch_size=32, lr=3e-3, head_lr_mult=1.0,
+                          cross_modal_lr_mult=1.0, precision="fp32", grad_clip=1.0, ckpt_every=25, log_every=10))
 
 PRESETS = {"paper": _paper, "paper-cvpr": lambda: replace(_paper(), name="paper-cvpr",
                objectives=ObjectiveConfig(mltc_image=0.0, mltc_text=0.0)),
@@ -327,8 +338,8 @@ def load_config(source: Union[str, Path, SCLConfig] = "tiny",  # preset name, YA
 # %% ../nbs/00_config.ipynb #78ca360f
 OBJECTIVE_ALIASES = {"scl": ("scl_image", "scl_text"), "mltc": ("mltc_image", "mltc_text")}
 
-def objective_overrides(spec: str) -> list[str]:
-    "Overrides that switch off every objective not named in the comma-separated `spec`."
+def objective_overrides(spec: str) -> dict:
+    "Overrides (`{\"objectives.<name>\": 0.0}`) that switch off every objective not named in the comma-separated `spec`."
     names = [n.strip() for n in spec.split(",") if n.strip()]
     keep = set()
     for n in names:
@@ -336,4 +347,18 @@ def objective_overrides(spec: str) -> list[str]:
         elif n in OBJECTIVE_NAMES: keep.add(n)
         else: raise ConfigError(f"unknown objective {n!r}; choose from {sorted(set(OBJECTIVE_NAMES) | set(OBJECTIVE_ALIASES))}")
     if not keep: raise ConfigError("objectives: name at least one objective")
-    return [f"objectives.{k}=0" for k in OBJECTIVE_NAMES if k not in keep]
+    return {f"objectives.{k}": 0.0 for k in OBJECTIVE_NAMES if k not in keep}
+
+# %% ../nbs/00_config.ipynb #9ef50097
+def check_parameters(spec: type,  # a dataclass: one typed field per parameter (as in the config)
+                     values: Mapping,  # parameter values by name (e.g. a notebook's `globals()`); missing ones keep their default
+                     strict: bool = False,  # True: a name `spec` does not have is an error (else ignored, like a notebook's other globals)
+                    ):  # an instance of `spec`
+    "Check run parameters with the config's rules (types, choices, ranges, then `spec.check()` if defined); raise `ConfigError`."
+    names = [f.name for f in fields(spec)]
+    unknown = sorted(set(values) - set(names)) if strict else []
+    if unknown: raise ConfigError(f"unknown parameter {unknown[0]!r}; the parameters are {names}")
+    run = spec(**{k: values[k] for k in names if k in values})
+    _validate_node(run)
+    if hasattr(run, "check"): run.check()
+    return run

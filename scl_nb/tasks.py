@@ -617,9 +617,9 @@ def pretrained_checkpoint(cfg: SCLConfig,          # the task run's configuratio
     from scl_nb.train import train
     from scl_nb.config import objective_overrides
     from scl_nb.synthetic import synthetic_cache_root
-    pcfg = apply_overrides(cfg, objective_overrides(objectives) + [
-        f"train.steps={steps}", f"train.batch_size={batch_size}", f"train.per_gpu_batch_size={batch_size}", f"train.lr={lr}",
-        "train.warmup=0.1", "train.head_lr_mult=1", "train.cross_modal_lr_mult=1", f"train.ckpt_every={steps}", "train.keep_last=1"])
+    pcfg = apply_overrides(cfg, objective_overrides(objectives) | {
+        "train.steps": steps, "train.batch_size": batch_size, "train.per_gpu_batch_size": batch_size, "train.lr": lr,
+        "train.warmup": 0.1, "train.head_lr_mult": 1.0, "train.cross_modal_lr_mult": 1.0, "train.ckpt_every": steps, "train.keep_last": 1})
     key = hashlib.sha1(json.dumps([to_dict(pcfg), synthetic], sort_keys=True).encode()).hexdigest()[:12]
     folder = synthetic_cache_root(cfg.data.cache_dir).parent / "pretrained" / f"{cfg.name}-{steps}-{key}"
     folder.parent.mkdir(parents=True, exist_ok=True)

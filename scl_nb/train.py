@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, contextlib, copy, json, math, os, platform, random, shutil, signal, subprocess, sys, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -15,7 +15,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from .config import SCLConfig, ConfigError, load_config, objective_overrides, to_dict, from_dict
+from .config import (PRESETS, SCLConfig, ConfigError, apply_overrides, load_config, num, objective_overrides, to_dict,
+                           from_dict)
 from .distributed import DistContext, init_dist, any_rank, barrier, cleanup_distributed, all_reduce_mean, shard_model, single_process_group, sync_replicated_grads
 from .optim import build_optimizer, build_scheduler
 from .checkpoint import (atomic_write, ckpt_name, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
@@ -28,7 +29,7 @@ from .data import ManifestError, TooManyBadSamples, pretrain_loader
 __all__ = ['EXIT_PREEMPTED', 'EXIT_NONFINITE', 'StopFlag', 'resolve_precision', 'autocast', 'make_scaler', 'MetricsLog',
            'read_metrics', 'run_record', 'batch_layout', 'to_device', 'isolated_rng', 'EpochLoader', 'endless',
            'enable_activation_checkpointing', 'NonFiniteLossError', 'RunFolderError', 'train', 'Progress',
-           'bad_input_summary', 'probe_step', 'run_config', 'input_errors', 'main']
+           'bad_input_summary', 'probe_step', 'PretrainRun', 'run_config', 'input_errors', 'main']
 
 # %% ../nbs/23_train.ipynb #53a0af9b
 EXIT_PREEMPTED = 75  # CLI exit code after a signal-triggered checkpoint (EX_TEMPFAIL: resume to continue)
@@ -471,13 +472,55 @@ def probe_step(model, data, ctx, precision) -> tuple[float, list[str]]:
     model.zero_grad(set_to_none=True); set_rng_state(state)
     return float(n), unused
 
+# %% ../nbs/23_train.ipynb #c1e7e793
+@dataclass
+class PretrainRun:
+    "The parameters of `nbs/pretrain.ipynb`: where the run goes, and what it changes in its preset."
+    gpus: int = num(0, 0)  # GPUs per node; 0 means CPU
+    nodes: int = num(1, 1)  # nodes (cluster "slurm" only)
+    cluster: Literal["none", "local", "slurm"] = "none"  # this machine, a submitit subprocess, or SLURM
+    cpu_workers: int = num(1, 1)  # with gpus 0: CPU worker processes (gloo); 1 means in the notebook
+    preset: str = "tiny"  # config preset or YAML/JSON config file
+    objectives: Optional[str] = None  # objectives kept, e.g. "mlm,itm,itc,scl,mltc"; None: the preset's
+    data: str = "synthetic"  # "synthetic" or a manifest file
+    steps: Optional[int] = num(None, 1)  # optimiser steps; None: the preset's
+    batch_size: Optional[int] = num(None, 1)  # global batch; None: the preset's
+    per_gpu_batch_size: Optional[int] = num(None, 1)  # micro-batch per process; None: the preset's
+    lr: Optional[float] = num(None, 1e-12)  # base learning rate; None: the preset's
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPU, the preset's on CPU
+    out_dir: str = "runs/pretrain"  # run folder
+    resume: bool = True  # continue from the newest checkpoint in out_dir
+    seed: int = num(0, 0)  # seed of the weights, the data order and the masks
+    overrides: str = ""  # extra config overrides, space-separated `key.sub=value`
+    check_learning: bool = True  # assert the learning criterion (needs the default number of steps)
+
+    def check(self):
+        "The rules that involve several parameters, the machine or the file system."
+        if self.nodes > 1 and self.cluster != "slurm": raise ConfigError(f"nodes={self.nodes} needs cluster='slurm'")
+        if self.cluster != "slurm" and self.gpus > torch.cuda.device_count():
+            raise ConfigError(f"gpus={self.gpus} but this machine has {torch.cuda.device_count()} GPU(s) (use gpus=0 or cluster='slurm')")
+        if self.preset not in PRESETS and not Path(self.preset).exists():
+            raise ConfigError(f"preset={self.preset!r} is neither one of {sorted(PRESETS)} nor a config file")
+        if self.data != "synthetic" and not Path(self.data).exists():
+            raise ConfigError(f"data={self.data!r} must be 'synthetic' or an existing manifest file")
+        if not self.out_dir: raise ConfigError("out_dir='' must be a folder path")
+        if self.objectives is not None: objective_overrides(self.objectives)
+
+    def config(self) -> SCLConfig:
+        "The run's configuration: the preset, then these parameters, then `overrides`."
+        changes = {"data.source": self.data, "train.seed": self.seed}
+        changes |= {f"train.{k}": getattr(self, k) for k in ("steps", "batch_size", "per_gpu_batch_size", "lr") if getattr(self, k) is not None}
+        if self.precision != "auto" or self.gpus > 0: changes["train.precision"] = "bf16" if self.precision == "auto" else self.precision
+        changes |= objective_overrides(self.objectives) if self.objectives else {}
+        return apply_overrides(load_config(self.preset, changes), self.overrides.split())
+
 # %% ../nbs/23_train.ipynb #c2f4bb7e
 def run_config(preset_or_file: str = "tiny", data: Optional[str] = None, steps: Optional[int] = None,
                objectives: Optional[str] = None, overrides: Sequence[str] = ()) -> SCLConfig:
     "The config of a run: a preset or file, then data / steps / objectives, then `key=value` overrides."
-    ov = ([f"data.source={data}"] if data else []) + ([f"train.steps={steps}"] if steps else [])
-    ov += objective_overrides(objectives) if objectives else []
-    return load_config(preset_or_file, ov + list(overrides))
+    changes = ({"data.source": data} if data else {}) | ({"train.steps": steps} if steps else {})
+    changes |= objective_overrides(objectives) if objectives else {}
+    return apply_overrides(load_config(preset_or_file, changes), overrides)
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m scl_nb.train", description="Pre-train SCL (scl_nb.train.train).")

@@ -1,0 +1,40 @@
+"""Run parameters (issue 12): each parameterised notebook's `parameters` cell and the dataclass that checks it
+agree, name for name and default for default, so the two cannot drift apart; and the notebook really
+checks its values with that dataclass (a bad value stops it before anything runs, with the config's message)."""
+import ast, dataclasses, json, os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+
+
+def specs() -> dict:
+    from scl_nb.train import PretrainRun
+    return {"pretrain.ipynb": PretrainRun}
+
+
+def notebook_parameters(name: str) -> dict:
+    "The literal values assigned in the notebook's cell tagged `parameters`."
+    nb = json.loads((ROOT / "nbs" / name).read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    tree = ast.parse("".join(cell["source"]))
+    return {n.targets[0].id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)}
+
+
+@pytest.mark.parametrize("name", ["pretrain.ipynb"])
+def test_parameters_cell_matches_its_dataclass(name):
+    spec = specs()[name]
+    defaults = {f.name: f.default for f in dataclasses.fields(spec)}
+    assert notebook_parameters(name) == defaults
+
+
+def test_notebook_refuses_a_bad_parameter(tmp_path):
+    "papermill with steps=0: the notebook stops in its check with the config's message, before training."
+    pm = pytest.importorskip("papermill")
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(ROOT / "nbs" / "pretrain.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(ROOT / "nbs"),
+                            parameters={"steps": 0, "out_dir": str(tmp_path / "run")}, progress_bar=False, kernel_name="python3")
+    assert "ConfigError" in str(e.value) and "steps=0 is out of range" in str(e.value)
+    assert not (tmp_path / "run").exists()
