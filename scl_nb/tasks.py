@@ -24,13 +24,11 @@ from . import distributed
 # %% auto #0
 __all__ = ['TASKS', 'TASK_STEPS', 'TASK_SETTINGS', 'EPOCHS', 'PAPER_RESULTS', 'TINY_TASKS', 'SYNTHETIC_TABLE', 'TaskModel',
            'resolve_checkpoint', 'checkpoint_config', 'task_config', 'build_task_model', 'vqa_bce_loss', 'rank_ce_loss',
-           'vqa_logits', 'nlvr2_logits', 'candidate_texts', 'retrieval_forward', 'vqa_step', 'nlvr2_step',
-           'retrieval_step', 'RetrievalSet', 'encode_retrieval_set', 'itc_similarity', 'topk_masks', 'rank_slice',
-           'pair_score', 'score_pairs', 'sum_over_ranks', 'rerank', 'retrieval_metrics', 'retrieval_scores',
-           'evaluate_retrieval', 'gather_rows', 'numeric_question_id', 'evaluate_vqa', 'evaluate_nlvr2',
-           'task_overrides', 'epochs_to_steps', 'task_data_fn', 'finetune', 'comparison_table', 'write_results',
-           'check_run_parameters', 'task_run_config', 'with_steps', 'task_manifest', 'select_rows', 'manifest_len',
-           'retrieval_subset', 'pretrained_checkpoint', 'has_task_head', 'finetune_job', 'launch_finetune', 'main']
+           'vqa_logits', 'nlvr2_logits', 'pad_to_length', 'candidate_texts', 'retrieval_forward', 'vqa_step',
+           'nlvr2_step', 'retrieval_step', 'task_overrides', 'epochs_to_steps', 'task_data_fn', 'finetune',
+           'comparison_table', 'write_results', 'check_run_parameters', 'task_run_config', 'with_steps',
+           'task_manifest', 'select_rows', 'manifest_len', 'retrieval_subset', 'pretrained_checkpoint', 'has_task_head',
+           'finetune_job', 'launch_finetune', 'main']
 
 # %% ../nbs/40_tasks.ipynb #d38f7e0f
 TASKS = ("vqa", "nlvr2", "retrieval")
@@ -152,15 +150,16 @@ def nlvr2_logits(model: TaskModel, batch: dict) -> torch.Tensor:  # [B, 2]
     b = model.fuse(img.index(second), txt, image_token_type=2).cls_feats    # [B, 2D]
     return model.nlvr2_head(torch.cat([a, b], -1))
 
-def _pad_to(x: torch.Tensor, L: int, value: int = 0) -> torch.Tensor:
+def pad_to_length(x: torch.Tensor, L: int, value: int = 0) -> torch.Tensor:
+    "Right-pad the last dimension of `x` to `L` with `value`."
     return F.pad(x, (0, L - x.shape[-1]), value=value)
 
 def candidate_texts(batch: dict, pad_id: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     "Ids and mask `[B*(1+N), L]` of each sample's caption followed by its N false captions."
     ids, mask, fids, fmask = batch["input_ids"], batch["attention_mask"], batch["false_input_ids"], batch["false_attention_mask"]
     L = max(ids.shape[1], fids.shape[2])
-    all_ids = torch.cat([_pad_to(ids, L, pad_id)[:, None], _pad_to(fids, L, pad_id)], 1)   # [B, 1+N, L]
-    all_mask = torch.cat([_pad_to(mask, L)[:, None], _pad_to(fmask, L)], 1)              # [B, 1+N, L]
+    all_ids = torch.cat([pad_to_length(ids, L, pad_id)[:, None], pad_to_length(fids, L, pad_id)], 1)   # [B, 1+N, L]
+    all_mask = torch.cat([pad_to_length(mask, L)[:, None], pad_to_length(fmask, L)], 1)              # [B, 1+N, L]
     return all_ids.flatten(0, 1), all_mask.flatten(0, 1)
 
 def retrieval_forward(model: TaskModel, batch: dict) -> tuple[torch.Tensor, ImageEncoding, TextEncoding]:
@@ -197,220 +196,6 @@ def retrieval_step(model: TaskModel, batch: dict) -> dict:
     return dict(loss=loss, **out)
 
 TASK_STEPS = {"vqa": vqa_step, "nlvr2": nlvr2_step, "retrieval": retrieval_step}
-
-# %% ../nbs/40_tasks.ipynb #b430e374
-@dataclass
-class RetrievalSet:
-    "Unimodal encodings of an evaluation set: what ITC and the ITM re-ranking need."
-    image_tokens: torch.Tensor  # [n_img, T, D] after the modality transform
-    num_frames: int             # F (video frames; 1 for images)
-    text_tokens: torch.Tensor   # [n_txt, L, D] after the modality transform
-    text_mask: torch.Tensor     # [n_txt, L] 1 = token
-    image_emb: torch.Tensor     # [n_img, E] L2-normalised ITC embeddings
-    text_emb: torch.Tensor      # [n_txt, E]
-    txt2img: torch.Tensor       # [n_txt] image index of each text
-    image_ids: list             # [n_img] dataset ids of the images
-
-    def image(self, idx, device=None) -> ImageEncoding:
-        return ImageEncoding(self.image_tokens[idx].to(device), self.num_frames)
-    def text(self, idx, device=None) -> TextEncoding:
-        return TextEncoding(self.text_tokens[idx].to(device), self.text_mask[idx].to(device))
-
-def _model_device(model) -> torch.device: return next(model.parameters()).device
-
-@torch.no_grad()
-def encode_retrieval_set(model: SCLModel,  # `SCLModel` or `TaskModel`
-                         batches,          # iterable of dicts: pixels [B,F,3,S,S], input_ids, attention_mask, image_ids [B]
-                         store="cpu",      # where the encodings are kept
-                        ) -> RetrievalSet:
-    "Encode each distinct image once and every text once (one caption = one batch row)."
-    was_training = model.training; model.eval()
-    dev = _model_device(model)
-    img_index, img_tok, img_emb, txt_tok, txt_mask, txt_emb, txt2img, F_ = {}, [], [], [], [], [], [], 1
-    for b in batches:
-        ids = b["image_ids"].tolist()
-        new = [i for i, k in enumerate(ids) if k not in img_index and k not in ids[:i]]
-        if new:
-            enc = model.encode_image(b["pixels"][new].to(dev))
-            F_ = enc.num_frames
-            img_tok.append(enc.tokens.to(store)); img_emb.append(model.itc_image(enc).float().to(store))
-            for i in new: img_index[ids[i]] = len(img_index)
-        t = model.encode_text(b["input_ids"].to(dev), b["attention_mask"].to(dev))
-        txt_tok.append(t.tokens.to(store)); txt_mask.append(t.attention_mask.to(store)); txt_emb.append(model.itc_text(t).float().to(store))
-        txt2img += [img_index[k] for k in ids]
-    model.train(was_training)
-    L = max(t.shape[1] for t in txt_tok)
-    return RetrievalSet(torch.cat(img_tok), F_, torch.cat([F.pad(t, (0, 0, 0, L - t.shape[1])) for t in txt_tok]),
-                        torch.cat([_pad_to(m, L) for m in txt_mask]), torch.cat(img_emb), torch.cat(txt_emb),
-                        torch.tensor(txt2img), list(img_index))
-
-# %% ../nbs/40_tasks.ipynb #bfeea56d
-def itc_similarity(rs: RetrievalSet, chunk: int = 4096) -> torch.Tensor:  # [n_img, n_txt]
-    "Cosine similarity of every image with every text, computed `chunk` images at a time."
-    return torch.cat([rs.image_emb[a:a + chunk] @ rs.text_emb.T for a in range(0, len(rs.image_emb), chunk)])
-
-def topk_masks(sim: torch.Tensor,     # [n_img, n_txt] ITC similarity
-               k: Optional[int] = None,  # candidates per query; None (or >= the set size) = all
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    "Boolean masks `[n_img, n_txt]`: each image's top-k texts (rows), each text's top-k images (columns)."
-    n_img, n_txt = sim.shape
-    rows = torch.zeros_like(sim, dtype=torch.bool); cols = torch.zeros_like(sim, dtype=torch.bool)
-    rows.scatter_(1, sim.topk(min(k or n_txt, n_txt), dim=1).indices, True)
-    cols.scatter_(0, sim.topk(min(k or n_img, n_img), dim=0).indices, True)
-    return rows, cols
-
-def rank_slice(n: int, rank: int, world: int) -> slice:
-    "Rank `rank`'s contiguous share of `n` items (shares differ by at most one item)."
-    return slice(n * rank // world, n * (rank + 1) // world)
-
-# %% ../nbs/40_tasks.ipynb #3e33c431
-def pair_score(model: SCLModel, cls_feats: torch.Tensor) -> torch.Tensor:  # [B, 2D] -> [B]
-    "Rank-head score, or the ITM 'match' logit for a model without a rank head."
-    head = getattr(model, "rank_head", None)
-    return head(cls_feats)[:, 0] if head is not None else model.itm_head(cls_feats)[:, 1]
-
-@torch.no_grad()
-def score_pairs(model: SCLModel, rs: RetrievalSet,
-                pairs: torch.Tensor,    # [P, 2] (image index, text index)
-                chunk: int = 256,       # pairs fused at once: bounds activation memory
-                rank: int = 0, world: int = 1,  # this process's block of pairs
-               ) -> torch.Tensor:       # [P] float32: scores of this rank's block, 0 elsewhere
-    "ITM scores of this rank's share of `pairs`, fused `chunk` pairs at a time."
-    was_training = model.training; model.eval()
-    dev = _model_device(model)
-    out = torch.zeros(len(pairs), dtype=torch.float32)
-    mine = rank_slice(len(pairs), rank, world)
-    for a in range(mine.start, mine.stop, chunk):
-        p = pairs[a:min(a + chunk, mine.stop)]
-        fused = model.fuse(rs.image(p[:, 0], dev), rs.text(p[:, 1], dev))
-        out[a:a + len(p)] = pair_score(model, fused.cls_feats).float().cpu()
-    model.train(was_training)
-    return out
-
-def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
-    "Element-wise sum of `x` over all processes (`x` itself when not distributed)."
-    if not distributed.is_distributed(): return x
-    y = x.to("cuda") if dist.get_backend() == "nccl" else x.clone()
-    dist.all_reduce(y, op=dist.ReduceOp.SUM)
-    return y.cpu()
-
-def rerank(sim: torch.Tensor,          # [n_img, n_txt] ITC similarity
-           pairs: torch.Tensor,        # [P, 2] scored pairs
-           scores: torch.Tensor,       # [P] their ITM scores
-           rows: torch.Tensor, cols: torch.Tensor,  # `topk_masks`
-          ) -> tuple[torch.Tensor, torch.Tensor]:   # i2t, t2i: [n_img, n_txt] each
-    "Score matrices for text retrieval (`i2t`, rows) and image retrieval (`t2i`, columns)."
-    itm = torch.zeros_like(sim, dtype=torch.float32)
-    itm[pairs[:, 0], pairs[:, 1]] = scores
-    below = sim.float() - sim.max() + scores.min() - 1.0   # < every ITM score, same order as ITC
-    return torch.where(rows, itm, below), torch.where(cols, itm, below)
-
-# %% ../nbs/40_tasks.ipynb #38d3fc2b
-def retrieval_metrics(i2t: torch.Tensor, t2i: torch.Tensor,  # [n_img, n_txt] score matrices (may be the same)
-                      txt2img: torch.Tensor,                  # [n_txt] image index of each text
-                      video: bool = False,                    # video key names and median / mean rank
-                      ks: Sequence[int] = (1, 5, 10),
-                     ) -> dict:
-    "TR / IR R@K and RSUM (images) or v2t / t2v R@K, median and mean rank (video), percent."
-    tr, _ = retrieval_ranks(i2t, txt2img)
-    _, ir = retrieval_ranks(t2i, txt2img)
-    if not video:
-        out = {f"tr_r{k}": recall_at(tr, k) for k in ks} | {f"ir_r{k}": recall_at(ir, k) for k in ks}
-        return out | {"rsum": sum(out.values())}
-    out = {}
-    for name, r in (("t2v", ir), ("v2t", tr)):
-        out |= {f"{name}_r{k}": recall_at(r, k) for k in ks}
-        out[f"{name}_medr"] = float((r + 1).double().quantile(0.5))
-        out[f"{name}_meanr"] = float((r + 1).double().mean())
-    return out
-
-# %% ../nbs/40_tasks.ipynb #720e9508
-def retrieval_scores(model: SCLModel, rs: RetrievalSet,
-                     k: Optional[int] = None,   # re-ranked candidates per query; None = all (the full ITM matrix)
-                     chunk: int = 256,          # pairs fused at once
-                     rank: Optional[int] = None, world: Optional[int] = None,  # None = this process in the default group
-                    ) -> dict:
-    "ITC similarity, the re-ranked `i2t` / `t2i` matrices, the number of fused pairs and the time taken."
-    rank = distributed.rank() if rank is None else rank
-    world = distributed.world_size() if world is None else world
-    t0 = time.perf_counter()
-    sim = itc_similarity(rs)
-    rows, cols = topk_masks(sim, k)
-    pairs = (rows | cols).nonzero()                          # [P, 2], image-major
-    scores = score_pairs(model, rs, pairs, chunk, rank, world)
-    if world > 1: scores = sum_over_ranks(scores)
-    i2t, t2i = rerank(sim, pairs, scores, rows, cols)
-    return dict(itc=sim, i2t=i2t, t2i=t2i, pairs=len(pairs), seconds=time.perf_counter() - t0)
-
-def evaluate_retrieval(model: SCLModel,
-                       batches,                 # see `encode_retrieval_set` (e.g. a `task_loader(..., "pretrain", train=False)`)
-                       k: Optional[int] = None, # re-ranked candidates; None = all
-                       chunk: int = 256,        # pairs fused at once
-                       video: bool = False,     # report v2t / t2v
-                      ) -> dict:
-    "Zero-shot or fine-tuned retrieval: ITC-only metrics, ITC + ITM re-ranked metrics, sizes and timings."
-    t0 = time.perf_counter()
-    rs = encode_retrieval_set(model, batches)
-    t_enc = time.perf_counter() - t0
-    s = retrieval_scores(model, rs, k, chunk)
-    return dict(itc=retrieval_metrics(s["itc"], s["itc"], rs.txt2img, video),
-                itm=retrieval_metrics(s["i2t"], s["t2i"], rs.txt2img, video),
-                n_images=len(rs.image_ids), n_texts=len(rs.txt2img), k=k, fused_pairs=s["pairs"],
-                encode_s=t_enc, rerank_s=s["seconds"])
-
-# %% ../nbs/40_tasks.ipynb #6513756c
-def gather_rows(rows: list) -> list:
-    "Every rank's rows (dicts with an `index`), de-duplicated by index and sorted."
-    if distributed.is_distributed():
-        parts = [None] * distributed.world_size()
-        dist.all_gather_object(parts, rows)
-        rows = [r for p in parts for r in p]
-    first = {}
-    for r in rows: first.setdefault(r["index"], r)
-    return [first[i] for i in sorted(first)]
-
-def _answers_of(row: dict) -> list:
-    a = row.get("answers") or []
-    return json.loads(a) if isinstance(a, str) else list(a)
-
-def numeric_question_id(q) -> int:
-    "The integer EvalAI expects: the id itself when numeric, else a stable 63-bit hash of it."
-    from scl_nb.data import stable_id
-    return int(q) if str(q).isdigit() else stable_id(q)
-
-@torch.no_grad()
-def evaluate_vqa(model: TaskModel, loader,  # a `task_loader(..., "vqa", train=False)`
-                 answers: Sequence[str],       # the answer vocabulary (class index -> answer)
-                ) -> dict:
-    "Official VQA accuracy, VQA score, and the EvalAI prediction list of the loader's questions."
-    was_training = model.training; model.eval()
-    dev, rows = _model_device(model), []
-    for b in loader:
-        logits = vqa_logits(model, {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in b.items()})
-        pred = logits.argmax(-1)
-        soft = b["vqa_targets"].to(dev).gather(1, pred[:, None])[:, 0]
-        rows += [dict(index=i, question_id=q, answer=answers[p], soft=s)
-                 for i, q, p, s in zip(b["index"].tolist(), b["question_ids"], pred.tolist(), soft.tolist())]
-    model.train(was_training)
-    rows = gather_rows(rows)
-    human = [_answers_of(loader.dataset.m.row(r["index"])) for r in rows]
-    scored = [(r["answer"], h) for r, h in zip(rows, human) if h]
-    return dict(accuracy=vqa_accuracy([p for p, _ in scored], [h for _, h in scored]) if scored else float("nan"),
-                vqa_score=100.0 * sum(r["soft"] for r in rows) / max(len(rows), 1),
-                questions=len(rows), manifest_rows=len(loader.dataset),
-                predictions=vqa_submission([numeric_question_id(r["question_id"]) for r in rows], [r["answer"] for r in rows]))
-
-@torch.no_grad()
-def evaluate_nlvr2(model: TaskModel, loader) -> dict:
-    "NLVR2 accuracy (percent) over the loader's statements."
-    was_training = model.training; model.eval()
-    dev, rows = _model_device(model), []
-    for b in loader:
-        pred = nlvr2_logits(model, {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in b.items()}).argmax(-1)
-        rows += [dict(index=i, pred=p, label=l) for i, p, l in zip(b["index"].tolist(), pred.tolist(), b["labels"].tolist())]
-    model.train(was_training)
-    rows = gather_rows(rows)
-    return dict(accuracy=nlvr2_accuracy([r["pred"] for r in rows], [r["label"] for r in rows]), statements=len(rows))
 
 # %% ../nbs/40_tasks.ipynb #f5d2b56a
 TASK_SETTINGS = {  # method §4: batch, lr, head x, cross-modal x, resolution, warm-up; retrieval: ITC weight, re-rank k
