@@ -4,7 +4,7 @@
 
 # %% ../nbs/21_checkpoint.ipynb #5a89f2d2
 from __future__ import annotations
-import contextlib, io, json, os, random, re, shutil, tempfile
+import contextlib, io, json, math, os, random, re, shutil, tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -19,7 +19,7 @@ from .distributed import unwrap_model, is_fsdp, barrier
 
 # %% auto #0
 __all__ = ['step_seed', 'seed_step', 'rng_state', 'set_rng_state', 'atomic_write', 'ckpt_name', 'list_checkpoints',
-           'latest_checkpoint', 'optimizer_state_to_fqn', 'optimizer_state_from_fqn', 'save_checkpoint',
+           'latest_checkpoint', 'jsonable', 'optimizer_state_to_fqn', 'optimizer_state_from_fqn', 'save_checkpoint',
            'load_checkpoint']
 
 # %% ../nbs/21_checkpoint.ipynb #ad4c94b6
@@ -89,6 +89,15 @@ def latest_checkpoint(ckpt_dir) -> Optional[Path]:
     "The newest complete checkpoint folder, or None."
     c = list_checkpoints(ckpt_dir)
     return c[-1] if c else None
+
+# %% ../nbs/21_checkpoint.ipynb #0fda2295
+def jsonable(x):
+    "`x` as plain JSON values: mappings and sequences recursively, tensors as lists, NaN/inf as None, other objects as strings."
+    if isinstance(x, dict): return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return [jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor): return jsonable(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x): return None
+    return x if isinstance(x, (str, int, float, bool)) or x is None else str(x)
 
 # %% ../nbs/21_checkpoint.ipynb #007f1a19
 def _optimizer_names(model: nn.Module, optimizer) -> list[list[str]]:

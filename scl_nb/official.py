@@ -4,7 +4,7 @@
 
 # %% ../nbs/41_official.ipynb #67118fc9
 from __future__ import annotations
-import argparse, io, json, math, pickle, re, sys, types, zipfile
+import argparse, json, math, pickle, re, sys, types, zipfile
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Optional, Sequence
@@ -15,6 +15,7 @@ from fastcore.basics import patch
 from .config import SCLConfig, ConfigError, preset, to_dict, from_dict, apply_overrides
 from .model import SCLModel
 from .text import load_tokenizer
+from .checkpoint import jsonable
 from .tasks import TaskModel, TASKS
 
 # %% auto #0
@@ -254,8 +255,7 @@ def official_config(state: dict,                  # official state dict
     D, P = conv.shape[0], conv.shape[-1]
     grid = math.isqrt(_need(state, vp + "positional_embedding", source).shape[0] - 1)
     temporal = state.get(vp + "temporal_embed")
-    d = to_dict(preset("paper"))
-    d["name"] = f"official-{layout}"
+    d = to_dict(preset("paper")) | {"name": f"official-{layout}"}
     d["vision"] |= dict(pretrained=None, image_size=int(hp.get("image_size", grid * P)), patch_size=P, width=D,
                         layers=blocks + 1, num_layers=None, heads=max(1, D // 64),
                         mlp_dim=_need(state, vp + "transformer.resblocks.0.mlp.c_fc.weight", source).shape[0],
@@ -271,8 +271,7 @@ def official_config(state: dict,                  # official state dict
                       mlp_dim=_need(state, "text_transformer.encoder.layer.0.intermediate.dense.weight", source).shape[0],
                       max_position_embeddings=positions,
                       max_len=min(int(hp.get("max_text_len", 50)), positions - (2 if roberta else 0)))
-    Df = _need(state, "cross_modal_text_transform.weight", source).shape[0]
-    layers = _count(state, "cross_modal_text_layers.")
+    Df, layers = _need(state, "cross_modal_text_transform.weight", source).shape[0], _count(state, "cross_modal_text_layers.")
     if layers != _count(state, "cross_modal_image_layers."):
         raise OfficialCheckpointError(f"{source}: {layers} text fusion layers but {_count(state, 'cross_modal_image_layers.')} image ones")
     d["fusion"] |= dict(layers=layers, width=Df, heads=int(hp.get("num_heads", max(1, Df // 64))),
@@ -534,23 +533,17 @@ def randomise_parameters(model, seed: int = 0):
         if hasattr(model, "itc_logit_scale"): model.itc_logit_scale.fill_(-math.log(0.02 + 0.08 * torch.rand((), generator=g).item()))
     return model
 
-def official_tiny_config(**overrides) -> SCLConfig:
+def official_tiny_config() -> SCLConfig:
     "The `tiny` preset with the head counts the official rules imply (`width // 64` = 1 in both towers)."
-    return apply_overrides(preset("tiny"), ["vision.heads=1", "text.heads=1"] + [f"{k}={v}" for k, v in overrides.items()])
+    return apply_overrides(preset("tiny"), {"vision.heads": 1, "text.heads": 1})
 
 # %% ../nbs/41_official.ipynb #6d02b4c0
 def convert_official(source, out_dir, task: str = "auto", overrides: Sequence[str] = (), ignore: Sequence[str] = ()) -> Path:
     "Write the official checkpoint `source` as our checkpoint folder `out_dir`; returns `out_dir`."
     model, report = load_official(source, task, overrides, ignore)
     out = model.save_pretrained(out_dir)
-    (out / "conversion.json").write_text(json.dumps(_jsonable(asdict(report)), indent=2))
+    (out / "conversion.json").write_text(json.dumps(jsonable(asdict(report)), indent=2))
     return out
-
-def _jsonable(x):
-    if isinstance(x, dict): return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return [_jsonable(v) for v in x]
-    if isinstance(x, torch.Tensor): return x.tolist()
-    return x if isinstance(x, (str, int, float, bool)) or x is None else str(x)
 
 def is_official_checkpoint(checkpoint) -> bool:
     "True for a `.ckpt` file, a hub id `hf://...` or a released name; False for our folders."
@@ -592,7 +585,7 @@ def main(argv=None) -> int:
         if a.cmd == "convert":
             out = convert_official(a.checkpoint, a.out_dir, a.task, a.override, a.ignore)
             print(json.loads((out / "conversion.json").read_text())["source"], "->", out)
-            print(_report_from(out).summary())
+            print(OfficialConversion(**json.loads((out / "conversion.json").read_text())).summary())
         else:
             _, report = load_official(a.checkpoint, tokenizer=False)
             print(report.summary())
@@ -600,9 +593,6 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
-
-def _report_from(folder: Path) -> OfficialConversion:
-    return OfficialConversion(**json.loads((Path(folder) / "conversion.json").read_text()))
 
 # %% ../nbs/41_official.ipynb #e0607f81
 #| eval: false
