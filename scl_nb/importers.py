@@ -82,7 +82,7 @@ class MediaFinder:
         return self.cache[key]
 
 def caption_row(media: str, caption: str, split: str, image_id, dataset: str, media_type: str = "image") -> dict:
-    "A manifest row for a caption dataset (ARCHITECTURE.md column names)."
+    "A manifest row for a caption dataset (the manifest columns of `12_data`)."
     return dict(media=media, media_type=media_type, caption=caption, split=split, image_id=str(image_id), dataset=dataset)
 
 def _caption_rows(stats, media, captions, split, image_id, dataset, media_type="image") -> Iterator[dict]:

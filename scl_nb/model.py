@@ -217,13 +217,13 @@ def load_checkpoint_state(self: SCLModel, state: dict, strict: bool = True):
         t = state[key]; extra = self.fusion.token_type.weight.shape[0] - t.shape[0]
         state[key] = torch.cat([t, t[1:2].expand(extra, -1)])
     missing, unexpected = self.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in self._tied_or_buffers()]
+    missing = [k for k in missing if k not in self.tied_or_buffer_names()]
     if strict and (missing or unexpected):
         raise KeyError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return self
 
 @patch
-def _tied_or_buffers(self: SCLModel) -> set:
+def tied_or_buffer_names(self: SCLModel) -> set:
     "Keys that may be absent from a checkpoint: non-persistent buffers and tensors sharing storage."
     names = {k for k, _ in self.named_buffers()}
     full = self.state_dict(); kept = set(_state_for_save(self))

@@ -111,7 +111,7 @@ def build_task_model(run_cfg: SCLConfig,     # the run's configuration
     state = load_file(str(folder / "model.safetensors"))
     own = set(model.state_dict())
     head = _head_name(task)
-    missing = own - set(state) - model._tied_or_buffers()
+    missing = own - set(state) - model.tied_or_buffer_names()
     extra = set(state) - own
     bad_missing = sorted(k for k in missing if k.split(".")[0] != head)
     bad_extra = sorted(k for k in extra if not k.split(".")[0].endswith("_head"))
