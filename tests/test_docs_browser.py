@@ -197,7 +197,7 @@ def test_home_page(crawl):
 def test_library_page_has_outputs_and_entries(crawl):
     page = crawl[SITE / "objectives.html"]
     names = {e["name"] for e in page["entries"]}
-    assert {"nce", "pretrain_step"} <= names, names
+    assert {"nce", "PretrainTask"} <= names, names
     assert "computed while building these docs" in page["text"]
 
 
