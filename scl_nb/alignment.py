@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .config import PRESETS, ConfigError, num
 from .media import BatchTransform, centre_box, read_image, shrink
 from .masking import special_mask, word_starts
 
@@ -23,7 +24,8 @@ __all__ = ['Geometry', 'ALIGN_BENCH_LAYOUT', 'SCORE_KEYS', 'patch_attention', 'r
            'cell_coverage', 'box_coverage', 'mask_coverage', 'region_mass', 'MaskRef', 'Region', 'Phrase',
            'AlignSample', 'phrase_words', 'read_alignment_jsonl', 'write_alignment_jsonl', 'read_align_bench',
            'read_synthetic_alignment', 'text_patch_maps', 'AttentionMaps', 'attention_maps', 'score_sample',
-           'alignment_report', 'upsample_map', 'overlay_attention', 'plot_attention_maps', 'write_png', 'save_figure']
+           'alignment_report', 'upsample_map', 'overlay_attention', 'plot_attention_maps', 'write_png', 'save_figure',
+           'AlignmentRun']
 
 # %% ../nbs/50_alignment.ipynb #a43fb39a
 def patch_attention(cross_attentions: list,  # `FusionOutput.cross_attentions`: per layer (text->image, image->text)
@@ -538,3 +540,28 @@ def save_figure(fig,                 # a matplotlib figure; closed after writing
     plt.close(fig)
     buf.seek(0)
     with Image.open(buf) as img: return write_png(img, path, colours)
+
+# %% ../nbs/50_alignment.ipynb #39a3de5e
+@dataclass
+class AlignmentRun:
+    "The parameters of `nbs/eval_alignment.ipynb`."
+    checkpoint: Optional[str] = None  # model folder, engine checkpoint or pre-training run folder; None: random init of `preset`
+    data: str = "synthetic"  # "synthetic" (the synthetic test split), an ALIGN-BENCH folder (images/, pkls/) or an alignment JSONL
+    preset: str = "tiny"  # config preset or config file of the random model (a checkpoint brings its own configuration)
+    gpus: int = num(0, 0, 1)  # 0: CPU; 1: the first GPU
+    figures: int = num(4, 1)  # images drawn in attention_global.png / attention_local.png
+    limit: Optional[int] = num(None, 1)  # images scored; None: all of ALIGN-BENCH / the JSONL, 200 synthetic test images
+    words_per_image: int = num(6, 1)  # word maps drawn per image in attention_local.png
+    geometry: Literal["centre", "squash"] = "centre"  # how images become the square input (test transform, or GLSCL's scripts)
+    out_dir: str = "runs/eval_alignment"  # run folder
+    seed: int = num(0, 0)  # seed of the random model
+
+    def check(self):
+        "Files that must exist and a GPU that must be there."
+        if self.checkpoint is not None and not Path(self.checkpoint).exists(): raise ConfigError(f"checkpoint={self.checkpoint!r} does not exist")
+        if self.data != "synthetic" and not Path(self.data).exists():
+            raise ConfigError(f"data={self.data!r} must be 'synthetic', an ALIGN-BENCH folder or a JSONL file")
+        if self.preset not in PRESETS and not Path(self.preset).exists():
+            raise ConfigError(f"preset={self.preset!r} is neither one of {sorted(PRESETS)} nor a config file")
+        if self.gpus and not torch.cuda.is_available(): raise ConfigError(f"gpus={self.gpus} but this machine has no GPU")
+        if not self.out_dir: raise ConfigError("out_dir='' must be a folder path")

@@ -13,9 +13,10 @@ from typing import Literal, Optional, Union, get_args, get_origin, get_type_hint
 import yaml
 
 # %% auto #0
-__all__ = ['OBJECTIVE_NAMES', 'PRESETS', 'OBJECTIVE_ALIASES', 'ConfigError', 'num', 'VisionConfig', 'TextConfig', 'FusionConfig',
-           'ObjectiveConfig', 'DataConfig', 'TrainConfig', 'SCLConfig', 'validate', 'from_dict', 'to_dict',
-           'apply_overrides', 'preset', 'save_config', 'load_config', 'objective_overrides', 'check_parameters']
+__all__ = ['OBJECTIVE_NAMES', 'TINY_TASKS', 'TINY_TASK_TRAIN', 'PRESETS', 'OBJECTIVE_ALIASES', 'ConfigError', 'num',
+           'VisionConfig', 'TextConfig', 'FusionConfig', 'ObjectiveConfig', 'DataConfig', 'TrainConfig', 'SCLConfig',
+           'validate', 'from_dict', 'to_dict', 'apply_overrides', 'preset', 'save_config', 'load_config',
+           'objective_overrides', 'check_parameters']
 
 # %% ../nbs/00_config.ipynb #88e45046
 class ConfigError(ValueError):
@@ -303,6 +304,15 @@ def _tiny() -> SCLConfig:
         data=DataConfig(num_workers=0),
         train=TrainConfig(steps=400, batch_size=32, per_gpu_batch_size=32, lr=3e-3, head_lr_mult=1.0,
                           cross_modal_lr_mult=1.0, precision="fp32", grad_clip=1.0, ckpt_every=25, log_every=10))
+
+TINY_TASKS = {  # fine-tuning the tiny preset on the synthetic set: 2 CPU cores, <= 3 minutes per task notebook
+    "vqa": dict(epochs=1.5, batch_size=32, lr=1e-3),
+    "nlvr2": dict(steps=300, batch_size=32, lr=1e-3, changes={"vision.image_size": 32}),  # two images per sample: 32 px
+    "retrieval": dict(steps=80, batch_size=8, lr=5e-5, changes={"train.head_lr_mult": 10.0, "train.cross_modal_lr_mult": 10.0},
+                      k=10, eval_images=100),  # 16 fused pairs per sample; evaluated on 100 images, top 10 re-ranked
+    "eval_retrieval": dict(k=16, eval_images=100),
+}
+TINY_TASK_TRAIN = {"train.warmup": 0.1, "train.ckpt_every": 100_000, "train.log_every": 10}  # every tiny fine-tuning run
 
 PRESETS = {"paper": _paper, "paper-cvpr": lambda: replace(_paper(), name="paper-cvpr",
                objectives=ObjectiveConfig(mltc_image=0.0, mltc_text=0.0)),

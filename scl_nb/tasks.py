@@ -7,7 +7,7 @@ from __future__ import annotations
 import json, math, time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Literal, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -15,20 +15,21 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from .config import SCLConfig, load_config, apply_overrides, to_dict
+from .config import (PRESETS, TINY_TASK_TRAIN, TINY_TASKS, ConfigError, SCLConfig, apply_overrides, check_parameters, load_config,
+                           num, objective_overrides, to_dict)
 from .model import SCLModel, ImageEncoding, TextEncoding, vqa_head, nlvr2_head, rank_head_from_itm, load_text_tower
 from .metrics import retrieval_ranks, recall_at, vqa_accuracy, vqa_submission, nlvr2_accuracy
 from .objectives import itc_loss
 from . import distributed
 
 # %% auto #0
-__all__ = ['TASKS', 'TASK_STEPS', 'TASK_SETTINGS', 'EPOCHS', 'PAPER_RESULTS', 'TINY_TASKS', 'SYNTHETIC_TABLE', 'TaskModel',
+__all__ = ['TASKS', 'TASK_STEPS', 'TASK_SETTINGS', 'EPOCHS', 'PAPER_RESULTS', 'SYNTHETIC_TABLE', 'TaskModel',
            'resolve_checkpoint', 'checkpoint_config', 'task_config', 'build_task_model', 'vqa_bce_loss', 'rank_ce_loss',
            'vqa_logits', 'nlvr2_logits', 'pad_to_length', 'candidate_texts', 'retrieval_forward', 'vqa_step',
            'nlvr2_step', 'retrieval_step', 'task_overrides', 'epochs_to_steps', 'task_data_fn', 'finetune',
-           'comparison_table', 'write_results', 'check_run_parameters', 'task_run_config', 'with_steps',
-           'task_manifest', 'select_rows', 'manifest_len', 'retrieval_subset', 'pretrained_checkpoint', 'has_task_head',
-           'finetune_job', 'launch_finetune', 'main']
+           'comparison_table', 'write_results', 'TaskRun', 'FinetuneRun', 'VQARun', 'NLVR2Run', 'RetrievalEvalRun',
+           'RetrievalRun', 'task_run_config', 'with_steps', 'task_manifest', 'select_rows', 'manifest_len',
+           'retrieval_subset', 'pretrained_checkpoint', 'has_task_head', 'finetune_job', 'launch_finetune', 'main']
 
 # %% ../nbs/40_tasks.ipynb #d38f7e0f
 TASKS = ("vqa", "nlvr2", "retrieval")
@@ -208,12 +209,12 @@ TASK_SETTINGS = {  # method §4: batch, lr, head x, cross-modal x, resolution, w
 }
 EPOCHS = 10  # every downstream task (method §4)
 
-def task_overrides(dataset: str) -> list[str]:
-    "Config overrides for the method §4 setting of `dataset`."
+def task_overrides(dataset: str) -> dict:
+    "Config overrides (a typed mapping) for the method §4 setting of `dataset`."
     if dataset not in TASK_SETTINGS: raise ValueError(f"dataset={dataset!r}; choose one of {sorted(TASK_SETTINGS)}")
     s, keys = TASK_SETTINGS[dataset], ("batch_size", "lr", "head_lr_mult", "cross_modal_lr_mult", "warmup")
-    out = [f"train.{k}={s[k]}" for k in keys] + [f"vision.image_size={s['image_size']}"]
-    return out + ([f"data.num_frames={s['num_frames']}"] if "num_frames" in s else [])
+    out = {f"train.{k}": s[k] for k in keys} | {"vision.image_size": s["image_size"]}
+    return out | ({"data.num_frames": s["num_frames"]} if "num_frames" in s else {})
 
 def epochs_to_steps(epochs: float, n_samples: int, batch_size: int) -> int:
     "Optimiser steps for `epochs` passes over `n_samples` at global batch `batch_size` (last partial batch dropped)."
@@ -287,52 +288,128 @@ def write_results(out_dir, **fields) -> Path:
     return path
 
 # %% ../nbs/40_tasks.ipynb #0e62e147
-TINY_TASKS = {  # CPU-sized fine-tuning of the tiny preset on the synthetic set (2 cores, <= 3 minutes per notebook)
-    "vqa": dict(epochs=1.5, batch_size=32, lr=1e-3),
-    "nlvr2": dict(steps=300, batch_size=32, lr=1e-3, overrides=["vision.image_size=32"]),  # two images per sample: 32 px
-    "retrieval": dict(steps=80, batch_size=8, lr=5e-5, overrides=["train.head_lr_mult=10", "train.cross_modal_lr_mult=10"]),  # 16 fused pairs per sample
-}
 SYNTHETIC_TABLE = {"vqa": "vqa", "nlvr2": "nlvr2", "retrieval": "captions", "video_retrieval": "video_captions"}
 
-def check_run_parameters(gpus, nodes, cluster, preset, data, checkpoint, epochs, steps, batch_size, lr, precision, out_dir, seed):
-    "Raise ValueError naming the first bad parameter of a task notebook."
-    from scl_nb.config import PRESETS
-    def need(ok, msg):
-        if not ok: raise ValueError(f"parameter error: {msg}")
-    isint = lambda v: isinstance(v, int) and not isinstance(v, bool)
-    need(isint(gpus) and gpus >= 0, f"gpus={gpus!r} must be an integer >= 0 (0 = CPU)")
-    need(isint(nodes) and nodes >= 1, f"nodes={nodes!r} must be an integer >= 1")
-    need(cluster in ("none", "local", "slurm"), f"cluster={cluster!r} must be one of 'none', 'local', 'slurm'")
-    need(nodes == 1 and cluster == "none",
-         f"nodes={nodes}, cluster={cluster!r}: task notebooks run on this node (torchrun) for now; "
-         "multi-node fine-tuning needs a task entry point in the engine's launcher")
-    need(gpus == 0 or gpus <= torch.cuda.device_count(), f"gpus={gpus} but this machine has {torch.cuda.device_count()} GPU(s)")
-    need(preset in PRESETS or Path(preset).exists(), f"preset={preset!r} is neither one of {sorted(PRESETS)} nor a config file")
-    need(data == "synthetic" or Path(data).is_file(), f"data={data!r} must be 'synthetic' or an existing manifest file")
-    need(checkpoint is None or Path(checkpoint).exists(), f"checkpoint={checkpoint!r} does not exist")
-    need(epochs is None or (isinstance(epochs, (int, float)) and epochs > 0), f"epochs={epochs!r} must be a positive number or None")
-    for name, v in (("steps", steps), ("batch_size", batch_size)):
-        need(v is None or (isint(v) and v >= 1), f"{name}={v!r} must be a positive integer or None")
-    need(lr is None or (isinstance(lr, (int, float)) and lr > 0), f"lr={lr!r} must be a positive number or None")
-    need(precision in ("auto", "bf16", "fp16", "fp32"), f"precision={precision!r} must be one of 'auto', 'bf16', 'fp16', 'fp32'")
-    need(isinstance(out_dir, str) and out_dir, f"out_dir={out_dir!r} must be a folder path")
-    need(isint(seed) and seed >= 0, f"seed={seed!r} must be an integer >= 0")
+@dataclass
+class TaskRun:
+    "Parameters every task notebook has: where the run goes, its preset, data and starting point, the learning check."
+    gpus: int = num(0, 0)  # GPUs per node; 0: CPU
+    nodes: int = num(1, 1)  # nodes (cluster "slurm" only)
+    cluster: Literal["none", "local", "slurm"] = "none"  # "none": this machine (torchrun when there are several processes)
+    preset: str = "tiny"  # config preset or YAML/JSON config file
+    data: str = "synthetic"  # "synthetic" or the task's manifest
+    checkpoint: Optional[str] = None  # start: our folder or run, or an official .ckpt / hf:// id (converted first); None: see pretrain_steps
+    checkpoint_format: Literal["auto", "scl_nb", "official"] = "auto"  # how `checkpoint` is read
+    pretrain_steps: int = num(0, 0)  # without a checkpoint: steps of a short cached pre-training; 0: random init
+    pretrain_objectives: str = "itm,itc"  # objectives of that pre-training
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    out_dir: str = "runs/task"  # run folder
+    resume: bool = True  # continue from the newest checkpoint in the run folder
+    seed: int = num(0, 0)  # seed of the head, the data order and the augmentation
+    overrides: str = ""  # extra config overrides, space-separated `key.sub=value`
+    check_learning: bool = True  # assert that the run beats the untrained model by `margin`
+    margin: float = num(0.0, 0.0)  # points the trained model must gain
+
+    def check(self):
+        "Rules involving the machine, the file system or several parameters (after `prepare_checkpoint`)."
+        if self.nodes != 1 or self.cluster != "none":
+            raise ConfigError(f"nodes={self.nodes}, cluster={self.cluster!r}: task notebooks run on this node (torchrun) for now; "
+                              "multi-node fine-tuning needs a task entry point in the engine's launcher")
+        if self.gpus > torch.cuda.device_count(): raise ConfigError(f"gpus={self.gpus} but this machine has {torch.cuda.device_count()} GPU(s)")
+        if self.preset not in PRESETS and not Path(self.preset).exists():
+            raise ConfigError(f"preset={self.preset!r} is neither one of {sorted(PRESETS)} nor a config file")
+        if self.data != "synthetic" and not Path(self.data).exists(): raise ConfigError(f"data={self.data!r} must be 'synthetic' or an existing manifest")
+        if self.checkpoint is not None and not Path(self.checkpoint).exists(): raise ConfigError(f"checkpoint={self.checkpoint!r} does not exist")
+        if not self.out_dir: raise ConfigError("out_dir='' must be a folder path")
+        objective_overrides(self.pretrain_objectives)
+
+@dataclass
+class FinetuneRun(TaskRun):
+    "A fine-tuning notebook's parameters: `TaskRun`'s, the splits, the length and the learning rate."
+    cpu_workers: int = num(1, 1)  # with gpus 0: CPU worker processes (gloo); 1: in the notebook
+    train_splits: str = "train"  # comma-separated training splits
+    eval_split: str = "val"  # evaluation split
+    epochs: Optional[float] = num(None, 1e-9)  # None: the tiny CPU value or 10 (the method)
+    steps: Optional[int] = num(None, 1)  # optimiser steps; overrides epochs
+    batch_size: Optional[int] = num(None, 1)  # global batch; None: the task value of the preset
+    lr: Optional[float] = num(None, 1e-12)  # base learning rate; None: the task value of the preset
+    randaugment: Optional[bool] = None  # RandAugment(2, 9) in training; None: on, except on the synthetic set
+
+@dataclass
+class VQARun(FinetuneRun):
+    "The parameters of `nbs/finetune_vqa.ipynb`."
+    answers: Optional[str] = None  # answer vocabulary (JSON list); None: the synthetic one or <manifest stem>_answers.json
+    test_splits: str = "test"  # splits written as EvalAI prediction files
+    evaluate_only: bool = False  # evaluate `checkpoint` (with its VQA head) without fine-tuning
+    out_dir: str = "runs/finetune_vqa"
+    margin: float = num(15.0, 0.0)
+
+@dataclass
+class NLVR2Run(FinetuneRun):
+    "The parameters of `nbs/finetune_nlvr2.ipynb`."
+    test_split: str = "test"  # test-P split (NLVR2: "test1")
+    synthetic_pairs: int = num(5000, 10)  # statements in the synthetic set (80 % train)
+    evaluate_only: bool = False  # evaluate `checkpoint` (with its NLVR2 head) without fine-tuning
+    out_dir: str = "runs/finetune_nlvr2"
+    margin: float = num(6.0, 0.0)
+
+@dataclass
+class RetrievalEvalRun(TaskRun):
+    "The parameters of `nbs/eval_retrieval.ipynb` (and the retrieval settings `finetune_retrieval` shares)."
+    modality: Literal["image", "video"] = "image"
+    dataset: Optional[str] = None  # method §4 setting: f30k, coco, msrvtt, lsmdc; None: f30k (image) / msrvtt (video)
+    eval_split: str = "test"  # evaluation split
+    eval_images: Optional[int] = num(None, 1)  # evaluate on the captions of the first images only; None: all (tiny: its own)
+    one_caption_per_video: bool = False  # keep the first caption of each video (the MSR-VTT 1k-A protocol)
+    k: Optional[int] = num(None, 0)  # candidates re-ranked by ITM per query; None: the setting's (tiny: its own); 0: all
+    eval_chunk: int = num(256, 1)  # pairs fused at once
+    batch_size: Optional[int] = num(128, 1)  # encoding batch
+    pretrain_steps: int = num(120, 0)
+    out_dir: str = "runs/eval_retrieval"
+    margin: float = num(20.0, 0.0)
+
+    def check(self):
+        super().check(); self.setting()
+
+    def setting(self, task: str = "eval_retrieval") -> dict:
+        "The method §4 setting of `dataset` with `k` and `eval_images` resolved (the tiny preset's from `TINY_TASKS`)."
+        video = self.modality == "video"
+        name = self.dataset or ("msrvtt" if video else "f30k")
+        if name not in TASK_SETTINGS or ("num_frames" in TASK_SETTINGS[name]) != video:
+            raise ConfigError(f"dataset={name!r} is not a {self.modality} retrieval setting; choose one of "
+                              f"{sorted(d for d, s in TASK_SETTINGS.items() if 'itc_weight' in s and ('num_frames' in s) == video)}")
+        tiny = TINY_TASKS[task] if self.preset == "tiny" else {}
+        s = TASK_SETTINGS[name]
+        return dict(s, dataset=name, video=video, k=self.k if self.k is not None else tiny.get("k", s.get("k", 0)),
+                    eval_images=self.eval_images if self.eval_images is not None else tiny.get("eval_images"))
+
+@dataclass
+class RetrievalRun(FinetuneRun, RetrievalEvalRun):
+    "The parameters of `nbs/finetune_retrieval.ipynb`."
+    itc_weight: Optional[float] = num(None, 0.0)  # weight of the ITC term; None: the setting's (0.5 image, 1 video)
+    eval_split: str = "test"
+    batch_size: Optional[int] = num(None, 1)
+    pretrain_steps: int = num(120, 0)  # (a dataclass takes a field's default from the last base that declares it: FinetuneRun's)
+    margin: float = num(20.0, 0.0)
+    out_dir: str = "runs/finetune_retrieval"
+
+    def setting(self, task: str = "retrieval") -> dict:
+        s = RetrievalEvalRun.setting(self, task)
+        return s | {"itc_weight": s["itc_weight"] if self.itc_weight is None else self.itc_weight}
 
 def task_run_config(task: str, preset: str, data: str, dataset: Optional[str] = None,  # method §4 setting (paper presets)
                     batch_size=None, lr=None, precision: str = "auto", gpus: int = 0, seed: int = 0,
                     overrides: str = "") -> SCLConfig:
     "The run's configuration before the number of steps is known (see `with_steps`)."
     tiny = TINY_TASKS[task] if preset == "tiny" else {}
-    ov = [f"train.seed={seed}", f"data.source={data}"]
-    if preset != "tiny" and dataset is not None: ov += task_overrides(dataset)
-    bs = batch_size or tiny.get("batch_size")
-    if bs: ov += [f"train.batch_size={bs}", f"train.per_gpu_batch_size={bs}"]
-    if lr or tiny.get("lr"): ov.append(f"train.lr={lr or tiny['lr']}")
-    if preset == "tiny": ov += ["train.warmup=0.1", "train.ckpt_every=100000", "train.log_every=10"] + tiny.get("overrides", [])
-    if precision != "auto": ov.append(f"train.precision={precision}")
-    elif gpus > 0: ov.append("train.precision=bf16")
-    try: return load_config(preset, ov + overrides.split())
-    except Exception as e: raise ValueError(f"parameter error: {e}") from None
+    changes = {"train.seed": seed, "data.source": data}
+    if preset != "tiny" and dataset is not None: changes |= task_overrides(dataset)
+    if bs := batch_size or tiny.get("batch_size"): changes |= {"train.batch_size": bs, "train.per_gpu_batch_size": bs}
+    if lr or tiny.get("lr"): changes["train.lr"] = lr or tiny["lr"]
+    if preset == "tiny": changes |= TINY_TASK_TRAIN | tiny.get("changes", {})
+    if precision != "auto" or gpus > 0: changes["train.precision"] = "bf16" if precision == "auto" else precision
+    try: return apply_overrides(load_config(preset, changes), overrides.split())
+    except ConfigError as e: raise ConfigError(f"parameter error: {e}") from None
 
 def with_steps(cfg: SCLConfig, n_train: int, epochs=None, steps=None, task: Optional[str] = None) -> SCLConfig:
     "`cfg` with `train.steps`: `steps`, else `epochs` (default: the tiny CPU value or the method's 10) over `n_train` samples."
@@ -341,7 +418,7 @@ def with_steps(cfg: SCLConfig, n_train: int, epochs=None, steps=None, task: Opti
     if steps is None:
         epochs = epochs or tiny.get("epochs", EPOCHS)
         steps = epochs_to_steps(epochs, n_train, cfg.train.batch_size)
-    return apply_overrides(cfg, [f"train.steps={steps}"])
+    return apply_overrides(cfg, {"train.steps": steps})
 
 def task_manifest(cfg: SCLConfig, table: str,  # `SYNTHETIC_TABLE` value (synthetic) / task columns key (manifests)
                   splits: str,                 # comma-separated split names

@@ -12,7 +12,10 @@ os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFL
 
 def specs() -> dict:
     from scl_nb.train import PretrainRun
-    return {"pretrain.ipynb": PretrainRun}
+    from scl_nb.tasks import VQARun, NLVR2Run, RetrievalRun, RetrievalEvalRun
+    from scl_nb.alignment import AlignmentRun
+    return {"pretrain.ipynb": PretrainRun, "finetune_vqa.ipynb": VQARun, "finetune_nlvr2.ipynb": NLVR2Run,
+            "finetune_retrieval.ipynb": RetrievalRun, "eval_retrieval.ipynb": RetrievalEvalRun, "eval_alignment.ipynb": AlignmentRun}
 
 
 def notebook_parameters(name: str) -> dict:
@@ -23,11 +26,14 @@ def notebook_parameters(name: str) -> dict:
     return {n.targets[0].id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)}
 
 
-@pytest.mark.parametrize("name", ["pretrain.ipynb"])
+@pytest.mark.parametrize("name", ["pretrain.ipynb", "finetune_vqa.ipynb", "finetune_nlvr2.ipynb", "finetune_retrieval.ipynb",
+                                  "eval_retrieval.ipynb", "eval_alignment.ipynb"])
 def test_parameters_cell_matches_its_dataclass(name):
     spec = specs()[name]
     defaults = {f.name: f.default for f in dataclasses.fields(spec)}
     assert notebook_parameters(name) == defaults
+    nb = (ROOT / "nbs" / name).read_text()
+    assert f"check_parameters({spec.__name__}, globals())" in nb, f"{name} does not check its parameters with {spec.__name__}"
 
 
 def test_notebook_refuses_a_bad_parameter(tmp_path):
