@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .config import SCLConfig, load_config
+from .config import SCLConfig, apply_overrides, load_config
 from .distributed import init_dist, PickledByValue
 from .objectives import PretrainTask, random_pretrain_batch
 from .perf import count_flops
@@ -173,7 +173,7 @@ def bench_train(preset: str = "tiny",  # preset or config file
                 quiet: bool = False,  # do not print the table
                 **train_kwargs) -> dict:
     "Time `steps` training steps of `preset`; return and print pairs/s, step time, peak memory and MFU."
-    cfg = load_config(preset, [f"train.steps={steps}", f"train.ckpt_every={steps + 1}", "train.keep_last=1"] + list(overrides))
+    cfg = apply_overrides(load_config(preset, {"train.steps": steps, "train.ckpt_every": steps + 1, "train.keep_last": 1}), overrides)
     with tempfile.TemporaryDirectory() as d:
         s = train(cfg, d, resume=False, device=device, progress=False, **train_kwargs)
     mem = s.get("peak_memory_gb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
