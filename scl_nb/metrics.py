@@ -14,7 +14,7 @@ import torch
 # %% auto #0
 __all__ = ['vqa_strip_punctuation', 'vqa_digits_articles', 'normalize_vqa_answer', 'vqa_question_accuracy', 'vqa_accuracy',
            'vqa_submission', 'vqa_vocab_key', 'vqa_soft_score', 'vqa_soft_scores', 'retrieval_ranks', 'recall_at',
-           'retrieval_recall', 'video_retrieval_metrics', 'nlvr2_accuracy']
+           'retrieval_recall', 'video_retrieval_metrics', 'nlvr2_accuracy', 'mean_sd', 'paired_difference']
 
 # %% ../nbs/30_metrics.ipynb #828adac8
 _VQA_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
@@ -182,3 +182,22 @@ def nlvr2_accuracy(predictions,  # predicted labels (0/1 or bool), or logits `[N
     p = p.long().flatten()
     if p.shape != y.shape: raise ValueError(f"{p.numel()} predictions for {y.numel()} labels")
     return 100.0 * (p == y).double().mean().item()
+
+# %% ../nbs/30_metrics.ipynb #533879b0
+def mean_sd(values: Sequence[float]) -> tuple[float, float, int]:  # mean, sample standard deviation (nan for one value), n
+    "Mean and sample standard deviation of per-seed values (NaNs dropped)."
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if len(v) == 0: return float("nan"), float("nan"), 0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan"), len(v)
+
+def paired_difference(variant: Sequence[float],   # per-seed values of the variant
+                      baseline: Sequence[float],  # per-seed values of the baseline, same seeds in the same order
+                      level: float = 0.95,        # confidence level of the interval
+                     ) -> dict:  # mean, sd, n, lo, hi (the interval of the mean difference), excludes_zero
+    "Mean of the per-seed differences `variant - baseline` with its Student-t confidence interval."
+    from scipy.stats import t as student_t
+    if len(variant) != len(baseline): raise ValueError(f"paired_difference: {len(variant)} variant values but {len(baseline)} baseline values")
+    d = [a - b for a, b in zip(variant, baseline) if a is not None and b is not None and np.isfinite(a) and np.isfinite(b)]
+    mean, sd, n = mean_sd(d)
+    half = float(student_t.ppf((1 + level) / 2, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
+    return dict(mean=mean, sd=sd, n=n, lo=mean - half, hi=mean + half, excludes_zero=bool(n > 1 and (mean - half > 0 or mean + half < 0)))
