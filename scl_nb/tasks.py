@@ -658,23 +658,23 @@ def launch_finetune(job: dict,          # cfg (dict), task, table, train_splits,
                     nprocs: int,        # processes on this node (one per GPU)
                     print_every: int = 10,  # steps between progress lines
                    ) -> dict:
-    "Run `finetune_job` in `nprocs` processes with torchrun; follow it; return the engine's summary."
-    import subprocess, sys
-    from scl_nb.train import RunHandle, follow, _package_env, atomic_write
+    "Run `finetune_job` in `nprocs` processes with torchrun (`scl_nb.jobs`); follow it; return the engine's summary."
+    from scl_nb.jobs import Job, submit, follow
+    from scl_nb.train import atomic_write
     out = Path(job["out_dir"]); out.mkdir(parents=True, exist_ok=True)
     path = atomic_write(out / "job.json", json.dumps(_jsonable(job), indent=2))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={nprocs}",
-           "-m", "scl_nb.tasks", "--job", str(path)]
-    with open(out / "launch.log", "ab") as log:
-        handle = RunHandle(out, proc=subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_package_env()))
-        return follow(handle, print_every=print_every)
+    handle = submit(Job(str(out), module="scl_nb.tasks", args=["--job", str(path)], nprocs=nprocs, resume=bool(job.get("resume", True))))
+    return follow(handle, print_every=print_every)
 
 def main(argv=None) -> int:
     "`python -m scl_nb.tasks --job job.json`: one process of a multi-process fine-tuning run."
     import argparse
     p = argparse.ArgumentParser(prog="python -m scl_nb.tasks", description="One process of a task fine-tuning run (started by torchrun).")
     p.add_argument("--job", required=True, help="job file written by launch_finetune")
-    finetune_job(json.loads(Path(p.parse_args(argv).job).read_text()))
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint (whatever the job file says)")
+    args = p.parse_args(argv)
+    job = json.loads(Path(args.job).read_text())
+    finetune_job(job | ({"resume": True} if args.resume else {}))
     return 0
 
 # %% ../nbs/40_tasks.ipynb #7d9fa5e8
