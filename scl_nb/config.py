@@ -15,8 +15,8 @@ import yaml
 # %% auto #0
 __all__ = ['OBJECTIVE_NAMES', 'TINY_TASKS', 'TINY_TASK_TRAIN', 'PRESETS', 'OBJECTIVE_ALIASES', 'ConfigError', 'num',
            'VisionConfig', 'TextConfig', 'FusionConfig', 'ObjectiveConfig', 'DataConfig', 'TrainConfig', 'SCLConfig',
-           'validate', 'from_dict', 'to_dict', 'apply_overrides', 'preset', 'save_config', 'load_config',
-           'objective_overrides', 'check_parameters']
+           'validate', 'from_dict', 'to_dict', 'deep_merge', 'apply_overrides', 'preset', 'save_config', 'load_config',
+           'objective_overrides', 'check_parameters', 'check_value']
 
 # %% ../nbs/00_config.ipynb #88e45046
 class ConfigError(ValueError):
@@ -193,16 +193,20 @@ def _check_type(key, value, tp):
     return value
 
 # %% ../nbs/00_config.ipynb #edcce8f9
+def _check_field(key: str, value, tp, f):
+    "`value` of field `f` (annotation `tp`) checked and coerced: type, choices, then range."
+    value = _check_type(key, value, tp)
+    lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+    if value is not None and ((lo is not None and value < lo) or (hi is not None and value > hi)):
+        raise ConfigError(f"{key}={value!r} is out of range [{lo}, {hi}]")
+    return value
+
 def _validate_node(node, prefix=""):
     hints = get_type_hints(type(node))
     for f in fields(node):
         key, value = prefix + f.name, getattr(node, f.name)
         if is_dataclass(value): _validate_node(value, key + "."); continue
-        value = _check_type(key, value, hints[f.name])
-        lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
-        if value is not None and ((lo is not None and value < lo) or (hi is not None and value > hi)):
-            raise ConfigError(f"{key}={value!r} is out of range [{lo}, {hi}]")
-        object.__setattr__(node, f.name, value)
+        object.__setattr__(node, f.name, _check_field(key, value, hints[f.name], f))
 
 def _require(ok, msg):
     if not ok: raise ConfigError(msg)
@@ -239,17 +243,18 @@ def from_dict(d: dict) -> SCLConfig:
     "Build and validate an `SCLConfig` from nested dictionaries; a `preset` key names the starting point."
     d = dict(d)
     base = preset(d.pop("preset")) if "preset" in d else SCLConfig()
-    merged = _merge(to_dict(base), d)
+    merged = deep_merge(to_dict(base), d)
     return validate(_build(SCLConfig, merged))
 
 def to_dict(cfg) -> dict:
     "Nested plain dictionaries (tuples as lists), ready for JSON or YAML."
     return json.loads(json.dumps(asdict(cfg)))
 
-def _merge(a: dict, b: dict) -> dict:
+def deep_merge(a: dict, b: dict) -> dict:
+    "`a` updated by `b`, nested mappings merged key by key (neither is changed)."
     out = dict(a)
     for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 # %% ../nbs/00_config.ipynb #b66d47a1
@@ -372,3 +377,9 @@ def check_parameters(spec: type,  # a dataclass: one typed field per parameter (
     _validate_node(run)
     if hasattr(run, "check"): run.check()
     return run
+
+def check_value(spec: type, name: str, value):
+    "One parameter of `spec` checked alone, by the same rules (type, choices, range); the value, coerced, or `ConfigError`."
+    f = next((f for f in fields(spec) if f.name == name), None)
+    if f is None: raise ConfigError(f"unknown parameter {name!r}; the parameters are {[f.name for f in fields(spec)]}")
+    return _check_field(name, value, get_type_hints(spec)[name], f)

@@ -20,6 +20,7 @@ from .config import (PRESETS, TINY_TASK_TRAIN, TINY_TASKS, ConfigError, SCLConfi
 from .model import SCLModel, ImageEncoding, TextEncoding, vqa_head, nlvr2_head, rank_head_from_itm, load_text_tower
 from .metrics import retrieval_ranks, recall_at, vqa_accuracy, vqa_submission, nlvr2_accuracy
 from .objectives import itc_loss
+from .checkpoint import jsonable
 from . import distributed
 
 # %% auto #0
@@ -270,21 +271,13 @@ def comparison_table(ours: dict,            # metric key (as in `PAPER_RESULTS` 
             for k, v in ours.items()}
     return pd.DataFrame.from_dict(rows, orient="index")
 
-def _jsonable(x):
-    if isinstance(x, dict): return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return [_jsonable(v) for v in x]
-    if isinstance(x, torch.Tensor): return x.tolist()
-    if isinstance(x, float) and not math.isfinite(x): return None
-    if isinstance(x, (str, int, float, bool)) or x is None: return x
-    return str(x)
-
 def write_results(out_dir, **fields) -> Path:
     "Write `results.json` (JSON-safe: paths and tensors converted, NaN -> null) atomically on rank 0."
     from scl_nb.checkpoint import atomic_write
     path = Path(out_dir) / "results.json"
     if distributed.is_main():
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps(_jsonable(fields), indent=2))
+        atomic_write(path, json.dumps(jsonable(fields), indent=2))
     return path
 
 # %% ../nbs/40_tasks.ipynb #0e62e147
@@ -517,24 +510,23 @@ def launch_finetune(job: dict,          # cfg (dict), task, table, train_splits,
                     nprocs: int,        # processes on this node (one per GPU)
                     print_every: int = 10,  # steps between progress lines
                    ) -> dict:
-    "Run `finetune_job` in `nprocs` processes with torchrun; follow it; return the engine's summary."
-    import subprocess, sys
-    from scl_nb.train import RunHandle, follow, _package_env
+    "Run `finetune_job` in `nprocs` processes with torchrun (`scl_nb.jobs`); follow it; return the engine's summary."
+    from scl_nb.jobs import Job, submit, follow
     from scl_nb.checkpoint import atomic_write
     out = Path(job["out_dir"]); out.mkdir(parents=True, exist_ok=True)
-    path = atomic_write(out / "job.json", json.dumps(_jsonable(job), indent=2))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={nprocs}",
-           "-m", "scl_nb.tasks", "--job", str(path)]
-    with open(out / "launch.log", "ab") as log:
-        handle = RunHandle(out, proc=subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_package_env()))
-        return follow(handle, print_every=print_every)
+    path = atomic_write(out / "job.json", json.dumps(jsonable(job), indent=2))
+    handle = submit(Job(str(out), module="scl_nb.tasks", args=["--job", str(path)], nprocs=nprocs, resume=bool(job.get("resume", True))))
+    return follow(handle, print_every=print_every)
 
 def main(argv=None) -> int:
     "`python -m scl_nb.tasks --job job.json`: one process of a multi-process fine-tuning run."
     import argparse
     p = argparse.ArgumentParser(prog="python -m scl_nb.tasks", description="One process of a task fine-tuning run (started by torchrun).")
     p.add_argument("--job", required=True, help="job file written by launch_finetune")
-    finetune_job(json.loads(Path(p.parse_args(argv).job).read_text()))
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint (whatever the job file says)")
+    args = p.parse_args(argv)
+    job = json.loads(Path(args.job).read_text())
+    finetune_job(job | ({"resume": True} if args.resume else {}))
     return 0
 
 # %% ../nbs/40_tasks.ipynb #7d9fa5e8

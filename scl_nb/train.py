@@ -23,16 +23,16 @@ from .checkpoint import (atomic_write, ckpt_name, latest_checkpoint, load_checkp
                                seed_step, set_rng_state)
 from .perf import count_flops, cpu_peak_flops, mfu, peak_flops
 from .objectives import PretrainTask
+from .jobs import EXIT_PREEMPTED, read_metrics
 from .data import ManifestError, TooManyBadSamples, pretrain_loader
 
 # %% auto #0
-__all__ = ['EXIT_PREEMPTED', 'EXIT_NONFINITE', 'StopFlag', 'resolve_precision', 'autocast', 'make_scaler', 'MetricsLog',
-           'read_metrics', 'run_record', 'batch_layout', 'to_device', 'isolated_rng', 'EpochLoader', 'endless',
-           'enable_activation_checkpointing', 'NonFiniteLossError', 'RunFolderError', 'train', 'Progress',
-           'bad_input_summary', 'probe_step', 'PretrainRun', 'run_config', 'input_errors', 'main']
+__all__ = ['EXIT_NONFINITE', 'StopFlag', 'resolve_precision', 'autocast', 'make_scaler', 'MetricsLog', 'run_record',
+           'batch_layout', 'to_device', 'isolated_rng', 'EpochLoader', 'endless', 'enable_activation_checkpointing',
+           'NonFiniteLossError', 'RunFolderError', 'train', 'Progress', 'bad_input_summary', 'probe_step',
+           'PretrainRun', 'run_config', 'input_errors', 'main']
 
 # %% ../nbs/23_train.ipynb #53a0af9b
-EXIT_PREEMPTED = 75  # CLI exit code after a signal-triggered checkpoint (EX_TEMPFAIL: resume to continue)
 EXIT_NONFINITE = 3   # CLI exit code when the run stopped after too many non-finite losses
 
 def _submitit_signal() -> Optional[int]:
@@ -107,11 +107,6 @@ class MetricsLog:
         if not self.enabled: return
         self.f.close()
         if self.tb is not None: self.tb.close()
-
-def read_metrics(out_dir) -> list[dict]:
-    "The rows of `out_dir/metrics.jsonl`."
-    p = Path(out_dir) / "metrics.jsonl"
-    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
 
 # %% ../nbs/23_train.ipynb #8eb7d081
 def _git_commit() -> Optional[str]:

@@ -24,7 +24,10 @@ _UP, _WHY = _slurm_answers()
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(not _UP, reason=_WHY)]
 
 submitit = pytest.importorskip("submitit")
-from scl_nb.launch import launch, load_spec, write_test_notebook, is_finished
+from scl_nb.launch import launch
+from scl_nb.specs import load_spec
+from scl_nb.fixtures import write_test_notebook
+from scl_nb.jobs import is_finished
 
 WAIT_S = 150  # per job; the node may be busy with another user's jobs
 
@@ -63,22 +66,51 @@ def test_two_task_job_ranks(tmp_path, cancel_on_exit):
     assert {r["job_id"] for r in res} == {str(job.job_id)}
 
 def test_engine_two_task_pretraining(tmp_path, cancel_on_exit):
-    "The training engine's own submitit path (`scl_nb.train.launch`, cluster='slurm'): 2 CPU tasks pre-train the tiny model."
-    train = pytest.importorskip("scl_nb.train")
+    "The engine's job on SLURM (`scl_nb.jobs.launch_pretrain`, cluster='slurm'): 2 CPU tasks run `python -m scl_nb.train` on the tiny model."
+    pytest.importorskip("scl_nb.train")
+    from scl_nb.jobs import launch_pretrain
     pytest.importorskip("scl_nb.objectives", reason="scl_nb.objectives (the default loss of the engine) is not built yet")
     from scl_nb.config import load_config
     cfg = load_config("tiny", ["train.steps=4", "train.batch_size=8", "train.per_gpu_batch_size=4", "train.ckpt_every=2",
                                "train.log_every=1", "data.num_workers=0"])
-    h = train.launch(cfg, tmp_path / "run", nprocs=2, cluster="slurm", device="cpu", timeout_min=10)
+    h = launch_pretrain(cfg, tmp_path / "run", nprocs=2, cluster="slurm", device="cpu", timeout_min=10)
     cancel_on_exit.append(h.job)
     _wait(h.job, timeout=WAIT_S + 60)
-    results = h.job.results()  # one summary per task; raises if a task failed
+    results = h.job.results()  # one result per task; raises if a task failed
     assert len(results) == 2 and all(r["status"] == "completed" for r in results)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (summary["status"], summary["world_size"], summary["step"]) == ("completed", 2, 4)
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if l.strip()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all(r["loss"] == r["loss"] for r in rows)  # finite (not NaN)
+
+def test_engine_preempted_job_resumes(tmp_path, cancel_on_exit):
+    """A preempted pre-training job (`scl_nb.jobs.JobTask` running `python -m scl_nb.train`) checkpoints,
+    is requeued by submitit and resumes from its checkpoint (`--resume`) to the end."""
+    pytest.importorskip("scl_nb.objectives", reason="scl_nb.objectives (the default loss of the engine) is not built yet")
+    from scl_nb.config import load_config
+    from scl_nb.jobs import launch_pretrain
+    steps = 40
+    cfg = load_config("tiny", [f"train.steps={steps}", "train.batch_size=4", "train.per_gpu_batch_size=4", "train.ckpt_every=2",
+                               "train.log_every=1", "data.num_workers=0"])
+    h = launch_pretrain(cfg, tmp_path / "run", nprocs=1, cluster="slurm", device="cpu", timeout_min=60)  # 60: submitit sees a preemption
+    cancel_on_exit.append(h.job)
+    ckpts, t0 = tmp_path / "run" / "checkpoints", time.time()
+    while not (ckpts.exists() and any(p.name.startswith("step_") for p in ckpts.iterdir())):
+        if h.job.done(force_check=True): pytest.fail(f"the job ended before its first checkpoint:\n{h.job.stderr()}")
+        if time.time() - t0 > WAIT_S: pytest.fail("the run wrote no checkpoint")
+        time.sleep(0.2)
+    h.job._interrupt()  # SIGTERM + SIGUSR2, as a preemption
+    _wait(h.job, timeout=WAIT_S + 120)
+    assert h.job.result() == {"exit_code": 0, "status": "completed"}
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["status"], summary["step"]) == ("completed", steps)
+    resumed_from = json.loads((tmp_path / "run" / "run.json").read_text())["resumed_from"]
+    assert 2 <= resumed_from < steps  # continued from the checkpoint written at the signal, not restarted
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
+    logs = "".join(p.read_text() for p in (tmp_path / "run" / "submitit").glob("*/*_log.*"))
+    assert "this job is preempted" in logs and "Requeued job" in logs and f"resuming from {ckpts}" in logs
 
 # --- (b) the launcher: a two-run spec with a dependency -----------------------------------------------
 
