@@ -9,21 +9,22 @@ from typing import Optional, Sequence
 
 import torch
 
-from .config import SCLConfig, apply_overrides, load_config
+from .config import SCLConfig, apply_overrides, load_config, preset
 from .distributed import init_dist, PickledByValue
 from .objectives import PretrainTask, random_pretrain_batch
-from .perf import count_flops
+from .perf import OpCounter, count_flops
 from .train import train
 
 # %% auto #0
-__all__ = ['main', 'bench_pretrain_step', 'bench_train']
+__all__ = ['paper_structure', 'bench_step_counts', 'main', 'bench_pretrain_step', 'bench_train']
 
 # %% ../nbs/25_bench.ipynb #aa10e067
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m scl_nb.bench", description="scl_nb benchmarks (speed and memory).")
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (("pretrain-step", "shared vs reference pass schedule of one pre-training step"),
-                        ("train", "full training steps: pairs/s, step time, peak memory, MFU")):
+                        ("train", "full training steps: pairs/s, step time, peak memory, MFU"),
+                        ("step-counts", "aten calls and host syncs per training step (the paper's structure at a small width by default)")):
         s = sub.add_parser(name, help=help_)
         s.add_argument("--preset", default="tiny", help="preset name or config file")
         s.add_argument("--steps", type=int, default=None, help="timed steps")
@@ -41,11 +42,53 @@ def _call(fn, **kw):
     params = inspect.signature(fn).parameters
     return fn(**{k: v for k, v in kw.items() if k in params and v is not None})
 
+# %% ../nbs/25_bench.ipynb #d70882af
+def paper_structure(width: int = 96, batch_size: int = 8) -> SCLConfig:
+    "The `paper` preset's depths, heads, objectives and schedule at a small `width` (random towers, 64 px, 4 x 4 patches)."
+    small = {f"{part}.{k}": v for part in ("vision", "text", "fusion") for k, v in (("width", width), ("mlp_dim", 4 * width))}
+    return apply_overrides(preset("paper"), small | {
+        "vision.pretrained": None, "vision.image_size": 64, "text.pretrained": None, "text.tokenizer": "tiny-bpe",
+        "text.vocab_size": 1024, "text.max_len": 40, "objectives.itc_dim": width, "train.batch_size": batch_size,
+        "train.per_gpu_batch_size": batch_size, "train.precision": "fp32", "train.ckpt_every": 100, "data.num_workers": 0})
+
+def bench_step_counts(preset: Optional[str] = None,  # preset or config file; None = `paper_structure()`
+                      overrides: Sequence[str] = (),  # `key.sub=value` overrides
+                      device: Optional[str] = "cpu",
+                      quiet: bool = False,
+                     ) -> dict:  # aten_calls_per_step, host_syncs_per_step, syncs_by_op, top_calls
+    "Aten calls and host syncs of one engine step, from the difference of a 3-step and a 1-step run."
+    cfg = apply_overrides(paper_structure() if preset is None else load_config(preset), overrides)
+    batch = random_pretrain_batch(cfg, cfg.train.per_gpu_batch_size, generator=torch.Generator().manual_seed(0))
+    class Stream:  # the loader contract at its smallest: one fixed batch, a trivial saved position
+        def __iter__(self):
+            while True: yield batch
+        def state_dict(self): return {}
+        def load_state_dict(self, d): pass
+    counts = {}
+    for steps in (1, 3):
+        with tempfile.TemporaryDirectory() as d, OpCounter() as c:
+            train(apply_overrides(cfg, {"train.steps": steps}), d, resume=False, device=device, progress=False,
+                  data_fn=lambda *a: Stream(), count_model_flops=False)
+        counts[steps] = c
+    per = lambda f: (f(counts[3]) - f(counts[1])) / 2
+    calls = {k: (counts[3].calls[k] - counts[1].calls[k]) / 2 for k in counts[3].calls}
+    out = dict(config=cfg.name, objectives=cfg.objectives.active, aten_calls_per_step=per(lambda c: c.total),
+               host_syncs_per_step=per(lambda c: c.total_syncs),
+               syncs_by_op={k: (counts[3].syncs[k] - counts[1].syncs[k]) / 2 for k in counts[3].syncs},
+               top_calls=dict(sorted(calls.items(), key=lambda kv: -kv[1])[:8]))
+    if not quiet:
+        print(f"{cfg.name} ({'+'.join(out['objectives'])}), batch {cfg.train.per_gpu_batch_size}: "
+              f"{out['aten_calls_per_step']:.0f} aten calls and {out['host_syncs_per_step']:.0f} host syncs per step; "
+              f"syncs {out['syncs_by_op']}; most called {out['top_calls']}")
+    return out
+
 # %% ../nbs/25_bench.ipynb #341bba85
 def main(argv: Optional[Sequence[str]] = None) -> int:
     "Entry point of `python -m scl_nb.bench`."
     a = _parser().parse_args(argv)
-    if a.command == "pretrain-step":
+    if a.command == "step-counts":
+        _call(bench_step_counts, preset=None if a.preset == "tiny" else a.preset, device=a.device, overrides=a.overrides)
+    elif a.command == "pretrain-step":
         _call(bench_pretrain_step, preset=a.preset, steps=a.steps, device=a.device, overrides=a.overrides)
     elif a.command == "train":
         _call(bench_train, preset=a.preset, steps=a.steps, device=a.device, overrides=a.overrides)

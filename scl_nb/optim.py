@@ -13,7 +13,7 @@ from torch import nn
 from .config import TrainConfig
 
 # %% auto #0
-__all__ = ['HEAD_PREFIXES', 'TOWER_PREFIXES', 'CROSS_MODAL_PARTS', 'no_weight_decay', 'lr_group', 'param_groups',
+__all__ = ['HEAD_PREFIXES', 'TOWER_PREFIXES', 'CROSS_MODAL_PARTS', 'FUSED_DEVICES', 'no_weight_decay', 'lr_group', 'param_groups',
            'build_optimizer', 'warmup_steps', 'lr_factor', 'build_scheduler']
 
 # %% ../nbs/20_optim.ipynb #2892011b
@@ -53,10 +53,14 @@ def param_groups(model: nn.Module, tcfg) -> list[dict]:
         g["params"].append(p); g["names"].append(name)
     return [groups[k] for k in sorted(groups)]
 
+FUSED_DEVICES = ("cuda", "cpu")  # where torch has a fused AdamW kernel
+
 def build_optimizer(model: nn.Module, tcfg) -> torch.optim.AdamW:
-    "AdamW over `param_groups` with the config's betas and epsilon."
+    "AdamW over `param_groups` with the config's betas and epsilon; the fused kernel where the device has one."
     groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, tcfg)]
-    return torch.optim.AdamW(groups, lr=tcfg.lr, betas=tuple(tcfg.betas), eps=tcfg.eps)
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, lr=tcfg.lr, betas=tuple(tcfg.betas), eps=tcfg.eps, fused=fused)
 
 # %% ../nbs/20_optim.ipynb #8b4c59f5
 def warmup_steps(tcfg) -> int: return int(round(tcfg.warmup * tcfg.steps))

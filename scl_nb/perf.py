@@ -5,16 +5,20 @@
 # %% ../nbs/22_perf.ipynb #8ae6fa3f
 from __future__ import annotations
 import json, math, os, platform, time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
 from .checkpoint import atomic_write
 
 # %% auto #0
-__all__ = ['PEAK_TFLOPS', 'count_flops', 'measure_cpu_matmul_flops', 'cpu_peak_file', 'cpu_peak_flops', 'peak_flops', 'mfu']
+__all__ = ['PEAK_TFLOPS', 'HOST_SYNC_OPS', 'count_flops', 'measure_cpu_matmul_flops', 'cpu_peak_file', 'cpu_peak_flops',
+           'peak_flops', 'mfu', 'OpCounter']
 
 # %% ../nbs/22_perf.ipynb #28c68fa6
 def _cpu_attention_flops():
@@ -108,3 +112,38 @@ def mfu(flops_per_step: float,  # model FLOPs of one optimiser step, all devices
     "Model-FLOPs utilisation in [0, 1]; NaN when the peak is unknown or was exceeded (then the peak is wrong)."
     u = flops_per_step / step_time_s / (peak * devices)
     return u if math.isfinite(u) and u <= 1.0 else float("nan")
+
+# %% ../nbs/22_perf.ipynb #26766bde
+HOST_SYNC_OPS = ("_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive")  # the host waits for these
+
+class OpCounter(TorchDispatchMode):
+    "Count aten calls (by name) and the calls that make the host wait for the device, while active."
+    def __init__(self):
+        super().__init__()
+        self.calls, self.syncs = Counter(), Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._overloadpacket.__name__
+        self.calls[name] += 1
+        if name in HOST_SYNC_OPS or (name == "index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                                                             for i in (args[1] if len(args) > 1 else ()) if i is not None)):
+            self.syncs[name] += 1
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self):
+        self._tolist = torch.Tensor.tolist
+        counter = self
+        def tolist(t, *a, **k):
+            counter.syncs["tolist"] += 1
+            return counter._tolist(t, *a, **k)
+        torch.Tensor.tolist = tolist
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.Tensor.tolist = self._tolist
+        return super().__exit__(*exc)
+
+    @property
+    def total(self) -> int: return sum(self.calls.values())
+    @property
+    def total_syncs(self) -> int: return sum(self.syncs.values())

@@ -202,8 +202,8 @@ class NonFiniteLossError(RuntimeError):
 def _default_data_fn(cfg, rank, world_size, device):
     return pretrain_loader(cfg, rank=rank, world=world_size, device=device)
 
-def _scalar(v) -> float:
-    return float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
+def _as_tensor(v, device) -> torch.Tensor:  # [] float64, detached: a logged term stays on the device until the step's one transfer
+    return v.detach().reshape(()).double() if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64, device=device)
 
 # %% ../nbs/23_train.ipynb #211c231b
 class RunFolderError(ValueError):
@@ -307,22 +307,23 @@ def _optimizer_step(ctx, cfg, model, train_model, optimizer, scaler, stream, gen
             with autocast(ctx.device, precision): out = train_model(batch, gen)
             loss = out["loss"].float() / accum
             (scaler.scale(loss) if scaler else loss).backward()
-        for key, v in out.items(): sums[key] = sums.get(key, 0.0) + _scalar(v) / accum
+        for key, v in out.items(): sums[key] = sums.get(key, 0.0) + _as_tensor(v, ctx.device) / accum
     names = sorted(sums)
-    mean = all_reduce_mean(torch.tensor([sums[n] for n in names], dtype=torch.float64, device=ctx.device))  # [terms]
-    terms = dict(zip(names, mean.tolist()))
     if fsdp: sync_replicated_grads(model)
     if scaler: scaler.unscale_(optimizer)
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or float("inf"))
     if hasattr(gnorm, "full_tensor"): gnorm = gnorm.full_tensor()  # FSDP: a DTensor; the global norm
-    bad = any_rank(not (math.isfinite(terms["loss"]) and torch.isfinite(gnorm).item()), ctx.device)
+    mean = all_reduce_mean(torch.stack([sums[n] for n in names]))  # [terms] on the device, averaged over ranks
+    *values, gnorm = torch.cat([mean, _as_tensor(gnorm, ctx.device)[None]]).tolist()  # the step's one device -> host transfer
+    terms = dict(zip(names, values))
+    bad = any_rank(not (math.isfinite(terms["loss"]) and math.isfinite(gnorm)), ctx.device)
     updating["now"] = True  # from here until the step is recorded, model and optimizer belong to no finished step
     if bad:
         if scaler: scaler.update()  # lowers the fp16 scale
     elif scaler: scaler.step(optimizer); scaler.update()
     else: optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return terms, _scalar(gnorm), bad
+    return terms, gnorm, bad
 
 def bad_input_summary(data) -> dict:
     "Unusable samples by reason, from a loader's bad-input monitor(s) (empty when the loader keeps no count)."
