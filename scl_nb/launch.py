@@ -167,7 +167,7 @@ def _error_line(e: Exception) -> str:
 def _report_line(rec: Launched, cluster: str) -> str:
     what = {"finished": "finished", "submitted": f"submitted job {rec.job_id}", "running": f"already queued as job {rec.job_id}",
             "failed": "FAILED", "blocked": "blocked", "dry-run": "would run"}[rec.status]
-    line = f"[{what}] {rec.run.id}: {rec.run.notebook.name} -> {rec.output}"
+    line = f"[{what}] {rec.run.id}" + (f" (seed {rec.run.seed})" if rec.run.seed is not None else "") + f": {rec.run.notebook.name} -> {rec.output}"
     if rec.after: line += f" (after job {', '.join(rec.after)})"
     elif rec.run.depends_on and rec.status == "dry-run": line += f" (after {', '.join(rec.run.depends_on)})"
     if rec.error: line += f"\n    {rec.error}"
