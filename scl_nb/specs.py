@@ -5,9 +5,8 @@
 # %% ../nbs/60_specs.ipynb #8b8da18e
 from __future__ import annotations
 import difflib, importlib, json, re
-from dataclasses import dataclass, field, make_dataclass, replace
+from dataclasses import dataclass, field, fields, make_dataclass, replace
 from pathlib import Path
-from dataclasses import fields
 from typing import Optional, Sequence
 
 import yaml
@@ -16,12 +15,11 @@ from .config import deep_merge
 
 # %% auto #0
 __all__ = ['SPEC_KEYS', 'RUN_KEYS', 'SCALE_KEYS', 'OVERRIDE_KEYS', 'RESOURCE_DEFAULTS', 'LAUNCHER_PARAMETERS', 'MISSING_DATA_FIX',
-           'PATH_PARAMETERS', 'PATH_SUFFIXES', 'RUN_PARAMETERS', 'SEED_MARK', 'TABLE_KEYS', 'ROW_KEYS', 'FIGURE_KEYS',
-           'SpecError', 'check_resources', 'topo_order', 'find_refs', 'resolve_templates', 'notebook_parameters', 'Run',
-           'Spec', 'yaml_line', 'Problem', 'is_path_parameter', 'notebook_defaults', 'parameter_spec', 'run_problems',
+           'PATH_PARAMETERS', 'PATH_SUFFIXES', 'RUN_PARAMETERS', 'TABLE_KEYS', 'ROW_KEYS', 'FIGURE_KEYS', 'SpecError',
+           'check_resources', 'topo_order', 'find_refs', 'resolve_templates', 'notebook_parameters', 'Run', 'Spec',
+           'yaml_line', 'Problem', 'is_path_parameter', 'notebook_defaults', 'parameter_spec', 'run_problems',
            'problem_lines', 'format_problems', 'seeded_id', 'spec_seeds', 'expand_seeds', 'load_spec', 'check_table',
-           'collect_table', 'table_markdown', 'paired_differences', 'check_figure', 'figure_files', 'run_dir',
-           'run_parameters']
+           'collect_table', 'table_markdown', 'check_figure', 'figure_files', 'run_dir', 'run_parameters']
 
 # %% ../nbs/60_specs.ipynb #a3b6fecc
 class SpecError(ValueError):
@@ -423,33 +421,25 @@ def format_problems(problems: Sequence[Problem]) -> str:
     return lines[0] if len(lines) == 1 else f"{n} problem{'s' * (n > 1)}:\n  " + "\n  ".join(lines)
 
 # %% ../nbs/60_specs.ipynb #a803d119
-SEED_MARK = "@s"  # the id of seed k > 0 of run `<spec>/<run>` is `<spec>/<run>@s<k>`
-
 def seeded_id(run_id: str, seed: int) -> str:
     "The id of the copy of `run_id` with `seed`: the plain id for seed 0 (the notebooks' default seed), else `<id>@s<seed>`."
-    return run_id if seed == 0 else f"{run_id}{SEED_MARK}{seed}"
+    return run_id if seed == 0 else f"{run_id}@s{seed}"
 
 def spec_seeds(path: Path, d: dict, scale: Optional[str]) -> list:
     "The seeds of the spec `d` read from `path`: `scales.<scale>.seeds` if given, else `seeds`; [] if none."
     sc = (d.get("scales") or {}).get(scale) or {} if scale else {}
-    keys = ("scales", scale, "seeds") if "seeds" in sc else ("seeds",)
-    seeds = sc["seeds"] if "seeds" in sc else d.get("seeds")
-    if seeds is None: return []
+    keys, seeds = (("scales", scale, "seeds"), sc["seeds"]) if "seeds" in sc else (("seeds",), d.get("seeds", []))
     if not isinstance(seeds, list) or not all(type(s) is int and s >= 0 for s in seeds) or len(set(seeds)) < len(seeds):
         raise SpecError(f"{_place(path, *keys)}: {'.'.join(keys)}={seeds!r} must be a list of distinct integers >= 0, e.g. [0, 1, 2]")
-    return list(seeds)
+    return seeds
 
-def expand_seeds(runs: dict,  # {id: Run} in dependency order
-                 ids: Sequence[str],  # the runs to copy (those of the spec); the runs they need are copied with them
-                 seeds: Sequence[int],
-                ) -> dict:
-    "{id: Run}: a copy of each run of `ids` per seed, and of its upstream runs with the same seed (dependencies and templates point to them)."
+def expand_seeds(runs: dict, ids: Sequence[str], seeds: Sequence[int]) -> dict:
+    "{id: Run}: a copy of each of the runs `ids` of `runs` (dependency order) per seed, and of the runs it needs with the same seed, which its dependencies and templates name."
     out = {}
     def copy(rid: str, s: int) -> str:
         sid, r = seeded_id(rid, s), runs[rid]
         if sid in out: return sid
-        if "seed" in r.parameters:
-            raise SpecError(f"{r.lines.get('seed') or r.where}: run {rid!r} sets parameter 'seed', but it is run over seeds; remove it (`seeds` sets it)")
+        if "seed" in r.parameters: raise SpecError(f"{r.lines.get('seed') or r.where}: run {rid!r} sets parameter 'seed', but it is run over seeds; remove it (`seeds` sets it)")
         deps = [copy(x, s) for x in r.depends_on]
         to_seed = lambda m: "${" + seeded_id(_REF.match(m.group(1).strip()).group(1), s) + ".out_dir}"
         params = _walk_strings(r.parameters, lambda t: _TEMPLATE.sub(to_seed, t)) | ({"seed": s} if s else {})
@@ -546,16 +536,14 @@ def _lookup(d: dict, key: str):
         if v is not None: return v
     return None
 
-def _result(run: Run, key: str, runs_dir, scale) -> float:
-    "The number at `key` in the `results.json` of `run`, NaN if it has none."
-    res = run_dir(run, runs_dir, scale) / "results.json"
-    x = _lookup(json.loads(res.read_text()), key) if res.exists() else None
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else float("nan")
-
 def collect_table(spec: Spec, runs_dir="runs"):
     "The spec's table as a DataFrame (rows x columns, plus `source`); missing results are NaN; a seeded spec's cells: a tuple over its seeds."
     import pandas as pd
     t = check_table(spec)
+    def result(run, key):  # the number at `key` in the run's results.json, NaN if there is none
+        res = run_dir(run, runs_dir, spec.scale) / "results.json"
+        x = _lookup(json.loads(res.read_text()), key) if res.exists() else None
+        return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else float("nan")
     data, sources = [], []
     for row in t["rows"]:
         vals, ours = [], False
@@ -563,7 +551,7 @@ def collect_table(spec: Spec, runs_dir="runs"):
             ref = _cell_ref(v)
             if ref is None: vals.append(float("nan") if v is None else float(v)); continue
             ours, runs = True, [None] * max(len(spec.seeds), 1) if spec.qualify(ref[0]) in spec.skipped else spec.copies(ref[0])
-            xs = tuple(float("nan") if r is None else _result(r, ref[1], runs_dir, spec.scale) for r in runs)
+            xs = tuple(float("nan") if r is None else result(r, ref[1]) for r in runs)
             vals.append(xs if spec.seeds else xs[0])
         data.append(vals); sources.append(row.get("source") or ("ours" if ours else "paper"))
     df = pd.DataFrame(data, index=[r["label"] for r in t["rows"]], columns=t["columns"])
@@ -572,37 +560,11 @@ def collect_table(spec: Spec, runs_dir="runs"):
 
 def table_markdown(df, digits: int = 2) -> str:
     "A markdown table of `collect_table`'s or `paired_differences`' frame; NaN is shown as '-'."
-    cols, fmt = list(df.columns), lambda v: _cell_text(v, digits)
+    from scl_nb.metrics import estimate_text
+    cols, fmt = list(df.columns), lambda v: v if isinstance(v, str) else estimate_text(v, digits)
     lines = ["| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     lines += [f"| {idx} | " + " | ".join(fmt(v) for v in row) + " |" for idx, row in zip(df.index, df.itertuples(index=False))]
     return "\n".join(lines)
-
-# %% ../nbs/60_specs.ipynb #8d669386
-def paired_differences(df,  # `collect_table`'s frame of a seeded spec
-                       baseline: str,  # the label of the row the others are compared with
-                       level: float = 0.95,  # confidence level of the intervals
-                      ):
-    "Per row but the baseline and per column: the paired difference to the baseline over the seeds (a dict, `scl_nb.metrics.paired_difference`)."
-    from scl_nb.metrics import paired_difference
-    if baseline not in df.index: raise SpecError(f"paired_differences: no row {baseline!r}; rows: {list(df.index)}")
-    base, out = df.loc[baseline], df.drop(index=baseline).copy()
-    for col in [c for c in df.columns if c != "source"]:
-        out[col] = [paired_difference(v, base[col], level) if isinstance(v, tuple) and isinstance(base[col], tuple) else float("nan")
-                    for v in out[col]]
-    return out
-
-def _cell_text(v, digits: int) -> str:
-    "A table cell as text: a label; a number; per-seed values as `mean ± sd (n)`; a paired difference as `Δ mean [lo, hi]`, bold if it excludes 0."
-    from scl_nb.metrics import mean_sd
-    if isinstance(v, str): return v
-    if isinstance(v, tuple):
-        m, sd, n = mean_sd(v)
-        return "-" if n == 0 else f"{m:.{digits}f} ± {'-' if sd != sd else f'{sd:.{digits}f}'} ({n})"
-    if isinstance(v, dict):
-        if v["n"] < 2: return "-"
-        text = f"Δ {v['mean']:+.{digits}f} [{v['lo']:+.{digits}f}, {v['hi']:+.{digits}f}]"
-        return f"**{text}**" if v["excludes_zero"] else text
-    return "-" if v != v else f"{v:.{digits}f}"
 
 # %% ../nbs/60_specs.ipynb #f64c9e61
 FIGURE_KEYS = ("title", "files", "notes")
@@ -620,12 +582,8 @@ def check_figure(spec: Spec) -> dict:
 
 def figure_files(spec: Spec, runs_dir="runs") -> list:
     "[(run id, path)] of the files of `spec.figure` in their run folders (every seed's), for the runs the scale keeps (they may not exist yet)."
-    out = []
-    for v in check_figure(spec)["files"]:
-        run, rel = v.split(":", 1)
-        if spec.qualify(run) in spec.skipped: continue
-        out += [(r.id, run_dir(r, runs_dir, spec.scale) / rel) for r in spec.copies(run)]
-    return out
+    files = [v.split(":", 1) for v in check_figure(spec)["files"]]
+    return [(r.id, run_dir(r, runs_dir, spec.scale) / rel) for run, rel in files if spec.qualify(run) not in spec.skipped for r in spec.copies(run)]
 
 # %% ../nbs/60_specs.ipynb #564c6c1f
 def run_dir(run: Run, runs_dir="runs", scale: Optional[str] = None) -> Path:
