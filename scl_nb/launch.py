@@ -138,9 +138,9 @@ def _schedule(recs: list, by_id: dict, jobs: int, cluster: str, dry_run: bool, s
         raise
 
 def _needed(spec: Spec, only) -> list:
-    "The runs of `spec` in order, restricted to `only` and their upstream runs."
+    "The runs of `spec` in order, restricted to `only` (a run of a seeded spec: all its seeds; `<run>@s<k>`: that one) and their upstream runs."
     if not only: return list(spec.runs)
-    keep, todo = set(), [spec.run(n).id for n in only]
+    keep, todo = set(), [r.id for n in only for r in ([spec.run(n)] if "@" in n else spec.copies(n))]
     while todo:
         n = todo.pop()
         if n not in keep: keep.add(n); todo += spec.run(n).depends_on
