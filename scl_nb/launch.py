@@ -138,9 +138,9 @@ def _schedule(recs: list, by_id: dict, jobs: int, cluster: str, dry_run: bool, s
         raise
 
 def _needed(spec: Spec, only) -> list:
-    "The runs of `spec` in order, restricted to `only` and their upstream runs."
+    "The runs of `spec` in order, restricted to `only` (a run of a seeded spec: all its seeds; `<run>@s<k>`: that one) and their upstream runs."
     if not only: return list(spec.runs)
-    keep, todo = set(), [spec.run(n).id for n in only]
+    keep, todo = set(), [r.id for n in only for r in ([spec.run(n)] if "@" in n else spec.copies(n))]
     while todo:
         n = todo.pop()
         if n not in keep: keep.add(n); todo += spec.run(n).depends_on
@@ -167,7 +167,7 @@ def _error_line(e: Exception) -> str:
 def _report_line(rec: Launched, cluster: str) -> str:
     what = {"finished": "finished", "submitted": f"submitted job {rec.job_id}", "running": f"already queued as job {rec.job_id}",
             "failed": "FAILED", "blocked": "blocked", "dry-run": "would run"}[rec.status]
-    line = f"[{what}] {rec.run.id}: {rec.run.notebook.name} -> {rec.output}"
+    line = f"[{what}] {rec.run.id}" + (f" (seed {rec.run.seed})" if rec.run.seed is not None else "") + f": {rec.run.notebook.name} -> {rec.output}"
     if rec.after: line += f" (after job {', '.join(rec.after)})"
     elif rec.run.depends_on and rec.status == "dry-run": line += f" (after {', '.join(rec.run.depends_on)})"
     if rec.error: line += f"\n    {rec.error}"

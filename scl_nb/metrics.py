@@ -14,7 +14,8 @@ import torch
 # %% auto #0
 __all__ = ['vqa_strip_punctuation', 'vqa_digits_articles', 'normalize_vqa_answer', 'vqa_question_accuracy', 'vqa_accuracy',
            'vqa_submission', 'vqa_vocab_key', 'vqa_soft_score', 'vqa_soft_scores', 'retrieval_ranks', 'recall_at',
-           'retrieval_recall', 'video_retrieval_metrics', 'nlvr2_accuracy', 'mean_sd', 'paired_difference']
+           'retrieval_recall', 'video_retrieval_metrics', 'nlvr2_accuracy', 'mean_sd', 'paired_difference',
+           'paired_differences', 'mean_sd_text', 'difference_text', 'estimate_text']
 
 # %% ../nbs/30_metrics.ipynb #828adac8
 _VQA_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
@@ -201,3 +202,32 @@ def paired_difference(variant: Sequence[float],   # per-seed values of the varia
     mean, sd, n = mean_sd(d)
     half = float(student_t.ppf((1 + level) / 2, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
     return dict(mean=mean, sd=sd, n=n, lo=mean - half, hi=mean + half, excludes_zero=bool(n > 1 and (mean - half > 0 or mean + half < 0)))
+
+# %% ../nbs/30_metrics.ipynb #e2e0af56
+def paired_differences(df,  # rows x columns (pandas); a cell: the tuple of its per-seed values, or anything else (not compared)
+                       baseline: str,  # the label (index) of the row the others are compared with
+                       level: float = 0.95,  # confidence level of the intervals
+                      ):
+    "The frame without the baseline row, each per-seed cell replaced by its `paired_difference` to the baseline's cell (others: NaN)."
+    if baseline not in df.index: raise KeyError(f"paired_differences: no row {baseline!r}; rows: {list(df.index)}")
+    base, out = df.loc[baseline], df.drop(index=baseline).copy()
+    for col in [c for c in out.columns if c != "source"]:
+        out[col] = [paired_difference(v, base[col], level) if isinstance(v, tuple) and isinstance(base[col], tuple) else float("nan") for v in out[col]]
+    return out
+
+def mean_sd_text(values: Sequence[float], digits: int = 2) -> str:
+    "`mean ± sd (n)` of per-seed values ('-' for none, `± -` for one)."
+    m, sd, n = mean_sd(values)
+    return "-" if n == 0 else f"{m:.{digits}f} ± {'-' if n < 2 else f'{sd:.{digits}f}'} ({n})"
+
+def difference_text(d: dict, digits: int = 2) -> str:
+    "`Δ mean [lo, hi]` of a `paired_difference`, in markdown bold where the interval excludes 0; '-' with fewer than 2 pairs."
+    if d["n"] < 2: return "-"
+    text = f"Δ {d['mean']:+.{digits}f} [{d['lo']:+.{digits}f}, {d['hi']:+.{digits}f}]"
+    return f"**{text}**" if d["excludes_zero"] else text
+
+def estimate_text(v, digits: int = 2) -> str:
+    "A table cell as text: per-seed values (a tuple) by `mean_sd_text`, a `paired_difference` (a dict) by `difference_text`, a number ('-' for NaN)."
+    if isinstance(v, tuple): return mean_sd_text(v, digits)
+    if isinstance(v, dict): return difference_text(v, digits)
+    return "-" if v is None or v != v else f"{v:.{digits}f}"

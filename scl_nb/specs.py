@@ -5,9 +5,8 @@
 # %% ../nbs/60_specs.ipynb #8b8da18e
 from __future__ import annotations
 import difflib, importlib, json, re
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import dataclass, field, fields, make_dataclass, replace
 from pathlib import Path
-from dataclasses import fields
 from typing import Optional, Sequence
 
 import yaml
@@ -19,8 +18,8 @@ __all__ = ['SPEC_KEYS', 'RUN_KEYS', 'SCALE_KEYS', 'OVERRIDE_KEYS', 'RESOURCE_DEF
            'PATH_PARAMETERS', 'PATH_SUFFIXES', 'RUN_PARAMETERS', 'TABLE_KEYS', 'ROW_KEYS', 'FIGURE_KEYS', 'SpecError',
            'check_resources', 'topo_order', 'find_refs', 'resolve_templates', 'notebook_parameters', 'Run', 'Spec',
            'yaml_line', 'Problem', 'is_path_parameter', 'notebook_defaults', 'parameter_spec', 'run_problems',
-           'problem_lines', 'format_problems', 'load_spec', 'check_table', 'collect_table', 'table_markdown',
-           'check_figure', 'figure_files', 'run_dir', 'run_parameters']
+           'problem_lines', 'format_problems', 'seeded_id', 'spec_seeds', 'expand_seeds', 'load_spec', 'check_table',
+           'collect_table', 'table_markdown', 'check_figure', 'figure_files', 'run_dir', 'run_parameters']
 
 # %% ../nbs/60_specs.ipynb #a3b6fecc
 class SpecError(ValueError):
@@ -29,9 +28,9 @@ class SpecError(ValueError):
         super().__init__(msg)
         self.problems = list(problems)
 
-SPEC_KEYS = ("description", "defaults", "runs", "scales", "table", "figure")
+SPEC_KEYS = ("description", "defaults", "seeds", "runs", "scales", "table", "figure")
 RUN_KEYS = ("name", "notebook", "description", "depends_on", "parameters", "resources")
-SCALE_KEYS = ("defaults", "runs")
+SCALE_KEYS = ("defaults", "seeds", "runs")
 OVERRIDE_KEYS = ("parameters", "resources")
 RESOURCE_DEFAULTS = dict(nodes=1, gpus_per_node=0, cpus_per_task=1, mem_gb=4, timeout_min=60, partition=None, slurm={})
 LAUNCHER_PARAMETERS = ("out_dir",)  # set by the launcher for every run; a spec may not set them
@@ -84,7 +83,7 @@ def _find_cycle(deps: dict, done: set) -> list:
 
 # %% ../nbs/60_specs.ipynb #3573672d
 _TEMPLATE = re.compile(r"\$\{([^}]*)\}")
-_REF = re.compile(r"^([A-Za-z0-9_\-]+(?:/[A-Za-z0-9_\-]+)?)\.out_dir$")
+_REF = re.compile(r"^([A-Za-z0-9_\-]+(?:/[A-Za-z0-9_\-]+)?(?:@s\d+)?)\.out_dir$")  # `@s<k>`: a seeded copy (`expand_seeds`)
 
 def _walk_strings(value, fn):
     "Apply `fn` to every string inside `value` (lists and mappings included); return the new value."
@@ -139,6 +138,9 @@ class Run:
     description: str = ""
     where: str = ""  # "file:line" of the run in its spec
     lines: dict = field(default_factory=dict)  # parameter -> "file:line" of the value in effect (after defaults and scale)
+    seed: Optional[int] = None  # the seed of a copy made by `expand_seeds`; None: the spec has no seeds
+    @property
+    def base_id(self) -> str: return self.id.split("@")[0]  # the id of the run in its spec, without the seed
     @property
     def spec(self) -> str: return self.id.split("/")[0]
     @property
@@ -157,6 +159,7 @@ class Spec:
     root: Path = Path(".")  # notebooks and relative paths in parameters are relative to it; notebooks run in it
     skipped: list = field(default_factory=list)  # ids of runs the scale leaves out (their table cells stay empty)
     notes: list = field(default_factory=list)  # `Problem`s let through: data paths that do not exist, with `allow_missing_data`
+    seeds: list = field(default_factory=list)  # the seeds its runs are run over at its scale ([]: none)
     def qualify(self, name: str) -> str: return name if "/" in name else f"{self.name}/{name}"
     def run(self, name: str) -> Run:
         "The run `name` (`<run>` of this spec or `<spec>/<run>`)."
@@ -164,6 +167,9 @@ class Spec:
         for r in self.runs:
             if r.id == qid: return r
         raise SpecError(f"{self.path}: no run {name!r}; runs: {[r.id for r in self.runs]}")
+    def copies(self, name: str) -> list:
+        "The runs of `name` over the spec's seeds, in the order of `seeds`; [the run] if the spec has none."
+        return [self.run(seeded_id(self.qualify(name), s)) for s in self.seeds] if self.seeds else [self.run(name)]
 
 # %% ../nbs/60_specs.ipynb #efa5db10
 def _show(path) -> str:
@@ -380,14 +386,18 @@ def run_problems(run: Run, root) -> list:
         return [Problem(run.where, run.id, "", f"notebook {nb.name} has no 'out_dir' parameter (cell tagged 'parameters')",
                         "add one: the launcher gives every run its folder through it")]
     out, params, spec = [], {**{k: v for k, v in defaults.items() if v is not ...}, **run.parameters}, parameter_spec(nb)
+    if run.seed is not None and defaults.get("seed") != 0:  # seed 0 is the run with the notebook's default seed
+        out.append(Problem(run.where, run.base_id, "seed", f"its spec has seeds, but notebook {nb.name} has " + (
+            f"a 'seed' parameter defaulting to {defaults['seed']!r}, not 0" if "seed" in defaults else "no 'seed' parameter"),
+            "give the notebook a parameter `seed = 0` that seeds everything random, or remove `seeds` from the spec"))
     for k, v in run.parameters.items():
         if k not in defaults:
             close = difflib.get_close_matches(k, list(defaults), n=1)
-            out.append(Problem(at(k), run.id, k, f"notebook {nb.name} has no such parameter",
+            out.append(Problem(at(k), run.base_id, k, f"notebook {nb.name} has no such parameter",
                                (f"did you mean {close[0]!r}? " if close else "") + f"its parameters: {sorted(defaults)}"))
             continue
         bad = _type_problem(v, spec, k) or _value_problem(k, v, params, Path(root))
-        if bad: out.append(Problem(at(k), run.id, k, *bad))
+        if bad: out.append(Problem(at(k), run.base_id, k, *bad))
     return out
 
 # %% ../nbs/60_specs.ipynb #d27bace4
@@ -409,6 +419,35 @@ def format_problems(problems: Sequence[Problem]) -> str:
     lines = problem_lines(problems)
     n = len(lines) - any(p.missing for p in problems)  # the fix line of missing paths is not a problem
     return lines[0] if len(lines) == 1 else f"{n} problem{'s' * (n > 1)}:\n  " + "\n  ".join(lines)
+
+# %% ../nbs/60_specs.ipynb #a803d119
+def seeded_id(run_id: str, seed: int) -> str:
+    "The id of the copy of `run_id` with `seed`: the plain id for seed 0 (the notebooks' default seed), else `<id>@s<seed>`."
+    return run_id if seed == 0 else f"{run_id}@s{seed}"
+
+def spec_seeds(path: Path, d: dict, scale: Optional[str]) -> list:
+    "The seeds of the spec `d` read from `path`: `scales.<scale>.seeds` if given, else `seeds`; [] if none."
+    sc = (d.get("scales") or {}).get(scale) or {} if scale else {}
+    keys, seeds = (("scales", scale, "seeds"), sc["seeds"]) if "seeds" in sc else (("seeds",), d.get("seeds", []))
+    if not isinstance(seeds, list) or not all(type(s) is int and s >= 0 for s in seeds) or len(set(seeds)) < len(seeds):
+        raise SpecError(f"{_place(path, *keys)}: {'.'.join(keys)}={seeds!r} must be a list of distinct integers >= 0, e.g. [0, 1, 2]")
+    return seeds
+
+def expand_seeds(runs: dict, ids: Sequence[str], seeds: Sequence[int]) -> dict:
+    "{id: Run}: a copy of each of the runs `ids` of `runs` (dependency order) per seed, and of the runs it needs with the same seed, which its dependencies and templates name."
+    out = {}
+    def copy(rid: str, s: int) -> str:
+        sid, r = seeded_id(rid, s), runs[rid]
+        if sid in out: return sid
+        if "seed" in r.parameters: raise SpecError(f"{r.lines.get('seed') or r.where}: run {rid!r} sets parameter 'seed', but it is run over seeds; remove it (`seeds` sets it)")
+        deps = [copy(x, s) for x in r.depends_on]
+        to_seed = lambda m: "${" + seeded_id(_REF.match(m.group(1).strip()).group(1), s) + ".out_dir}"
+        params = _walk_strings(r.parameters, lambda t: _TEMPLATE.sub(to_seed, t)) | ({"seed": s} if s else {})
+        out[sid] = replace(r, id=sid, parameters=params, depends_on=deps, seed=s)
+        return sid
+    for s in seeds:
+        for rid in ids: copy(rid, s)
+    return out
 
 # %% ../nbs/60_specs.ipynb #b759b8dc
 def load_spec(path,  # the spec file (YAML)
@@ -445,17 +484,20 @@ def load_spec(path,  # the spec file (YAML)
     runs = {k: r for k, r in runs.items() if k in keep}
     skipped = [k for k in skipped if k.startswith(f"{path.stem}/")]
     order = topo_order({k: r.depends_on for k, r in runs.items()})
+    if seeds := spec_seeds(path, d, scale):  # every run of this file once per seed, with the copies of the runs it needs
+        runs = expand_seeds({k: runs[k] for k in order}, [k for k in order if k.startswith(f"{path.stem}/")], seeds)
+        order = topo_order({k: r.depends_on for k, r in runs.items()})
     problems, notes = [], []
     for r in runs.values() if check_notebooks else []:
         for pr in run_problems(r, root): (notes if pr.missing and allow_missing_data else problems).append(pr)
     if problems: raise SpecError(format_problems(problems), problems)
-    spec = Spec(path.stem, path, scale, [runs[k] for k in order], d.get("description") or "", d.get("table"), d.get("figure"), root, skipped, notes)
+    spec = Spec(path.stem, path, scale, [runs[k] for k in order], d.get("description") or "", d.get("table"), d.get("figure"), root, skipped, notes, seeds)
     if spec.table is not None: check_table(spec)
     if spec.figure is not None: check_figure(spec)
     return spec
 
 # %% ../nbs/60_specs.ipynb #94e722a1
-TABLE_KEYS = ("title", "columns", "rows", "notes")
+TABLE_KEYS = ("title", "columns", "rows", "baseline", "notes")
 ROW_KEYS = ("label", "values", "source")
 
 def _cell_ref(v):
@@ -479,7 +521,9 @@ def check_table(spec: Spec) -> dict:
         for v in vals:
             try: ref = _cell_ref(v)
             except SpecError as e: raise SpecError(f"{src}: table row {row.get('label')!r}: {e}") from None
-            if ref and spec.qualify(ref[0]) not in spec.skipped: spec.run(ref[0])
+            if ref and spec.qualify(ref[0]) not in spec.skipped: spec.copies(ref[0])
+    if t.get("baseline") is not None and t["baseline"] not in [r.get("label") for r in t["rows"]]:
+        raise SpecError(f"{_place(spec.path, 'table', 'baseline')}: table.baseline {t['baseline']!r} is not the label of a row; rows: {[r.get('label') for r in t['rows']]}")
     return t
 
 # %% ../nbs/60_specs.ipynb #c41df822
@@ -493,29 +537,31 @@ def _lookup(d: dict, key: str):
     return None
 
 def collect_table(spec: Spec, runs_dir="runs"):
-    "The spec's table as a DataFrame (rows x columns, plus `source`); missing results are NaN."
+    "The spec's table as a DataFrame (rows x columns, plus `source`); missing results are NaN; a seeded spec's cells: a tuple over its seeds."
     import pandas as pd
     t = check_table(spec)
+    def result(run, key):  # the number at `key` in the run's results.json, NaN if there is none
+        res = run_dir(run, runs_dir, spec.scale) / "results.json"
+        x = _lookup(json.loads(res.read_text()), key) if res.exists() else None
+        return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else float("nan")
     data, sources = [], []
     for row in t["rows"]:
         vals, ours = [], False
         for v in row["values"]:
             ref = _cell_ref(v)
             if ref is None: vals.append(float("nan") if v is None else float(v)); continue
-            ours = True
-            if spec.qualify(ref[0]) in spec.skipped: vals.append(float("nan")); continue
-            res = run_dir(spec.run(ref[0]), runs_dir, spec.scale) / "results.json"
-            x = _lookup(json.loads(res.read_text()), ref[1]) if res.exists() else None
-            vals.append(float(x) if isinstance(x, (int, float)) else float("nan"))
+            ours, runs = True, [None] * max(len(spec.seeds), 1) if spec.qualify(ref[0]) in spec.skipped else spec.copies(ref[0])
+            xs = tuple(float("nan") if r is None else result(r, ref[1]) for r in runs)
+            vals.append(xs if spec.seeds else xs[0])
         data.append(vals); sources.append(row.get("source") or ("ours" if ours else "paper"))
     df = pd.DataFrame(data, index=[r["label"] for r in t["rows"]], columns=t["columns"])
     df.insert(0, "source", sources)
     return df
 
 def table_markdown(df, digits: int = 2) -> str:
-    "A markdown table of `collect_table`'s frame; NaN is shown as '-'."
-    cols = list(df.columns)
-    fmt = lambda v: v if isinstance(v, str) else ("-" if v != v else f"{v:.{digits}f}")
+    "A markdown table of `collect_table`'s or `paired_differences`' frame; NaN is shown as '-'."
+    from scl_nb.metrics import estimate_text
+    cols, fmt = list(df.columns), lambda v: v if isinstance(v, str) else estimate_text(v, digits)
     lines = ["| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     lines += [f"| {idx} | " + " | ".join(fmt(v) for v in row) + " |" for idx, row in zip(df.index, df.itertuples(index=False))]
     return "\n".join(lines)
@@ -531,18 +577,13 @@ def check_figure(spec: Spec) -> dict:
     if not isinstance(files, list) or not files: raise SpecError(f"{src}: figure.files must be a non-empty list of '<run>:<path>'")
     for v in files:
         if not isinstance(v, str) or ":" not in v: raise SpecError(f"{src}: figure file {v!r} must look like '<run>:<path>'")
-        if spec.qualify(v.split(":", 1)[0]) not in spec.skipped: spec.run(v.split(":", 1)[0])
+        if spec.qualify(v.split(":", 1)[0]) not in spec.skipped: spec.copies(v.split(":", 1)[0])
     return f
 
 def figure_files(spec: Spec, runs_dir="runs") -> list:
-    "[(run id, path)] of the files of `spec.figure` in their run folders, for the runs the scale keeps (they may not exist yet)."
-    out = []
-    for v in check_figure(spec)["files"]:
-        run, rel = v.split(":", 1)
-        if spec.qualify(run) in spec.skipped: continue
-        r = spec.run(run)
-        out.append((r.id, run_dir(r, runs_dir, spec.scale) / rel))
-    return out
+    "[(run id, path)] of the files of `spec.figure` in their run folders (every seed's), for the runs the scale keeps (they may not exist yet)."
+    files = [v.split(":", 1) for v in check_figure(spec)["files"]]
+    return [(r.id, run_dir(r, runs_dir, spec.scale) / rel) for run, rel in files if spec.qualify(run) not in spec.skipped for r in spec.copies(run)]
 
 # %% ../nbs/60_specs.ipynb #564c6c1f
 def run_dir(run: Run, runs_dir="runs", scale: Optional[str] = None) -> Path:

@@ -71,6 +71,15 @@ FAKE = {  # (spec, run): results.json
     ("ablation_mask_ratio", "zs_txt60"): {"metrics": {"itm": {"tr_r1": 10.5, "ir_r1": 6.5, "rsum": 110.0}}},
     ("main_vqa_nlvr2", "vqa_scl"): {"metrics": {"val": {"accuracy": 42.0}}},  # rest-val falls back to val
     ("main_vqa_nlvr2", "nlvr2_scl"): {"metrics": {"dev": {"accuracy": 61.25}, "test_p": {"accuracy": 60.0}}},
+    # seeds 1 and 2 of the objectives ablation (seeded at the tiny scale; seed 0 is the plain run above)
+    ("ablation_objectives", "pt_base@s1"): {"r1_after": 3.75},
+    ("ablation_objectives", "pt_base@s2"): {"r1_after": 4.25},
+    ("pretrain", "scl@s1"): {"r1_after": 5.5},
+    ("pretrain", "scl@s2"): {"r1_after": 6.5},
+    ("ablation_objectives", "zs_base@s1"): {"metrics": {"itm": {"tr_r1": 11.0, "ir_r1": 7.5, "rsum": 121.25}}},
+    ("ablation_objectives", "zs_base@s2"): {"metrics": {"itm": {"tr_r1": 12.0, "ir_r1": 7.5, "rsum": 122.25}}},
+    ("ablation_objectives", "zs_both@s1"): {"metrics": {"itm": {"tr_r1": 12.0, "ir_r1": 8.0, "rsum": 132.0}}},
+    ("ablation_objectives", "zs_both@s2"): {"metrics": {"itm": {"tr_r1": 15.5, "ir_r1": 8.0, "rsum": 133.0}}},
     ("align_bench", "bench_scl"): {"global_box": 0.31, "global_mask": 0.22, "local_box": 0.18, "local_mask": 0.12,
                                    "uniform_global_box": 0.11, "uniform_global_mask": 0.08, "uniform_local_box": 0.06, "uniform_local_mask": 0.04},
 }
@@ -100,11 +109,21 @@ def read_csv(figs, spec): return pd.read_csv(figs / f"{spec}.csv", index_col="ro
 
 def test_tables_carry_the_runs_numbers(results):
     figs = results["figs"]
-    obj = read_csv(figs, "ablation_objectives")
-    assert obj.loc["MLM+ITM+ITC", "pre-training held-out R@1"] == 3.25
-    assert obj.loc["MLM+ITM+ITC", "F30K ZS TR@1"] == 10.0 and obj.loc["MLM+ITM+ITC", "F30K ZS RSUM"] == 120.25
-    assert obj.loc["+ MVSC + MLSC (SCL)", "pre-training held-out R@1"] == 4.5  # another spec's run (pretrain/scl)
+    obj = read_csv(figs, "ablation_objectives")  # seeded at the tiny scale: the means over seeds 0, 1, 2
+    assert obj.loc["MLM+ITM+ITC", "pre-training held-out R@1"] == (3.25 + 3.75 + 4.25) / 3
+    assert obj.loc["MLM+ITM+ITC", "F30K ZS TR@1"] == 11.0 and obj.loc["MLM+ITM+ITC", "F30K ZS RSUM"] == 121.25
+    assert obj.loc["+ MVSC + MLSC (SCL)", "pre-training held-out R@1"] == 5.5  # another spec's runs (pretrain/scl, scl@s1, scl@s2)
     assert obj.loc["+ MVSC + MLSC (SCL)", "F30K ZS IR@1"] == 8.0
+    seeds = pd.read_csv(figs / "ablation_objectives_seeds.csv")
+    base_r1 = seeds[(seeds["row"] == "MLM+ITM+ITC") & (seeds["column"] == "pre-training held-out R@1")]
+    assert list(base_r1["seed"]) == [0, 1, 2] and list(base_r1["value"]) == [3.25, 3.75, 4.25]
+    diff = pd.read_csv(figs / "ablation_objectives_differences.csv").set_index(["row", "column"])
+    # SCL - base per seed: 1.25, 1.75, 2.25: mean 1.75, sd 0.5; half-width t(0.975, 2) * 0.5 / sqrt(3) = 4.302653 * 0.5 / 1.732051 = 1.242069
+    d = diff.loc[("+ MVSC + MLSC (SCL)", "pre-training held-out R@1")]
+    assert (d["mean"], d["sd"], d["n"]) == pytest.approx((1.75, 0.5, 3)) and (d["lo"], d["hi"]) == pytest.approx((0.507931, 2.992069), abs=1e-6)
+    assert d["excludes_zero"] and "MLM+ITM+ITC" not in set(diff.index.get_level_values("row"))
+    none = diff.loc[("+ MVSC", "F30K ZS TR@1")]  # no results: no pairs
+    assert none["n"] == 0 and math.isnan(none["mean"]) and not none["excludes_zero"]
     assert obj.loc["+ MVSC"].drop("source").isna().all()  # no runs: empty cells, not zeros
     assert obj["NLVR2 dev"].isna().all()  # skipped at the tiny scale
     main = read_csv(figs, "main_vqa_nlvr2")
@@ -126,7 +145,11 @@ def test_tables_carry_the_runs_numbers(results):
 
 def test_markdown_lists_missing_cells(results):
     md = (results["figs"] / "ablation_objectives.md").read_text()
-    assert "| MLM+ITM+ITC | ours | 3.25 | - | 10.00 |" in md
+    assert "| MLM+ITM+ITC | ours | 3.75 ± 0.50 (3) | - | 11.00 ± 1.00 (3) | 7.50 ± 0.00 (3) | 121.25 ± 1.00 (3) |" in md
+    # TR@1 differences 2.5, 1.0, 3.5: mean 2.33, sd 1.258, half-width 3.126 (the interval holds 0: not bold); RSUM 10.75 each (sd 0)
+    assert ("| + MVSC + MLSC (SCL) | ours | **Δ +1.75 [+0.51, +2.99]** | - | Δ +2.33 [-0.79, +5.46] | **Δ +0.50 [+0.50, +0.50]** | "
+            "**Δ +10.75 [+10.75, +10.75]** |") in md.split("### Paired differences to MLM+ITM+ITC")[1]
+    assert "`ablation_objectives/zs_mvsc@s2` no results.json" in md
     assert "`ablation_objectives/pt_mvsc` no results.json" in md
     assert "`ablation_objectives/nlvr2_base` run skipped at scale tiny" in md
     assert "`ablation_objectives/pt_base`" not in md.split("Missing")[1].split("MLM+ITM+ITC / NLVR2")[0]
@@ -153,6 +176,7 @@ def test_figures_written(results):
     assert "pretrain/glscl" in index["pretrain_loss.png"]["missing"]
     assert index["attention_global.png"]["runs"] == ["attention_maps/maps_scl"]
     assert index["ablation_objectives.csv"]["writer"] == "nbs/tables.ipynb"
+    assert index["ablation_objectives_differences.csv"]["writer"] == index["ablation_objectives_seeds.csv"]["writer"] == "nbs/tables.ipynb"
     readme = (figs / "README.md").read_text()
     for name in index:
         if index[name].get("drawn", True): assert f"[{name}]({name})" in readme

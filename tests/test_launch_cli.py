@@ -65,3 +65,20 @@ def test_full_scale_without_data_is_refused_not_planned():
     assert planned.returncode == 0, planned.stderr[-2000:]
     assert "# note: planned although data is missing" in planned.stdout
     assert planned.stdout.count("[would run]") > 20
+
+
+def test_seeds_errors_and_the_seeded_ablation_plan(tmp_path):
+    "Bad seeds are a user error naming the line; the tiny objectives ablation plans each variant and its evaluation for seeds 0, 1, 2."
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("runs:\n  - {name: a, notebook: nbs/pretrain.ipynb}\nscales:\n  tiny:\n    seeds: [1, 1]\n")
+    r = launch(bad, "--cluster", "local", "--scale", "tiny", "--dry-run")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "bad.yaml:5: scales.tiny.seeds=[1, 1] must be a list of distinct integers >= 0" in r.stderr
+    r = launch("experiments/ablation_objectives.yaml", "--cluster", "local", "--scale", "tiny", "--dry-run", "--runs-dir", tmp_path / "runs")
+    assert r.returncode == 0, r.stderr
+    planned = [l.removeprefix("[would run] ").split(":")[0] for l in r.stdout.splitlines() if l.startswith("[would run]")]
+    runs = [f"ablation_objectives/{n}" for n in ("pt_base", "pt_mvsc", "pt_mlsc", "zs_base", "zs_mvsc", "zs_mlsc", "zs_both", "zs_mltc")]
+    runs += ["pretrain/scl", "pretrain/glscl"]  # the other file's runs the ablation uses, each seed's copy with it
+    assert sorted(planned) == sorted(f"{run} (seed {s})" if s == 0 else f"{run}@s{s} (seed {s})" for run in runs for s in (0, 1, 2))
+    zs = next(l for l in r.stdout.split("\n[") if l.startswith("would run] ablation_objectives/zs_both@s2 "))
+    assert f'"checkpoint": "{(tmp_path / "runs/tiny/pretrain/scl@s2").resolve()}"' in zs and '"seed": 2' in zs
