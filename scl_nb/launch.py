@@ -192,6 +192,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-missing-data", action="store_true",
                    help="data paths that do not exist are notes, not errors (to see the plan of a suite whose data is elsewhere)")
     p.add_argument("--wait", action="store_true", help="slurm: wait for the submitted jobs and report how they ended")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
+                   help="run the seeded specs over these seeds instead of their own (e.g. --seeds 0: one seed, the plain runs)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="local: run up to N runs at once, each when its upstream runs finished; a run shared by specs runs once (default: 1)")
     return p
@@ -201,7 +203,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     specs, errors = [], []
     for s in args.specs:  # every file is checked, so that one message lists all problems
-        try: specs.append(load_spec(s, args.scale, args.root, check_notebooks=not args.no_check, allow_missing_data=args.allow_missing_data))
+        try: specs.append(load_spec(s, args.scale, args.root, check_notebooks=not args.no_check, allow_missing_data=args.allow_missing_data,
+                                    seeds=args.seeds))
         except SpecError as e: errors.append(e)
     if errors:
         print(_spec_error_text(errors), file=sys.stderr); return 2

@@ -455,6 +455,7 @@ def load_spec(path,  # the spec file (YAML)
               root=None,  # folder that notebook paths are relative to; None = the current directory
               check_notebooks: bool = True,  # notebooks must exist and every parameter be valid (`run_problems`)
               allow_missing_data: bool = False,  # data paths that do not exist become `Spec.notes` instead of errors
+              seeds: Optional[Sequence[int]] = None,  # replace the spec's seeds at this scale (e.g. [0]: one seed); None = the spec's
              ) -> Spec:
     "Read, validate and scale an experiment spec; runs of other files it depends on are included."
     path, root = Path(path).resolve(), Path(root or Path.cwd()).resolve()
@@ -484,7 +485,8 @@ def load_spec(path,  # the spec file (YAML)
     runs = {k: r for k, r in runs.items() if k in keep}
     skipped = [k for k in skipped if k.startswith(f"{path.stem}/")]
     order = topo_order({k: r.depends_on for k, r in runs.items()})
-    if seeds := spec_seeds(path, d, scale):  # every run of this file once per seed, with the copies of the runs it needs
+    seeds = own if not (own := spec_seeds(path, d, scale)) or seeds is None else [] if list(seeds) == [0] else spec_seeds(path, {"seeds": list(seeds)}, None)
+    if seeds:  # every run of this file once per seed, with the copies of the runs it needs
         runs = expand_seeds({k: runs[k] for k in order}, [k for k in order if k.startswith(f"{path.stem}/")], seeds)
         order = topo_order({k: r.depends_on for k, r in runs.items()})
     problems, notes = [], []
