@@ -2,7 +2,8 @@
 # Regenerate every table and figure of the paper into figures/: the runs of experiments/*.yaml through
 # the launcher, then nbs/tables.ipynb and nbs/figures.ipynb under papermill.
 #
-#   bash experiments/reproduce.sh                              # tiny scale: synthetic data on this machine's CPUs
+#   bash experiments/reproduce.sh                              # tiny scale: synthetic data on this machine's CPUs, one seed
+#   bash experiments/reproduce.sh tiny-seeds                   # the objectives ablation over its seeds (0, 1, 2), then draw
 #   JOBS=4 bash experiments/reproduce.sh                       # tiny scale, 4 runs at a time (default 2)
 #   bash experiments/reproduce.sh full --cluster slurm         # paper scale: submit to SLURM and return
 #   bash experiments/reproduce.sh full --cluster slurm --wait  # ... wait for the jobs, then draw
@@ -14,6 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scale="${1:-tiny}"; [ $# -gt 0 ] && shift
+specs=(experiments/*.yaml); seeds=(--seeds 0)  # the one-seed suite; seeded specs keep only their seed-0 (plain) runs
+if [ "$scale" = "tiny-seeds" ]; then scale=tiny; specs=(experiments/ablation_objectives.yaml); seeds=(); fi
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi; fi
 "$PY" -c "import scl_nb.launch, papermill" || { echo "error: $PY cannot import scl_nb and papermill; install them (README) or set PYTHON" >&2; exit 2; }
@@ -21,7 +24,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 start=$(date +%s); rc=0
 if [ "$scale" = "tiny" ]; then
   export OMP_NUM_THREADS=1  # one thread per run; --jobs runs several at once
-  "$PY" -m scl_nb.launch experiments/*.yaml --cluster local --scale tiny --jobs "${JOBS:-2}" ${@+"$@"} || rc=$?
+  "$PY" -m scl_nb.launch "${specs[@]}" --cluster local --scale tiny --jobs "${JOBS:-2}" ${seeds[@]+"${seeds[@]}"} ${@+"$@"} || rc=$?
   scale_arg=tiny; out=figures
 else
   "$PY" -m scl_nb.launch experiments/*.yaml ${@+"$@"} || rc=$?
