@@ -114,15 +114,16 @@ def _tiny_tokenizer_dir(vocab_size, cache_dir=None) -> Path:
     return final
 
 # %% ../nbs/02_text.ipynb #2c62c1f0
-def load_tokenizer(text_cfg: TextConfig, # `tokenizer` ("tiny-bpe", a folder or hub id) or else `pretrained` names it
-                   cache_dir=None,       # cache root for the tiny tokenizer; None = `default_cache_dir()`
+def load_tokenizer(text_cfg: TextConfig, # `tokenizer` ("tiny-bpe", "tiny-roberta", a folder or hub id) or else `pretrained` names it
+                   cache_dir=None,       # cache root for the tiny tokenizer and towers; None = `default_cache_dir()`
                   ):
     "The tokenizer of `text_cfg`, loaded with `AutoTokenizer`; checks it fits `text_cfg.vocab_size`."
     name = text_cfg.tokenizer or text_cfg.pretrained
     if name is None:
         raise ConfigError("text.tokenizer and text.pretrained are both None; set text.tokenizer "
                           "(\"tiny-bpe\", a tokenizer folder or a hub id)")
-    path = _tiny_tokenizer_dir(text_cfg.vocab_size, cache_dir) if name == "tiny-bpe" else name
+    from scl_nb.towers import resolve_tower  # imported here: towers imports this module (and synthetic, data)
+    path = _tiny_tokenizer_dir(text_cfg.vocab_size, cache_dir) if name == "tiny-bpe" else resolve_tower(name, cache_dir)
     tok = AutoTokenizer.from_pretrained(str(path))
     if len(tok) > text_cfg.vocab_size:
         raise ConfigError(f"tokenizer {name!r} has {len(tok)} tokens but text.vocab_size={text_cfg.vocab_size}; "
@@ -207,10 +208,12 @@ class TextEncoder(nn.Module):
     def from_pretrained(cls, name_or_path,            # HF encoder folder or hub id
                         tokenizer=None,               # tokenizer folder / hub id; None = `name_or_path`
                         max_len: int = 50,            # `TextConfig.max_len` of the returned config
+                        cache_dir=None,               # where "tiny-roberta" is built and cached; None = `default_cache_dir()`
                        ) -> "TextEncoder":
-        "Load any Hugging Face encoder-only model and its tokenizer; `.cfg` describes it."
-        model = AutoModel.from_pretrained(str(name_or_path))
+        "Load any Hugging Face encoder-only model and its tokenizer (`\"tiny-roberta\"`: the tiny tower of `scl_nb.towers`); `.cfg` describes it."
+        from scl_nb.towers import resolve_tower  # imported here: towers imports this module (and synthetic, data)
+        model = AutoModel.from_pretrained(str(resolve_tower(name_or_path, cache_dir)))
         tok_name = tokenizer or name_or_path
-        tok = AutoTokenizer.from_pretrained(str(tok_name))
+        tok = AutoTokenizer.from_pretrained(str(resolve_tower(tok_name, cache_dir)))
         cfg = _text_config_from_hf(model.config, name_or_path, tok_name, max_len)
         return cls(cfg, model=model, tokenizer=tok)

@@ -355,10 +355,12 @@ def _from_clip(cls,
                num_layers: Optional[int] = None,  # blocks used; None = all but the last
                max_frames: int = 8,  # capacity of the temporal embedding
                activation_checkpointing: bool = False,  # recompute each block in the backward pass
+               cache_dir=None,  # where "tiny-clip" is built and cached; None = `default_cache_dir()`
               ) -> FlexibleVisionEncoder:
-    "Build the encoder from a Hugging Face CLIP vision checkpoint."
+    "Build the encoder from a Hugging Face CLIP vision checkpoint (`\"tiny-clip\"`: the tiny towers of `scl_nb.towers`)."
     from transformers import CLIPVisionModel
-    with _quiet_transformers(): clip = CLIPVisionModel.from_pretrained(name_or_path)
+    from scl_nb.towers import resolve_tower  # imported here: towers sits above the model parts (it imports text, synthetic and data)
+    with _quiet_transformers(): clip = CLIPVisionModel.from_pretrained(resolve_tower(name_or_path, cache_dir))
     cfg = replace(vision_config_from_clip(clip.config, image_size, num_layers, str(name_or_path)), max_frames=max_frames)
     enc = cls(cfg, activation_checkpointing)
     return enc.load_clip_state_dict(clip.state_dict())
