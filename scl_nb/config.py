@@ -319,9 +319,16 @@ TINY_TASKS = {  # fine-tuning the tiny preset on the synthetic set: 2 CPU cores,
 }
 TINY_TASK_TRAIN = {"train.warmup": 0.1, "train.ckpt_every": 100_000, "train.log_every": 10}  # every tiny fine-tuning run
 
+def _tiny_towers() -> SCLConfig:
+    "`tiny` on the pre-trained tiny towers of `scl_nb.towers`, with the paper's loss weights and learning-rate ratios."
+    c = _tiny()
+    return replace(c, name="tiny-towers", vision=replace(c.vision, pretrained="tiny-clip"), text=replace(c.text, pretrained="tiny-roberta"),
+                   objectives=replace(ObjectiveConfig(), itc_dim=c.objectives.itc_dim),
+                   train=replace(c.train, lr=3e-4, head_lr_mult=5.0, cross_modal_lr_mult=5.0))
+
 PRESETS = {"paper": _paper, "paper-cvpr": lambda: replace(_paper(), name="paper-cvpr",
                objectives=ObjectiveConfig(mltc_image=0.0, mltc_text=0.0)),
-           "tiny": _tiny}
+           "tiny": _tiny, "tiny-towers": _tiny_towers}
 
 def preset(name: str) -> SCLConfig:
     "A fresh, validated copy of the preset `name`."

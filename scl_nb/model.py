@@ -231,17 +231,28 @@ def tied_or_buffer_names(self: SCLModel) -> set:
 
 # %% ../nbs/04_model.ipynb #4b4e527b
 @patch(cls_method=True)
-def from_pretrained_towers(cls: SCLModel, vision: str = "openai/clip-vit-base-patch16",  # HF CLIPVisionModel folder or hub id
-                           text: str = "roberta-base",  # HF encoder-only folder or hub id
+def from_pretrained_towers(cls: SCLModel, vision: Optional[str] = "openai/clip-vit-base-patch16",  # HF CLIPVisionModel folder, hub id or "tiny-clip"; None = random
+                           text: Optional[str] = "roberta-base",  # HF encoder-only folder, hub id or "tiny-roberta"; None = random
                            cfg: SCLConfig | str = "paper",  # base configuration (preset name or config)
                            image_size: Optional[int] = None,  # resolution; None = the config's
-                           num_layers: Optional[int] = None,  # vision blocks used; None = all but the last
+                           num_layers: Optional[int] = None,  # vision blocks used; None = the config's (default all but the last)
                           ) -> SCLModel:
-    "The SCL model with its towers loaded from Hugging Face checkpoints."
+    "The SCL model with its towers loaded from Hugging Face checkpoints (the tiny towers of `scl_nb.towers` by name)."
+    from scl_nb.towers import resolve_tower  # builds and caches "tiny-clip" / "tiny-roberta" on first use; other names pass through
     cfg = load_config(cfg)
-    v = FlexibleVisionEncoder.from_clip(vision, image_size=image_size or cfg.vision.image_size, num_layers=num_layers)
-    t = TextEncoder.from_pretrained(text)
-    d = to_dict(cfg)
-    d["vision"] = to_dict(v.cfg) | {"pretrained": vision}
-    d["text"] = to_dict(t.cfg) | {"pretrained": text}
+    d, where = to_dict(cfg), lambda name: resolve_tower(name, cfg.data.cache_dir)
+    v = t = None
+    if vision is not None:
+        v = FlexibleVisionEncoder.from_clip(where(vision), image_size=image_size or cfg.vision.image_size,
+                                            num_layers=num_layers if num_layers is not None else cfg.vision.num_layers, max_frames=cfg.vision.max_frames)
+        d["vision"] = to_dict(v.cfg) | {"pretrained": vision}
+    if text is not None:
+        t = TextEncoder.from_pretrained(where(text))
+        d["text"] = to_dict(t.cfg) | {"pretrained": text, "max_len": min(cfg.text.max_len, t.cfg.max_len)}  # the run's truncation
     return cls(from_dict(d), vision=v, text=t)
+
+@patch(cls_method=True)
+def from_config(cls: SCLModel, cfg: SCLConfig) -> SCLModel:
+    "The model `cfg` describes: towers loaded from `cfg.vision.pretrained` / `cfg.text.pretrained` where set, random otherwise."
+    if cfg.vision.pretrained is None and cfg.text.pretrained is None: return cls(cfg)
+    return cls.from_pretrained_towers(cfg.vision.pretrained, cfg.text.pretrained, cfg)

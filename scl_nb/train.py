@@ -212,7 +212,7 @@ class RunFolderError(ValueError):
 def train(cfg: SCLConfig,  # the run's configuration (`cfg.train` drives the loop)
           out_dir,  # run folder: metrics.jsonl, run.json, checkpoints/, summary.json
           resume: bool = True,  # continue from the newest checkpoint in `out_dir` if there is one
-          model_fn: Callable | None = None,  # cfg -> task module (forward(batch, generator) -> losses); default PretrainTask
+          model_fn: Callable | None = None,  # cfg -> task module (forward(batch, generator) -> losses); default PretrainTask.from_config
           data_fn: Callable | None = None,  # (cfg, rank, world_size, device) -> resumable loader (see above)
           device: Optional[str] = None,  # "cpu" to stay on the CPU when a GPU exists; None = GPU if present
           progress: bool | str = True,  # rank 0: True = a bar on a terminal, else a line every tenth of the run; "lines"; False
@@ -400,7 +400,7 @@ def _step_row(ctx, tcfg, step, terms, lr, gnorm, bad, dt, flops_per_step, peak) 
 def _train(ctx, cfg, out_dir, resume, overwrite, model_fn, data_fn, progress, max_steps, count_model_flops) -> dict:
     "The body of `train` on an initialised process group `ctx`."
     tcfg, ckpt_dir = cfg.train, out_dir / "checkpoints"
-    model_fn, data_fn = model_fn or PretrainTask, data_fn or _default_data_fn
+    model_fn, data_fn = model_fn or PretrainTask.from_config, data_fn or _default_data_fn
     precision = resolve_precision(tcfg.precision, ctx.device)
     micro, accum = batch_layout(tcfg.batch_size, tcfg.per_gpu_batch_size, ctx.world_size)
     ckpt, replace = _resume_point(ctx, out_dir, resume, overwrite)  # refuses before anything is built or written
