@@ -11,7 +11,7 @@
   RNG states in the checkpoint;
 - FSDP (`train.parallel=fsdp`, 2 CPU workers): the per-step losses equal the DDP run's (fp32, up to
   reduction order), and a run resumed from its step-2 checkpoint replays the rest bitwise (loading an
-  FSDP checkpoint without FSDP and the other way round is tested in `nbs/20_train.ipynb`);
+  FSDP checkpoint without FSDP and the other way round is tested in `nbs/21_checkpoint.ipynb`);
 - the main job notebook `nbs/pretrain.ipynb` under papermill with few steps;
 - SLURM (marker `slurm`, skipped without `sinfo`): the same training as a submitit job.
 
