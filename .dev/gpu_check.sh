@@ -11,7 +11,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD SCL_NB_CACHE=$PWD/.gpucache HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $OUT/gpu.txt
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a $OUT/gpu.txt
-B="text.tokenizer=tiny-bpe data.source=.gpucache/bench/captions.jsonl data.num_workers=8"
+B="vision.pretrained=null text.pretrained=null text.tokenizer=tiny-bpe data.source=.gpucache/bench/captions.jsonl data.num_workers=8"  # random towers: the engine now loads the towers a config names
 echo "== paper bf16 batch 32 eager"; timeout 200 python3 -m scl_nb.bench train --preset paper --steps 15 train.batch_size=32 train.per_gpu_batch_size=32 $B 2>&1 | tee $OUT/paper_eager.txt | grep -v Warn | tail -4
 echo "== paper bf16 batch 64 eager"; timeout 150 python3 -m scl_nb.bench train --preset paper --steps 10 train.batch_size=64 train.per_gpu_batch_size=64 $B 2>&1 | tee $OUT/paper_eager64.txt | grep -v Warn | tail -4
 echo "== pretrain-step shared vs reference, paper, batch 32"; timeout 150 python3 -m scl_nb.bench pretrain-step --preset paper --steps 5 text.tokenizer=tiny-bpe 2>&1 | tee $OUT/pretrain_step.txt | grep -v Warn | tail -6
