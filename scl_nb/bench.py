@@ -9,14 +9,23 @@ from typing import Optional, Sequence
 
 import torch
 
-from .config import SCLConfig, apply_overrides, load_config, preset
+from .config import ConfigError, SCLConfig, apply_overrides, load_config, preset
 from .distributed import init_dist, PickledByValue
 from .objectives import PretrainTask, random_pretrain_batch
 from .perf import OpCounter, count_flops
 from .train import train
 
 # %% auto #0
-__all__ = ['paper_structure', 'bench_step_counts', 'main', 'bench_pretrain_step', 'bench_train']
+__all__ = ['FixedBatch', 'paper_structure', 'bench_step_counts', 'main', 'bench_pretrain_step', 'bench_train']
+
+# %% ../nbs/25_bench.ipynb #0bc9a96d
+class FixedBatch:
+    "The engine's loader contract at its smallest: an endless stream of one batch, with a trivial saved position."
+    def __init__(self, batch: dict): self.batch = batch
+    def __iter__(self):
+        while True: yield self.batch
+    def state_dict(self) -> dict: return {}
+    def load_state_dict(self, d: dict): pass
 
 # %% ../nbs/25_bench.ipynb #aa10e067
 def _parser() -> argparse.ArgumentParser:
@@ -26,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
                         ("train", "full training steps: pairs/s, step time, peak memory, MFU"),
                         ("step-counts", "aten calls and host syncs per training step (the paper's structure at a small width by default)")):
         s = sub.add_parser(name, help=help_)
-        s.add_argument("--preset", default="tiny", help="preset name or config file")
+        s.add_argument("--preset", default=None if name == "step-counts" else "tiny",
+                       help="preset name or config file" + (" (default: the paper's structure at a small width)" if name == "step-counts" else ""))
         s.add_argument("--steps", type=int, default=None, help="timed steps")
         s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
         s.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
@@ -59,16 +69,11 @@ def bench_step_counts(preset: Optional[str] = None,  # preset or config file; No
     "Aten calls and host syncs of one engine step, from the difference of a 3-step and a 1-step run."
     cfg = apply_overrides(paper_structure() if preset is None else load_config(preset), overrides)
     batch = random_pretrain_batch(cfg, cfg.train.per_gpu_batch_size, generator=torch.Generator().manual_seed(0))
-    class Stream:  # the loader contract at its smallest: one fixed batch, a trivial saved position
-        def __iter__(self):
-            while True: yield batch
-        def state_dict(self): return {}
-        def load_state_dict(self, d): pass
     counts = {}
     for steps in (1, 3):
         with tempfile.TemporaryDirectory() as d, OpCounter() as c:
             train(apply_overrides(cfg, {"train.steps": steps}), d, resume=False, device=device, progress=False,
-                  data_fn=lambda *a: Stream(), count_model_flops=False)
+                  data_fn=lambda *a: FixedBatch(batch), count_model_flops=False)
         counts[steps] = c
     per = lambda f: (f(counts[3]) - f(counts[1])) / 2
     calls = {k: (counts[3].calls[k] - counts[1].calls[k]) / 2 for k in counts[3].calls}
@@ -86,8 +91,14 @@ def bench_step_counts(preset: Optional[str] = None,  # preset or config file; No
 def main(argv: Optional[Sequence[str]] = None) -> int:
     "Entry point of `python -m scl_nb.bench`."
     a = _parser().parse_args(argv)
+    try: _run(a)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr); return 2
+    return 0
+
+def _run(a):
     if a.command == "step-counts":
-        _call(bench_step_counts, preset=None if a.preset == "tiny" else a.preset, device=a.device, overrides=a.overrides)
+        _call(bench_step_counts, preset=a.preset, device=a.device, overrides=a.overrides)
     elif a.command == "pretrain-step":
         _call(bench_pretrain_step, preset=a.preset, steps=a.steps, device=a.device, overrides=a.overrides)
     elif a.command == "train":
@@ -95,7 +106,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         from scl_nb.data import bench_data
         _call(bench_data, workers=a.workers, batch_size=a.batch_size, batches=a.batches, device=a.device)
-    return 0
 
 # %% ../nbs/25_bench.ipynb #45535e5d
 def _saved_activation_bytes(fn, params) -> int:

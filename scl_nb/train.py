@@ -514,7 +514,7 @@ class PretrainRun:
 def run_config(preset_or_file: str = "tiny", data: Optional[str] = None, steps: Optional[int] = None,
                objectives: Optional[str] = None, overrides: Sequence[str] = ()) -> SCLConfig:
     "The config of a run: a preset or file, then data / steps / objectives, then `key=value` overrides."
-    changes = ({"data.source": data} if data else {}) | ({"train.steps": steps} if steps else {})
+    changes = ({"data.source": data} if data is not None else {}) | ({"train.steps": steps} if steps is not None else {})
     changes |= objective_overrides(objectives) if objectives else {}
     return apply_overrides(load_config(preset_or_file, changes), overrides)
 
