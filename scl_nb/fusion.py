@@ -16,10 +16,16 @@ from torch.utils.checkpoint import checkpoint
 from .config import FusionConfig
 
 # %% auto #0
-__all__ = ['FusionAttention', 'CoAttentionLayer', 'FusionOutput', 'Pooler', 'init_bert_weights', 'CoAttentionFusion',
+__all__ = ['key_mask', 'FusionAttention', 'CoAttentionLayer', 'FusionOutput', 'Pooler', 'init_bert_weights', 'CoAttentionFusion',
            'fusion_flops']
 
 # %% ../nbs/03_fusion.ipynb #42e32148
+def key_mask(mask: Optional[torch.Tensor],  # [B, Lk] 1 = token, 0 = padding; or an already prepared [B, 1, 1, Lk] bool; or None
+            ) -> Optional[torch.Tensor]:    # [B, 1, 1, Lk] bool, True = attend; None = attend everywhere
+    "The attention mask SDPA takes, made once per fused pass and shared by every layer."
+    if mask is None or mask.dim() == 4: return mask
+    return mask.bool()[:, None, None, :]
+
 class FusionAttention(nn.Module):
     "Multi-head attention sub-block of a BERT layer: `LN(x + dropout(W_o attn(x, context)))`."
     def __init__(self, cfg: FusionConfig):
@@ -34,16 +40,17 @@ class FusionAttention(nn.Module):
 
     def forward(self, x: torch.Tensor,             # [B, Lq, D] queries (and the residual)
                 context: torch.Tensor,             # [B, Lk, D] keys / values
-                context_mask: torch.Tensor,        # [B, Lk] 1 = token, 0 = padding
+                context_mask: Optional[torch.Tensor],  # [B, Lk] 1 = token, 0 = padding, or `key_mask`'s [B, 1, 1, Lk]; None = no padding
                 output_attentions: bool = False,   # also return the probabilities [B, H, Lq, Lk]
                ):
         q, k, v = self._split(self.query(x)), self._split(self.key(context)), self._split(self.value(context))
-        keep = context_mask.bool()[:, None, None, :]  # [B, 1, 1, Lk]
+        keep = key_mask(context_mask)  # [B, 1, 1, Lk] or None
         p_drop = self.dropout if self.training else 0.0
         probs = None
         if output_attentions:
             scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [B, H, Lq, Lk]
-            probs = scores.masked_fill(~keep, torch.finfo(scores.dtype).min).softmax(-1)
+            if keep is not None: scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+            probs = scores.softmax(-1)
             ctx = F.dropout(probs, p_drop, self.training) @ v
         else:
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p_drop)  # [B, H, Lq, D/H]
@@ -83,7 +90,7 @@ class FusionOutput:
     image_frame_cls: torch.Tensor   # [B, F, D] fused frame class tokens
     text_pooled: torch.Tensor       # [B, D] tanh(Linear(text_cls))
     image_pooled: torch.Tensor      # [B, D] tanh(Linear(image_cls))
-    cls_feats: torch.Tensor         # [B, 2D] concat(text_pooled, image_pooled)
+    cls_feats: Optional[torch.Tensor]  # [B, 2D] concat(text_pooled, image_pooled); None when the last layer kept different rows per stream
     cross_attentions: Optional[list] = None  # per layer: (text->image [B,H,L,T], image->text [B,H,T,L])
 
 class Pooler(nn.Module):
@@ -102,6 +109,9 @@ def init_bert_weights(module: nn.Module, std: float = 0.02):
         nn.init.ones_(module.weight); nn.init.zeros_(module.bias)
 
 # %% ../nbs/03_fusion.ipynb #0bc15e5d
+def _rows(mask: Optional[torch.Tensor], rows: slice) -> Optional[torch.Tensor]:
+    return None if mask is None else mask[rows]
+
 @torch.no_grad()
 def _type_ids(like: torch.Tensor, type_id) -> torch.Tensor:
     "Token-type ids `[B, T]` for the tokens `like` `[B, T, D]`: an int for all, or one id per sample `[B]`."
@@ -148,22 +158,30 @@ class CoAttentionFusion(nn.Module):
                 num_frames: int = 1,                            # F: the first F image tokens are frame class tokens
                 image_token_type: Union[int, torch.Tensor] = 1, # token type of the image tokens (int or [B])
                 output_attentions: bool = False,                # return the cross-attention probabilities
+                text_rows: slice = slice(None),                 # samples whose text stream the last layer computes
+                image_rows: slice = slice(None),                # samples whose image stream the last layer computes
                ) -> FusionOutput:
-        if image_mask is None: image_mask = torch.ones(image_tokens.shape[:2], dtype=torch.long, device=image_tokens.device)
+        t_keep, v_keep = key_mask(text_mask), key_mask(image_mask)                     # [B, 1, 1, L], None or [B, 1, 1, T]
         t = text_tokens + self.token_type(_type_ids(text_tokens, 0))                   # [B, L, D]
         v = image_tokens + self.token_type(_type_ids(image_tokens, image_token_type))  # [B, T, D]
         cross = [] if output_attentions else None
-        for text_layer, image_layer in zip(self.text_layers, self.image_layers):
-            t_next, t2v = self._layer(text_layer, t, text_mask, v, image_mask, output_attentions)
-            v_next, v2t = self._layer(image_layer, v, image_mask, t, text_mask, output_attentions)
+        n = len(self.text_layers)
+        for i, (text_layer, image_layer) in enumerate(zip(self.text_layers, self.image_layers)):
+            tr, ir = (text_rows, image_rows) if i == n - 1 else (slice(None), slice(None))
+            t_next, t2v = self._layer(text_layer, t[tr], _rows(t_keep, tr), v[tr], _rows(v_keep, tr), output_attentions)
+            v_next, v2t = self._layer(image_layer, v[ir], _rows(v_keep, ir), t[ir], _rows(t_keep, ir), output_attentions)
             t, v = t_next, v_next  # lock-step: both layers read the previous outputs
             if output_attentions: cross.append((t2v, v2t))
-        frame_cls = v[:, :num_frames]                      # [B, F, D]
-        text_cls, image_cls = t[:, 0], frame_cls.mean(1)   # [B, D]
+        return self._outputs(t, v, num_frames, cross, text_rows == image_rows)
+
+    def _outputs(self, t, v, num_frames, cross, aligned: bool) -> FusionOutput:
+        "Class tokens and pooled features of the final streams `t` [B_t, L, D] and `v` [B_v, T, D]."
+        frame_cls = v[:, :num_frames]                      # [B_v, F, D]
+        text_cls, image_cls = t[:, 0], frame_cls.mean(1)   # [B_t, D], [B_v, D]
         text_pooled, image_pooled = self.text_pooler(text_cls), self.image_pooler(image_cls)
         return FusionOutput(text_tokens=t, image_tokens=v, text_cls=text_cls, image_cls=image_cls,
                             image_frame_cls=frame_cls, text_pooled=text_pooled, image_pooled=image_pooled,
-                            cls_feats=torch.cat([text_pooled, image_pooled], -1), cross_attentions=cross)
+                            cls_feats=torch.cat([text_pooled, image_pooled], -1) if aligned else None, cross_attentions=cross)
 
     def grow_token_types(self, n: int):
         "Enlarge the token-type embedding to `n` rows (NLVR2); new rows are copies of row 1 (image)."

@@ -4,14 +4,14 @@
 
 # %% ../nbs/05_masking.ipynb #78200c2b
 from __future__ import annotations
-import weakref
+import math, weakref
 from typing import Literal, Optional, Sequence
 
 import torch
 from tokenizers import models as tok_models
 
 # %% auto #0
-__all__ = ['special_mask', 'word_start_table', 'word_starts', 'mlm_mask', 'scl_text_mask']
+__all__ = ['special_mask', 'word_start_table', 'word_starts', 'mlm_mask', 'scl_text_mask', 'masked_count_bound']
 
 # %% ../nbs/05_masking.ipynb #3b5ff99d
 def special_mask(tokenizer,                        # Hugging Face tokenizer
@@ -144,3 +144,10 @@ def scl_text_mask(input_ids: torch.Tensor,   # [B, L] token ids
         masked = (hits > 0) & ~special
     else: raise ValueError(f"sampling={sampling!r}; choose 'without_replacement' or 'with_replacement'")
     return input_ids.masked_fill(masked, mask_id), masked
+
+# %% ../nbs/05_masking.ipynb #24b28f92
+def masked_count_bound(length: int,  # L: tokens per caption (the padded length)
+                       ratio: float, # the masking ratio (`mlm_prob`, `scl_text_mask`)
+                      ) -> int:      # most positions `mlm_mask` / `scl_text_mask` select in one caption
+    "Upper bound on the positions one caption of `length` tokens gets from the masking functions at `ratio`."
+    return min(length, math.floor(ratio * length) + 1)

@@ -115,19 +115,23 @@ class SCLModel(nn.Module):
                      drop_ratio: float = 0.0,  # drop mode: fraction of patch positions removed (same in every frame)
                      mask_ratio: float = 0.0,  # mask-token mode: fraction of patch embeddings replaced
                      generator: Optional[torch.Generator] = None,  # source of the random positions
+                     noise: Optional[torch.Tensor] = None,  # [B, N] uniform draws choosing the positions (instead of `generator`)
+                     masked: Optional[torch.Tensor] = None,  # [B, N] bool: explicit mask-token positions (rows may be all False)
                     ) -> ImageEncoding:
         "Vision tower + modality transform."
-        out = self.vision(pixels, drop_ratio=drop_ratio, mask_ratio=mask_ratio, generator=generator)
+        out = self.vision(pixels, drop_ratio=drop_ratio, mask_ratio=mask_ratio, generator=generator, noise=noise, masked=masked)
         return ImageEncoding(self.fusion.transform_image(out.tokens), out.num_frames, out.masked, out.keep_idx)
 
     def encode_text(self, input_ids, attention_mask) -> TextEncoding:
         "Text tower + modality transform."
         return TextEncoding(self.fusion.transform_text(self.text(input_ids, attention_mask)), attention_mask)
 
-    def fuse(self, image: ImageEncoding, text: TextEncoding, output_attentions: bool = False, image_token_type: int = 1):
-        "Co-attention fusion of one image and one text encoding per sample."
+    def fuse(self, image: ImageEncoding, text: TextEncoding, output_attentions: bool = False, image_token_type: int = 1,
+             text_rows: slice = slice(None), image_rows: slice = slice(None)):
+        "Co-attention fusion of one image and one text encoding per sample (`text_rows`/`image_rows`: see `CoAttentionFusion`)."
         return self.fusion(text.tokens, text.attention_mask, image.tokens, num_frames=image.num_frames,
-                           image_token_type=image_token_type, output_attentions=output_attentions)
+                           image_token_type=image_token_type, output_attentions=output_attentions,
+                           text_rows=text_rows, image_rows=image_rows)
 
     def itc_image(self, image: ImageEncoding): return F.normalize(self.itc_image_proj(image.cls), dim=-1)  # [B, itc_dim]
     def itc_text(self, text: TextEncoding): return F.normalize(self.itc_text_proj(text.cls), dim=-1)  # [B, itc_dim]

@@ -16,19 +16,30 @@ from .distributed import all_gather_with_grad
 
 # %% auto #0
 __all__ = ['MAX_LOGIT_SCALE', 'ROBERTA_LAYOUT', 'nce', 'mlm_loss', 'itm_loss', 'itm_negatives', 'itc_loss', 'completion_nce',
-           'scl_global_loss', 'mltc_loss', 'image_token_mask', 'PretrainTask', 'random_pretrain_batch']
+           'scl_global_loss', 'first_positions', 'mltc_loss', 'step_noise', 'image_token_mask', 'PretrainTask',
+           'random_pretrain_batch']
 
 # %% ../nbs/07_objectives.ipynb #cfd19f4d
 def nce(sim: torch.Tensor,  # [..., N, N] similarities; positives on the diagonal
         tau: Union[float, torch.Tensor],  # temperature (a tensor for a learnable one)
+        valid: Optional[torch.Tensor] = None,  # [N] bool (sim 2-D only): the rows and columns that take part; None = all
        ) -> torch.Tensor:  # scalar
     "Symmetric InfoNCE: row-wise plus column-wise cross-entropy of `sim / tau` with diagonal targets."
     logits = sim.float() / tau
     n = logits.shape[-1]
+    if valid is not None: return _nce_over(logits, valid.bool())
     target = torch.arange(n, device=logits.device).expand(logits.shape[:-1]).reshape(-1)
     rows = F.cross_entropy(logits.reshape(-1, n), target)
     cols = F.cross_entropy(logits.transpose(-1, -2).reshape(-1, n), target)
     return rows + cols
+
+def _nce_over(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    "`nce` restricted to the entries `valid` (fixed shapes: the others are masked, not removed)."
+    n = logits.shape[-1]
+    keep = valid[None, :] | torch.eye(n, dtype=torch.bool, device=logits.device)  # [N, N]; each row keeps its own column
+    target, w = torch.arange(n, device=logits.device), valid.float()
+    ce = lambda x: F.cross_entropy(x.masked_fill(~keep, float("-inf")), target, reduction="none")
+    return ((ce(logits) + ce(logits.t())) * w).sum() / w.sum().clamp(min=1)
 
 # %% ../nbs/07_objectives.ipynb #e2a4e9f6
 def _accuracy(logits, labels, valid=None) -> torch.Tensor:
@@ -57,20 +68,24 @@ def itm_negatives(image_ids: torch.Tensor,  # [B] image of each sample; equal id
                   mode: Literal["random", "hard"] = "random",
                   sim: Optional[torch.Tensor] = None,  # [B, B] ITC logits (text i, image j: cosine / temperature); for "hard"
                   generator: Optional[torch.Generator] = None,
-                 ) -> tuple[torch.Tensor, torch.Tensor]:  # rows [n'] captions picked, images [n'] their negative image
+                  noise: Optional[torch.Tensor] = None,  # [2, B] uniform draws (caption order, image choice) instead of `generator`
+                 ) -> tuple[torch.Tensor, torch.Tensor]:  # rows [min(n, B)] captions picked, images [min(n, B)] their image
     "Choose `n` captions and, for each, a batch image of a different `image_id` (uniform or ITC-weighted)."
-    dev = image_ids.device
+    dev, B = image_ids.device, len(image_ids)
+    if mode == "hard" and sim is None: raise ValueError("itm_negatives(mode='hard') needs the ITC similarities `sim`")
+    if mode not in ("random", "hard"): raise ValueError(f"mode={mode!r}; choose 'random' or 'hard'")
+    if noise is None: noise = torch.rand(2, B, generator=generator, device=generator.device if generator is not None else dev)
+    noise = noise.to(dev)
     other = image_ids[:, None] != image_ids[None, :]                        # [B, B] allowed (caption, image)
     possible = other.any(1)                                                 # [B]
-    keys = torch.rand(len(image_ids), generator=generator, device=dev).masked_fill(~possible, 2.0)
-    rows = keys.argsort()[:min(n, int(possible.sum()))]                     # [n'] random captions with a candidate
-    if mode == "random": weights = other[rows].float()
-    elif mode == "hard":
-        if sim is None: raise ValueError("itm_negatives(mode='hard') needs the ITC similarities `sim`")
-        weights = torch.softmax(sim[rows].detach().float().masked_fill(~other[rows], float("-inf")), -1)
-    else: raise ValueError(f"mode={mode!r}; choose 'random' or 'hard'")
-    if len(rows) == 0: return rows, rows.clone()
-    return rows, torch.multinomial(weights, 1, generator=generator).squeeze(1)
+    rows = noise[0].masked_fill(~possible, 2.0).argsort()[:min(n, B)]      # [n] random captions, those with a candidate first
+    own = torch.eye(B, dtype=torch.bool, device=dev)[rows]                  # no candidate: the caption keeps its own image
+    allowed = torch.where(possible[rows, None], other[rows], own)           # [n, B]
+    if mode == "random": weights = allowed.float()
+    else: weights = torch.softmax(sim[rows].detach().float().masked_fill(~allowed, float("-inf")), -1)
+    cdf = weights.cumsum(-1)                                                # [n, B] inverse-CDF draw: no host sync
+    images = torch.searchsorted(cdf, (noise[1, :len(rows)] * cdf[:, -1])[:, None], right=True).squeeze(1)
+    return rows, images.clamp(max=B - 1)
 
 # %% ../nbs/07_objectives.ipynb #52a73b51
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's cap on 1/temperature
@@ -110,20 +125,33 @@ def scl_global_loss(pred_img: torch.Tensor,  # [B, D] or [B, F, D] v^: fused ima
     return completion_nce(pred_img, tgt_img, tau), completion_nce(pred_txt, tgt_txt, tau)
 
 # %% ../nbs/07_objectives.ipynb #cf449b38
+def first_positions(mask: torch.Tensor,  # [B, L] bool
+                    k: int,              # width of the result (a bound on the True entries per row)
+                   ) -> torch.Tensor:    # [B, k] long
+    "Indices of each row's True entries, in order, then of its False ones: a fixed-width gather of data-dependent positions."
+    return mask.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :k]
+
 def mltc_loss(pred_tokens: torch.Tensor,  # [B, T, D] fused tokens of the masked pass
               tgt_tokens: torch.Tensor,   # [B, T, D] fused tokens of the complete pass (detached here)
               masked: torch.Tensor,       # [B, T] bool, True at the masked positions
               tau: float = 0.03,          # temperature
+              max_masked: Optional[int] = None,  # a bound on the masked positions per sample; None = T
              ) -> torch.Tensor:           # scalar; 0 (with a graph) when nothing is masked
     "Token-level completion NCE over all masked tokens of the global batch (GLSCL MLTC)."
-    p = F.normalize(pred_tokens[masked].float(), dim=-1)              # [M, D]
-    t = F.normalize(tgt_tokens[masked].detach().float(), dim=-1)      # [M, D]
-    p, t = all_gather_with_grad(p), all_gather_with_grad(t)           # [M_global, D]
-    if len(p) == 0: return pred_tokens.sum() * 0.0
-    return nce(p @ t.t(), tau)
+    B, T, D = pred_tokens.shape
+    idx = first_positions(masked, T if max_masked is None else min(max_masked, T))    # [B, K]
+    take = lambda x: x.gather(1, idx[..., None].expand(-1, -1, D)).flatten(0, 1)    # [B*K, D]
+    p = F.normalize(take(pred_tokens).float(), dim=-1)
+    t = F.normalize(take(tgt_tokens).detach().float(), dim=-1)
+    valid = masked.gather(1, idx).flatten().float()                                  # [B*K]
+    p, t, valid = all_gather_with_grad(p), all_gather_with_grad(t), all_gather_with_grad(valid)  # [M, D], [M, D], [M]
+    return nce(p @ t.t(), tau, valid > 0.5)
 
 # %% ../nbs/07_objectives.ipynb #b0dfd06e
-from .model import SCLModel, ImageEncoding
+from .model import SCLModel, ImageEncoding, TextEncoding, take_rows
+from .fusion import FusionOutput
+from .vision import mask_token_count, sample_masked_positions
+from .masking import masked_count_bound
 
 _BATCH_KEYS = {"mlm": ("mlm_ids", "mlm_labels"), "scl_image": ("scl_text_ids",), "scl_text": ("scl_text_ids",),
                "mltc_image": ("scl_text_ids",), "mltc_text": ("scl_text_ids", "scl_text_masked")}
@@ -138,11 +166,16 @@ def _check_batch(batch: dict, active) -> None:
                 raise KeyError(f"PretrainTask: objective {objective!r} needs batch[{name!r}]; build batches with "
                                "scl_nb.data.Collator(tokenizer, cfg.objectives) or set its weight to 0")
 
-def _random_streams(generator: Optional[torch.Generator], n: int) -> list:
-    "`n` independent generators seeded from `generator` (on its device), or `n` Nones."
-    if generator is None: return [None] * n
-    seeds = torch.randint(0, 2 ** 62, (n,), generator=generator, device=generator.device).tolist()
-    return [torch.Generator(device=generator.device).manual_seed(int(s)) for s in seeds]
+def step_noise(batch_size: int,   # B
+               num_patches: int,  # N patch-grid positions of one frame
+               generator: Optional[torch.Generator] = None,  # source (its device is used); None = the global generator
+               device=None,       # device of the returned tensors
+              ) -> dict:          # itm [2, B], drop [B, N], mask [B, N], uniform in [0, 1)
+    "Every random draw of one pre-training step, made in one call: ITM captions and images, pass A's and pass A''s positions."
+    B, N = batch_size, num_patches
+    u = torch.rand(B * (2 + 2 * N), generator=generator, device=generator.device if generator is not None else device).to(device)
+    itm, drop, mask = u.split([2 * B, B * N, B * N])
+    return dict(itm=itm.view(2, B), drop=drop.view(B, N), mask=mask.view(B, N))
 
 def image_token_mask(image: ImageEncoding) -> torch.Tensor:  # [B, F*(1+N)] bool over the encoder's tokens
     "The masked patch positions of a mask-token encoding, laid out like its tokens `[CLS_1..CLS_F, patches_1..patches_F]`."
@@ -152,73 +185,142 @@ def image_token_mask(image: ImageEncoding) -> torch.Tensor:  # [B, F*(1+N)] bool
     return torch.cat([image.masked.new_zeros(B, F_), image.masked.repeat(1, F_)], 1)
 
 # %% ../nbs/07_objectives.ipynb #c7864b6c
-class _Encodings:
-    "Unmasked image / text encodings of a batch: computed once (shared) or once per request (reference)."
-    def __init__(self, model: SCLModel, batch: dict, shared: bool):
-        self.model, self.batch, self.shared = model, batch, shared
-        self._image = self._text = None
+def _pass_needs(active: set) -> dict:
+    "For each fused pass the active objectives use: (reads the text outputs, reads the image outputs)."
+    scl_t, scl_v = bool(active & {"scl_text", "mltc_text"}), bool(active & {"scl_image", "mltc_image"})
+    needs = {"mlm": (True, False), "itm": (True, True), "B": (scl_t, scl_v), "A": (scl_t, "scl_image" in active), "A'": (False, True)}
+    used = {"mlm": "mlm" in active, "itm": "itm" in active, "B": scl_t or scl_v, "A": scl_t or "scl_image" in active,
+            "A'": "mltc_image" in active}
+    return {k: v for k, v in needs.items() if used[k]}
 
-    def image(self, idx: Optional[torch.Tensor] = None) -> ImageEncoding:
-        "`U_v`, or the encodings of the samples `idx` (ITM negatives)."
-        if not self.shared:
-            pixels = self.batch["pixels"] if idx is None else self.batch["pixels"][idx]
-            return self.model.encode_image(pixels)
-        if self._image is None: self._image = self.model.encode_image(self.batch["pixels"])
-        return self._image if idx is None else self._image.index(idx)
+def _view(out: FusionOutput, text: Optional[slice], image: Optional[slice]) -> FusionOutput:
+    "The outputs of one pass packed in `out`: its text rows `text`, its image rows `image` (None = not computed)."
+    t = (lambda x: x[text]) if text is not None else (lambda x: None)
+    v = (lambda x: x[image]) if image is not None else (lambda x: None)
+    cls = torch.cat([out.text_pooled[text], out.image_pooled[image]], -1) if text is not None and image is not None else None
+    return FusionOutput(text_tokens=t(out.text_tokens), image_tokens=v(out.image_tokens), text_cls=t(out.text_cls),
+                        image_cls=v(out.image_cls), image_frame_cls=v(out.image_frame_cls), text_pooled=t(out.text_pooled),
+                        image_pooled=v(out.image_pooled), cls_feats=cls)
 
-    def text(self):
-        "`U_t`."
-        if not self.shared: return self.model.encode_text(self.batch["input_ids"], self.batch["attention_mask"])
-        if self._text is None: self._text = self.model.encode_text(self.batch["input_ids"], self.batch["attention_mask"])
-        return self._text
+def _fuse_packed(m: SCLModel, pairs: dict, needs: dict) -> dict:
+    "One fusion call for passes `pairs` {name: (image, text)} of equal shapes; the last layer skips the streams nobody reads."
+    order = sorted(pairs, key=lambda k: (needs[k][1], not needs[k][0]))  # text only, both, image only
+    B = len(pairs[order[0]][1].tokens)
+    image = torch.cat([pairs[k][0].tokens for k in order])              # [P*B, T, D]
+    text = torch.cat([pairs[k][1].tokens for k in order])               # [P*B, L, D]
+    mask = torch.cat([pairs[k][1].attention_mask for k in order])       # [P*B, L]
+    n_text = sum(needs[k][0] for k in order)
+    first_image = next(i for i, k in enumerate(order) if needs[k][1]) if any(needs[k][1] for k in order) else len(order)
+    out = m.fusion(text, mask, image, num_frames=pairs[order[0]][0].num_frames,
+                   text_rows=slice(0, n_text * B), image_rows=slice(first_image * B, len(order) * B))
+    rows = lambda i, start: slice((i - start) * B, (i - start + 1) * B)
+    return {k: _view(out, rows(i, 0) if needs[k][0] else None, rows(i, first_image) if needs[k][1] else None)
+            for i, k in enumerate(order)}
 
 # %% ../nbs/07_objectives.ipynb #c63d32d9
-def _objective_terms(m: SCLModel, batch: dict, o: ObjectiveConfig, generator) -> tuple[dict, dict]:
-    "Loss terms and accuracies of the active objectives (see the table above)."
-    active, shared, grad = set(o.active), o.schedule == "shared", torch.is_grad_enabled()
-    g_itm, g_drop, g_mask = _random_streams(generator, 3)
-    enc, attn, pixels = _Encodings(m, batch, shared), batch["attention_mask"], batch["pixels"]
+def _needs_itc(o: ObjectiveConfig) -> bool:
+    "ITC runs for its own term and for the similarities of hard ITM negatives."
+    return "itc" in o.active or ("itm" in o.active and o.itm_negatives == "hard")
+
+def _itc(m: SCLModel, image: ImageEncoding, text: TextEncoding, active: set, grad: bool):
+    "ITC terms and the ITC logits text x image (for hard ITM negatives)."
     terms, logs = {}, {}
-    hard = "itm" in active and o.itm_negatives == "hard"
-    if "itc" in active or hard:
-        image, text = enc.image(), enc.text()
-        with torch.set_grad_enabled(grad and "itc" in active):
-            img_emb, txt_emb = m.itc_image(image), m.itc_text(text)          # [B, E]
-        if "itc" in active:
-            terms["itc"], logs["itc_acc"] = itc_loss(img_emb, txt_emb, m.itc_logit_scale)
-            logs["itc_temperature"] = m.itc_logit_scale.detach().clamp(max=MAX_LOGIT_SCALE).exp().reciprocal()
-        scale = m.itc_logit_scale.detach().clamp(max=MAX_LOGIT_SCALE).exp()
-        sim = (txt_emb @ img_emb.t()).detach() * scale                       # [B, B] ITC logits, text x image
-    if "itm" in active:
-        B = len(attn)
-        image_ids = batch.get("image_ids", torch.arange(B, device=attn.device))
-        rows, negatives = itm_negatives(image_ids, B - B // 2, o.itm_negatives, sim if hard else None, g_itm)
-        pick = torch.arange(B, device=attn.device).index_put((rows,), negatives)   # [B] image index per caption
-        labels = torch.ones(B, dtype=torch.long, device=attn.device).index_fill(0, rows, 0)
-        fused = m.fuse(enc.image(pick), enc.text())
-        terms["itm"], logs["itm_acc"] = itm_loss(m.itm_head(fused.cls_feats), labels)
-    if "mlm" in active:
-        fused = m.fuse(enc.image(), m.encode_text(batch["mlm_ids"], attn))
-        labelled = batch["mlm_labels"] != -100                               # [B, L]
-        terms["mlm"], logs["mlm_acc"] = mlm_loss(m.mlm_head(fused.text_tokens[labelled]), batch["mlm_labels"][labelled])
-    if active & {"scl_image", "scl_text", "mltc_image", "mltc_text"}:      # pass B = (V, T^m)
-        image = enc.image()
-        with torch.set_grad_enabled(grad and (not shared or bool(active & {"scl_text", "mltc_text"}))):
-            pass_b = m.fuse(image, m.encode_text(batch["scl_text_ids"], attn))
-    if active & {"scl_image", "scl_text", "mltc_text"}:                    # pass A = (V^m, T)
-        text = enc.text()
-        with torch.set_grad_enabled(grad and (not shared or "scl_image" in active)):
-            pass_a = m.fuse(m.encode_image(pixels, drop_ratio=o.scl_image_mask, generator=g_drop), text)
-    if "scl_image" in active:
-        terms["scl_image"] = completion_nce(pass_a.image_frame_cls, pass_b.image_frame_cls, o.scl_tau)
-    if "scl_text" in active:
-        terms["scl_text"] = completion_nce(pass_b.text_cls, pass_a.text_cls, o.scl_tau)
+    with torch.set_grad_enabled(grad and "itc" in active):
+        img_emb, txt_emb = m.itc_image(image), m.itc_text(text)          # [B, E]
+    if "itc" in active:
+        terms["itc"], logs["itc_acc"] = itc_loss(img_emb, txt_emb, m.itc_logit_scale)
+        logs["itc_temperature"] = m.itc_logit_scale.detach().clamp(max=MAX_LOGIT_SCALE).exp().reciprocal()
+    scale = m.itc_logit_scale.detach().clamp(max=MAX_LOGIT_SCALE).exp()
+    return terms, logs, (txt_emb @ img_emb.t()).detach() * scale       # [B, B]
+
+def _itm_pairs(batch: dict, o: ObjectiveConfig, sim, noise: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    "The image paired with each caption ([B] indices) and whether the pair matches ([B] 1/0)."
+    attn = batch["attention_mask"]
+    B = len(attn)
+    image_ids = batch.get("image_ids", torch.arange(B, device=attn.device))
+    rows, negatives = itm_negatives(image_ids, B - B // 2, o.itm_negatives, sim if o.itm_negatives == "hard" else None, noise=noise["itm"])
+    pick = torch.arange(B, device=attn.device).index_put((rows,), negatives)      # [B] image index per caption
+    return pick, (image_ids[pick] == image_ids).long()
+
+def _mask_token_positions(o: ObjectiveConfig, noise: dict) -> torch.Tensor:  # [B, N] bool
+    "Pass A''s mask-token positions, read from the step's draws."
+    B, N = noise["mask"].shape
+    return sample_masked_positions(B, N, mask_token_count(N, o.mltc_image_mask), device=noise["mask"].device, noise=noise["mask"])[0]
+
+def _image_passes(m: SCLModel, pixels, o: ObjectiveConfig, noise: dict, needs: dict) -> dict:
+    "`U_v` and, for MLTC-image, A''s mask-token encoding, in one vision call."
+    if "A'" not in needs: return {"U": m.encode_image(pixels)}
+    masked = _mask_token_positions(o, noise)
+    both = m.encode_image(torch.cat([pixels, pixels]), masked=torch.cat([torch.zeros_like(masked), masked]))  # [2B, T, D]
+    B, F_ = len(pixels), both.num_frames
+    return {"U": ImageEncoding(both.tokens[:B], F_), "A'": ImageEncoding(both.tokens[B:], F_, masked)}
+
+# %% ../nbs/07_objectives.ipynb #d877bb09
+def _text_passes(m: SCLModel, batch: dict, needs: dict) -> dict:
+    "`U_t`, the MLM caption and `T^m` through the text tower in one call."
+    attn = batch["attention_mask"]
+    names = ["U"] + ["mlm"] * ("mlm" in needs) + ["B"] * ("B" in needs)
+    ids = {"U": batch["input_ids"], "mlm": batch.get("mlm_ids"), "B": batch.get("scl_text_ids")}
+    if len(names) == 1: return {"U": m.encode_text(ids["U"], attn)}
+    out = m.encode_text(torch.cat([ids[k] for k in names]), attn.repeat(len(names), 1))   # [3B, L, D]
+    return {k: TextEncoding(t, attn) for k, t in zip(names, out.tokens.chunk(len(names)))}
+
+def _shared_passes(m: SCLModel, batch: dict, o: ObjectiveConfig, noise: dict, needs: dict, grad: bool):
+    "The shared schedule: each unmasked encoding once, same-shape tower and fusion passes packed into one call each."
+    pixels = batch["pixels"]
+    images, texts = _image_passes(m, pixels, o, noise, needs), _text_passes(m, batch, needs)
+    terms, logs, sim = _itc(m, images["U"], texts["U"], set(o.active), grad) if _needs_itc(o) else ({}, {}, None)
+    pick, labels = _itm_pairs(batch, o, sim, noise) if "itm" in needs else (None, None)
+    inputs = {"mlm": (images["U"], texts.get("mlm")), "itm": (images["U"].index(pick) if pick is not None else None, texts["U"]),
+              "B": (images["U"], texts.get("B")), "A'": (images.get("A'"), texts["U"])}
+    full = {k: inputs[k] for k in needs if k != "A"}
+    passes = _fuse_packed(m, full, needs) if full else {}
+    if "A" in needs:
+        with torch.set_grad_enabled(grad and "scl_image" in o.active):  # only MVSC predicts from pass A
+            passes["A"] = m.fuse(m.encode_image(pixels, drop_ratio=o.scl_image_mask, noise=noise["drop"]), texts["U"])
+    return terms, logs, passes, labels, images.get("A'")
+
+def _reference_passes(m: SCLModel, batch: dict, o: ObjectiveConfig, noise: dict, needs: dict, grad: bool):
+    "The reference schedule: every objective encodes its own inputs and runs its own fusion pass."
+    pixels, attn, active = batch["pixels"], batch["attention_mask"], set(o.active)
+    text = lambda key="input_ids": m.encode_text(batch[key], attn)
+    terms, logs, sim = _itc(m, m.encode_image(pixels), text(), active, grad) if _needs_itc(o) else ({}, {}, None)
+    passes, labels, masked_image = {}, None, None
+    if "itm" in needs:
+        pick, labels = _itm_pairs(batch, o, sim, noise)
+        passes["itm"] = m.fuse(m.encode_image(take_rows(pixels, pick)), text())
+    if "mlm" in needs: passes["mlm"] = m.fuse(m.encode_image(pixels), text("mlm_ids"))
+    if "B" in needs: passes["B"] = m.fuse(m.encode_image(pixels), text("scl_text_ids"))
+    if "A" in needs:
+        with torch.set_grad_enabled(grad and "scl_image" in active):
+            passes["A"] = m.fuse(m.encode_image(pixels, drop_ratio=o.scl_image_mask, noise=noise["drop"]), text())
+    if "A'" in needs:
+        masked_image = m.encode_image(pixels, masked=_mask_token_positions(o, noise))
+        passes["A'"] = m.fuse(masked_image, text())
+    return terms, logs, passes, labels, masked_image
+
+# %% ../nbs/07_objectives.ipynb #ffb48fc7
+def _mlm(m: SCLModel, tokens: torch.Tensor, labels: torch.Tensor, prob: float):
+    "MLM on the labelled positions, gathered to a fixed width (`masked_count_bound`)."
+    idx = first_positions(labels != -100, masked_count_bound(labels.shape[1], prob))       # [B, K]
+    picked = tokens.gather(1, idx[..., None].expand(-1, -1, tokens.shape[-1]))            # [B, K, D]
+    return mlm_loss(m.mlm_head(picked), labels.gather(1, idx))
+
+def _objective_terms(m: SCLModel, batch: dict, o: ObjectiveConfig, noise: dict) -> tuple[dict, dict]:
+    "Loss terms and accuracies of the active objectives (see the table above)."
+    active, needs = set(o.active), _pass_needs(set(o.active))
+    schedule = _shared_passes if o.schedule == "shared" else _reference_passes
+    terms, logs, P, labels, masked_image = schedule(m, batch, o, noise, needs, torch.is_grad_enabled())
+    if "itm" in active: terms["itm"], logs["itm_acc"] = itm_loss(m.itm_head(P["itm"].cls_feats), labels)
+    if "mlm" in active: terms["mlm"], logs["mlm_acc"] = _mlm(m, P["mlm"].text_tokens, batch["mlm_labels"], o.mlm_prob)
+    if "scl_image" in active: terms["scl_image"] = completion_nce(P["A"].image_frame_cls, P["B"].image_frame_cls, o.scl_tau)
+    if "scl_text" in active: terms["scl_text"] = completion_nce(P["B"].text_cls, P["A"].text_cls, o.scl_tau)
     if "mltc_text" in active:
-        terms["mltc_text"] = mltc_loss(pass_b.text_tokens, pass_a.text_tokens, batch["scl_text_masked"].bool(), o.scl_tau)
-    if "mltc_image" in active:                                             # pass A' = (V with mask tokens, T)
-        masked_image = m.encode_image(pixels, mask_ratio=o.mltc_image_mask, generator=g_mask)
-        pass_a2 = m.fuse(masked_image, enc.text())
-        terms["mltc_image"] = mltc_loss(pass_a2.image_tokens, pass_b.image_tokens, image_token_mask(masked_image), o.scl_tau)
+        bound = masked_count_bound(batch["scl_text_masked"].shape[1], o.scl_text_mask)
+        terms["mltc_text"] = mltc_loss(P["B"].text_tokens, P["A"].text_tokens, batch["scl_text_masked"].bool(), o.scl_tau, bound)
+    if "mltc_image" in active:
+        bound = masked_image.num_frames * mask_token_count(masked_image.masked.shape[1], o.mltc_image_mask)
+        terms["mltc_image"] = mltc_loss(P["A'"].image_tokens, P["B"].image_tokens, image_token_mask(masked_image), o.scl_tau, bound)
     return terms, logs
 
 # %% ../nbs/07_objectives.ipynb #41985d95
@@ -238,7 +340,10 @@ class PretrainTask(SCLModel):
         o = objectives or self.objectives
         if not o.active: raise ValueError("PretrainTask: every objective weight is 0")
         _check_batch(batch, o.active)
-        terms, logs = _objective_terms(self, batch, o, generator)
+        H, W = batch["pixels"].shape[-2:]
+        P = self.cfg.vision.patch_size
+        noise = step_noise(len(batch["attention_mask"]), (H // P) * (W // P), generator, batch["pixels"].device)
+        terms, logs = _objective_terms(self, batch, o, noise)
         out = {f"{k}_loss": v for k, v in terms.items()}
         out["loss"] = sum(getattr(o, k) * v for k, v in terms.items())
         return out | logs

@@ -18,7 +18,7 @@ from .config import ConfigError, TextConfig
 
 # %% auto #0
 __all__ = ['TINY_CORPUS_WORDS', 'TINY_CORPUS_TEMPLATES', 'ROBERTA_SPECIALS', 'tiny_corpus', 'build_tiny_tokenizer',
-           'default_cache_dir', 'load_tokenizer', 'tokenize', 'hf_text_config', 'TextEncoder']
+           'default_cache_dir', 'load_tokenizer', 'tokenize', 'hf_text_config', 'encoder_attention_mask', 'TextEncoder']
 
 # %% ../nbs/02_text.ipynb #51b225ad
 TINY_CORPUS_WORDS = dict(
@@ -173,6 +173,18 @@ def _text_config_from_hf(hf_cfg, name, tokenizer_name, max_len) -> TextConfig:
                       max_len=min(max_len, hf_cfg.max_position_embeddings - (2 if roberta_like else 0)),
                       dropout=float(getattr(hf_cfg, "hidden_dropout_prob", getattr(hf_cfg, "dropout", 0.1))))
 
+# %% ../nbs/02_text.ipynb #34a42826
+def encoder_attention_mask(attention_mask: Optional[torch.Tensor],  # [B, L] 1 = token, 0 = padding
+                           implementation: str,                     # the model's attention implementation ("sdpa", "eager", ...)
+                           dtype: torch.dtype = torch.float32,      # dtype of an additive mask (eager attention)
+                          ) -> Optional[torch.Tensor]:              # [B, 1, 1, L], or the 2-D mask for other implementations
+    "The padding mask in the 4-D form Hugging Face attention uses as given (bool for SDPA, additive for eager)."
+    if attention_mask is None or attention_mask.dim() != 2: return attention_mask
+    keep = attention_mask.bool()[:, None, None, :]
+    if implementation == "sdpa": return keep
+    if implementation == "eager": return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
+    return attention_mask
+
 # %% ../nbs/02_text.ipynb #ec7f2b71
 class TextEncoder(nn.Module):
     "Encoder-only text tower: `forward(input_ids, attention_mask)` -> last hidden state `[B, L, D]`."
@@ -195,7 +207,8 @@ class TextEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor,        # [B, L] token ids
                 attention_mask: Optional[torch.Tensor] = None, # [B, L] 1 = token, 0 = padding
                ) -> torch.Tensor:                      # [B, L, D]
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = encoder_attention_mask(attention_mask, self.model.config._attn_implementation, self.model.dtype)
+        return self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
 
     def set_activation_checkpointing(self, enabled: bool = True):
         "Recompute each layer's activations in the backward pass (Hugging Face activation checkpointing)."

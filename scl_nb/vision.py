@@ -103,10 +103,12 @@ def sample_masked_positions(batch: int,  # B
                             n_masked: int,  # positions to mask per sample (`dropped_count` / `mask_token_count`)
                             generator: Optional[torch.Generator] = None,  # source of randomness (its device is used)
                             device=None,  # device of the returned tensors
+                            noise: Optional[torch.Tensor] = None,  # [B, N] uniform draws to use instead of `generator`
                            ) -> tuple[torch.Tensor, torch.Tensor]:  # masked [B, N] bool, keep_idx [B, N - n_masked] sorted
-    "Choose exactly `n_masked` positions per sample, without replacement."
+    "Choose exactly `n_masked` positions per sample, without replacement: the `n_masked` smallest of `noise`."
     if not 0 <= n_masked <= num_patches: raise ValueError(f"cannot mask {n_masked} of {num_patches} positions")
-    noise = torch.rand(batch, num_patches, generator=generator, device=generator.device if generator is not None else device)
+    if noise is None: noise = torch.rand(batch, num_patches, generator=generator, device=generator.device if generator is not None else device)
+    elif noise.shape != (batch, num_patches): raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {(batch, num_patches)}")
     order = noise.argsort(dim=1).to(device)  # [B, N] a random permutation per sample
     masked = torch.zeros(batch, num_patches, dtype=torch.bool, device=device).scatter_(1, order[:, :n_masked], True)
     keep_idx = order[:, n_masked:].sort(dim=1).values
@@ -224,25 +226,28 @@ def embed(self: FlexibleVisionEncoder,
           drop_ratio: float = 0.0,  # drop mode: fraction of patch positions removed (same in every frame)
           mask_ratio: float = 0.0,  # mask-token mode: fraction of patch embeddings replaced by `mask_token`
           generator: Optional[torch.Generator] = None,  # randomness for the positions
+          noise: Optional[torch.Tensor] = None,  # [B, N] uniform draws that choose the positions (instead of `generator`)
+          masked: Optional[torch.Tensor] = None,  # [B, N] bool: mask-token positions given explicitly (rows may be all False)
          ) -> VisionOutput:  # tokens before ln_pre: [B, F*(1+N'), D]
     "Pixels to the token sequence `[CLS_1..CLS_F, patches_1..patches_F]`, with the chosen masking."
-    if drop_ratio > 0 and mask_ratio > 0: raise ValueError("use one masking mode at a time: drop_ratio or mask_ratio, not both")
+    if (drop_ratio > 0) + (mask_ratio > 0) + (masked is not None) > 1:
+        raise ValueError("use one masking mode at a time: drop_ratio, mask_ratio or masked")
     pixels = self._as_video(pixels)
     B, Fr, _, H, W = pixels.shape
     rows, cols = H // self.cfg.patch_size, W // self.cfg.patch_size
     N, D = rows * cols, self.cfg.width
     x = self.patch_embed(pixels.flatten(0, 1).to(self.patch_embed.weight.dtype))  # [B*F, D, rows, cols]
     x = x.flatten(2).transpose(1, 2).reshape(B, Fr, N, D)  # [B, F, N, D]
-    masked = keep_idx = None
-    if mask_ratio > 0:
-        masked, _ = sample_masked_positions(B, N, mask_token_count(N, mask_ratio), generator, x.device)  # [B, N]
+    keep_idx = None
+    if mask_ratio > 0: masked, _ = sample_masked_positions(B, N, mask_token_count(N, mask_ratio), generator, x.device, noise)  # [B, N]
+    if masked is not None:
         x = torch.where(masked[:, None, :, None], self.mask_token.to(x.dtype), x)
     pos = interpolate_pos_embed(self.pos_embed, rows, cols)  # [1+N, D]
     time = self.temporal[:Fr, None]  # [F, 1, D]
     x = x + pos[1:] + time  # [B, F, N, D]
     cls = (self.class_embedding + pos[0] + time[:, 0]).expand(B, Fr, D)  # [B, F, D]
     if drop_ratio > 0:
-        masked, keep_idx = sample_masked_positions(B, N, dropped_count(N, drop_ratio), generator, x.device)  # [B, N], [B, N']
+        masked, keep_idx = sample_masked_positions(B, N, dropped_count(N, drop_ratio), generator, x.device, noise)  # [B, N], [B, N']
         x = x.gather(2, keep_idx[:, None, :, None].expand(B, Fr, keep_idx.shape[1], D))  # [B, F, N', D]
     tokens = torch.cat([cls, x.flatten(1, 2)], dim=1)  # [B, F*(1+N'), D]
     return VisionOutput(tokens, Fr, masked, keep_idx, (rows, cols))
@@ -276,9 +281,11 @@ def forward(self: FlexibleVisionEncoder,
             drop_ratio: float = 0.0,  # drop mode: fraction of patch positions removed, same in every frame
             mask_ratio: float = 0.0,  # mask-token mode: fraction of patch embeddings replaced by `mask_token`
             generator: Optional[torch.Generator] = None,  # randomness for the positions
+            noise: Optional[torch.Tensor] = None,  # [B, N] uniform draws that choose the positions (instead of `generator`)
+            masked: Optional[torch.Tensor] = None,  # [B, N] bool: mask-token positions given explicitly
            ) -> VisionOutput:  # tokens [B, F*(1+N'), D]
     "Encode images or videos; see `VisionOutput` for what comes back."
-    out = self.embed(pixels, drop_ratio, mask_ratio, generator)
+    out = self.embed(pixels, drop_ratio, mask_ratio, generator, noise, masked)
     out.tokens = self.transformer(out.tokens, out.num_frames)
     return out
 
