@@ -123,6 +123,7 @@ class DataConfig:
     num_workers: int = num(2, 0, 256)  # DataLoader workers per process
     max_bad_fraction: float = num(0.01, 0.0, 1.0)  # stop when more than this fraction of samples is unreadable
     cache_dir: Optional[str] = None  # where generated data and tokenizers go; None = ~/.cache/scl_nb
+    static_shapes: bool = False  # pad every caption to text.max_len, so every step has the same shapes (CUDA graphs)
 
 # %% ../nbs/00_config.ipynb #1559a499
 @dataclass
@@ -141,7 +142,8 @@ class TrainConfig:
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast dtype on GPU (CPU runs fp32 unless bf16 is asked)
     grad_clip: Optional[float] = None  # max gradient norm, or None
     activation_checkpointing: bool = False  # recompute block activations in the backward pass
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the step whole (the pre-training task: everything after its random draws)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # torch.compile mode; "reduce-overhead" = CUDA graphs (use with data.static_shapes)
     parallel: Literal["ddp", "fsdp"] = "ddp"  # across processes: DDP (weights replicated) or FSDP (weights, gradients and optimizer state sharded)
     ckpt_every: int = num(1000, 1)  # steps between checkpoints
     keep_last: int = num(3, 1)  # checkpoints kept

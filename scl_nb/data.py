@@ -297,9 +297,11 @@ def pad_media(items: list[np.ndarray]) -> torch.Tensor:  # [B, F, 3, H, W] uint8
         out[b, :, :, :a.shape[1], :a.shape[2]] = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2)
     return out
 
-def pad_ids(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    "Right-pad token id lists to the longest: ids and attention mask, both `[B, L]` int64."
-    L = max(len(s) for s in seqs)
+def pad_ids(seqs: list[list[int]], pad_id: int,
+            length: Optional[int] = None,  # pad to this length (>= the longest); None = the longest
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    "Right-pad token id lists: ids and attention mask, both `[B, L]` int64."
+    L = max(max(len(s) for s in seqs), length or 0)
     ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), L), dtype=torch.long)
     for i, s in enumerate(seqs): ids[i, :len(s)] = torch.tensor(s); mask[i, :len(s)] = 1
@@ -309,8 +311,9 @@ def pad_ids(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Ten
 class Collator:
     "Batch samples of `ManifestDataset`: padded media and ids, masked ids for MLM / SCL, task fields."
     def __init__(self, tokenizer, objectives=None,  # `ObjectiveConfig`; None = no masked ids
-                 seed: int = 0):
-        self.tok, self.objectives, self.seed = tokenizer, objectives, seed
+                 seed: int = 0,
+                 pad_to: Optional[int] = None):  # pad captions to this length (static shapes); None = the batch's longest
+        self.tok, self.objectives, self.seed, self.pad_to = tokenizer, objectives, seed, pad_to
 
     def mask_text(self, ids: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> dict:
         "MLM and SCL masked ids of a padded batch (`scl_nb.masking`)."
@@ -330,7 +333,7 @@ class Collator:
                    image_ids=torch.tensor([s["image_id"] for s in items], dtype=torch.long),
                    index=torch.tensor([s["index"] for s in items], dtype=torch.long),
                    bad=[e for s in items for e in s["bad"]])
-        out["input_ids"], out["attention_mask"] = pad_ids([s["input_ids"] for s in items], pad)
+        out["input_ids"], out["attention_mask"] = pad_ids([s["input_ids"] for s in items], pad, self.pad_to)
         if self.objectives is not None:
             key = [self.seed] + out["index"].tolist()
             gen = torch.Generator().manual_seed(int(np.random.default_rng(key).integers(2 ** 62)))
@@ -503,7 +506,7 @@ def pretrain_loader(cfg,                   # `SCLConfig`
     bs, d = cfg.train.per_gpu_batch_size, cfg.data
     make = lambda man: ResumableLoader(
         ManifestDataset(man, tok, "pretrain", "pretrain", cfg.vision.image_size, d.num_frames, cfg.text.max_len, cfg.train.seed),
-        bs, Collator(tok, cfg.objectives, cfg.train.seed), rank, world, num_workers=d.num_workers, device=device,
+        bs, Collator(tok, cfg.objectives, cfg.train.seed, cfg.text.max_len if d.static_shapes else None), rank, world, num_workers=d.num_workers, device=device,
         max_bad_fraction=d.max_bad_fraction)
     return MixedLoader(make(images), make(videos) if videos is not None else None, d.video_ratio)
 

@@ -342,11 +342,20 @@ class PretrainTask(SCLModel):
         _check_batch(batch, o.active)
         H, W = batch["pixels"].shape[-2:]
         P = self.cfg.vision.patch_size
-        noise = step_noise(len(batch["attention_mask"]), (H // P) * (W // P), generator, batch["pixels"].device)
-        terms, logs = _objective_terms(self, batch, o, noise)
+        noise = step_noise(len(batch["attention_mask"]), (H // P) * (W // P), generator, batch["pixels"].device)  # eager: a generator cannot be traced
+        return self.losses(batch, noise, o)
+
+    def losses(self, batch: dict, noise: dict, objectives: ObjectiveConfig) -> dict:
+        "The step for given draws (`step_noise`): the part of `forward` that compiles whole."
+        terms, logs = _objective_terms(self, batch, objectives, noise)
         out = {f"{k}_loss": v for k, v in terms.items()}
-        out["loss"] = sum(getattr(o, k) * v for k, v in terms.items())
+        out["loss"] = sum(getattr(objectives, k) * v for k, v in terms.items())
         return out | logs
+
+    def compile(self, **kwargs):  # options of `torch.compile` (e.g. mode="reduce-overhead", dynamic=False)
+        "Compile the step whole, after its random draws: `losses` becomes one compiled graph (forward and backward)."
+        self.losses = torch.compile(self.losses, **kwargs)
+        return self
 
 # %% ../nbs/07_objectives.ipynb #ece68dac
 ROBERTA_LAYOUT = dict(bos=0, pad=1, eos=2, unk=3)  # special ids of RoBERTa and of the tiny BPE; <mask> = vocab_size - 1

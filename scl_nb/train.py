@@ -289,9 +289,8 @@ class Progress:
         if self.bar is not None: self.bar.close()
 
 def _wrap(model, ctx, tcfg, unused: list) -> nn.Module:
-    "The module the loop calls: compiled parts, and DDP around it when there are several processes (not FSDP)."
-    if tcfg.compile:  # in place, per top-level part: the objectives call encode_image / fuse on the unwrapped model
-        for part in model.children(): part.compile()
+    "The module the loop calls: compiled (in place), and DDP around it when there are several processes (not FSDP)."
+    if tcfg.compile: model.compile(mode=tcfg.compile_mode)  # PretrainTask: the whole step after its draws; other tasks: their forward
     if ctx.world_size == 1 or tcfg.parallel == "fsdp": return model
     return nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
                                                find_unused_parameters=bool(unused))
@@ -311,7 +310,9 @@ def _optimizer_step(ctx, cfg, model, train_model, optimizer, scaler, stream, gen
     names = sorted(sums)
     if fsdp: sync_replicated_grads(model)
     if scaler: scaler.unscale_(optimizer)
-    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or float("inf"))
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if cfg.train.grad_clip: gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    else: gnorm = torch.nn.utils.get_total_norm(grads)  # the norm for the log; nothing is rescaled
     if hasattr(gnorm, "full_tensor"): gnorm = gnorm.full_tensor()  # FSDP: a DTensor; the global norm
     mean = all_reduce_mean(torch.stack([sums[n] for n in names]))  # [terms] on the device, averaged over ranks
     *values, gnorm = torch.cat([mean, _as_tensor(gnorm, ctx.device)[None]]).tolist()  # the step's one device -> host transfer
@@ -436,7 +437,6 @@ def _train(ctx, cfg, out_dir, resume, overwrite, model_fn, data_fn, progress, ma
                 counters["skipped"] += bad; counters["nonfinite_run"] = counters["nonfinite_run"] + 1 if bad else 0
                 done = dict(step=step, data=copy.deepcopy(data.state_dict()), counters=dict(counters), gen=gen)
                 updating["now"] = False
-                if ctx.device.type == "cuda": torch.cuda.synchronize(ctx.device)
                 dt = time.perf_counter() - t0; times.append(dt)
                 last = _step_row(ctx, tcfg, step, terms, lr, gnorm, bad, dt, flops_per_step, peak)
                 log.log(last); bar.update(step, last)

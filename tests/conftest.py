@@ -1,4 +1,4 @@
-"Shared pytest settings: the `slurm` marker, and one offline environment + scl_nb cache folder per session."
+"Shared pytest settings: the `slurm` and `slow` markers, and one offline environment + scl_nb cache folder per session."
 import os
 
 import pytest
@@ -6,6 +6,7 @@ import pytest
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slurm: needs a SLURM cluster (sinfo on PATH); skipped otherwise")
+    config.addinivalue_line("markers", "slow: traces or compiles the model (about a minute); deselect with -m 'not slow'")
 
 
 @pytest.fixture(scope="session")
