@@ -12,8 +12,10 @@ export PYTHONPATH=/tmp/site:$PWD SCL_NB_CACHE=$PWD/.gpucache HF_HUB_OFFLINE=1 TR
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $OUT/gpu.txt
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a $OUT/gpu.txt
 B="vision.pretrained=null text.pretrained=null text.tokenizer=tiny-bpe data.source=.gpucache/bench/captions.jsonl data.num_workers=8"  # random towers: the engine now loads the towers a config names
-echo "== paper bf16 batch 32 eager"; timeout 200 python3 -m scl_nb.bench train --preset paper --steps 15 train.batch_size=32 train.per_gpu_batch_size=32 $B 2>&1 | tee $OUT/paper_eager.txt | grep -v Warn | tail -4
-echo "== paper bf16 batch 64 eager"; timeout 150 python3 -m scl_nb.bench train --preset paper --steps 10 train.batch_size=64 train.per_gpu_batch_size=64 $B 2>&1 | tee $OUT/paper_eager64.txt | grep -v Warn | tail -4
+for b in 32 64 128; do echo "== paper bf16 batch $b eager"; timeout 120 python3 -m scl_nb.bench train --preset paper --steps 8 train.batch_size=$b train.per_gpu_batch_size=$b $B 2>&1 | tee $OUT/paper_eager$b.txt | grep -v Warn | tail -2; done
 echo "== pretrain-step shared vs reference, paper, batch 32"; timeout 150 python3 -m scl_nb.bench pretrain-step --preset paper --steps 5 text.tokenizer=tiny-bpe 2>&1 | tee $OUT/pretrain_step.txt | grep -v Warn | tail -6
 echo "== tiny on cuda fp16 (GradScaler), kill-free resume"; (timeout 60 python3 -m scl_nb.train --preset tiny --data .gpucache/bench/captions.jsonl --steps 30 --out /tmp/t16 train.precision=fp16 train.ckpt_every=15 && timeout 60 python3 -m scl_nb.train --preset tiny --data .gpucache/bench/captions.jsonl --steps 40 --out /tmp/t16 --resume train.precision=fp16 && tail -2 /tmp/t16/metrics.jsonl) 2>&1 | grep -v Warn | tail -6
-echo "== paper bf16 batch 32 torch.compile"; timeout 240 python3 -m scl_nb.bench train --preset paper --steps 15 train.batch_size=32 train.per_gpu_batch_size=32 train.compile=true $B 2>&1 | tee $OUT/paper_compile.txt | grep -v Warn | tail -4
+S="data.static_shapes=true train.compile=true train.compile_mode=reduce-overhead"  # whole-step compile, CUDA graphs
+for b in 64 128; do echo "== paper bf16 batch $b compiled ($S)"; timeout 200 python3 -m scl_nb.bench train --preset paper --steps 12 train.batch_size=$b train.per_gpu_batch_size=$b $S $B 2>&1 | tee $OUT/paper_compile$b.txt | grep -v Warn | tail -2; done
+echo "== best batch, compiled"; timeout 300 python3 -m scl_nb.bench best-batch --preset paper --steps 6 --sizes 128 192 256 $S $B 2>&1 | tee $OUT/best_batch.txt | grep -v Warn | tail -5
+# the timeouts add up to more than one 600-s call: run the eager half and the compiled half as two calls
