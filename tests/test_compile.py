@@ -29,6 +29,18 @@ def test_step_has_no_graph_break(frames, negatives):
     assert (explained.graph_count, explained.graph_break_count) == (1, 0)
 
 
+def test_activation_checkpointing_compiles_without_break():
+    "Recomputing the towers' and the fusion's blocks (what lets batch 128+ fit) keeps the step one graph."
+    cfg, model, batch, noise = _setup()
+    model.train()
+    model.vision.activation_checkpointing = True
+    model.fusion.set_activation_checkpointing(True)
+    model.text.set_activation_checkpointing(True)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model.losses)(batch, noise, cfg.objectives)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), [str(r.reason)[:200] for r in explained.break_reasons]
+
+
 def test_a_generator_in_the_step_would_break_the_graph():
     "The check can fail: the full forward draws with a torch.Generator, which dynamo cannot trace."
     cfg, model, batch, _ = _setup()
