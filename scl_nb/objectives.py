@@ -171,7 +171,7 @@ def step_noise(batch_size: int,   # B
                generator: Optional[torch.Generator] = None,  # source (its device is used); None = the global generator
                device=None,       # device of the returned tensors
               ) -> dict:          # itm [2, B], drop [B, N], mask [B, N], uniform in [0, 1)
-    "Every random draw of one pre-training step, made in one call: ITM captions and images, pass A's and pass A''s positions."
+    "Every random draw of one pre-training step, made in one call: ITM captions and images, the positions of passes A and A'."
     B, N = batch_size, num_patches
     u = torch.rand(B * (2 + 2 * N), generator=generator, device=generator.device if generator is not None else device).to(device)
     itm, drop, mask = u.split([2 * B, B * N, B * N])
@@ -243,12 +243,12 @@ def _itm_pairs(batch: dict, o: ObjectiveConfig, sim, noise: dict) -> tuple[torch
     return pick, (image_ids[pick] == image_ids).long()
 
 def _mask_token_positions(o: ObjectiveConfig, noise: dict) -> torch.Tensor:  # [B, N] bool
-    "Pass A''s mask-token positions, read from the step's draws."
+    "The mask-token positions of pass A', read from the step's draws."
     B, N = noise["mask"].shape
     return sample_masked_positions(B, N, mask_token_count(N, o.mltc_image_mask), device=noise["mask"].device, noise=noise["mask"])[0]
 
 def _image_passes(m: SCLModel, pixels, o: ObjectiveConfig, noise: dict, needs: dict) -> dict:
-    "`U_v` and, for MLTC-image, A''s mask-token encoding, in one vision call."
+    "`U_v` and, for MLTC-image, the mask-token encoding of pass A', in one vision call."
     if "A'" not in needs: return {"U": m.encode_image(pixels)}
     masked = _mask_token_positions(o, noise)
     both = m.encode_image(torch.cat([pixels, pixels]), masked=torch.cat([torch.zeros_like(masked), masked]))  # [2B, T, D]
