@@ -15,17 +15,21 @@ from .config import OBJECTIVE_NAMES, ObjectiveConfig, SCLConfig, load_config, pr
 from .distributed import all_gather_with_grad
 
 # %% auto #0
-__all__ = ['MAX_LOGIT_SCALE', 'ROBERTA_LAYOUT', 'nce', 'mlm_loss', 'itm_loss', 'itm_negatives', 'itc_loss', 'completion_nce',
-           'scl_global_loss', 'first_positions', 'mltc_loss', 'step_noise', 'image_token_mask', 'PretrainTask',
-           'random_pretrain_batch']
+__all__ = ['MAX_LOGIT_SCALE', 'ROBERTA_LAYOUT', 'upcast', 'nce', 'mlm_loss', 'itm_loss', 'itm_negatives', 'itc_loss',
+           'completion_nce', 'scl_global_loss', 'first_positions', 'mltc_loss', 'step_noise', 'image_token_mask',
+           'PretrainTask', 'random_pretrain_batch']
 
 # %% ../nbs/07_objectives.ipynb #cfd19f4d
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    "`x` in float32 when it is in a lower precision (bf16/fp16 autocast); float32 and float64 stay as they are."
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
 def nce(sim: torch.Tensor,  # [..., N, N] similarities; positives on the diagonal
         tau: Union[float, torch.Tensor],  # temperature (a tensor for a learnable one)
         valid: Optional[torch.Tensor] = None,  # [N] bool (sim 2-D only): the rows and columns that take part; None = all
        ) -> torch.Tensor:  # scalar
     "Symmetric InfoNCE: row-wise plus column-wise cross-entropy of `sim / tau` with diagonal targets."
-    logits = sim.float() / tau
+    logits = upcast(sim) / tau
     n = logits.shape[-1]
     if valid is not None: return _nce_over(logits, valid.bool())
     target = torch.arange(n, device=logits.device).expand(logits.shape[:-1]).reshape(-1)
@@ -37,7 +41,7 @@ def _nce_over(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     "`nce` restricted to the entries `valid` (fixed shapes: the others are masked, not removed)."
     n = logits.shape[-1]
     keep = valid[None, :] | torch.eye(n, dtype=torch.bool, device=logits.device)  # [N, N]; each row keeps its own column
-    target, w = torch.arange(n, device=logits.device), valid.float()
+    target, w = torch.arange(n, device=logits.device), valid.to(logits.dtype)
     ce = lambda x: F.cross_entropy(x.masked_fill(~keep, float("-inf")), target, reduction="none")
     return ((ce(logits) + ce(logits.t())) * w).sum() / w.sum().clamp(min=1)
 
@@ -51,7 +55,7 @@ def mlm_loss(logits: torch.Tensor,  # [..., V] predictions
              labels: torch.Tensor,  # [...] original ids at masked positions, -100 elsewhere
             ) -> tuple[torch.Tensor, torch.Tensor]:  # loss, accuracy over the labelled positions
     "Masked-language-modelling cross-entropy (mean over labelled positions) and accuracy."
-    logits, labels = logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1)
+    logits, labels = upcast(logits.reshape(-1, logits.shape[-1])), labels.reshape(-1)
     valid = labels != -100
     loss = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum") / valid.sum().clamp(min=1)
     return loss, _accuracy(logits, labels, valid.float())
@@ -60,7 +64,7 @@ def itm_loss(logits: torch.Tensor,  # [N, 2] no-match / match scores
              labels: torch.Tensor,  # [N] 1 = the pair matches, 0 = negative pair
             ) -> tuple[torch.Tensor, torch.Tensor]:  # loss, accuracy
     "Image-text matching cross-entropy and accuracy."
-    return F.cross_entropy(logits.float(), labels.long()), _accuracy(logits, labels.long())
+    return F.cross_entropy(upcast(logits), labels.long()), _accuracy(logits, labels.long())
 
 # %% ../nbs/07_objectives.ipynb #c9d67b99
 def itm_negatives(image_ids: torch.Tensor,  # [B] image of each sample; equal ids = same image
@@ -96,7 +100,7 @@ def itc_loss(img_emb: torch.Tensor,      # [B, E] L2-normalised image embeddings
             ) -> tuple[torch.Tensor, torch.Tensor]:  # loss, top-1 accuracy on the global batch
     "Image-text contrastive loss over the global batch (symmetric InfoNCE, learnable temperature)."
     img, txt = all_gather_with_grad(img_emb), all_gather_with_grad(txt_emb)  # [N, E]
-    sim = img.float() @ txt.float().t()                                      # [N, N] image x text
+    sim = upcast(img) @ upcast(txt).t()                                      # [N, N] image x text
     loss = nce(sim, logit_scale.clamp(max=MAX_LOGIT_SCALE).exp().reciprocal())
     target = torch.arange(len(sim), device=sim.device)
     acc = (_accuracy(sim, target) + _accuracy(sim.t(), target)) / 2
@@ -108,8 +112,8 @@ def completion_nce(pred: torch.Tensor,    # [B, D] or [B, F, D] predictions (wit
                    tau: float,            # temperature (`objectives.scl_tau`)
                   ) -> torch.Tensor:      # scalar
     "NCE between predictions and detached targets, normalised over features, over the global batch; frames averaged."
-    p = F.normalize(pred.float(), dim=-1)
-    t = F.normalize(target.detach().float(), dim=-1)
+    p = F.normalize(upcast(pred), dim=-1)
+    t = F.normalize(upcast(target.detach()), dim=-1)
     if p.dim() == 2: p, t = p[:, None], t[:, None]                     # [B, 1, D]
     p, t = all_gather_with_grad(p), all_gather_with_grad(t)            # [N, F, D]
     sim = torch.einsum("nfd,mfd->fnm", p, t)                           # [F, N, N] one matrix per frame
@@ -141,8 +145,8 @@ def mltc_loss(pred_tokens: torch.Tensor,  # [B, T, D] fused tokens of the masked
     B, T, D = pred_tokens.shape
     idx = first_positions(masked, T if max_masked is None else min(max_masked, T))    # [B, K]
     take = lambda x: x.gather(1, idx[..., None].expand(-1, -1, D)).flatten(0, 1)    # [B*K, D]
-    p = F.normalize(take(pred_tokens).float(), dim=-1)
-    t = F.normalize(take(tgt_tokens).detach().float(), dim=-1)
+    p = F.normalize(upcast(take(pred_tokens)), dim=-1)
+    t = F.normalize(upcast(take(tgt_tokens).detach()), dim=-1)
     valid = masked.gather(1, idx).flatten().float()                                  # [B*K]
     p, t, valid = all_gather_with_grad(p), all_gather_with_grad(t), all_gather_with_grad(valid)  # [M, D], [M, D], [M]
     return nce(p @ t.t(), tau, valid > 0.5)
