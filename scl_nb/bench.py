@@ -66,26 +66,28 @@ def paper_structure(width: int = 96, batch_size: int = 8) -> SCLConfig:
 def bench_step_counts(preset: Optional[str] = None,  # preset or config file; None = `paper_structure()`
                       overrides: Sequence[str] = (),  # `key.sub=value` overrides
                       device: Optional[str] = "cpu",
+                      interval: int = 10,  # steps per log interval (`train.log_every`): the counts are averaged over one
                       quiet: bool = False,
                      ) -> dict:  # aten_calls_per_step, host_syncs_per_step, syncs_by_op, top_calls
-    "Aten calls and host syncs of one engine step, from the difference of a 3-step and a 1-step run."
+    "Aten calls and host syncs per engine step, averaged over one log interval: a 2k-step run minus a k-step run, over k."
     cfg = apply_overrides(paper_structure() if preset is None else load_config(preset), overrides)
     batch = random_pretrain_batch(cfg, cfg.train.per_gpu_batch_size, generator=torch.Generator().manual_seed(0))
-    counts = {}
-    for steps in (1, 3):
+    counts, k = {}, interval
+    for steps in (k, 2 * k):
         with tempfile.TemporaryDirectory() as d, OpCounter() as c:
-            train(apply_overrides(cfg, {"train.steps": steps}), d, resume=False, device=device, progress=False,
-                  data_fn=lambda *a: FixedBatch(batch), count_model_flops=False)
+            train(apply_overrides(cfg, {"train.steps": steps, "train.log_every": k, "train.ckpt_every": 2 * k}), d, resume=False,
+                  device=device, progress=False, data_fn=lambda *a: FixedBatch(batch), count_model_flops=False)
         counts[steps] = c
-    per = lambda f: (f(counts[3]) - f(counts[1])) / 2
-    calls = {k: (counts[3].calls[k] - counts[1].calls[k]) / 2 for k in counts[3].calls}
+    per = lambda f: (f(counts[2 * k]) - f(counts[k])) / k
+    calls = {op: (counts[2 * k].calls[op] - counts[k].calls[op]) / k for op in counts[2 * k].calls}
     out = dict(config=cfg.name, objectives=cfg.objectives.active, aten_calls_per_step=per(lambda c: c.total),
-               host_syncs_per_step=per(lambda c: c.total_syncs),
-               syncs_by_op={k: (counts[3].syncs[k] - counts[1].syncs[k]) / 2 for k in counts[3].syncs},
+               host_syncs_per_step=per(lambda c: c.total_syncs), interval=k,
+               syncs_by_op={op: (counts[2 * k].syncs[op] - counts[k].syncs[op]) / k for op in counts[2 * k].syncs},
                top_calls=dict(sorted(calls.items(), key=lambda kv: -kv[1])[:8]))
     if not quiet:
         print(f"{cfg.name} ({'+'.join(out['objectives'])}), batch {cfg.train.per_gpu_batch_size}: "
-              f"{out['aten_calls_per_step']:.0f} aten calls and {out['host_syncs_per_step']:.0f} host syncs per step; "
+              f"{out['aten_calls_per_step']:.0f} aten calls and {out['host_syncs_per_step']:.2f} host syncs per step "
+              f"(averaged over a log interval of {k} steps); "
               f"syncs {out['syncs_by_op']}; most called {out['top_calls']}")
     return out
 

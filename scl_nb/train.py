@@ -295,8 +295,12 @@ def _wrap(model, ctx, tcfg, unused: list) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
                                                find_unused_parameters=bool(unused))
 
+def _skips_on_device(optimizer, scaler) -> bool:
+    "Whether a non-finite step can be skipped without reading anything on the host: fused AdamW's `found_inf` (not with fp16's GradScaler)."
+    return scaler is None and bool(optimizer.defaults.get("fused"))
+
 def _optimizer_step(ctx, cfg, model, train_model, optimizer, scaler, stream, gen, accum, precision, updating: dict):
-    "Forward/backward over `accum` micro-batches, then (unless a loss or the gradient is not finite) one update."
+    "Forward/backward over `accum` micro-batches, then (unless a loss or the gradient is not finite) one update; the log row stays on the device."
     fsdp, sums = cfg.train.parallel == "fsdp", {}
     for k in range(accum):
         with isolated_rng(): batch = to_device(next(stream), ctx.device)
@@ -315,16 +319,19 @@ def _optimizer_step(ctx, cfg, model, train_model, optimizer, scaler, stream, gen
     else: gnorm = torch.nn.utils.get_total_norm(grads)  # the norm for the log; nothing is rescaled
     if hasattr(gnorm, "full_tensor"): gnorm = gnorm.full_tensor()  # FSDP: a DTensor; the global norm
     mean = all_reduce_mean(torch.stack([sums[n] for n in names]))  # [terms] on the device, averaged over ranks
-    *values, gnorm = torch.cat([mean, _as_tensor(gnorm, ctx.device)[None]]).tolist()  # the step's one device -> host transfer
-    terms = dict(zip(names, values))
-    bad = any_rank(not (math.isfinite(terms["loss"]) and math.isfinite(gnorm)), ctx.device)
+    values = torch.cat([mean, _as_tensor(gnorm, ctx.device)[None].float()])  # [terms + 1] the step's log row, on the device
+    bad = ~torch.isfinite(values[[names.index("loss"), -1]]).all()  # the same on every rank: the terms are rank means, the norm global
     updating["now"] = True  # from here until the step is recorded, model and optimizer belong to no finished step
-    if bad:
+    if _skips_on_device(optimizer, scaler):
+        optimizer.found_inf = bad.float()  # the fused kernel leaves weights, moments and step counts alone when it is 1
+        try: optimizer.step()
+        finally: del optimizer.found_inf
+    elif bool(bad):  # a host read: only without a fused optimizer, or with fp16's GradScaler
         if scaler: scaler.update()  # lowers the fp16 scale
     elif scaler: scaler.step(optimizer); scaler.update()
     else: optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return terms, gnorm, bad
+    return dict(names=names, values=values, bad=bad)
 
 def bad_input_summary(data) -> dict:
     "Unusable samples by reason, from a loader's bad-input monitor(s) (empty when the loader keeps no count)."
@@ -370,6 +377,12 @@ def _open_folder(ctx, out_dir: Path, replace: bool):
         out_dir.mkdir(parents=True, exist_ok=True)
     barrier()
 
+def _drain_quietly(drain: Callable, counters: dict) -> dict:
+    "After an error: the counters with the steps not yet drained (their rows logged), if the device can still be read."
+    try: drain()
+    except Exception: pass  # a non-finite run found here leaves `nonfinite_run` > 0, so nothing is saved
+    return dict(counters)
+
 def _check_nonfinite(counters: dict, tcfg, step: int, ckpt_dir: Path):
     "Stop the run after `train.max_nonfinite` non-finite losses in a row."
     if counters["nonfinite_run"] >= tcfg.max_nonfinite:
@@ -398,6 +411,18 @@ def _step_row(ctx, tcfg, step, terms, lr, gnorm, bad, dt, flops_per_step, peak) 
     if math.isfinite(flops_per_step): row["mfu"] = mfu(flops_per_step, dt, peak[0], ctx.world_size)
     return row
 
+def _drain(pending: list, counters: dict, clock: dict, emit: Callable, check: Callable, row: Callable) -> dict:
+    "The steps since the last drain, brought to the host in one transfer: counters, rows (`emit`), the non-finite check. Returns the last row."
+    host = torch.stack([torch.cat([p["values"], p["bad"].float()[None]]) for p in pending]).tolist()  # the interval's one transfer
+    now = time.perf_counter()
+    dt, clock["t"] = (now - clock["t"]) / len(pending), now  # the interval's mean: the steps ran asynchronously
+    steps, pending[:] = list(pending), []
+    for p, (*values, gnorm, bad) in zip(steps, host):
+        counters["skipped"] += bool(bad); counters["nonfinite_run"] = counters["nonfinite_run"] + 1 if bad else 0
+        last = row(p["step"], dict(zip(p["names"], values)), p["lr"], gnorm, bool(bad), dt)
+        emit(last); check(p["step"])
+    return last
+
 def _train(ctx, cfg, out_dir, resume, overwrite, model_fn, data_fn, progress, max_steps, count_model_flops) -> dict:
     "The body of `train` on an initialised process group `ctx`."
     tcfg, ckpt_dir = cfg.train, out_dir / "checkpoints"
@@ -425,28 +450,28 @@ def _train(ctx, cfg, out_dir, resume, overwrite, model_fn, data_fn, progress, ma
     save = lambda s: save_checkpoint(ckpt_dir, s["step"], model, optimizer, scheduler, scaler, data_state=s["data"], cfg=cfg,
                                      extra={"counters": s["counters"]}, generators={"step": s["gen"]} if s["gen"] else None,
                                      rank=ctx.rank, keep_last=tcfg.keep_last)
+    pending, clock, every_step = [], {"t": time.perf_counter()}, not _skips_on_device(optimizer, scaler)
+    drain = lambda: _drain(pending, counters, clock, lambda r: (times.append(r["step_time_s"]), log.log(r), bar.update(r["step"], r)),
+                           lambda s: _check_nonfinite(counters, tcfg, s, ckpt_dir),
+                           lambda *a: _step_row(ctx, tcfg, *a, flops_per_step, peak))
     model.train()
     try:
         with StopFlag() as flag:
             for step in range(start + 1, end + 1):
-                t0 = time.perf_counter()
                 gen = seed_step(tcfg.seed, step, ctx.rank, ctx.device.type)
-                lr = scheduler.get_last_lr()[0]
-                terms, gnorm, bad = _optimizer_step(ctx, cfg, model, train_model, optimizer, scaler, stream, gen, accum, precision, updating)
+                pending.append(dict(step=step, lr=scheduler.get_last_lr()[0],
+                                    **_optimizer_step(ctx, cfg, model, train_model, optimizer, scaler, stream, gen, accum, precision, updating)))
                 scheduler.step()
-                counters["skipped"] += bad; counters["nonfinite_run"] = counters["nonfinite_run"] + 1 if bad else 0
-                done = dict(step=step, data=copy.deepcopy(data.state_dict()), counters=dict(counters), gen=gen)
                 updating["now"] = False
-                dt = time.perf_counter() - t0; times.append(dt)
-                last = _step_row(ctx, tcfg, step, terms, lr, gnorm, bad, dt, flops_per_step, peak)
-                log.log(last); bar.update(step, last)
-                _check_nonfinite(counters, tcfg, step, ckpt_dir)
-                stop = any_rank(flag.requested, ctx.device)
-                if ((step % tcfg.ckpt_every == 0 or step == end) and not counters["nonfinite_run"]) or stop: save(done)
+                stop, due = any_rank(flag.requested, ctx.device), step % tcfg.ckpt_every == 0 or step == end
+                if due or stop or every_step or step == start + 1 or step % tcfg.log_every == 0: last = drain()  # host reads only here
+                done = dict(step=step, data=copy.deepcopy(data.state_dict()), counters=dict(counters), gen=gen)
+                if (due and not counters["nonfinite_run"]) or stop: save(done)
                 if stop and step < end:  # a signal in the last step: the run is complete all the same
                     status = "preempted"
                     break
     except Exception as e:
+        if pending and not isinstance(e, NonFiniteLossError): done["counters"] = _drain_quietly(drain, counters)
         _rescue(ctx, e, done, start, counters, updating["now"], ckpt_dir, save)
         raise
     finally:
