@@ -4,7 +4,7 @@ Usage (one thread, offline; ~1 min for `probe`, 4-8 min per `run` on the 2-core 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python experiments/towers_diagnosis.py probe [random|towers] [override ...]
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python experiments/towers_diagnosis.py run   [random|towers] [override ...]
 `probe` prints the step-0 feature norms, cross-sample cosines, per-term losses and gradient norms per part;
-`run` (options steps=N, delay=K: the SCL global terms start at step K) trains 300 steps (batch 32, clip 1.0) from the `tiny-towers` preset (or `tiny` for `random`) with the
+`run` (options steps=N, delay=K: the terms delayed=a,b (default scl_image,scl_text) start at step K) trains 300 steps (batch 32, clip 1.0) from the `tiny-towers` preset (or `tiny` for `random`) with the
 overrides and prints the held-out zero-shot ITC R@1 and the last-10-step mean of every logged term.
 """
 import json, math, shutil, sys, tempfile
@@ -111,7 +111,7 @@ def probe(kind, overrides):
                          for p, m in parts(model).items()}
     print(json.dumps(out, indent=1))
 
-def run(kind, overrides, steps=300, delay=0):
+def run(kind, overrides, steps=300, delay=0, delayed=("scl_image", "scl_text")):
     from safetensors.torch import load_model
     from scl_nb.evaluation import evaluate_itc_retrieval
     from scl_nb.jobs import read_metrics
@@ -120,8 +120,8 @@ def run(kind, overrides, steps=300, delay=0):
     held = task_loader(cfg, synthetic_for_config(cfg)["captions_val"], "pretrain", train=False, batch_size=100)
     out = Path(tempfile.mkdtemp(prefix="towers-diag-"))
     try:
-        if delay:  # the SCL global terms off until step `delay`, then on (same schedule, optimizer state kept)
-            first = config(kind, list(overrides) + ["objectives.scl_image=0", "objectives.scl_text=0"], steps)
+        if delay:  # the `delayed` terms off until step `delay`, then on (same schedule, optimizer state kept)
+            first = config(kind, list(overrides) + [f"objectives.{k}=0" for k in delayed], steps)
             train(first, out, resume=False, progress=False, device="cpu", count_model_flops=False, max_steps=delay)
         summary = train(cfg, out, resume=bool(delay), progress=False, device="cpu", count_model_flops=False)
         model = PretrainTask.from_config(cfg)
@@ -131,7 +131,7 @@ def run(kind, overrides, steps=300, delay=0):
     finally: shutil.rmtree(out, ignore_errors=True)
     keys = [k for k in rows[-1] if k.endswith("_loss") or k.endswith("_acc") or k == "loss"]
     mean = lambda rs, k: round(sum(r[k] for r in rs if k in r) / max(1, sum(k in r for r in rs)), 3)  # a delayed term is absent at first
-    print(json.dumps(dict(kind=kind, overrides=overrides, steps=steps, delay=delay, r1=round(after["r1"], 2), tr_r1=round(after["tr_r1"], 2),
+    print(json.dumps(dict(kind=kind, overrides=overrides, steps=steps, delay=delay, delayed=list(delayed) if delay else [], r1=round(after["r1"], 2), tr_r1=round(after["tr_r1"], 2),
                           ir_r1=round(after["ir_r1"], 2), r5=round((after["tr_r5"] + after["ir_r5"]) / 2, 2),
                           first10={k: mean(rows[:10], k) for k in keys}, last10={k: mean(rows[-10:], k) for k in keys},
                           grad_norm_first10_last10=[mean(rows[:10], "grad_norm"), mean(rows[-10:], "grad_norm")] if "grad_norm" in rows[-1] else None,
@@ -139,7 +139,7 @@ def run(kind, overrides, steps=300, delay=0):
 
 if __name__ == "__main__":
     cmd, kind, *ov = sys.argv[1:]
-    opt = {o.split("=")[0]: int(o.split("=")[1]) for o in ov if o.startswith(("steps=", "delay="))}
-    ov = [o for o in ov if not o.startswith(("steps=", "delay="))]
+    opt = {o.split("=")[0]: o.split("=")[1] for o in ov if o.startswith(("steps=", "delay=", "delayed="))}
+    ov = [o for o in ov if not o.startswith(("steps=", "delay=", "delayed="))]
     if cmd == "probe": probe(kind, ov)
-    else: run(kind, ov, opt.get("steps", 300), opt.get("delay", 0))
+    else: run(kind, ov, int(opt.get("steps", 300)), int(opt.get("delay", 0)), tuple(opt.get("delayed", "scl_image,scl_text").split(",")))
