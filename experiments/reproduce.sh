@@ -4,6 +4,8 @@
 #
 #   bash experiments/reproduce.sh                              # tiny scale: synthetic data on this machine's CPUs, one seed
 #   bash experiments/reproduce.sh tiny-seeds                   # the objectives ablation over its seeds (0, 1, 2), then draw
+#   bash experiments/reproduce.sh towers                       # that ablation from the pre-trained tiny towers, 3 seeds, with
+#                                                              #   fine-tuned VQA / retrieval and ALIGN-BENCH, into figures/towers/
 #   JOBS=4 bash experiments/reproduce.sh                       # tiny scale, 4 runs at a time (default 2)
 #   bash experiments/reproduce.sh full --cluster slurm         # paper scale: submit to SLURM and return
 #   bash experiments/reproduce.sh full --cluster slurm --wait  # ... wait for the jobs, then draw
@@ -17,15 +19,16 @@ cd "$(dirname "$0")/.."
 scale="${1:-tiny}"; [ $# -gt 0 ] && shift
 specs=(experiments/*.yaml); seeds=(--seeds 0)  # the one-seed suite; seeded specs keep only their seed-0 (plain) runs
 if [ "$scale" = "tiny-seeds" ]; then scale=tiny; specs=(experiments/ablation_objectives.yaml); seeds=(); fi
+if [ "$scale" = "towers" ]; then specs=(experiments/ablation_objectives.yaml); seeds=(); fi
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi; fi
 "$PY" -c "import scl_nb.launch, papermill" || { echo "error: $PY cannot import scl_nb and papermill; install them (README) or set PYTHON" >&2; exit 2; }
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 start=$(date +%s); rc=0
-if [ "$scale" = "tiny" ]; then
+if [ "$scale" = "tiny" ] || [ "$scale" = "towers" ]; then
   export OMP_NUM_THREADS=1  # one thread per run; --jobs runs several at once
-  "$PY" -m scl_nb.launch "${specs[@]}" --cluster local --scale tiny --jobs "${JOBS:-2}" ${seeds[@]+"${seeds[@]}"} ${@+"$@"} || rc=$?
-  scale_arg=tiny; out=figures
+  "$PY" -m scl_nb.launch "${specs[@]}" --cluster local --scale "$scale" --jobs "${JOBS:-2}" ${seeds[@]+"${seeds[@]}"} ${@+"$@"} || rc=$?
+  scale_arg=$scale; out=figures; [ "$scale" = "towers" ] && out=figures/towers
 else
   "$PY" -m scl_nb.launch experiments/*.yaml ${@+"$@"} || rc=$?
   scale_arg=None; out=figures/full
