@@ -314,9 +314,8 @@ def _optimizer_step(ctx, cfg, model, train_model, optimizer, scaler, stream, gen
     names = sorted(sums)
     if fsdp: sync_replicated_grads(model)
     if scaler: scaler.unscale_(optimizer)
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
     if cfg.train.grad_clip: gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-    else: gnorm = torch.nn.utils.get_total_norm(grads)  # the norm for the log; nothing is rescaled
+    else: gnorm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])  # the norm for the log; nothing is rescaled
     if hasattr(gnorm, "full_tensor"): gnorm = gnorm.full_tensor()  # FSDP: a DTensor; the global norm
     mean = all_reduce_mean(torch.stack([sums[n] for n in names]))  # [terms] on the device, averaged over ranks
     values = torch.cat([mean, _as_tensor(gnorm, ctx.device)[None].float()])  # [terms + 1] the step's log row, on the device

@@ -82,3 +82,21 @@ def test_seeds_errors_and_the_seeded_ablation_plan(tmp_path):
     assert sorted(planned) == sorted(f"{run} (seed {s})" if s == 0 else f"{run}@s{s} (seed {s})" for run in runs for s in (0, 1, 2))
     zs = next(l for l in r.stdout.split("\n[") if l.startswith("would run] ablation_objectives/zs_both@s2 "))
     assert f'"checkpoint": "{(tmp_path / "runs/tiny/pretrain/scl@s2").resolve()}"' in zs and '"seed": 2' in zs
+
+
+def test_towers_scale_plan(tmp_path):
+    "The towers scale pre-trains every variant from the tiny towers (`tiny-towers`), fine-tunes it on VQA and retrieval and scores ALIGN-BENCH, for seeds 0, 1, 2."
+    r = launch("experiments/ablation_objectives.yaml", "--cluster", "local", "--scale", "towers", "--dry-run", "--runs-dir", tmp_path / "runs")
+    assert r.returncode == 0, r.stderr
+    blocks = {b.split(":")[0].removeprefix("would run] "): b for b in r.stdout.split("\n[") if b.startswith("would run] ")}
+    variants = {"base": "ablation_objectives/pt_base", "mvsc": "ablation_objectives/pt_mvsc", "mlsc": "ablation_objectives/pt_mlsc",
+                "both": "pretrain/scl", "mltc": "pretrain/glscl"}
+    pretrain = [f"{v} (seed 0)" for v in variants.values()] + [f"{v}@s{s} (seed {s})" for v in variants.values() for s in (1, 2)]
+    kinds = ("zs", "vqa", "ret", "bench")
+    downstream = [f"ablation_objectives/{k}_{v}{f'@s{s}' if s else ''} (seed {s})" for k in kinds for v in variants for s in (0, 1, 2)]
+    assert sorted(blocks) == sorted(pretrain + downstream)
+    for p in pretrain: assert '"preset": "tiny-towers"' in blocks[p] and '"steps": 300' in blocks[p], p
+    for d in downstream: assert '"preset": "tiny"' in blocks[d] and '"gpus": 0' in blocks[d], d  # the tiny fine-tuning recipe, on the CPU
+    vqa = blocks["ablation_objectives/vqa_mltc@s1 (seed 1)"]
+    assert f'"checkpoint": "{(tmp_path / "runs/towers/pretrain/glscl@s1").resolve()}"' in vqa and '"eval_split": "val"' in vqa
+    assert "[skipped at scale towers] ablation_objectives/nlvr2_base" in r.stdout
