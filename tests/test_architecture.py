@@ -18,7 +18,7 @@ LAYERS = {
     "objectives": ["objectives"],
     "engine": ["optim", "checkpoint", "perf", "train", "jobs", "bench"],
     "tasks": ["tasks", "evaluation", "official", "alignment"],
-    "launch": ["specs", "launch", "fixtures", "docs"],
+    "launch": ["specs", "launch", "fixtures", "figures_index", "docs"],
 }
 RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}
 MAX_FUNCTION_LINES, MAX_MODULE_LINES = 60, 600
