@@ -17,6 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scale="${1:-tiny}"; [ $# -gt 0 ] && shift
+case "$scale" in tiny|tiny-seeds|towers|full) ;; *) echo "error: unknown scale '$scale'; choose tiny (default), tiny-seeds, towers or full" >&2; exit 2;; esac
 specs=(experiments/*.yaml); seeds=(--seeds 0)  # the one-seed suite; seeded specs keep only their seed-0 (plain) runs
 if [ "$scale" = "tiny-seeds" ]; then scale=tiny; specs=(experiments/ablation_objectives.yaml); seeds=(); fi
 if [ "$scale" = "towers" ]; then specs=(experiments/ablation_objectives.yaml); seeds=(); fi

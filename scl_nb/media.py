@@ -179,7 +179,6 @@ class BatchTransform(torch.nn.Module):
         out = []
         for clip, (x0, y0, x1, y1) in zip(pixels, boxes.round().long().tolist()):
             c = clip[:, :, y0:y1, x0:x1]                                              # [F, 3, h, w]
-            if c.device.type != "cpu": c = c.float()  # uint8 bicubic is a CPU fast path only
             c = F.interpolate(c, size=(S, S), mode="bicubic", align_corners=False)  # [F, 3, S, S]
             out.append(c.float().clamp(0, scale) / scale)
         return torch.stack(out)

@@ -126,12 +126,10 @@ class SCLModel(nn.Module):
         "Text tower + modality transform."
         return TextEncoding(self.fusion.transform_text(self.text(input_ids, attention_mask)), attention_mask)
 
-    def fuse(self, image: ImageEncoding, text: TextEncoding, output_attentions: bool = False, image_token_type: int = 1,
-             text_rows: slice = slice(None), image_rows: slice = slice(None)):
-        "Co-attention fusion of one image and one text encoding per sample (`text_rows`/`image_rows`: see `CoAttentionFusion`)."
+    def fuse(self, image: ImageEncoding, text: TextEncoding, output_attentions: bool = False, image_token_type: int = 1):
+        "Co-attention fusion of one image and one text encoding per sample."
         return self.fusion(text.tokens, text.attention_mask, image.tokens, num_frames=image.num_frames,
-                           image_token_type=image_token_type, output_attentions=output_attentions,
-                           text_rows=text_rows, image_rows=image_rows)
+                           image_token_type=image_token_type, output_attentions=output_attentions)
 
     def itc_image(self, image: ImageEncoding): return F.normalize(self.itc_image_proj(image.cls), dim=-1)  # [B, itc_dim]
     def itc_text(self, text: TextEncoding): return F.normalize(self.itc_text_proj(text.cls), dim=-1)  # [B, itc_dim]

@@ -462,10 +462,10 @@ def _train(ctx, cfg, out_dir, resume, overwrite, model_fn, data_fn, progress, ma
                                     **_optimizer_step(ctx, cfg, model, train_model, optimizer, scaler, stream, gen, accum, precision, updating)))
                 scheduler.step()
                 updating["now"] = False
+                done = dict(step=step, data=copy.deepcopy(data.state_dict()), counters=dict(counters), gen=gen)  # before any read: an error there rescues this step
                 stop, due = any_rank(flag.requested, ctx.device), step % tcfg.ckpt_every == 0 or step == end
-                if due or stop or every_step or step == start + 1 or step % tcfg.log_every == 0: last = drain()  # host reads only here
-                done = dict(step=step, data=copy.deepcopy(data.state_dict()), counters=dict(counters), gen=gen)
-                if (due and not counters["nonfinite_run"]) or stop: save(done)
+                if due or stop or every_step or step == start + 1 or step % tcfg.log_every == 0: last = drain(); done["counters"] = dict(counters)  # host reads only here
+                if (due and not counters["nonfinite_run"]) or stop: save(done); clock["t"] = time.perf_counter()  # saving is not step time
                 if stop and step < end:  # a signal in the last step: the run is complete all the same
                     status = "preempted"
                     break

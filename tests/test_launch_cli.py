@@ -100,3 +100,10 @@ def test_towers_scale_plan(tmp_path):
     vqa = blocks["ablation_objectives/vqa_mltc@s1 (seed 1)"]
     assert f'"checkpoint": "{(tmp_path / "runs/towers/pretrain/glscl@s1").resolve()}"' in vqa and '"eval_split": "val"' in vqa
     assert "[skipped at scale towers] ablation_objectives/nlvr2_base" in r.stdout
+
+
+def test_reproduce_rejects_an_unknown_scale():
+    "A mistyped scale stops `experiments/reproduce.sh` at once with the scales it knows (nothing is launched or drawn)."
+    r = subprocess.run(["bash", "experiments/reproduce.sh", "tower"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == "", (r.returncode, r.stdout)
+    assert r.stderr.strip() == "error: unknown scale 'tower'; choose tiny (default), tiny-seeds, towers or full"
