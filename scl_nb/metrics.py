@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['vqa_strip_punctuation', 'vqa_digits_articles', 'normalize_vqa_answer', 'vqa_question_accuracy', 'vqa_accuracy',
-           'vqa_submission', 'vqa_vocab_key', 'vqa_soft_score', 'vqa_soft_scores', 'retrieval_ranks', 'recall_at',
-           'retrieval_recall', 'video_retrieval_metrics', 'nlvr2_accuracy', 'mean_sd', 'paired_difference',
+__all__ = ['VQA_RULES', 'vqa_strip_punctuation', 'vqa_digits_articles', 'normalize_vqa_answer', 'vqa_question_accuracy',
+           'vqa_accuracy', 'vqa_submission', 'vqa_vocab_key', 'vqa_soft_score', 'vqa_soft_scores', 'retrieval_ranks',
+           'recall_at', 'retrieval_recall', 'video_retrieval_metrics', 'nlvr2_accuracy', 'mean_sd', 'paired_difference',
            'paired_differences', 'mean_sd_text', 'difference_text', 'estimate_text']
 
 # %% ../nbs/30_metrics.ipynb #828adac8
@@ -66,24 +66,46 @@ def normalize_vqa_answer(ans: str) -> str:
     return vqa_digits_articles(vqa_strip_punctuation(ans))
 
 # %% ../nbs/30_metrics.ipynb #b8c2fbb7
-def vqa_question_accuracy(prediction: str,       # the predicted answer, raw
+VQA_RULES = ("current", "pre-2021")  # the official vqaEval.py since its 2021 answer fix; the file before it
+
+def _vqa_white_space(text: str) -> str:
+    "New lines and tabs to spaces, outer white space stripped (the official first step)."
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+def _vqa_compared(prediction: str, answers: Sequence[str], rule: str) -> tuple[str, list[str]]:
+    "The prediction and the human answers as the official file of `rule` compares them."
+    if rule == "current":
+        gts = [_vqa_white_space(a) for a in answers]
+        if len(set(gts)) == 1:
+            return _vqa_white_space(prediction), gts
+        return normalize_vqa_answer(prediction), [vqa_digits_articles(vqa_strip_punctuation(g)) for g in gts]
+    if rule == "pre-2021":
+        gts = [vqa_strip_punctuation(a) for a in answers] if len(set(answers)) > 1 else list(answers)
+        return normalize_vqa_answer(prediction), gts
+    raise ValueError(f"unknown VQA accuracy rule {rule!r}; choose one of {VQA_RULES}")
+
+def vqa_question_accuracy(prediction: str,         # the predicted answer, raw
                           answers: Sequence[str],  # the human answers (10 in VQAv2), as in the annotation file
+                          rule: str = "current",   # which official file: "current" (since 2021) or "pre-2021"
                          ) -> float:
     "Official VQA accuracy of one prediction, in [0, 1]."
-    if len(answers) == 0: raise ValueError("a question needs at least one human answer")
-    pred = normalize_vqa_answer(prediction)
-    gts = [vqa_strip_punctuation(a) for a in answers] if len(set(answers)) > 1 else list(answers)
+    if len(answers) == 0:
+        raise ValueError("a question needs at least one human answer")
+    pred, gts = _vqa_compared(prediction, answers, rule)
     matches = [g == pred for g in gts]
     total = sum(matches)
     return sum(min((total - m) / 3, 1.0) for m in matches) / len(gts)
 
-def vqa_accuracy(predictions: Sequence[str],         # one predicted answer per question
-                 answers: Sequence[Sequence[str]],   # per question, the list of 10 human answers
+def vqa_accuracy(predictions: Sequence[str],        # one predicted answer per question
+                 answers: Sequence[Sequence[str]],  # per question, the list of 10 human answers
+                 rule: str = "current",             # which official file: "current" (since 2021) or "pre-2021"
                 ) -> float:
     "Official VQA accuracy in percent, averaged over questions."
-    if len(predictions) != len(answers): raise ValueError(f"{len(predictions)} predictions for {len(answers)} questions")
-    if len(predictions) == 0: raise ValueError("no questions")
-    return 100.0 * sum(vqa_question_accuracy(p, a) for p, a in zip(predictions, answers)) / len(predictions)
+    if len(predictions) != len(answers):
+        raise ValueError(f"{len(predictions)} predictions for {len(answers)} questions")
+    if len(predictions) == 0:
+        raise ValueError("no questions")
+    return 100.0 * sum(vqa_question_accuracy(p, a, rule) for p, a in zip(predictions, answers)) / len(predictions)
 
 # %% ../nbs/30_metrics.ipynb #f053ea58
 def vqa_submission(question_ids: Sequence,  # VQA question ids (int or numeric str)
