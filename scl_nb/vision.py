@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 from fastcore.basics import patch
 
 from .config import VisionConfig, ConfigError
+from .featuregrid import FeatureGridEmbed
 
 # %% auto #0
 __all__ = ['CLIP_KEY_MAP', 'CLIP_BLOCK_KEY_MAP', 'QuickGELU', 'Attention', 'MLP', 'VisionBlock', 'frame_attention_mask',
@@ -151,7 +152,10 @@ class FlexibleVisionEncoder(nn.Module):
         super().__init__()
         self.cfg, self.activation_checkpointing = cfg, activation_checkpointing
         D, P = cfg.width, cfg.patch_size
-        self.patch_embed = nn.Conv2d(3, D, kernel_size=P, stride=P, bias=False)
+        if cfg.patch_embed == "conv":
+            self.patch_embed = nn.Conv2d(3, D, kernel_size=P, stride=P, bias=False)
+        else:
+            self.patch_embed = FeatureGridEmbed(cfg)  # a frozen CNN grid, projected to D (scl_nb.featuregrid)
         self.class_embedding = nn.Parameter(torch.randn(D) * D ** -0.5)
         self.pos_embed = nn.Parameter(torch.randn(1 + cfg.grid ** 2, D) * D ** -0.5)
         self.temporal = nn.Parameter(torch.zeros(cfg.max_frames, D))
