@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="val", help="held-out split scored along the run")
     ap.add_argument("--points", type=int, default=10)
     ap.add_argument("overrides", nargs="*", help="config overrides key=value")
-    a = ap.parse_args(argv)
+    a = ap.parse_intermixed_args(argv)
     cfg = load_config(a.preset, {"data.source": a.data} | objective_overrides(a.objectives))
     cfg = load_config(cfg, a.overrides)
     loader = task_loader(cfg, cfg.data.source, "pretrain", train=False, split=a.split, batch_size=100)
