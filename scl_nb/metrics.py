@@ -15,7 +15,8 @@ import torch
 __all__ = ['VQA_RULES', 'vqa_strip_punctuation', 'vqa_digits_articles', 'normalize_vqa_answer', 'vqa_question_accuracy',
            'vqa_accuracy', 'vqa_submission', 'vqa_vocab_key', 'vqa_soft_score', 'vqa_soft_scores', 'retrieval_ranks',
            'recall_at', 'retrieval_recall', 'video_retrieval_metrics', 'nlvr2_accuracy', 'mean_sd', 'paired_difference',
-           'paired_differences', 'mean_sd_text', 'difference_text', 'estimate_text']
+           'paired_differences', 'mean_sd_text', 'difference_text', 'estimate_text', 'paired_power',
+           'detectable_difference', 'seeds_needed']
 
 # %% ../nbs/30_metrics.ipynb #828adac8
 _VQA_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
@@ -253,3 +254,28 @@ def estimate_text(v, digits: int = 2) -> str:
     if isinstance(v, tuple): return mean_sd_text(v, digits)
     if isinstance(v, dict): return difference_text(v, digits)
     return "-" if v is None or v != v else f"{v:.{digits}f}"
+
+# %% ../nbs/30_metrics.ipynb #52001175
+def paired_power(delta: float, sd: float, n: int, level: float = 0.95) -> float:
+    "Probability that the two-sided paired t-test at `level` rejects 0 when the true mean difference is `delta`."
+    from scipy.stats import nct, t as student_t
+    crit = student_t.ppf((1 + level) / 2, n - 1)
+    nc = delta * np.sqrt(n) / sd
+    tails = np.nan_to_num([nct.sf(crit, n - 1, nc), nct.cdf(-crit, n - 1, nc)])  # scipy gives NaN far out in a tail, where it is 0
+    return float(tails.sum())
+
+def detectable_difference(sd: float, n: int, level: float = 0.95, power: float = 0.8) -> float:
+    "Smallest true mean paired difference detected with probability `power` by `n` seeds whose differences have sd `sd`."
+    from scipy.optimize import brentq
+    from scipy.stats import t as student_t
+    if n < 2 or not sd > 0: return float("nan")
+    upper = (student_t.ppf((1 + level) / 2, n - 1) + 10) * sd / np.sqrt(n)  # power ~ 1 there
+    return float(brentq(lambda d: paired_power(d, sd, n, level) - power, 0.0, upper))
+
+def seeds_needed(delta: float, sd: float, level: float = 0.95, power: float = 0.8, max_n: int = 100_000) -> int:
+    "The fewest seeds (paired runs) that detect a true mean difference `delta` with probability `power`."
+    n = 2
+    while paired_power(delta, sd, n, level) < power:
+        n += 1
+        if n > max_n: raise ValueError(f"more than {max_n} seeds needed for delta={delta} with sd={sd}")
+    return n

@@ -93,3 +93,9 @@ def test_missing_package_exits_2(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "no-stamps (package tuxpaint-stamps-default)" in err and "apt-get install -y --no-install-recommends" in err
     assert not (tmp_path / "realsmall").exists() or not any((tmp_path / "realsmall").iterdir())
+
+
+def test_readme_gives_the_install_command():
+    from scl_nb.realsources import INSTALL_COMMAND
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert f"sudo {INSTALL_COMMAND}\n" in readme, "README's real-small install line differs from scl_nb.realsources.INSTALL_COMMAND"
