@@ -109,6 +109,8 @@ def train_with_curve(cfg, out_dir,  # the run's configuration and folder (as for
         if step in done: continue
         if step > 0:
             summary = train(cfg, out_dir, resume=True, model_fn=model_fn, max_steps=step, **train_kw)
+            if summary["status"] != "completed" or summary["step"] < step:
+                break  # preempted or stopped short: no row for a step not reached; a later call resumes the curve
             from safetensors.torch import load_model
             load_model(model, str(latest_checkpoint(out_dir / "checkpoints") / "model.safetensors"), strict=False)
         done[step] = dict(step=step, **heldout_scores(model, loader))
