@@ -346,17 +346,21 @@ OFFICIAL_SIGNAL = {  # the released GLSCL code's signal on its 8 GPUs, at any wo
 OFFICIAL_CVPR_SIGNAL = {  # the CVPR-era code's: every SCL term gathered, MVSC normalised over frames
     "objectives.gather_grad": "local", "objectives.emulate_world_size": 8, "objectives.scl_norm": "frame"}
 OFFICIAL_RECIPE = {  # the official optimiser groups, initialisation, masks, passes and precision (method §7)
-    "objectives.itc_temperature": "raw", "objectives.init": "official", "objectives.text_mask_sampling": "with_replacement",
-    "objectives.schedule": "reference", "train.param_groups": "official", "train.precision": "fp16",
-    "train.per_gpu_batch_size": 16}
+    "objectives.itc_temperature": "raw", "objectives.init": "official",
+    "objectives.text_mask_sampling": "with_replacement", "objectives.schedule": "reference",
+    "train.param_groups": "official", "train.precision": "fp16", "train.per_gpu_batch_size": 16}
 
 def _paper_cvpr() -> SCLConfig:
     return replace(_paper(), name="paper-cvpr", objectives=ObjectiveConfig(mltc_image=0.0, mltc_text=0.0))
 
+def _paper_official() -> SCLConfig:
+    return apply_overrides(replace(_paper(), name="paper-official"), OFFICIAL_SIGNAL | OFFICIAL_RECIPE)
+
+def _paper_cvpr_official() -> SCLConfig:
+    return apply_overrides(replace(_paper_cvpr(), name="paper-cvpr-official"), OFFICIAL_CVPR_SIGNAL | OFFICIAL_RECIPE)
+
 PRESETS = {"paper": _paper, "paper-cvpr": _paper_cvpr,
-           "paper-official": lambda: apply_overrides(replace(_paper(), name="paper-official"), OFFICIAL_SIGNAL | OFFICIAL_RECIPE),
-           "paper-cvpr-official": lambda: apply_overrides(replace(_paper_cvpr(), name="paper-cvpr-official"),
-                                                          OFFICIAL_CVPR_SIGNAL | OFFICIAL_RECIPE),
+           "paper-official": _paper_official, "paper-cvpr-official": _paper_cvpr_official,
            "tiny": _tiny, "tiny-towers": _tiny_towers}
 
 def preset(name: str) -> SCLConfig:

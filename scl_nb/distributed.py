@@ -141,7 +141,7 @@ def _gather_counts(n: int, device, group=None) -> list[int]:
 
 def all_gather_with_grad(x: torch.Tensor,  # [B_r, ...] this rank's rows (B_r may differ between ranks)
                          group=None,       # process group; None = all processes
-                         grad: str = "sum",  # backward: "sum" over the ranks (exact), or "local": this rank's slice only
+                         grad: str = "sum",  # backward: "sum" over the ranks (exact), or "local": own slice only
                         ) -> torch.Tensor: # [sum_r B_r, ...] rows of rank 0, then rank 1, ...
     "Concatenate `x` from every rank along dim 0, differentiably (identity when not distributed)."
     if grad not in ("sum", "local"): raise ValueError(f"grad={grad!r}; choose 'sum' or 'local'")

@@ -18,9 +18,9 @@ from .distributed import all_gather_with_grad, world_size
 
 # %% auto #0
 __all__ = ['SCL_TERMS', 'MAX_LOGIT_SCALE', 'ROBERTA_LAYOUT', 'upcast', 'nce', 'mlm_loss', 'itm_loss', 'itm_negatives',
-           'scale_grad', 'ranks_per_process', 'Negatives', 'term_negatives', 'itc_loss', 'completion_nce',
-           'scl_global_loss', 'first_positions', 'mltc_loss', 'step_noise', 'image_token_mask', 'PretrainTask',
-           'random_pretrain_batch']
+           'scale_grad', 'ranks_per_process', 'Negatives', 'term_negatives', 'effective_weights', 'itc_loss',
+           'completion_nce', 'scl_global_loss', 'first_positions', 'mltc_loss', 'step_noise', 'image_token_mask',
+           'PretrainTask', 'random_pretrain_batch']
 
 # %% ../nbs/07_objectives.ipynb #cfd19f4d
 def upcast(x: torch.Tensor) -> torch.Tensor:
@@ -114,7 +114,8 @@ def ranks_per_process(o: ObjectiveConfig, world: int) -> int:
     "Emulated processes in each real one: `objectives.emulate_world_size / world` (1 without emulation)."
     if o.emulate_world_size is None: return 1
     if o.emulate_world_size % world:
-        raise ConfigError(f"objectives.emulate_world_size={o.emulate_world_size} is not a multiple of the {world} processes")
+        raise ConfigError(f"objectives.emulate_world_size={o.emulate_world_size} "
+                          f"is not a multiple of the {world} processes")
     return o.emulate_world_size // world
 
 # %% ../nbs/07_objectives.ipynb #2df4b5b0
@@ -141,6 +142,22 @@ def term_negatives(o: ObjectiveConfig, name: str) -> Negatives:
     "The `Negatives` of objective `name` under `o` in this process group (ITC: always the global batch)."
     scope = getattr(o, f"{name}_negatives") if name in SCL_TERMS else "global"
     return Negatives(scope, o.gather_grad, ranks_per_process(o, world_size()))
+
+# %% ../nbs/07_objectives.ipynb #5a4c75b0
+def effective_weights(o: ObjectiveConfig,  # weights and signal settings
+                      world_size: int,  # real processes (ignored under `emulate_world_size`)
+                      frames: int = 1,  # 1: images; more: videos (MVSC over frames then trains)
+                     ) -> dict:  # active objective -> its weight as the gradient sees it
+    "Each active objective's effective weight relative to MLM = ITM = 1 (method §7, \"The training signal\")."
+    processes = o.emulate_world_size or world_size
+    out = {}
+    for name in o.active:
+        w = getattr(o, name)
+        gathered = name == "itc" or (name in SCL_TERMS and getattr(o, f"{name}_negatives") == "global")
+        if gathered and o.gather_grad == "local": w = w / processes
+        if name == "scl_image" and o.scl_norm == "frame" and frames == 1: w = 0.0
+        out[name] = w
+    return out
 
 # %% ../nbs/07_objectives.ipynb #52a73b51
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's cap on 1/temperature
@@ -388,18 +405,20 @@ def _objective_terms(m: SCLModel, batch: dict, o: ObjectiveConfig, noise: dict) 
     terms, logs, P, labels, masked_image = schedule(m, batch, o, noise, needs, torch.is_grad_enabled())
     if "itm" in active: terms["itm"], logs["itm_acc"] = itm_loss(m.itm_head(P["itm"].cls_feats), labels)
     if "mlm" in active: terms["mlm"], logs["mlm_acc"] = _mlm(m, P["mlm"].text_tokens, batch["mlm_labels"], o.mlm_prob)
-    neg = lambda name: term_negatives(o, name)
+    neg, tau = (lambda name: term_negatives(o, name)), o.scl_tau
     if "scl_image" in active:
-        terms["scl_image"] = completion_nce(P["A"].image_frame_cls, P["B"].image_frame_cls, o.scl_tau, neg("scl_image"), o.scl_norm)
-    if "scl_text" in active: terms["scl_text"] = completion_nce(P["B"].text_cls, P["A"].text_cls, o.scl_tau, neg("scl_text"))
+        pred, target = P["A"].image_frame_cls, P["B"].image_frame_cls                  # [B, F, D]
+        terms["scl_image"] = completion_nce(pred, target, tau, neg("scl_image"), o.scl_norm)
+    if "scl_text" in active: terms["scl_text"] = completion_nce(P["B"].text_cls, P["A"].text_cls, tau, neg("scl_text"))
     if "mltc_text" in active:
-        bound = masked_count_bound(batch["scl_text_masked"].shape[1], o.scl_text_mask)
-        terms["mltc_text"] = mltc_loss(P["B"].text_tokens, P["A"].text_tokens, batch["scl_text_masked"].bool(), o.scl_tau, bound,
-                                       neg("mltc_text"))
+        masked = batch["scl_text_masked"].bool()                                        # [B, L]
+        bound = masked_count_bound(masked.shape[1], o.scl_text_mask)
+        terms["mltc_text"] = mltc_loss(P["B"].text_tokens, P["A"].text_tokens, masked, tau, bound, neg("mltc_text"))
     if "mltc_image" in active:
         bound = masked_image.num_frames * mask_token_count(masked_image.masked.shape[1], o.mltc_image_mask)
-        terms["mltc_image"] = mltc_loss(P["A'"].image_tokens, P["B"].image_tokens, image_token_mask(masked_image), o.scl_tau, bound,
-                                        neg("mltc_image"))
+        masked = image_token_mask(masked_image)                                         # [B, F*(1+N)]
+        pred, target = P["A'"].image_tokens, P["B"].image_tokens
+        terms["mltc_image"] = mltc_loss(pred, target, masked, tau, bound, neg("mltc_image"))
     return terms, logs
 
 # %% ../nbs/07_objectives.ipynb #41985d95

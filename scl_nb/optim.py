@@ -41,9 +41,9 @@ def lr_group(name: str) -> str:
     return "base"
 
 # %% ../nbs/20_optim.ipynb #7e319f14
-OFFICIAL_HEADS = ("mlm_head", "itm_head", "vqa_head", "nlvr2_head")  # official `head_names` (mlm_score, itm_score, classifiers)
-OFFICIAL_CROSS_MODAL = ("fusion.text_layers.", "fusion.image_layers.", "fusion.text_transform.", "fusion.image_transform.",
-                        "fusion.text_pooler.", "fusion.image_pooler.")  # the parameters whose official names hold "cross_modal"
+OFFICIAL_HEADS = ("mlm_head", "itm_head", "vqa_head", "nlvr2_head")  # official `head_names`: mlm_score, itm_score, ...
+OFFICIAL_CROSS_MODAL = ("fusion.text_layers.", "fusion.image_layers.", "fusion.text_transform.",  # official names
+                        "fusion.image_transform.", "fusion.text_pooler.", "fusion.image_pooler.")  # with "cross_modal"
 OFFICIAL_NO_DECAY = ("bias", "LayerNorm.", "norm.", "norm1.", "norm2.")  # official `no_decay`, as substrings
 
 def official_group(name: str) -> tuple[str, bool]:

@@ -427,7 +427,7 @@ def _train(ctx, cfg, out_dir, resume, overwrite, model_fn, data_fn, progress, ma
     tcfg, ckpt_dir = cfg.train, out_dir / "checkpoints"
     model_fn, data_fn = model_fn or PretrainTask.from_config, data_fn or _default_data_fn
     precision = resolve_precision(tcfg.precision, ctx.device)
-    per_process = tcfg.per_gpu_batch_size * ranks_per_process(cfg.objectives, ctx.world_size)  # emulated GPUs (method §7)
+    per_process = tcfg.per_gpu_batch_size * ranks_per_process(cfg.objectives, ctx.world_size)  # emulated GPUs
     micro, accum = batch_layout(tcfg.batch_size, per_process, ctx.world_size)
     ckpt, replace = _resume_point(ctx, out_dir, resume, overwrite)  # refuses before anything is built or written
     model, optimizer, scaler, scheduler, data = _build(ctx, cfg, model_fn, data_fn, precision, micro)  # bad input fails here

@@ -151,7 +151,8 @@ def test_tensor_losses_match_single_process(two_processes):
 # ---- the official training signal (issue 24) ----
 LOCAL = {"objectives.gather_grad": "local"}
 GATHERED_TERMS = ("itc", "scl_image", "scl_text", "mltc_text", "mltc_image")
-PER_PROCESS = {"objectives.itc": 0.0, "objectives.mlm": 0.0, "objectives.itm": 0.0} | {f"objectives.{t}_negatives": "process" for t in SCL_TERMS}
+PER_PROCESS = {"objectives.itc": 0.0, "objectives.mlm": 0.0, "objectives.itm": 0.0}
+PER_PROCESS |= {f"objectives.{t}_negatives": "process" for t in SCL_TERMS}
 EMULATED = LOCAL | {"objectives.mlm": 0.0, "objectives.itm": 0.0, "objectives.mltc_image": 0.0,
                     "objectives.scl_text_negatives": "process", "objectives.mltc_text_negatives": "process"}
 
@@ -171,7 +172,8 @@ def _step(model, b: dict, objectives, seed: int = 5):
     out = model(_double(b), torch.Generator().manual_seed(seed), objectives=objectives)
     out["loss"].backward()
     module = getattr(model, "module", model)
-    return {k: v.item() for k, v in out.items()}, {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    return {k: v.item() for k, v in out.items()}, grads
 
 
 def _tiny64():
@@ -185,7 +187,8 @@ def _signal_worker(batch, sizes):
     ddp = torch.nn.parallel.DistributedDataParallel(_tiny64(), find_unused_parameters=True)
     start = sum(sizes[:rank()])
     part = {k: v[start:start + sizes[rank()]] for k, v in batch.items()}
-    out = {(t, g): _step(ddp, part, _objectives(_alone(t) | ({} if g == "sum" else LOCAL))) for t in GATHERED_TERMS for g in ("sum", "local")}
+    out = {(t, g): _step(ddp, part, _objectives(_alone(t) | ({} if g == "sum" else LOCAL)))
+           for t in GATHERED_TERMS for g in ("sum", "local")}
     out["process"] = _step(ddp, part, _objectives(PER_PROCESS))
     half = {k: v[3 * rank():3 * rank() + 3] for k, v in batch.items()}  # 3 + 3: the split the emulation makes
     out["emulated"] = _step(ddp, half, _objectives(EMULATED))
@@ -205,7 +208,8 @@ def test_local_gather_gives_each_gathered_term_half_the_gradient(two_processes):
 
 def test_process_negatives_give_the_per_process_loss(two_processes):
     b, starts = BATCHES[0], [0, SIZES[0]]
-    singles = [_step(_tiny64(), {k: v[s:s + n] for k, v in b.items()}, _objectives(PER_PROCESS)) for s, n in zip(starts, SIZES)]
+    singles = [_step(_tiny64(), {k: v[s:s + n] for k, v in b.items()}, _objectives(PER_PROCESS))
+               for s, n in zip(starts, SIZES)]
     for r, (s_out, _) in zip(two_processes, singles):
         out, _ = r["signal"]["process"]
         for k in ("loss", "scl_image_loss", "scl_text_loss", "mltc_image_loss", "mltc_text_loss"):
@@ -243,7 +247,7 @@ class _AllGatherOwnSlice(torch.autograd.Function):
 
 
 def _norm_softmax(sim, tau):
-    "The official `NormSoftmaxLoss` (objectives.py lines 377-400), restated: both directions' mean diagonal log-softmax, summed."
+    "The official `NormSoftmaxLoss` (objectives.py 377-400), restated: both directions' mean diagonal log-softmax."
     return -F.log_softmax(sim / tau, dim=1).diagonal().mean() - F.log_softmax(sim.t() / tau, dim=1).diagonal().mean()
 
 
@@ -262,9 +266,9 @@ def _official_case():
 
 
 def _official_glscl(c, proj, temp, gather):
-    "HEAD's compute_con and compute_scl(token_recover=True) on given features, restated (objectives.py lines 194-302, 402-425)."
+    "HEAD's compute_con and compute_scl(token_recover=True) on given features, restated (objectives.py 194-425)."
     txt, img = gather(proj(c["txt"])), gather(proj(c["img"]))
-    mvsc = _norm_softmax(gather(_unit(proj(c["vpred"]))) @ gather(_unit(proj(c["vtgt"]).detach())).t(), 0.03)  # gathered
+    mvsc = _norm_softmax(gather(_unit(proj(c["vpred"]))) @ gather(_unit(proj(c["vtgt"]).detach())).t(), 0.03)
     mlsc = _norm_softmax(_unit(proj(c["tpred"])) @ _unit(proj(c["ttgt"]).detach()).t(), 0.03)  # this GPU's samples only
     tok, tok_tgt = gather(_unit(proj(c["tok"]))), gather(_unit(proj(c["tok_tgt"]).detach()))
     tmask = gather(c["tmask"].double()) > 0.5
@@ -276,10 +280,11 @@ def _official_glscl(c, proj, temp, gather):
 
 
 def _ours_with_official_options(c, proj, temp, negatives):
-    "Our loss functions with what `paper-official` sets: `local` gathers, per-process MLSC and MLTC-image, a raw temperature."
+    "Our loss functions with `paper-official`'s settings: `local` gathers, per-process MLSC and MLTC-image, a raw tau."
     glob, proc = negatives
     unit = lambda x: F.normalize(x, dim=-1)
-    return dict(itc=0.5 * itc_loss(unit(proj(c["img"])), unit(proj(c["txt"])), -temp.log(), glob, max_logit_scale=None)[0],
+    itc = itc_loss(unit(proj(c["img"])), unit(proj(c["txt"])), -temp.log(), glob, max_logit_scale=None)[0]
+    return dict(itc=0.5 * itc,
                 mvsc=completion_nce(proj(c["vpred"]), proj(c["vtgt"]), 0.03, glob),
                 mlsc=completion_nce(proj(c["tpred"]), proj(c["ttgt"]), 0.03, proc),
                 mltc_text=0.2 * mltc_loss(proj(c["tok"]), proj(c["tok_tgt"]), c["tmask"], 0.03, negatives=glob),
@@ -287,16 +292,19 @@ def _ours_with_official_options(c, proj, temp, negatives):
 
 
 def _official_terms(kind, case):
-    "This rank's terms and DDP-averaged gradients (weight, bias, temperature) of `kind`: official, ours, or ours with the defaults."
+    "This rank's terms and DDP-averaged gradients (weight, bias, tau) of `kind`: official, ours, or our defaults."
     from scl_nb.distributed import all_reduce_mean, rank
     torch.manual_seed(0)
     proj, temp = torch.nn.Linear(8, 8).double(), torch.nn.Parameter(torch.tensor(0.07, dtype=torch.float64))
     c = {k: v[3 * rank():3 * rank() + 3] for k, v in case.items()}
     if kind == "official": terms = _official_glscl(c, proj, temp, _AllGatherOwnSlice.apply)
-    else: terms = _ours_with_official_options(c, proj, temp, (Negatives(grad="local"), Negatives("process", "local")) if kind == "ours"
-                                                             else (Negatives(), Negatives()))
+    else:
+        official_options = (Negatives(grad="local"), Negatives("process", "local"))
+        negatives = official_options if kind == "ours" else (Negatives(), Negatives())
+        terms = _ours_with_official_options(c, proj, temp, negatives)
     sum(terms.values()).backward()
-    return {k: v.item() for k, v in terms.items()}, [all_reduce_mean(g) for g in (proj.weight.grad, proj.bias.grad, temp.grad)]
+    grads = [all_reduce_mean(g) for g in (proj.weight.grad, proj.bias.grad, temp.grad)]
+    return {k: v.item() for k, v in terms.items()}, grads
 
 
 def _official_worker(case):
@@ -308,4 +316,5 @@ def test_official_glscl_signal_equals_the_options(two_processes):
         (v_off, g_off), (v_ours, g_ours), (v_def, g_def) = (r["official"][k] for k in ("official", "ours", "default"))
         for k in v_off: assert abs(v_ours[k] - v_off[k]) < 1e-12 * abs(v_off[k]), (k, v_ours[k], v_off[k])
         for a, b in zip(g_ours, g_off): assert torch.allclose(a, b, rtol=1e-10, atol=1e-14)
-        assert abs(v_def["mlsc"] - v_off["mlsc"]) > 1e-3 and not torch.allclose(g_def[0], g_off[0], rtol=1e-3)  # our defaults differ
+        assert abs(v_def["mlsc"] - v_off["mlsc"]) > 1e-3  # our defaults are another signal
+        assert not torch.allclose(g_def[0], g_off[0], rtol=1e-3)

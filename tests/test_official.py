@@ -137,20 +137,23 @@ def official_parameter_name(ours: str) -> str:
 
 
 def test_official_param_groups_follow_the_official_names():
-    "`train.param_groups='official'` puts every parameter of the pre-training and task models where the official rules put its official name."
+    "`train.param_groups='official'`: every parameter of the pre-training and task models where the official rules put
+    its official name."
     from scl_nb.config import apply_overrides
     from scl_nb.model import SCLModel
     from scl_nb.official import official_tiny_config
     from scl_nb.optim import official_group, param_groups
     from scl_nb.tasks import TaskModel
-    cfg = apply_overrides(official_tiny_config(), {"train.param_groups": "official", "objectives.itc_temperature": "raw"})
+    overrides = {"train.param_groups": "official", "objectives.itc_temperature": "raw"}
+    cfg = apply_overrides(official_tiny_config(), overrides)
     models = [SCLModel(cfg), TaskModel(cfg, "vqa", num_answers=5), TaskModel(cfg, "nlvr2"), TaskModel(cfg, "retrieval")]
     checked = 0
     for model in models:
-        groups = {n: (g["group"].removesuffix("_no_decay"), g["weight_decay"] == 0) for g in param_groups(model, cfg.train) for n in g["names"]}
+        groups = {n: (g["group"].removesuffix("_no_decay"), g["weight_decay"] == 0)
+                  for g in param_groups(model, cfg.train) for n in g["names"]}
         for name, p in model.named_parameters():
             if not p.requires_grad: continue
             expect = official_rule(official_parameter_name(name))
-            assert official_group(name) == expect and groups[name] == expect, (name, official_parameter_name(name), groups[name], expect)
+            assert official_group(name) == expect and groups[name] == expect, (name, groups[name], expect)
             checked += 1
     assert checked > 400
