@@ -108,7 +108,7 @@ class ObjectiveConfig:
     itc_dim: int = num(512, 1)  # ITC embedding size
     itc_tau: float = num(0.07, 1e-4, 10.0)  # initial ITC temperature (learnable)
     schedule: Literal["shared", "reference"] = "shared"  # share unmasked passes, or one pass per objective
-    # the training signal across processes, and the official code's choices (method §7, "The training signal")
+    # the training signal across processes, and the official code's choices (method §7.1)
     gather_grad: Literal["sum", "local"] = "sum"  # all-gather backward: summed over processes, or own slice (official)
     emulate_world_size: Optional[int] = num(None, 1)  # train as if on this many processes; None = the real count
     scl_image_negatives: Literal["global", "process"] = "global"  # MVSC negatives: global batch or this process's
@@ -340,12 +340,12 @@ def _tiny_towers() -> SCLConfig:
                    objectives=replace(ObjectiveConfig(), itc_dim=c.objectives.itc_dim),
                    train=replace(c.train, lr=3e-4, head_lr_mult=5.0, cross_modal_lr_mult=5.0))
 
-OFFICIAL_SIGNAL = {  # the released GLSCL code's signal on its 8 GPUs, at any world size (method §7)
+OFFICIAL_SIGNAL = {  # the released GLSCL code's signal on its 8 GPUs, at any world size (method §7.1)
     "objectives.gather_grad": "local", "objectives.emulate_world_size": 8,
     "objectives.scl_text_negatives": "process", "objectives.mltc_image_negatives": "process"}
 OFFICIAL_CVPR_SIGNAL = {  # the CVPR-era code's: every SCL term gathered, MVSC normalised over frames
     "objectives.gather_grad": "local", "objectives.emulate_world_size": 8, "objectives.scl_norm": "frame"}
-OFFICIAL_RECIPE = {  # the official optimiser groups, initialisation, masks, passes and precision (method §7)
+OFFICIAL_RECIPE = {  # the official optimiser groups, initialisation, masks, passes and precision (method §7.1)
     "objectives.itc_temperature": "raw", "objectives.init": "official",
     "objectives.text_mask_sampling": "with_replacement", "objectives.schedule": "reference",
     "train.param_groups": "official", "train.precision": "fp16", "train.per_gpu_batch_size": 16}

@@ -123,7 +123,7 @@ SCL_TERMS = ("scl_image", "scl_text", "mltc_image", "mltc_text")  # the terms wh
 
 @dataclass(frozen=True)
 class Negatives:
-    "Where a contrastive term finds its negatives, and how gradients cross its gather (method §2, §7)."
+    "Where a contrastive term finds its negatives, and how gradients cross its gather (method §2, §7.1)."
     scope: Literal["global", "process"] = "global"  # the global batch, or this (emulated) process's samples
     grad: Literal["sum", "local"] = "sum"  # backward of the gather (`objectives.gather_grad`)
     ranks: int = 1  # emulated processes in this one: "process" splits the rows, "local" scales by 1/ranks
@@ -148,7 +148,7 @@ def effective_weights(o: ObjectiveConfig,  # weights and signal settings
                       world_size: int,  # real processes (ignored under `emulate_world_size`)
                       frames: int = 1,  # 1: images; more: videos (MVSC over frames then trains)
                      ) -> dict:  # active objective -> its weight as the gradient sees it
-    "Each active objective's effective weight relative to MLM = ITM = 1 (method §7, \"The training signal\")."
+    "Each active objective's effective weight relative to MLM = ITM = 1 (method §7.1)."
     processes = o.emulate_world_size or world_size
     out = {}
     for name in o.active:

@@ -137,8 +137,8 @@ def official_parameter_name(ours: str) -> str:
 
 
 def test_official_param_groups_follow_the_official_names():
-    "`train.param_groups='official'`: every parameter of the pre-training and task models where the official rules put
-    its official name."
+    """`train.param_groups='official'`: every parameter of the pre-training and task models where the official rules put
+    its official name."""
     from scl_nb.config import apply_overrides
     from scl_nb.model import SCLModel
     from scl_nb.official import official_tiny_config
