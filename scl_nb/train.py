@@ -545,7 +545,7 @@ def run_config(preset_or_file: str = "tiny", data: Optional[str] = None, steps: 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m scl_nb.train", description="Pre-train SCL (scl_nb.train.train).")
-    p.add_argument("--preset", default="tiny", help="preset name (tiny, paper, paper-cvpr)")
+    p.add_argument("--preset", default="tiny", help=f"preset name: {', '.join(sorted(PRESETS))}")
     p.add_argument("--config", default=None, help="YAML/JSON config file (instead of --preset)")
     p.add_argument("--data", default=None, help="'synthetic' or a manifest path (data.source)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (train.steps)")
