@@ -13,10 +13,11 @@ from typing import Literal, Optional, Union, get_args, get_origin, get_type_hint
 import yaml
 
 # %% auto #0
-__all__ = ['OBJECTIVE_NAMES', 'TINY_TASKS', 'TINY_TASK_TRAIN', 'PRESETS', 'OBJECTIVE_ALIASES', 'ConfigError', 'num',
-           'VisionConfig', 'TextConfig', 'FusionConfig', 'ObjectiveConfig', 'DataConfig', 'TrainConfig', 'SCLConfig',
-           'validate', 'from_dict', 'to_dict', 'deep_merge', 'apply_overrides', 'preset', 'save_config', 'load_config',
-           'objective_overrides', 'check_parameters', 'check_value']
+__all__ = ['OBJECTIVE_NAMES', 'TINY_TASKS', 'TINY_TASK_TRAIN', 'OFFICIAL_SIGNAL', 'OFFICIAL_CVPR_SIGNAL', 'OFFICIAL_RECIPE',
+           'PRESETS', 'OBJECTIVE_ALIASES', 'ConfigError', 'num', 'VisionConfig', 'TextConfig', 'FusionConfig',
+           'ObjectiveConfig', 'DataConfig', 'TrainConfig', 'SCLConfig', 'validate', 'from_dict', 'to_dict',
+           'deep_merge', 'apply_overrides', 'preset', 'save_config', 'load_config', 'objective_overrides',
+           'check_parameters', 'check_value']
 
 # %% ../nbs/00_config.ipynb #88e45046
 class ConfigError(ValueError):
@@ -107,6 +108,16 @@ class ObjectiveConfig:
     itc_dim: int = num(512, 1)  # ITC embedding size
     itc_tau: float = num(0.07, 1e-4, 10.0)  # initial ITC temperature (learnable)
     schedule: Literal["shared", "reference"] = "shared"  # share unmasked passes, or one pass per objective
+    # the training signal across processes, and the official code's choices (method §7.1)
+    gather_grad: Literal["sum", "local"] = "sum"  # all-gather backward: summed over processes, or own slice (official)
+    emulate_world_size: Optional[int] = num(None, 1)  # train as if on this many processes; None = the real count
+    scl_image_negatives: Literal["global", "process"] = "global"  # MVSC negatives: global batch or this process's
+    scl_text_negatives: Literal["global", "process"] = "global"  # MLSC negatives (official GLSCL code: process)
+    mltc_image_negatives: Literal["global", "process"] = "global"  # MLTC-image negatives (official GLSCL: process)
+    mltc_text_negatives: Literal["global", "process"] = "global"  # MLTC-text negatives
+    scl_norm: Literal["feature", "frame"] = "feature"  # MVSC L2 axis: features, or frames (CVPR code)
+    itc_temperature: Literal["log", "raw"] = "log"  # learn log(1/tau) capped at 1/100, or tau itself (official)
+    init: Literal["scl_nb", "official"] = "scl_nb"  # mask token and MLM/ITM heads: ours or the official init
 
     @property
     def active(self) -> list[str]:
@@ -141,6 +152,7 @@ class TrainConfig:
     warmup: float = num(0.1, 0.0, 1.0)  # fraction of steps with linear warm-up, then linear decay to 0
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast dtype on GPU (CPU runs fp32 unless bf16 is asked)
     grad_clip: Optional[float] = None  # max gradient norm, or None
+    param_groups: Literal["scl_nb", "official"] = "scl_nb"  # AdamW groups: method §3's or the official code's
     activation_checkpointing: bool = False  # recompute block activations in the backward pass
     compile: bool = False  # torch.compile the step whole (the pre-training task: everything after its random draws)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # torch.compile mode; "reduce-overhead" = CUDA graphs (use with data.static_shapes)
@@ -328,8 +340,27 @@ def _tiny_towers() -> SCLConfig:
                    objectives=replace(ObjectiveConfig(), itc_dim=c.objectives.itc_dim),
                    train=replace(c.train, lr=3e-4, head_lr_mult=5.0, cross_modal_lr_mult=5.0))
 
-PRESETS = {"paper": _paper, "paper-cvpr": lambda: replace(_paper(), name="paper-cvpr",
-               objectives=ObjectiveConfig(mltc_image=0.0, mltc_text=0.0)),
+OFFICIAL_SIGNAL = {  # the released GLSCL code's signal on its 8 GPUs, at any world size (method §7.1)
+    "objectives.gather_grad": "local", "objectives.emulate_world_size": 8,
+    "objectives.scl_text_negatives": "process", "objectives.mltc_image_negatives": "process"}
+OFFICIAL_CVPR_SIGNAL = {  # the CVPR-era code's: every SCL term gathered, MVSC normalised over frames
+    "objectives.gather_grad": "local", "objectives.emulate_world_size": 8, "objectives.scl_norm": "frame"}
+OFFICIAL_RECIPE = {  # the official optimiser groups, initialisation, masks, passes and precision (method §7.1)
+    "objectives.itc_temperature": "raw", "objectives.init": "official",
+    "objectives.text_mask_sampling": "with_replacement", "objectives.schedule": "reference",
+    "train.param_groups": "official", "train.precision": "fp16", "train.per_gpu_batch_size": 16}
+
+def _paper_cvpr() -> SCLConfig:
+    return replace(_paper(), name="paper-cvpr", objectives=ObjectiveConfig(mltc_image=0.0, mltc_text=0.0))
+
+def _paper_official() -> SCLConfig:
+    return apply_overrides(replace(_paper(), name="paper-official"), OFFICIAL_SIGNAL | OFFICIAL_RECIPE)
+
+def _paper_cvpr_official() -> SCLConfig:
+    return apply_overrides(replace(_paper_cvpr(), name="paper-cvpr-official"), OFFICIAL_CVPR_SIGNAL | OFFICIAL_RECIPE)
+
+PRESETS = {"paper": _paper, "paper-cvpr": _paper_cvpr,
+           "paper-official": _paper_official, "paper-cvpr-official": _paper_cvpr_official,
            "tiny": _tiny, "tiny-towers": _tiny_towers}
 
 def preset(name: str) -> SCLConfig:

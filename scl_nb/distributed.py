@@ -141,17 +141,22 @@ def _gather_counts(n: int, device, group=None) -> list[int]:
 
 def all_gather_with_grad(x: torch.Tensor,  # [B_r, ...] this rank's rows (B_r may differ between ranks)
                          group=None,       # process group; None = all processes
+                         grad: str = "sum",  # backward: "sum" over the ranks (exact), or "local": own slice only
                         ) -> torch.Tensor: # [sum_r B_r, ...] rows of rank 0, then rank 1, ...
     "Concatenate `x` from every rank along dim 0, differentiably (identity when not distributed)."
+    if grad not in ("sum", "local"): raise ValueError(f"grad={grad!r}; choose 'sum' or 'local'")
     if not is_distributed() or dist.get_world_size(group) == 1: return x
     counts = _gather_counts(x.shape[0], x.device, group)
     most = max(counts)
     if most == 0: return x  # nothing anywhere: the empty local tensor is the empty global one
     padded = x if x.shape[0] == most else torch.cat([x, x.new_zeros((most - x.shape[0], *x.shape[1:]))])
+    if grad == "local": padded = padded.detach()
     out = funcol.wait_tensor(funcol.all_gather_single_autograd(padded.contiguous(), 0, _group(group)))  # [W*most, ...]
-    if len(set(counts)) == 1: return out
-    keep = torch.cat([torch.arange(c, device=x.device) + r * most for r, c in enumerate(counts)])
-    return out[keep]
+    if len(set(counts)) > 1:
+        out = out[torch.cat([torch.arange(c, device=x.device) + r * most for r, c in enumerate(counts)])]
+    if grad == "sum": return out
+    start = sum(counts[:dist.get_rank(group)])
+    return torch.cat([out[:start], x, out[start + x.shape[0]:]])  # only this rank's own rows carry a gradient
 
 # %% ../nbs/06_distributed.ipynb #8d033220
 def all_reduce_mean(x: Union[torch.Tensor, float],  # a value to log

@@ -19,7 +19,7 @@ from fastcore.basics import patch
 from .config import SCLConfig, VisionConfig, TextConfig, load_config, save_config, to_dict, from_dict, ConfigError
 from .vision import FlexibleVisionEncoder
 from .text import TextEncoder
-from .fusion import CoAttentionFusion
+from .fusion import CoAttentionFusion, init_bert_weights
 
 # %% auto #0
 __all__ = ['MLMHead', 'mlp_head', 'vqa_head', 'nlvr2_head', 'rank_head_from_itm', 'take_rows', 'ImageEncoding', 'TextEncoding',
@@ -109,7 +109,21 @@ class SCLModel(nn.Module):
         self.itm_head = nn.Linear(2 * D, 2)
         self.itc_image_proj = mlp_head(D, D, o.itc_dim)
         self.itc_text_proj = mlp_head(D, D, o.itc_dim)
-        self.itc_logit_scale = nn.Parameter(torch.tensor(math.log(1 / o.itc_tau)))
+        if o.itc_temperature == "raw":
+            self.itc_tau = nn.Parameter(torch.tensor(float(o.itc_tau)))  # the official code learns tau itself
+        else:
+            self.itc_logit_scale = nn.Parameter(torch.tensor(math.log(1 / o.itc_tau)))
+        if o.init == "official": self.init_official_parts()
+
+    def itc_log_scale(self) -> torch.Tensor:
+        "log(1 / ITC temperature), differentiable: the learnt log scale, or `-log(tau)` of a raw temperature."
+        return self.itc_logit_scale if self.cfg.objectives.itc_temperature == "log" else -self.itc_tau.log()
+
+    def init_official_parts(self):
+        "The official code's initialisation of what pre-training adds: mask token N(0, 1), MLM/ITM heads N(0, 0.02)."
+        with torch.no_grad(): self.vision.mask_token.normal_(0.0, 1.0)
+        self.mlm_head.apply(init_bert_weights)
+        self.itm_head.apply(init_bert_weights)
 
     def encode_image(self, pixels,  # [B,3,H,W] or [B,F,3,H,W]
                      drop_ratio: float = 0.0,  # drop mode: fraction of patch positions removed (same in every frame)

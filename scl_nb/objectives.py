@@ -11,11 +11,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import OBJECTIVE_NAMES, ObjectiveConfig, SCLConfig, load_config, preset
-from .distributed import all_gather_with_grad
+from dataclasses import dataclass
+
+from .config import OBJECTIVE_NAMES, ConfigError, ObjectiveConfig, SCLConfig, load_config, preset
+from .distributed import all_gather_with_grad, world_size
 
 # %% auto #0
-__all__ = ['MAX_LOGIT_SCALE', 'ROBERTA_LAYOUT', 'upcast', 'nce', 'mlm_loss', 'itm_loss', 'itm_negatives', 'itc_loss',
+__all__ = ['SCL_TERMS', 'MAX_LOGIT_SCALE', 'ROBERTA_LAYOUT', 'upcast', 'nce', 'mlm_loss', 'itm_loss', 'itm_negatives',
+           'scale_grad', 'ranks_per_process', 'Negatives', 'term_negatives', 'effective_weights', 'itc_loss',
            'completion_nce', 'scl_global_loss', 'first_positions', 'mltc_loss', 'step_noise', 'image_token_mask',
            'PretrainTask', 'random_pretrain_batch']
 
@@ -91,17 +94,85 @@ def itm_negatives(image_ids: torch.Tensor,  # [B] image of each sample; equal id
     images = torch.searchsorted(cdf, (noise[1, :len(rows)] * cdf[:, -1])[:, None], right=True).squeeze(1)
     return rows, images.clamp(max=B - 1)
 
+# %% ../nbs/07_objectives.ipynb #67c6f96e
+class _ScaleGrad(torch.autograd.Function):
+    "Identity forward; the gradient times `scale` backward."
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    "`x` unchanged, but the gradient flowing back through it is multiplied by `scale`."
+    return x if scale == 1 else _ScaleGrad.apply(x, scale)
+
+def ranks_per_process(o: ObjectiveConfig, world: int) -> int:
+    "Emulated processes in each real one: `objectives.emulate_world_size / world` (1 without emulation)."
+    if o.emulate_world_size is None: return 1
+    if o.emulate_world_size % world:
+        raise ConfigError(f"objectives.emulate_world_size={o.emulate_world_size} "
+                          f"is not a multiple of the {world} processes")
+    return o.emulate_world_size // world
+
+# %% ../nbs/07_objectives.ipynb #2df4b5b0
+SCL_TERMS = ("scl_image", "scl_text", "mltc_image", "mltc_text")  # the terms whose negatives are a setting
+
+@dataclass(frozen=True)
+class Negatives:
+    "Where a contrastive term finds its negatives, and how gradients cross its gather (method §2, §7.1)."
+    scope: Literal["global", "process"] = "global"  # the global batch, or this (emulated) process's samples
+    grad: Literal["sum", "local"] = "sum"  # backward of the gather (`objectives.gather_grad`)
+    ranks: int = 1  # emulated processes in this one: "process" splits the rows, "local" scales by 1/ranks
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:  # [B_r, ...] -> [N, ...]
+        "All processes' rows, with this term's backward convention."
+        if self.grad == "sum": return all_gather_with_grad(x)
+        return all_gather_with_grad(scale_grad(x, 1 / self.ranks), grad="local")
+
+    def split(self, *xs: torch.Tensor) -> list[tuple]:
+        "The rows of each emulated process (sample order), one tuple of `xs` slices per non-empty group."
+        parts = zip(*(x.tensor_split(self.ranks) for x in xs))
+        return [p for p in parts if len(p[0])]
+
+def term_negatives(o: ObjectiveConfig, name: str) -> Negatives:
+    "The `Negatives` of objective `name` under `o` in this process group (ITC: always the global batch)."
+    scope = getattr(o, f"{name}_negatives") if name in SCL_TERMS else "global"
+    return Negatives(scope, o.gather_grad, ranks_per_process(o, world_size()))
+
+# %% ../nbs/07_objectives.ipynb #5a4c75b0
+def effective_weights(o: ObjectiveConfig,  # weights and signal settings
+                      world_size: int,  # real processes (ignored under `emulate_world_size`)
+                      frames: int = 1,  # 1: images; more: videos (MVSC over frames then trains)
+                     ) -> dict:  # active objective -> its weight as the gradient sees it
+    "Each active objective's effective weight relative to MLM = ITM = 1 (method §7.1)."
+    processes = o.emulate_world_size or world_size
+    out = {}
+    for name in o.active:
+        w = getattr(o, name)
+        gathered = name == "itc" or (name in SCL_TERMS and getattr(o, f"{name}_negatives") == "global")
+        if gathered and o.gather_grad == "local": w = w / processes
+        if name == "scl_image" and o.scl_norm == "frame" and frames == 1: w = 0.0
+        out[name] = w
+    return out
+
 # %% ../nbs/07_objectives.ipynb #52a73b51
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's cap on 1/temperature
 
 def itc_loss(img_emb: torch.Tensor,      # [B, E] L2-normalised image embeddings (this process)
              txt_emb: torch.Tensor,      # [B, E] L2-normalised text embeddings (this process)
              logit_scale: torch.Tensor,  # scalar log(1/temperature), learnable
+             negatives: Negatives = Negatives(),  # the gather's convention (ITC's scope is always global)
+             max_logit_scale: Optional[float] = MAX_LOGIT_SCALE,  # cap on `logit_scale`; None = none (official)
             ) -> tuple[torch.Tensor, torch.Tensor]:  # loss, top-1 accuracy on the global batch
     "Image-text contrastive loss over the global batch (symmetric InfoNCE, learnable temperature)."
-    img, txt = all_gather_with_grad(img_emb), all_gather_with_grad(txt_emb)  # [N, E]
+    img, txt = negatives.gather(img_emb), negatives.gather(txt_emb)         # [N, E]
     sim = upcast(img) @ upcast(txt).t()                                      # [N, N] image x text
-    loss = nce(sim, logit_scale.clamp(max=MAX_LOGIT_SCALE).exp().reciprocal())
+    scale = logit_scale if max_logit_scale is None else logit_scale.clamp(max=max_logit_scale)
+    loss = nce(sim, scale.exp().reciprocal())
     target = torch.arange(len(sim), device=sim.device)
     acc = (_accuracy(sim, target) + _accuracy(sim.t(), target)) / 2
     return loss, acc
@@ -110,12 +181,17 @@ def itc_loss(img_emb: torch.Tensor,      # [B, E] L2-normalised image embeddings
 def completion_nce(pred: torch.Tensor,    # [B, D] or [B, F, D] predictions (with gradient)
                    target: torch.Tensor,  # same shape; detached here
                    tau: float,            # temperature (`objectives.scl_tau`)
+                   negatives: Negatives = Negatives(),  # global batch (gathered) or per process
+                   norm: Literal["feature", "frame"] = "feature",  # L2 axis: features, or dim 1 (the CVPR code)
                   ) -> torch.Tensor:      # scalar
     "NCE between predictions and detached targets, normalised over features, over the global batch; frames averaged."
-    p = F.normalize(upcast(pred), dim=-1)
-    t = F.normalize(upcast(target.detach()), dim=-1)
+    dim, eps = (-1, 1e-12) if norm == "feature" else (1, 1e-8)         # dim 1 of [B, F, D] is the frame axis
+    p = F.normalize(upcast(pred), dim=dim, eps=eps)
+    t = F.normalize(upcast(target.detach()), dim=dim, eps=eps)
     if p.dim() == 2: p, t = p[:, None], t[:, None]                     # [B, 1, D]
-    p, t = all_gather_with_grad(p), all_gather_with_grad(t)            # [N, F, D]
+    if negatives.scope == "process":                                   # mean of the per-process losses
+        return torch.stack([nce(torch.einsum("nfd,mfd->fnm", a, b), tau) for a, b in negatives.split(p, t)]).mean()
+    p, t = negatives.gather(p), negatives.gather(t)                    # [N, F, D]
     sim = torch.einsum("nfd,mfd->fnm", p, t)                           # [F, N, N] one matrix per frame
     return nce(sim, tau)
 
@@ -140,15 +216,25 @@ def mltc_loss(pred_tokens: torch.Tensor,  # [B, T, D] fused tokens of the masked
               masked: torch.Tensor,       # [B, T] bool, True at the masked positions
               tau: float = 0.03,          # temperature
               max_masked: Optional[int] = None,  # a bound on the masked positions per sample; None = T
+              negatives: Negatives = Negatives(),  # all masked tokens of the global batch, or per process
              ) -> torch.Tensor:           # scalar; 0 (with a graph) when nothing is masked
     "Token-level completion NCE over all masked tokens of the global batch (GLSCL MLTC)."
+    if negatives.scope == "process":  # each emulated process's own masked tokens; the mean of their losses
+        parts = negatives.split(pred_tokens, tgt_tokens, masked)
+        return torch.stack([_mltc(p, t, m, tau, max_masked, negatives) for p, t, m in parts]).mean()
+    return _mltc(pred_tokens, tgt_tokens, masked, tau, max_masked, negatives)
+
+def _mltc(pred_tokens, tgt_tokens, masked, tau, max_masked, negatives: Negatives) -> torch.Tensor:
+    "`mltc_loss` over the rows `negatives.gather` collects."
     B, T, D = pred_tokens.shape
     idx = first_positions(masked, T if max_masked is None else min(max_masked, T))    # [B, K]
     take = lambda x: x.gather(1, idx[..., None].expand(-1, -1, D)).flatten(0, 1)    # [B*K, D]
     p = F.normalize(upcast(take(pred_tokens)), dim=-1)
     t = F.normalize(upcast(take(tgt_tokens).detach()), dim=-1)
     valid = masked.gather(1, idx).flatten().float()                                  # [B*K]
-    p, t, valid = all_gather_with_grad(p), all_gather_with_grad(t), all_gather_with_grad(valid)  # [M, D], [M, D], [M]
+    if negatives.scope == "process":  # one emulated process's rows: nothing to gather
+        return nce(p @ t.t(), tau, valid > 0.5)
+    p, t, valid = negatives.gather(p), negatives.gather(t), negatives.gather(valid)  # [M, D], [M, D], [M]
     return nce(p @ t.t(), tau, valid > 0.5)
 
 # %% ../nbs/07_objectives.ipynb #b0dfd06e
@@ -226,16 +312,18 @@ def _needs_itc(o: ObjectiveConfig) -> bool:
     "ITC runs for its own term and for the similarities of hard ITM negatives."
     return "itc" in o.active or ("itm" in o.active and o.itm_negatives == "hard")
 
-def _itc(m: SCLModel, image: ImageEncoding, text: TextEncoding, active: set, grad: bool):
+def _itc(m: SCLModel, image: ImageEncoding, text: TextEncoding, o: ObjectiveConfig, grad: bool):
     "ITC terms and the ITC logits text x image (for hard ITM negatives)."
-    terms, logs = {}, {}
+    terms, logs, active = {}, {}, set(o.active)
     with torch.set_grad_enabled(grad and "itc" in active):
         img_emb, txt_emb = m.itc_image(image), m.itc_text(text)          # [B, E]
+    raw = m.cfg.objectives.itc_temperature == "raw"                   # the official tau: never capped
+    log_scale = m.itc_log_scale() if raw else m.itc_log_scale().clamp(max=MAX_LOGIT_SCALE)
     if "itc" in active:
-        terms["itc"], logs["itc_acc"] = itc_loss(img_emb, txt_emb, m.itc_logit_scale)
-        logs["itc_temperature"] = m.itc_logit_scale.detach().clamp(max=MAX_LOGIT_SCALE).exp().reciprocal()
-    scale = m.itc_logit_scale.detach().clamp(max=MAX_LOGIT_SCALE).exp()
-    return terms, logs, (txt_emb @ img_emb.t()).detach() * scale       # [B, B]
+        neg = term_negatives(o, "itc")
+        terms["itc"], logs["itc_acc"] = itc_loss(img_emb, txt_emb, log_scale, neg, max_logit_scale=None)
+        logs["itc_temperature"] = log_scale.detach().exp().reciprocal()
+    return terms, logs, (txt_emb @ img_emb.t()).detach() * log_scale.detach().exp()  # [B, B]
 
 def _itm_pairs(batch: dict, o: ObjectiveConfig, sim, noise: dict) -> tuple[torch.Tensor, torch.Tensor]:
     "The image paired with each caption ([B] indices) and whether the pair matches ([B] 1/0)."
@@ -273,7 +361,7 @@ def _shared_passes(m: SCLModel, batch: dict, o: ObjectiveConfig, noise: dict, ne
     "The shared schedule: each unmasked encoding once, same-shape tower and fusion passes packed into one call each."
     pixels = batch["pixels"]
     images, texts = _image_passes(m, pixels, o, noise, needs), _text_passes(m, batch, needs)
-    terms, logs, sim = _itc(m, images["U"], texts["U"], set(o.active), grad) if _needs_itc(o) else ({}, {}, None)
+    terms, logs, sim = _itc(m, images["U"], texts["U"], o, grad) if _needs_itc(o) else ({}, {}, None)
     pick, labels = _itm_pairs(batch, o, sim, noise) if "itm" in needs else (None, None)
     inputs = {"mlm": (images["U"], texts.get("mlm")), "itm": (images["U"].index(pick) if pick is not None else None, texts["U"]),
               "B": (images["U"], texts.get("B")), "A'": (images.get("A'"), texts["U"])}
@@ -288,7 +376,7 @@ def _reference_passes(m: SCLModel, batch: dict, o: ObjectiveConfig, noise: dict,
     "The reference schedule: every objective encodes its own inputs and runs its own fusion pass."
     pixels, attn, active = batch["pixels"], batch["attention_mask"], set(o.active)
     text = lambda key="input_ids": m.encode_text(batch[key], attn)
-    terms, logs, sim = _itc(m, m.encode_image(pixels), text(), active, grad) if _needs_itc(o) else ({}, {}, None)
+    terms, logs, sim = _itc(m, m.encode_image(pixels), text(), o, grad) if _needs_itc(o) else ({}, {}, None)
     passes, labels, masked_image = {}, None, None
     if "itm" in needs:
         pick, labels = _itm_pairs(batch, o, sim, noise)
@@ -317,14 +405,20 @@ def _objective_terms(m: SCLModel, batch: dict, o: ObjectiveConfig, noise: dict) 
     terms, logs, P, labels, masked_image = schedule(m, batch, o, noise, needs, torch.is_grad_enabled())
     if "itm" in active: terms["itm"], logs["itm_acc"] = itm_loss(m.itm_head(P["itm"].cls_feats), labels)
     if "mlm" in active: terms["mlm"], logs["mlm_acc"] = _mlm(m, P["mlm"].text_tokens, batch["mlm_labels"], o.mlm_prob)
-    if "scl_image" in active: terms["scl_image"] = completion_nce(P["A"].image_frame_cls, P["B"].image_frame_cls, o.scl_tau)
-    if "scl_text" in active: terms["scl_text"] = completion_nce(P["B"].text_cls, P["A"].text_cls, o.scl_tau)
+    neg, tau = (lambda name: term_negatives(o, name)), o.scl_tau
+    if "scl_image" in active:
+        pred, target = P["A"].image_frame_cls, P["B"].image_frame_cls                  # [B, F, D]
+        terms["scl_image"] = completion_nce(pred, target, tau, neg("scl_image"), o.scl_norm)
+    if "scl_text" in active: terms["scl_text"] = completion_nce(P["B"].text_cls, P["A"].text_cls, tau, neg("scl_text"))
     if "mltc_text" in active:
-        bound = masked_count_bound(batch["scl_text_masked"].shape[1], o.scl_text_mask)
-        terms["mltc_text"] = mltc_loss(P["B"].text_tokens, P["A"].text_tokens, batch["scl_text_masked"].bool(), o.scl_tau, bound)
+        masked = batch["scl_text_masked"].bool()                                        # [B, L]
+        bound = masked_count_bound(masked.shape[1], o.scl_text_mask)
+        terms["mltc_text"] = mltc_loss(P["B"].text_tokens, P["A"].text_tokens, masked, tau, bound, neg("mltc_text"))
     if "mltc_image" in active:
         bound = masked_image.num_frames * mask_token_count(masked_image.masked.shape[1], o.mltc_image_mask)
-        terms["mltc_image"] = mltc_loss(P["A'"].image_tokens, P["B"].image_tokens, image_token_mask(masked_image), o.scl_tau, bound)
+        masked = image_token_mask(masked_image)                                         # [B, F*(1+N)]
+        pred, target = P["A'"].image_tokens, P["B"].image_tokens
+        terms["mltc_image"] = mltc_loss(pred, target, masked, tau, bound, neg("mltc_image"))
     return terms, logs
 
 # %% ../nbs/07_objectives.ipynb #41985d95

@@ -61,7 +61,8 @@ class TaskModel(SCLModel):
         "Parameters the task's loss never reaches: kept (and saved) as loaded, but not trained."
         top = name.split(".")[0]
         if top in ("mlm_head", "itm_head") or name == "vision.mask_token": return True
-        return top in ("itc_image_proj", "itc_text_proj", "itc_logit_scale") and not (self.task == "retrieval" and self.itc_weight > 0)
+        itc = ("itc_image_proj", "itc_text_proj", "itc_logit_scale", "itc_tau")
+        return top in itc and not (self.task == "retrieval" and self.itc_weight > 0)
 
     def init_rank_head(self):
         "Copy the ITM positive row into the rank head (after pre-trained weights are loaded)."
@@ -193,7 +194,7 @@ def retrieval_step(model: TaskModel, batch: dict) -> dict:
     out = dict(rank_ce=rank.detach())
     loss = rank
     if model.itc_weight > 0:
-        itc, _ = itc_loss(model.itc_image(img), model.itc_text(txt), model.itc_logit_scale)
+        itc, _ = itc_loss(model.itc_image(img), model.itc_text(txt), model.itc_log_scale())
         loss, out["itc"] = loss + model.itc_weight * itc, itc.detach()
     return dict(loss=loss, **out)
 

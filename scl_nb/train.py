@@ -22,7 +22,7 @@ from .optim import build_optimizer, build_scheduler
 from .checkpoint import (atomic_write, ckpt_name, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
                                seed_step, set_rng_state)
 from .perf import count_flops, cpu_peak_flops, mfu, peak_flops
-from .objectives import PretrainTask
+from .objectives import PretrainTask, ranks_per_process
 from .jobs import EXIT_PREEMPTED, read_metrics
 from .data import ManifestError, TooManyBadSamples, pretrain_loader
 
@@ -427,7 +427,8 @@ def _train(ctx, cfg, out_dir, resume, overwrite, model_fn, data_fn, progress, ma
     tcfg, ckpt_dir = cfg.train, out_dir / "checkpoints"
     model_fn, data_fn = model_fn or PretrainTask.from_config, data_fn or _default_data_fn
     precision = resolve_precision(tcfg.precision, ctx.device)
-    micro, accum = batch_layout(tcfg.batch_size, tcfg.per_gpu_batch_size, ctx.world_size)
+    per_process = tcfg.per_gpu_batch_size * ranks_per_process(cfg.objectives, ctx.world_size)  # emulated GPUs
+    micro, accum = batch_layout(tcfg.batch_size, per_process, ctx.world_size)
     ckpt, replace = _resume_point(ctx, out_dir, resume, overwrite)  # refuses before anything is built or written
     model, optimizer, scaler, scheduler, data = _build(ctx, cfg, model_fn, data_fn, precision, micro)  # bad input fails here
     _open_folder(ctx, out_dir, replace)
@@ -544,7 +545,7 @@ def run_config(preset_or_file: str = "tiny", data: Optional[str] = None, steps: 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m scl_nb.train", description="Pre-train SCL (scl_nb.train.train).")
-    p.add_argument("--preset", default="tiny", help="preset name (tiny, paper, paper-cvpr)")
+    p.add_argument("--preset", default="tiny", help=f"preset name: {', '.join(sorted(PRESETS))}")
     p.add_argument("--config", default=None, help="YAML/JSON config file (instead of --preset)")
     p.add_argument("--data", default=None, help="'synthetic' or a manifest path (data.source)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (train.steps)")

@@ -10,7 +10,7 @@ optimizer and scheduler states, a callback keyed by Lightning's class), then:
 
 About 1-2 minutes on 2 CPU cores.
 """
-import json, os, subprocess, sys
+import json, os, re, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +112,48 @@ def test_finetune_vqa_evaluates_official_vqa_checkpoint(offline_cache, tmp_path)
     assert res["metrics"]["val"]["questions"] == mine["questions"] > 0
     assert res["metrics"]["val"]["accuracy"] == pytest.approx(mine["accuracy"], abs=1e-9)
     assert res["metrics"]["val"]["vqa_score"] == pytest.approx(mine["vqa_score"], abs=1e-9)
+
+
+# The official optimiser groups (issue 24), written here from the official `set_schedule` (scl/modules/scl_utils.py,
+# lines 324-406 at IIGROUP/SCL cd0d819): substring rules on the official parameter names.
+OFFICIAL_NO_DECAY = ["bias", "LayerNorm.bias", "LayerNorm.weight", "norm.bias", "norm.weight",
+                     "norm1.bias", "norm1.weight", "norm2.bias", "norm2.weight"]
+OFFICIAL_HEAD_NAMES = ["vqa_classifier", "nlvr2_classifier", "snli_classifier", "mlm_score", "itm_score"]
+
+
+def official_rule(official_name: str):
+    "(group, no decay) of one official parameter name; a name both head and cross-modal would be in no group."
+    head, cross = any(h in official_name for h in OFFICIAL_HEAD_NAMES), "cross_modal" in official_name
+    assert not (head and cross), official_name
+    return ("head" if head else "cross_modal" if cross else "base"), any(s in official_name for s in OFFICIAL_NO_DECAY)
+
+
+def official_parameter_name(ours: str) -> str:
+    from scl_nb.official import _official_name
+    m = re.fullmatch(r"vision\.blocks\.(\d+)\.attn\.[qkv]_proj\.(weight|bias)", ours)
+    if m: return f"vision_transformer.visual.transformer.resblocks.{m.group(1)}.attn.in_proj_{m.group(2)}"
+    if ours in ("itc_logit_scale", "itc_tau"): return "cl_temp"
+    return _official_name(ours, "scl")
+
+
+def test_official_param_groups_follow_the_official_names():
+    """`train.param_groups='official'`: every parameter of the pre-training and task models where the official rules put
+    its official name."""
+    from scl_nb.config import apply_overrides
+    from scl_nb.model import SCLModel
+    from scl_nb.official import official_tiny_config
+    from scl_nb.optim import official_group, param_groups
+    from scl_nb.tasks import TaskModel
+    overrides = {"train.param_groups": "official", "objectives.itc_temperature": "raw"}
+    cfg = apply_overrides(official_tiny_config(), overrides)
+    models = [SCLModel(cfg), TaskModel(cfg, "vqa", num_answers=5), TaskModel(cfg, "nlvr2"), TaskModel(cfg, "retrieval")]
+    checked = 0
+    for model in models:
+        groups = {n: (g["group"].removesuffix("_no_decay"), g["weight_decay"] == 0)
+                  for g in param_groups(model, cfg.train) for n in g["names"]}
+        for name, p in model.named_parameters():
+            if not p.requires_grad: continue
+            expect = official_rule(official_parameter_name(name))
+            assert official_group(name) == expect and groups[name] == expect, (name, groups[name], expect)
+            checked += 1
+    assert checked > 400
