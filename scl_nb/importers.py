@@ -414,13 +414,35 @@ def _arrow_batches(path: Path):
         batch = reader.get_batch(b)
         yield batch.schema.names, batch
 
-def import_arrow(src, stats: ImportStats, images_out=None, pattern: str = "*.arrow", splits=None) -> Iterator[dict]:
-    "ViLT/METER `.arrow` files: extract images and emit caption, VQA or NLVR2 rows."
-    src = Path(src)
+def _arrow_files(src: Path, pattern: str) -> list:
+    "The arrow files to read, a `*_val` file after the others (ViLT's `vqav2_val` holds `trainable_val` and `rest_val` again)."
     files = [src] if src.is_file() else sorted(src.glob(pattern))
     if not files: raise ManifestImportError(f"arrow: no file matching '{pattern}' under {src}")
+    return sorted(files, key=lambda p: arrow_dataset_split(p.stem)[1] == "val")
+
+def _arrow_split(stats: ImportStats, path: Path, file_split: Optional[str], column_split: Optional[str]) -> str:
+    "The file name's split (ViLT writes `split='val'` into `vqav2_trainable_val` and `vqav2_rest_val`), else the column's."
+    if file_split is None: return column_split or "train"
+    if column_split is not None and column_split != file_split:
+        stats.notes[f"of {path.name} labelled '{file_split}' by the file name (its split column says '{column_split}')"] += 1
+    return file_split
+
+def _arrow_vqa_rows(stats: ImportStats, path: Path, row: dict, media: str, split: str, dataset: str, seen: dict) -> Iterator[dict]:
+    "One VQA arrow row (an image and its questions) as manifest rows; a question id already imported is skipped."
+    answers, scores = row["answers"] or [], row["answer_scores"] or []
+    for k, (qtext, qid) in enumerate(zip(row["questions"], row["question_id"])):
+        if (dataset, qid) in seen:
+            stats.skip(f"question already imported from {seen[dataset, qid]}", f"{path.name}: question {qid}"); continue
+        seen[dataset, qid] = path.name
+        ans = rebuild_vqa_answers(answers[k], scores[k]) if k < len(answers) else []
+        yield dict(media=media, media_type="image", caption="", split=split, image_id=str(row["image_id"]), dataset=dataset,
+                   question=qtext, question_id=str(qid), answers=ans)
+
+def import_arrow(src, stats: ImportStats, images_out=None, pattern: str = "*.arrow", splits=None) -> Iterator[dict]:
+    "ViLT/METER `.arrow` files: extract images and emit caption, VQA or NLVR2 rows."
+    files = _arrow_files(Path(src), pattern)
     if images_out is None: raise ValueError("arrow: `images_out` (where image files are written) is required")
-    keep = _split_filter(splits)
+    keep, seen = _split_filter(splits), {}
     for path in files:
         dataset, file_split = arrow_dataset_split(path.stem)
         folder = Path(images_out) / path.stem
@@ -435,7 +457,7 @@ def import_arrow(src, stats: ImportStats, images_out=None, pattern: str = "*.arr
             missing = [c for c in required if c not in names]
             if missing: raise ManifestImportError(f"{path}: missing column(s) {missing}")
             for i in range(batch.num_rows):
-                split = col("split", i) if "split" in names else (file_split or "train")
+                split = _arrow_split(stats, path, file_split, col("split", i) if "split" in names else None)
                 if keep is not None and split not in keep: continue
                 if kind == "nlvr2":
                     ident = str(col("identifier", i))
@@ -451,11 +473,8 @@ def import_arrow(src, stats: ImportStats, images_out=None, pattern: str = "*.arr
                 if kind == "caption":
                     yield from _caption_rows(stats, media, col("caption", i) or [], split, Path(iid).stem, dataset)
                     continue
-                qs, qids, answers, scores = col("questions", i), col("question_id", i), col("answers", i) or [], col("answer_scores", i) or []
-                for k, (qtext, qid) in enumerate(zip(qs, qids)):
-                    ans = rebuild_vqa_answers(answers[k], scores[k]) if k < len(answers) else []
-                    yield dict(media=media, media_type="image", caption="", split=split, image_id=iid, dataset=dataset,
-                               question=qtext, question_id=str(qid), answers=ans)
+                row = {c: col(c, i) for c in ("questions", "question_id", "answers", "answer_scores", "image_id")}
+                yield from _arrow_vqa_rows(stats, path, row, media, split, dataset, seen)
 
 # %% ../nbs/13_importers.ipynb #f3ad0577
 MANIFEST_TYPES = {"media": "string", "media_type": "string", "caption": "string", "split": "string", "image_id": "string",
