@@ -22,7 +22,7 @@ from .metrics import vqa_soft_scores
 # %% auto #0
 __all__ = ['TASK_COLUMNS', 'VIDEO_EXTENSIONS', 'PRETRAIN_SPLITS', 'ManifestError', 'Manifest', 'media_type', 'load_manifest',
            'TooManyBadSamples', 'BadInputMonitor', 'stable_id', 'ManifestDataset', 'pad_media', 'pad_ids', 'Collator',
-           'ResumableSampler', 'ignore_interrupts', 'ResumableLoader', 'MixedLoader', 'select_splits', 'left_out_line',
+           'ResumableSampler', 'ignore_interrupts', 'ResumableLoader', 'MixedLoader', 'select_splits',
            'pretrain_loader', 'task_loader', 'bench_data']
 
 # %% ../nbs/12_data.ipynb #cfbbd2c7
@@ -476,21 +476,14 @@ class MixedLoader:
 
 # %% ../nbs/12_data.ipynb #fad72276
 PRETRAIN_SPLITS = ("train", "restval")  # what pre-training reads of a manifest (COCO's Karpathy train + restval, method §3)
-
 def select_splits(m: Manifest, splits: Sequence[str]) -> tuple[Manifest, dict]:
-    "The rows of `m` whose split is in `splits`, and the rows left out counted per split (`None`: no split value)."
+    "The rows of `m` whose split is in `splits` (all without a split column), and the others counted per split (`None`: no value)."
     import pyarrow as pa, pyarrow.compute as pc
-    col = m.table.with_format("arrow")["split"]  # follows a selection's index mapping
-    counts = {c["values"]: c["counts"] for c in pc.value_counts(col).to_pylist()}
-    left_out = {s: n for s, n in sorted(counts.items(), key=lambda kv: str(kv[0])) if s not in splits}
+    col = m.table.with_format("arrow")["split"] if "split" in m.columns else pa.array([], pa.string())  # follows a selection's indices
+    left_out = {c["values"]: c["counts"] for c in pc.value_counts(col).to_pylist() if c["values"] not in splits}
     if not left_out: return m, {}
-    keep = np.flatnonzero(pc.fill_null(pc.is_in(col, value_set=pa.array(list(splits), pa.string())), False).to_numpy(zero_copy_only=False))
-    return Manifest(m.table.select(keep), m.path), left_out
-
-def left_out_line(source, splits: Sequence[str], kept: int, left_out: dict) -> str:
-    "One line saying what a loader read and what it left out, per split."
-    out = ", ".join(f"{s if s is not None else '(no split)'} {n:,}" for s, n in left_out.items())
-    return f"{source}: {kept:,} rows of split(s) {', '.join(splits)}" + (f"; left out {sum(left_out.values()):,} rows: {out}" if left_out else "")
+    keep = pc.fill_null(pc.is_in(col, value_set=pa.array(list(splits), pa.string())), False).to_numpy(zero_copy_only=False)
+    return Manifest(m.table.select(np.flatnonzero(keep)), m.path), dict(sorted(left_out.items(), key=lambda kv: str(kv[0])))
 
 # %% ../nbs/12_data.ipynb #d75a7276
 def _hf_cache(cfg):
@@ -508,18 +501,17 @@ def pretrain_loader(cfg,                   # `SCLConfig`
     "The pre-training loader of `cfg`: image batches, alternating with video batches at `cfg.data.video_ratio`."
     from scl_nb.text import load_tokenizer
     tok = tokenizer or load_tokenizer(cfg.text, cfg.data.cache_dir)
-    hf_cache_dir = hf_cache_dir or _hf_cache(cfg)
-    left_out = {}
+    hf_cache_dir, left_out = hf_cache_dir or _hf_cache(cfg), {}
     if cfg.data.source == "synthetic":
         from scl_nb.synthetic import synthetic_for_config
         paths = synthetic_for_config(cfg, **(synthetic or {}))
         images = load_manifest(paths["captions_train"], TASK_COLUMNS["pretrain"], cache_dir=hf_cache_dir)
         videos = load_manifest(paths["video_captions_train"], TASK_COLUMNS["pretrain"], cache_dir=hf_cache_dir) if "video_captions_train" in paths else None
     else:
-        m = load_manifest(cfg.data.source, TASK_COLUMNS["pretrain"], cache_dir=hf_cache_dir)
-        if "split" in m.columns:
-            m, left_out = select_splits(m, splits)
-            if rank == 0: print(left_out_line(cfg.data.source, splits, len(m), left_out), flush=True)
+        m, left_out = select_splits(load_manifest(cfg.data.source, TASK_COLUMNS["pretrain"], cache_dir=hf_cache_dir), splits)
+        if rank == 0 and left_out:
+            print(f"{cfg.data.source}: {len(m):,} rows of split(s) {', '.join(splits)}; left out {sum(left_out.values()):,} rows: "
+                  + ", ".join(f"{s} {n:,}" for s, n in left_out.items()), flush=True)
         cols = ["media", "media_type"] if "media_type" in m.columns else ["media"]
         is_video = lambda p, t=None: media_type(dict(media=p, media_type=t)) == "video"
         images, videos = m.filter(lambda *c: not is_video(*c), cols), m.filter(is_video, cols)
