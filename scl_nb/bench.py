@@ -42,15 +42,15 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
         s.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
         if name == "best-batch": s.add_argument("--sizes", type=int, nargs="+", default=None, help="per-device batches to try, increasing")
-    r = sub.add_parser("rerank", help="retrieval re-ranking: fused pairs/s, bytes sent to the device per pair, FLOPs per pair (scl_nb.evaluation)")
+    r = sub.add_parser("rerank", help="retrieval re-ranking: pairs/s, bytes sent to the device and FLOPs per pair")
     r.add_argument("--preset", default="tiny", help="preset or config file of the (randomly initialised) model")
     r.add_argument("--images", type=int, default=64, help="images in the random evaluation set")
     r.add_argument("--captions", type=int, default=5, help="captions per image")
     r.add_argument("--k", type=int, default=16, help="re-ranked candidates per query")
     r.add_argument("--chunk", type=int, default=256, help="pairs fused at once")
     r.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    r.add_argument("--before", default=None, metavar="FILE", help="an older scl_nb/evaluation.py to time on the same model and batches")
-    r.add_argument("--estimate", action="store_true", help="also the COCO-5k time on 8 H100s from the paper model's FLOPs per pair")
+    r.add_argument("--before", default=None, metavar="FILE", help="an older scl_nb/evaluation.py to time too")
+    r.add_argument("--estimate", action="store_true", help="also the COCO-5k time on 8 H100s (paper FLOPs)")
     r.add_argument("--mfu", type=float, default=0.4, help="MFU assumed by --estimate")
     r.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     d = sub.add_parser("data", help="DataLoader throughput")
@@ -120,10 +120,10 @@ def _run(a):
         _call(bench_train, preset=a.preset, steps=a.steps, device=a.device, overrides=a.overrides)
     elif a.command == "best-batch":
         _call(bench_best_batch, preset=a.preset, sizes=a.sizes, steps=a.steps, device=a.device, overrides=a.overrides)
-    elif a.command == "rerank":  # by name: the evaluation sits in the tasks layer, above this module (as `scl_nb.jobs` runs entry points)
-        evaluation = importlib.import_module("scl_nb.evaluation")
-        _call(evaluation.bench_rerank, preset=a.preset, images=a.images, captions=a.captions, k=a.k, chunk=a.chunk, device=a.device,
-              overrides=a.overrides, before=a.before)
+    elif a.command == "rerank":
+        evaluation = importlib.import_module("scl_nb.evaluation")  # by name: it is in the tasks layer, above this one
+        _call(evaluation.bench_rerank, preset=a.preset, images=a.images, captions=a.captions, k=a.k, chunk=a.chunk,
+              device=a.device, overrides=a.overrides, before=a.before)
         if a.estimate:
             evaluation.coco5k_estimate(mfu=a.mfu)
     else:

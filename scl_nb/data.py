@@ -475,15 +475,14 @@ class MixedLoader:
         if self.video is not None and d["video"] is not None: self.video.load_state_dict(d["video"])
 
 # %% ../nbs/12_data.ipynb #fad72276
-PRETRAIN_SPLITS = ("train", "restval")  # what pre-training reads of a manifest (COCO's Karpathy train + restval, method §3)
+PRETRAIN_SPLITS = ("train", "restval")  # what pre-training reads (COCO's Karpathy train + restval, method §3)
 def select_splits(m: Manifest, splits: Sequence[str]) -> tuple[Manifest, dict]:
-    "The rows of `m` whose split is in `splits` (all without a split column), and the others counted per split (`None`: no value)."
+    "Rows of `m` whose split is in `splits` (all without a split column), and the others counted per split."
     import pyarrow as pa, pyarrow.compute as pc
-    col = m.table.with_format("arrow")["split"] if "split" in m.columns else pa.array([], pa.string())  # follows a selection's indices
+    col = m.table.with_format("arrow")["split"] if "split" in m.columns else pa.array([], pa.string())  # index-mapped
     left_out = {c["values"]: c["counts"] for c in pc.value_counts(col).to_pylist() if c["values"] not in splits}
-    if not left_out: return m, {}
-    keep = pc.fill_null(pc.is_in(col, value_set=pa.array(list(splits), pa.string())), False).to_numpy(zero_copy_only=False)
-    return Manifest(m.table.select(np.flatnonzero(keep)), m.path), dict(sorted(left_out.items(), key=lambda kv: str(kv[0])))
+    keep = pc.fill_null(pc.is_in(col, pa.array(list(splits), pa.string())), False).to_numpy(zero_copy_only=False)
+    return (Manifest(m.table.select(np.flatnonzero(keep)), m.path) if left_out else m), left_out
 
 # %% ../nbs/12_data.ipynb #d75a7276
 def _hf_cache(cfg):
@@ -494,7 +493,7 @@ def pretrain_loader(cfg,                   # `SCLConfig`
                     rank: int = 0, world: int = 1,
                     device=None,           # where batches go
                     tokenizer=None,        # None = `load_tokenizer(cfg.text, cfg.data.cache_dir)`
-                    splits: Sequence[str] = PRETRAIN_SPLITS,  # rows of these splits (manifest sources); the rest is counted
+                    splits: Sequence[str] = PRETRAIN_SPLITS,  # a manifest's rows of these splits; the rest is counted
                     hf_cache_dir=None,     # Arrow cache for `datasets`; None = `<cfg.data.cache_dir>/hf_datasets` or the `datasets` default
                     synthetic: Optional[dict] = None,  # `SyntheticParams` fields for the synthetic source (sizes, seed)
                    ) -> MixedLoader:
@@ -508,10 +507,11 @@ def pretrain_loader(cfg,                   # `SCLConfig`
         images = load_manifest(paths["captions_train"], TASK_COLUMNS["pretrain"], cache_dir=hf_cache_dir)
         videos = load_manifest(paths["video_captions_train"], TASK_COLUMNS["pretrain"], cache_dir=hf_cache_dir) if "video_captions_train" in paths else None
     else:
-        m, left_out = select_splits(load_manifest(cfg.data.source, TASK_COLUMNS["pretrain"], cache_dir=hf_cache_dir), splits)
+        m = load_manifest(cfg.data.source, TASK_COLUMNS["pretrain"], cache_dir=hf_cache_dir)
+        m, left_out = select_splits(m, splits)
         if rank == 0 and left_out:
-            print(f"{cfg.data.source}: {len(m):,} rows of split(s) {', '.join(splits)}; left out {sum(left_out.values()):,} rows: "
-                  + ", ".join(f"{s} {n:,}" for s, n in left_out.items()), flush=True)
+            out = ", ".join(f"{s} {n:,}" for s, n in sorted(left_out.items(), key=lambda kv: str(kv[0])))
+            print(f"{cfg.data.source}: {len(m):,} rows of split(s) {', '.join(splits)}; left out {out}", flush=True)
         cols = ["media", "media_type"] if "media_type" in m.columns else ["media"]
         is_video = lambda p, t=None: media_type(dict(media=p, media_type=t)) == "video"
         images, videos = m.filter(lambda *c: not is_video(*c), cols), m.filter(is_video, cols)

@@ -41,7 +41,7 @@ def url_crc32(url: str) -> int:
     "CRC32 of the URL's UTF-8 bytes, unsigned: the number DownloadConceptualCaptions names the URL's file by."
     return zlib.crc32(url.encode("utf-8")) & 0xFFFFFFFF
 
-HASHED_NAME = re.compile(r"^(?:(\d+)_)?(\d+)(?:\.[A-Za-z]+)?$")  # "<row>_<crc32>" (since March 2019) or "<crc32>", any extension
+HASHED_NAME = re.compile(r"^(?:(\d+)_)?(\d+)(?:\.[A-Za-z]+)?$")  # "<row>_<crc32>" (since 2019-03) or "<crc32>"
 
 class HashedFiles:
     "A folder of files named `<row>_<crc32 of the URL>` or `<crc32>`, looked up by URL."
@@ -69,8 +69,8 @@ class HashedFiles:
             return same_row[0]
         if files and self.url_of.get(url_crc32(url)) == url:
             return files[0][1]
-        skip("CRC32 of the URL shared with another URL, and no file with the row's number" if files else "missing media",
-             f"row {row}: {url}")
+        shared = "CRC32 of the URL shared with another URL, and no file with the row's number"
+        skip(shared if files else "missing media", f"row {row}: {url}")
         return None
 
 # %% ../nbs/15_downloads.ipynb #8a02bb90
@@ -80,8 +80,9 @@ def check_row_numbers(files: dict,   # int(file stem) -> path, as `scl_nb.import
     "Raise `ValueError` when file stems exceed the row numbers: they are URL hashes, not positions."
     top = max(files, default=-1)
     if top >= rows + index_base:
-        raise ValueError(f"{where}: file names go up to {top} but the annotation file has {rows} rows, so they are not row numbers "
-                         "(DownloadConceptualCaptions names files by the CRC32 of their URL): import with --naming url-hash")
+        raise ValueError(f"{where}: file names go up to {top} but the annotation file has {rows} rows, so they are "
+                         "not row numbers (DownloadConceptualCaptions names files by the CRC32 of their URL): "
+                         "import with --naming url-hash")
 
 # %% ../nbs/15_downloads.ipynb #f1297c10
 MEDIA_EXTS = IMAGE_EXTS | VIDEO_EXTS
@@ -113,7 +114,8 @@ class ShardIndex:
         "key -> media file of one shard (a folder, or a tar extracted now)."
         if shard not in self.extracted:
             if shard.is_dir():
-                self.extracted[shard] = {Path(f).stem: str(shard / f) for f in os.listdir(shard) if Path(f).suffix.lower() in MEDIA_EXTS}
+                media = [f for f in os.listdir(shard) if Path(f).suffix.lower() in MEDIA_EXTS]
+                self.extracted[shard] = {Path(f).stem: str(shard / f) for f in media}
             else:
                 self.extracted[shard] = self._extract(shard.with_suffix(".tar"))
         return self.extracted[shard]
@@ -154,7 +156,7 @@ def detect_naming(root) -> str:
         return "shards"
     if root.name in ("training", "validation"):
         return "url-hash"
-    first = [f for _, _, files in itertools.islice(os.walk(root), 3) for f in files][:50]  # a few names of the first folders
+    first = [f for _, _, files in itertools.islice(os.walk(root), 3) for f in files][:50]  # names in the first folders
     return "url-hash" if any(re.match(r"^\d+_\d+(\.[A-Za-z]+)?$", f) for f in first) else "index"
 
 def download_finder(root, naming: Optional[str],
@@ -163,7 +165,7 @@ def download_finder(root, naming: Optional[str],
                     media_out=None,       # `shards`: where webdataset tars are extracted
                     skip: Callable[[str, str], None] = lambda reason, example: None,  # counts a row without its file
                    ) -> Callable[[int, str], Optional[str]]:
-    "`find(row, url)`: the file of a row of one annotation file in the download under `root`, or None (counted by `skip`)."
+    "`find(row, url)`: the file of a row of one annotation file in the download under `root`, or None (`skip` counts)."
     naming = naming or detect_naming(root)
     if naming not in NAMINGS:
         raise ValueError(f"naming={naming!r}; choose one of {list(NAMINGS)}")

@@ -71,10 +71,11 @@ class RetrievalSet:
     txt2img: torch.Tensor       # [n_txt] image index of each text
     image_ids: list             # [n_img] dataset ids of the images
 
-def _model_device(model) -> torch.device: return next(model.parameters()).device
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
 
 def eval_precision(model, precision: Optional[str] = None) -> str:
-    "The precision an evaluation runs in: `precision`, else the run's (`cfg.train.precision`), as the engine resolves it."
+    "The precision of an evaluation: `precision`, else the run's (`cfg.train.precision`), resolved as the engine does."
     return resolve_precision(precision or unwrap_model(model).cfg.train.precision, _model_device(model))
 
 # %% ../nbs/42_evaluation.ipynb #d83da1d0
@@ -88,22 +89,27 @@ def _to_device(x: torch.Tensor, dev, sent: list) -> torch.Tensor:
 @torch.no_grad()
 def _encode_rows(model, batches, precision: str, sent: list) -> dict:
     "This process's rows: tokens and ITC embeddings of every text, and of each image the first time it appears."
-    dev, seen, out, frames, n = _model_device(model), set(), {k: [] for k in ("row", "txt_img", "txt_tok", "txt_mask", "txt_emb",
-                                                                                "img_id", "img_tok", "img_emb")}, 1, 0
+    dev, seen, frames, n = _model_device(model), set(), 1, 0
+    out = {k: [] for k in ("row", "txt_img", "txt_tok", "txt_mask", "txt_emb", "img_id", "img_tok", "img_emb")}
     for b in batches:
         ids = b["image_ids"].tolist()
-        new = [i for i, k in enumerate(ids) if k not in seen and k not in ids[:i]]
-        b = {k: _to_device(b[k][new] if k == "pixels" else b[k], dev, sent) for k in _EVAL_KEYS if k in b and torch.is_tensor(b[k])}
+        new = [i for i, k in enumerate(ids) if k not in seen and k not in ids[:i]]  # images new to this process
+        keys = [k for k in _EVAL_KEYS if torch.is_tensor(b.get(k))]
+        b = {k: _to_device(b[k][new] if k == "pixels" else b[k], dev, sent) for k in keys}
         with autocast(dev, precision):
             if new:
-                enc = model.encode_image(b["pixels"])  # [b', F*T, D]: the images new to this process
+                enc = model.encode_image(b["pixels"])  # [b', F*T, D]
                 frames = enc.num_frames
-                out["img_id"].append(b["image_ids"][new]); out["img_tok"].append(enc.tokens); out["img_emb"].append(model.itc_image(enc).float())
+                out["img_id"].append(b["image_ids"][new])
+                out["img_tok"].append(enc.tokens)
+                out["img_emb"].append(model.itc_image(enc).float())
                 seen.update(ids[i] for i in new)
             t = model.encode_text(b["input_ids"], b["attention_mask"])  # [b, L, D]
             out["txt_emb"].append(model.itc_text(t).float())
         out["row"].append(b["index"] if "index" in b else torch.arange(n, n + len(ids), device=dev))
-        out["txt_img"].append(b["image_ids"]); out["txt_tok"].append(t.tokens); out["txt_mask"].append(t.attention_mask)
+        out["txt_img"].append(b["image_ids"])
+        out["txt_tok"].append(t.tokens)
+        out["txt_mask"].append(t.attention_mask)
         n += len(ids)
     L = max(t.shape[1] for t in out["txt_tok"])
     out["txt_tok"] = [F.pad(t, (0, 0, 0, L - t.shape[1])) for t in out["txt_tok"]]
@@ -123,33 +129,35 @@ def _first_of_each(keys: torch.Tensor) -> torch.Tensor:
 def _assemble(share: dict) -> RetrievalSet:
     "Every process's `_encode_rows` share -> this process's `RetrievalSet`."
     L = torch.tensor([share["txt_tok"].shape[1]], device=share["txt_tok"].device)
-    if distributed.is_distributed(): dist.all_reduce(L, op=dist.ReduceOp.MAX)
-    L = int(L)
-    tok = F.pad(share["txt_tok"], (0, 0, 0, L - share["txt_tok"].shape[1]))
-    rows = _gather(share["row"])
-    keep = _first_of_each(rows)  # one copy of each row, in row order
+    if distributed.is_distributed():
+        dist.all_reduce(L, op=dist.ReduceOp.MAX)  # the longest text over all processes
+    L, me = int(L), distributed.rank()
+    keep = _first_of_each(_gather(share["row"]))  # one copy of each row, in row order
     txt_img = _gather(share["txt_img"])[keep].tolist()
-    img_ids = _gather(share["img_id"])
-    owner = _gather(torch.full_like(share["img_id"], distributed.rank()))
+    img_ids, owner = _gather(share["img_id"]), _gather(torch.full_like(share["img_id"], me))
     first = {}
-    for pos, i in enumerate(img_ids.tolist()): first.setdefault(i, pos)
+    for pos, i in enumerate(img_ids.tolist()):
+        first.setdefault(i, pos)  # the entry of the lowest rank that encoded image i
     image_ids = list(dict.fromkeys(txt_img))  # images in order of their first row
     pos = torch.tensor([first[i] for i in image_ids], device=img_ids.device)
-    mine = (owner[pos] == distributed.rank()).nonzero()[:, 0]  # indices of this process's images
-    offset = int((owner < distributed.rank()).sum())  # where this process's entries start in the gathered list
+    mine = (owner[pos] == me).nonzero()[:, 0]  # indices of this process's images
+    offset = int((owner < me).sum())  # where this process's entries start in the gathered list
     index = {i: n for n, i in enumerate(image_ids)}
-    return RetrievalSet(share["img_tok"][pos[mine] - offset], mine.cpu(), share["frames"], _gather(tok)[keep],
-                        _gather(pad_to_length(share["txt_mask"], L))[keep], _gather(share["img_emb"])[pos], _gather(share["txt_emb"])[keep],
+    txt_tok = _gather(F.pad(share["txt_tok"], (0, 0, 0, L - share["txt_tok"].shape[1])))[keep]
+    txt_mask = _gather(pad_to_length(share["txt_mask"], L))[keep]
+    return RetrievalSet(share["img_tok"][pos[mine] - offset], mine.cpu(), share["frames"], txt_tok, txt_mask,
+                        _gather(share["img_emb"])[pos], _gather(share["txt_emb"])[keep],
                         torch.tensor([index[i] for i in txt_img]), image_ids)
 
 @torch.no_grad()
 def encode_retrieval_set(model: SCLModel,  # `SCLModel` or `TaskModel`
-                         batches,          # this process's rows: dicts with pixels [B,F,3,S,S], input_ids, attention_mask, image_ids [B], index [B]
+                         batches,          # this process's rows: pixels [B,F,3,S,S], input_ids, attention_mask, ...
                          precision: Optional[str] = None,  # None: the run's (`eval_precision`)
                          sent: Optional[list] = None,       # a one-item list the bytes sent to the device are added to
                         ) -> RetrievalSet:
     "Encode this process's rows (each text once, each image once) and gather what every process needs."
-    was_training = model.training; model.eval()
+    was_training = model.training
+    model.eval()
     rs = _assemble(_encode_rows(model, batches, eval_precision(model, precision), sent if sent is not None else [0]))
     model.train(was_training)
     return rs
@@ -186,9 +194,10 @@ def score_pairs(model: SCLModel, rs: RetrievalSet,
                 chunk: int = 256,       # pairs fused at once: bounds activation memory
                 precision: Optional[str] = None,  # None: the run's (`eval_precision`)
                 sent: Optional[list] = None,      # bytes sent to the device are added to `sent[0]`
-               ) -> torch.Tensor:       # [P] float32 on the CPU: scores of the pairs of this process's images, 0 elsewhere
+               ) -> torch.Tensor:       # [P] float32 on the CPU: the pairs of this process's images scored, 0 elsewhere
     "ITM scores of the pairs whose image this process holds, `chunk` pairs at a time, tokens gathered on the device."
-    was_training = model.training; model.eval()
+    was_training = model.training
+    model.eval()
     dev, precision, sent = _model_device(model), eval_precision(model, precision), sent if sent is not None else [0]
     local = torch.full((len(rs.image_emb),), -1, dtype=torch.long)
     local[rs.own_images] = torch.arange(len(rs.own_images))
@@ -197,9 +206,10 @@ def score_pairs(model: SCLModel, rs: RetrievalSet,
     out = torch.zeros(len(at), dtype=torch.float32, device=dev)
     for a in range(0, len(at), chunk):
         p = _to_device(mine[a:a + chunk], dev, sent)  # [c, 2]
+        image = ImageEncoding(rs.image_tokens[p[:, 0]], rs.num_frames)  # [c, F*T, D], gathered on the device
+        text = TextEncoding(rs.text_tokens[p[:, 1]], rs.text_mask[p[:, 1]])  # [c, L, D]
         with autocast(dev, precision):
-            fused = model.fuse(ImageEncoding(rs.image_tokens[p[:, 0]], rs.num_frames), TextEncoding(rs.text_tokens[p[:, 1]], rs.text_mask[p[:, 1]]))
-            out[a:a + len(p)] = pair_score(model, fused.cls_feats).float()
+            out[a:a + len(p)] = pair_score(model, model.fuse(image, text).cls_feats).float()
     model.train(was_training)
     scores = torch.zeros(len(pairs), dtype=torch.float32)
     scores[at] = out.cpu()
@@ -249,7 +259,7 @@ def retrieval_scores(model: SCLModel, rs: RetrievalSet,
                      precision: Optional[str] = None,  # None: the run's
                      sent: Optional[list] = None,      # bytes sent to the device are added to `sent[0]`
                     ) -> dict:
-    "ITC similarity, the re-ranked `i2t` / `t2i` matrices (every process's pairs summed), the number of fused pairs and the time taken."
+    "ITC similarity, the re-ranked `i2t` / `t2i` matrices (all processes' pairs), the fused pairs and the time taken."
     t0 = time.perf_counter()
     sim = itc_similarity(rs)
     rows, cols = topk_masks(sim, k)
@@ -259,26 +269,27 @@ def retrieval_scores(model: SCLModel, rs: RetrievalSet,
     return dict(itc=sim, i2t=i2t, t2i=t2i, pairs=len(pairs), seconds=time.perf_counter() - t0)
 
 def evaluate_retrieval(model: SCLModel,
-                       batches,                 # this process's rows (see `encode_retrieval_set`), e.g. `task_loader(..., rank, world)`
+                       batches,                 # this process's rows, e.g. `task_loader(..., rank, world)`
                        k: Optional[int] = None, # re-ranked candidates; None = all
                        chunk: int = 256,        # pairs fused at once
                        video: bool = False,     # report v2t / t2v
                        precision: Optional[str] = None,  # None: the run's (bf16 autocast on GPUs)
                       ) -> dict:
-    "Zero-shot or fine-tuned retrieval: ITC-only and ITC + ITM re-ranked metrics, sizes, timings, bytes sent to the device."
+    "Zero-shot or fine-tuned retrieval: ITC and ITC + ITM re-ranked metrics, sizes, timings, bytes sent to the device."
     t0, sent = time.perf_counter(), [0]
     rs = encode_retrieval_set(model, batches, precision, sent)
     t_enc = time.perf_counter() - t0
     s = retrieval_scores(model, rs, k, chunk, precision, sent)
+    device_bytes = sum_over_ranks(torch.tensor([float(sent[0])], dtype=torch.float64))
     return dict(itc=retrieval_metrics(s["itc"], s["itc"], rs.txt2img, video),
                 itm=retrieval_metrics(s["i2t"], s["t2i"], rs.txt2img, video),
                 n_images=len(rs.image_ids), n_texts=len(rs.txt2img), k=k, fused_pairs=s["pairs"],
-                encode_s=t_enc, rerank_s=s["seconds"], precision=eval_precision(model, precision), processes=distributed.world_size(),
-                device_bytes=int(sum_over_ranks(torch.tensor([float(sent[0])], dtype=torch.float64)).item()))
+                encode_s=t_enc, rerank_s=s["seconds"], precision=eval_precision(model, precision),
+                processes=distributed.world_size(), device_bytes=int(device_bytes.item()))
 
 # %% ../nbs/42_evaluation.ipynb #1aacef71
 def retrieval_eval_rows(cfg, data: dict):
-    "The evaluation rows `data` describes: `table`, `split` (of `cfg.data.source`), `eval_images`, `one_caption`, `synthetic`."
+    "The evaluation rows `data` describes: its `table` and `split` of `cfg.data.source`, `eval_images`, `one_caption`."
     from scl_nb.tasks import retrieval_subset, task_manifest
     rows = task_manifest(cfg, data["table"], data["split"], data.get("synthetic"))
     return retrieval_subset(rows, data.get("eval_images"), one_caption=data.get("one_caption", False))
@@ -309,13 +320,14 @@ class RetrievalEval:
             return evaluate_retrieval(model, _eval_loader(model, rows, self.batch_size), self.k, self.chunk, self.video)
         from scl_nb.config import to_dict
         folder = Path(self.out_dir) / f"eval_{name}"
-        job = dict(cfg=to_dict(model.cfg), checkpoint=checkpoint and str(checkpoint), seed=seed, data=self.data, k=self.k, chunk=self.chunk,
-                   video=self.video, batch_size=self.batch_size, device=self.device, out=str(folder / "metrics.json"))
+        job = dict(cfg=to_dict(model.cfg), checkpoint=checkpoint and str(checkpoint), seed=seed, data=self.data,
+                   k=self.k, chunk=self.chunk, video=self.video, batch_size=self.batch_size, device=self.device,
+                   out=str(folder / "metrics.json"))
         return launch_retrieval_eval(job, self.nprocs, folder)
 
 # %% ../nbs/42_evaluation.ipynb #0dcddbdc
-def retrieval_eval_job(job: dict) -> Optional[dict]:
-    "One process of a multi-process evaluation (`RetrievalEval.run`): rebuild the model and this process's rows, evaluate."
+def retrieval_eval_job(job: dict) -> dict:
+    "One process of a multi-process evaluation (`RetrievalEval.run`): the model and this process's rows, evaluated."
     from scl_nb.config import from_dict
     from scl_nb.tasks import build_task_model
     from scl_nb.checkpoint import atomic_write, jsonable
@@ -324,8 +336,10 @@ def retrieval_eval_job(job: dict) -> Optional[dict]:
     torch.manual_seed(job.get("seed", 0))
     model = build_task_model(cfg, "retrieval", job.get("checkpoint")).to(ctx.device)
     rows = retrieval_eval_rows(model.cfg, job["data"])
-    out = evaluate_retrieval(model, _eval_loader(model, rows, job["batch_size"], ctx.rank, ctx.world_size), job["k"], job["chunk"], job["video"])
-    if ctx.is_main: atomic_write(job["out"], json.dumps(jsonable(out), indent=1))
+    loader = _eval_loader(model, rows, job["batch_size"], ctx.rank, ctx.world_size)
+    out = evaluate_retrieval(model, loader, job["k"], job["chunk"], job["video"])
+    if ctx.is_main:
+        atomic_write(job["out"], json.dumps(jsonable(out), indent=1))
     distributed.barrier()
     return out
 
@@ -337,15 +351,17 @@ def launch_retrieval_eval(job: dict, nprocs: int, out_dir) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     Path(job["out"]).unlink(missing_ok=True)
     path = atomic_write(out / "job.json", json.dumps(jsonable(job), indent=1))
-    handle = submit(Job(str(out), module="scl_nb.evaluation", args=["--job", str(path)], nprocs=nprocs, resume_arg=None))
+    handle = submit(Job(str(out), module="scl_nb.evaluation", args=["--job", str(path)], nprocs=nprocs,
+                        resume_arg=None))
     if handle.wait() != 0 or not Path(job["out"]).exists():
-        raise RuntimeError(f"retrieval evaluation in {out} failed (exit code {handle.returncode}):\n{handle.log_tail()}")
+        raise RuntimeError(f"retrieval evaluation in {out} failed (exit code {handle.returncode}):\n"
+                           f"{handle.log_tail()}")
     return json.loads(Path(job["out"]).read_text())
 
 def main(argv=None) -> int:
-    "`python -m scl_nb.evaluation --job job.json`: one process of a multi-process retrieval evaluation (started by torchrun)."
+    "`python -m scl_nb.evaluation --job job.json`: one process of a multi-process retrieval evaluation (torchrun)."
     import argparse
-    p = argparse.ArgumentParser(prog="python -m scl_nb.evaluation", description="One process of a retrieval evaluation (started by torchrun).")
+    p = argparse.ArgumentParser(prog="python -m scl_nb.evaluation", description="One process of a retrieval evaluation")
     p.add_argument("--job", required=True, help="job file written by launch_retrieval_eval")
     retrieval_eval_job(json.loads(Path(p.parse_args(argv).job).read_text()))
     return 0
@@ -358,7 +374,7 @@ if __name__ == "__main__":
 
 # %% ../nbs/42_evaluation.ipynb #242558e4
 def bench_batches(cfg, images: int, captions: int, batch_size: int = 128, seed: int = 0) -> list:
-    "Random evaluation batches of `images` images with `captions` captions each (one row per caption, `batch_size` rows a batch)."
+    "Random evaluation batches: `images` images with `captions` captions each, one row per caption."
     g = torch.Generator().manual_seed(seed)
     S, L, n = cfg.vision.image_size, cfg.text.max_len, images * captions
     pixels = torch.randn(images, 1, 3, S, S, generator=g)
@@ -366,20 +382,21 @@ def bench_batches(cfg, images: int, captions: int, batch_size: int = 128, seed: 
     input_ids = torch.randint(5, cfg.text.vocab_size, (n, L), generator=g)
     mask = (torch.arange(L)[None] < lengths[:, None]).long()  # [n, L]
     image = torch.arange(n) // captions
-    return [dict(pixels=pixels[image[a:a + batch_size]], input_ids=input_ids[a:a + batch_size], attention_mask=mask[a:a + batch_size],
-                 image_ids=image[a:a + batch_size], index=torch.arange(a, min(a + batch_size, n))) for a in range(0, n, batch_size)]
+    rows = [torch.arange(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
+    return [dict(pixels=pixels[image[r]], input_ids=input_ids[r], attention_mask=mask[r], image_ids=image[r], index=r)
+            for r in rows]
 
 @torch.no_grad()
 def fuse_flops_per_pair(model: SCLModel, text_len: Optional[int] = None, num_frames: int = 1) -> float:
-    "FLOPs of fusing and scoring one (image, text) pair at the model's resolution and `text_len` tokens (None: the text tower's max)."
+    "FLOPs of fusing and scoring one pair at the model's resolution and `text_len` tokens (None: the text tower's max)."
     from scl_nb.perf import count_flops
     cfg, dev = model.cfg, _model_device(model)
-    img = model.encode_image(torch.zeros(1, num_frames, 3, cfg.vision.image_size, cfg.vision.image_size, device=dev))
-    L = text_len or cfg.text.max_len
+    S, L = cfg.vision.image_size, text_len or cfg.text.max_len
+    img = model.encode_image(torch.zeros(1, num_frames, 3, S, S, device=dev))
     txt = model.encode_text(torch.full((1, L), 5, device=dev), torch.ones(1, L, dtype=torch.long, device=dev))
     two = lambda t: t.expand(2, *t.shape[1:])
-    flops, _ = count_flops(lambda: pair_score(model, model.fuse(ImageEncoding(two(img.tokens), img.num_frames),
-                                                                 TextEncoding(two(txt.tokens), two(txt.attention_mask))).cls_feats))
+    image, text = ImageEncoding(two(img.tokens), img.num_frames), TextEncoding(two(txt.tokens), two(txt.attention_mask))
+    flops, _ = count_flops(lambda: pair_score(model, model.fuse(image, text).cls_feats))
     return flops / 2
 
 def _bench_row(r: dict) -> dict:
@@ -400,8 +417,9 @@ def _evaluation_before(path, model, batches, k, chunk) -> dict:
         sys.modules.pop(spec.name)
     sent, seen = [0], set()
     for b in batches:  # its encoding: the pixels of new images, the ids and the masks
-        new = [i for i, n in enumerate(b["image_ids"].tolist()) if n not in seen and n not in b["image_ids"].tolist()[:i]]
-        seen.update(b["image_ids"][new].tolist())
+        ids = b["image_ids"].tolist()
+        new = [i for i, n in enumerate(ids) if n not in seen and n not in ids[:i]]
+        seen.update(ids[i] for i in new)
         sent[0] += sum(t.numel() * t.element_size() for t in (b["pixels"][new], b["input_ids"], b["attention_mask"]))
     def counted(fn):  # its re-ranking: the tokens of every pair, copied by RetrievalSet.image / .text
         def wrapper(self, idx, device=None):
@@ -414,36 +432,46 @@ def _evaluation_before(path, model, batches, k, chunk) -> dict:
         r = old.evaluate_retrieval(model, batches, k, chunk)
     return r | {"device_bytes": sent[0]}
 
+def _bench_report(out: dict) -> str:
+    lines = [f"{out['config']}, {out['images']} images x {out['texts'] // out['images']} captions, k={out['k']}, "
+             f"chunks of {out['chunk']} pairs, {out['flops_per_pair'] / 1e9:.3f} GFLOP per pair"]
+    for name in [n for n in ("before", "after") if n in out]:
+        r = out[name]
+        lines.append(f"  {name:6s} {r['pairs']} pairs: {r['pairs_per_s']:.1f} pairs/s, "
+                     f"{r['device_bytes_per_pair']:,.0f} bytes to the device per pair (encoding {r['encode_s']:.2f} s)")
+    if "before" in out:
+        speed = out["after"]["pairs_per_s"] / out["before"]["pairs_per_s"]
+        fewer = out["before"]["device_bytes_per_pair"] / out["after"]["device_bytes_per_pair"]
+        lines.append(f"  after / before: {speed:.2f}x pairs/s, {fewer:.0f}x fewer bytes per pair")
+    return "\n".join(lines)
+
 def bench_rerank(preset: str = "tiny", images: int = 64, captions: int = 5, k: int = 16, chunk: int = 256,
                  device: Optional[str] = None, overrides: Sequence[str] = (),
                  before: Optional[str] = None,  # an older scl_nb/evaluation.py, timed on the same model and batches
                  quiet: bool = False) -> dict:
-    "Re-ranked pairs/s, bytes sent to the device per fused pair and FLOPs per pair of `evaluate_retrieval` (and of `before`)."
+    "Re-ranked pairs/s, bytes sent to the device per pair and FLOPs per pair of `evaluate_retrieval` (and of `before`)."
     from scl_nb.config import apply_overrides, load_config
     cfg = apply_overrides(load_config(preset), list(overrides))
     torch.manual_seed(0)
     model = SCLModel(cfg).to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
     batches = bench_batches(cfg, images, captions)
     evaluate_retrieval(model, batches[:1], k, chunk)  # warm-up
-    out = dict(config=cfg.name, images=images, texts=images * captions, k=k, chunk=chunk, flops_per_pair=fuse_flops_per_pair(model),
-               after=_bench_row(evaluate_retrieval(model, batches, k, chunk)))
-    if before: out["before"] = _bench_row(_evaluation_before(before, model, batches, k, chunk))
+    after = _bench_row(evaluate_retrieval(model, batches, k, chunk))
+    out = dict(config=cfg.name, images=images, texts=images * captions, k=k, chunk=chunk,
+               flops_per_pair=fuse_flops_per_pair(model), after=after)
+    if before:
+        out["before"] = _bench_row(_evaluation_before(before, model, batches, k, chunk))
     if not quiet:
-        print(f"{cfg.name}, {images} images x {captions} captions, k={k}, chunks of {chunk} pairs, {out['flops_per_pair'] / 1e9:.3f} GFLOP per pair")
-        for name in ("before", "after"):
-            if name in out: print(f"  {name:6s} {out[name]['pairs']} pairs: {out[name]['pairs_per_s']:.1f} pairs/s, "
-                                  f"{out[name]['device_bytes_per_pair']:,.0f} bytes to the device per pair (encoding {out[name]['encode_s']:.2f} s)")
-        if "before" in out: print(f"  after / before: {out['after']['pairs_per_s'] / out['before']['pairs_per_s']:.2f}x pairs/s, "
-                                  f"{out['before']['device_bytes_per_pair'] / out['after']['device_bytes_per_pair']:.0f}x fewer bytes per pair")
+        print(_bench_report(out))
     return out
 
 # %% ../nbs/42_evaluation.ipynb #eb9d0da8
 def coco5k_estimate(mfu: float = 0.4, gpus: int = 8, peak_tflops: float = 989.0,  # H100 SXM dense bf16
                     quiet: bool = False) -> dict:
-    "Minutes of a COCO-5k re-ranking (5,000 images, 25,010 captions) at k = 128 and 256 from the paper model's FLOPs per pair."
+    "Minutes of a COCO-5k re-ranking (5,000 images, 25,010 captions), k = 128 and 256, from the paper model's FLOPs."
     from scl_nb.config import apply_overrides, preset
-    cfg = apply_overrides(preset("paper"), {"vision.pretrained": None, "text.pretrained": None, "text.tokenizer": "tiny-bpe",
-                                            "vision.image_size": 384})  # random towers: FLOPs do not depend on the weights
+    random_towers = {"vision.pretrained": None, "text.pretrained": None, "text.tokenizer": "tiny-bpe"}  # FLOPs only
+    cfg = apply_overrides(preset("paper"), random_towers | {"vision.image_size": 384})
     torch.manual_seed(0)
     flops = fuse_flops_per_pair(SCLModel(cfg).eval())
     out = dict(flops_per_pair=flops, mfu=mfu, gpus=gpus)
@@ -451,8 +479,10 @@ def coco5k_estimate(mfu: float = 0.4, gpus: int = 8, peak_tflops: float = 989.0,
         most = k * (5000 + 25010)  # every image's k texts and every text's k images, none shared
         out[k] = dict(max_pairs=most, minutes=most * flops / (gpus * peak_tflops * 1e12 * mfu) / 60)
     if not quiet:
-        print(f"paper model at 384 px, 50 text tokens: {flops / 1e9:.1f} GFLOP per fused pair; {gpus} GPUs at {peak_tflops:.0f} TFLOP/s, MFU {mfu:.0%}")
-        for k in (128, 256): print(f"  k={k}: at most {out[k]['max_pairs'] / 1e6:.2f} M pairs, at most {out[k]['minutes']:.1f} min")
+        print(f"paper model at 384 px, 50 text tokens: {flops / 1e9:.1f} GFLOP per fused pair; "
+              f"{gpus} GPUs at {peak_tflops:.0f} TFLOP/s, MFU {mfu:.0%}")
+        for k in (128, 256):
+            print(f"  k={k}: at most {out[k]['max_pairs'] / 1e6:.2f} M pairs, at most {out[k]['minutes']:.1f} min")
     return out
 
 # %% ../nbs/42_evaluation.ipynb #6513756c

@@ -45,8 +45,8 @@ class ImportStats:
         lines = [f"skipped {n} rows: {r} (e.g. {', '.join(self.examples[r])})" for r, n in self.skipped.items()]
         return "\n".join(lines + [f"note: {n} rows {r}" for r, n in self.notes.items()]) or "nothing skipped"
 
-ANNOTATION_DIRS = ("", "annotations", "annotation", "data", "karpathy", "metadata", "msrvtt_data", "nlvr2/data", "meta_data",
-                   "Questions", "Annotations", "dataset")  # the last three: the official VQA layout, SBU's tarball
+ANNOTATION_DIRS = ("", "annotations", "annotation", "data", "karpathy", "metadata", "msrvtt_data", "nlvr2/data",
+                   "meta_data", "Questions", "Annotations", "dataset")  # the last 3: VQA API layout, SBU tarball
 
 def find_annotation(src, name: str, dataset: str, dirs: Sequence[str] = ANNOTATION_DIRS) -> Path:
     "Path of the annotation file `name` under `src` or its usual sub-folders; a clear error otherwise."
@@ -159,7 +159,7 @@ def import_vg(src, stats: ImportStats, exclude_coco=None) -> Iterator[dict]:
         yield from _caption_rows(stats, media, [need(r, "phrase", reg_path, f"entry {i} region") for r in regions], "train", iid, "vg")
 
 # %% ../nbs/13_importers.ipynb #49a1814d
-SBU_IMAGE_DIRS = ("images", "sbu_images", "dataset/sbu_images")  # ours; SBU_Captions_Dataset_Download's, beside or above its tarball's dataset/
+SBU_IMAGE_DIRS = ("images", "sbu_images", "dataset/sbu_images")  # ours, then SBU_Captions_Dataset_Download's
 
 def _read_lines(path: Path) -> Iterator[str]:
     "Lines of a text file without their line ends, streamed (CC3M and WebVid files are large)."
@@ -171,7 +171,8 @@ def import_sbu(src, stats: ImportStats, naming: str = "basename", index_base: in
     caps_path = find_annotation(src, "SBU_captioned_photo_dataset_captions.txt", "sbu")
     urls_path = find_annotation(src, "SBU_captioned_photo_dataset_urls.txt", "sbu")
     root = next((Path(src) / d for d in SBU_IMAGE_DIRS if (Path(src) / d).is_dir()), None)
-    if root is None: raise ManifestImportError(f"sbu: no image folder under {src} (looked for {', '.join(SBU_IMAGE_DIRS)})")
+    if root is None:
+        raise ManifestImportError(f"sbu: no image folder under {src} (looked for {', '.join(SBU_IMAGE_DIRS)})")
     if naming not in ("basename", "index"): raise ValueError(f"naming must be 'basename' or 'index', got {naming!r}")
     files = index_media_files(root) if naming == "index" else index_media_files_by_name(root)
     for i, (cap, url) in enumerate(zip_longest(_read_lines(caps_path), _read_lines(urls_path))):
@@ -194,22 +195,25 @@ def _cc3m_image_root(src, split) -> Path:
 def _cc3m_rows(tsv: Path) -> Iterator[tuple[str, str]]:
     "(caption, url) of every row of a CC3M TSV; a first line `caption<TAB>url` (added for img2dataset) is not a row."
     for lineno, line in enumerate(_read_lines(tsv)):
-        if lineno == 0 and line.lower().strip() == "caption\turl": continue
+        if lineno == 0 and line.lower().strip() == "caption\turl":
+            continue
         parts = line.split("\t")
-        if len(parts) < 2: raise ManifestImportError(f"{tsv}: line {lineno + 1} is not 'caption<TAB>url'")
+        if len(parts) < 2:
+            raise ManifestImportError(f"{tsv}: line {lineno + 1} is not 'caption<TAB>url'")
         yield parts[0], parts[1].strip()
 
 def import_cc3m(src, stats: ImportStats, splits=None, index_base: int = 0,
-                naming: Optional[str] = None,  # "index", "url-hash" or "shards" (`scl_nb.downloads`); None: told from the folder
+                naming: Optional[str] = None,  # "index", "url-hash" or "shards" (`scl_nb.downloads`); None: detected
                 images_out=None,  # "shards" in webdataset tars: where their images are extracted
                ) -> Iterator[dict]:
-    "Conceptual Captions 3M from the official TSVs, mapped to the downloaded images by URL hash, shard parquet or row number."
+    "Conceptual Captions 3M from the official TSVs, mapped to the downloaded images by URL hash, shard or row number."
     for split, tsv in _split_files(src, CC3M_FILES, "cc3m", splits).items():
         urls = lambda: (u for _, u in _cc3m_rows(tsv))
         find = download_finder(_cc3m_image_root(src, split), naming, urls, index_base, images_out, stats.skip)
         for row, (caption, url) in enumerate(_cc3m_rows(tsv)):
             media = find(row, url)
-            if media is not None: yield from _caption_rows(stats, str(Path(media).resolve()), [caption], split, f"{split}-{row}", "cc3m")
+            if media is not None:
+                yield from _caption_rows(stats, str(Path(media).resolve()), [caption], split, f"{split}-{row}", "cc3m")
 
 # %% ../nbs/13_importers.ipynb #08beba4b
 def _read_csv(path: Path, required: Sequence[str], delimiter: str = ",") -> Iterator[dict]:
@@ -221,15 +225,17 @@ def _read_csv(path: Path, required: Sequence[str], delimiter: str = ",") -> Iter
         yield from reader
 
 def _webvid_media(find: MediaFinder, shards: ShardIndex, r: dict, stats: ImportStats) -> Optional[str]:
-    "A WebVid row's video: through video2dataset's shards (by URL) when there are any, else `videos/<page_dir>/<videoid>.mp4`."
-    vid = r["videoid"].strip()
-    if not len(shards): return find(Path("videos") / r["page_dir"].strip() / f"{vid}.mp4", Path("videos") / f"{vid}.mp4", Path(f"{vid}.mp4"))
-    media = shards.media(r["contentUrl"].strip())
-    if media is None: stats.skip("missing media", f"{vid}: {r['contentUrl'].strip()}")
+    "A WebVid row's video: through video2dataset's shards (by URL) if any, else `videos/<page_dir>/<videoid>.mp4`."
+    vid, url = r["videoid"].strip(), (r.get("contentUrl") or "").strip()
+    if not len(shards):
+        return find(*[Path(d) / f"{vid}.mp4" for d in (f"videos/{r['page_dir'].strip()}", "videos", "")])
+    media = shards.media(url)
+    if media is None:
+        stats.skip("missing media", f"{vid}: {url}")
     return media
 
 def import_webvid(src, stats: ImportStats, splits=None, images_out=None) -> Iterator[dict]:
-    "WebVid from its `results_*_{train,val}.csv` metadata: one row per video (video2dataset tars extracted to `images_out`)."
+    "WebVid from its `results_*_{train,val}.csv` metadata: one row per video (video2dataset tars go to `images_out`)."
     keep = _split_filter(splits)
     files = sorted({p for d in ANNOTATION_DIRS for p in (Path(src) / d).glob("results_*.csv")})
     if not files: raise ManifestImportError(f"webvid: no 'results_*_train.csv' / 'results_*_val.csv' under {src}")
@@ -239,7 +245,8 @@ def import_webvid(src, stats: ImportStats, splits=None, images_out=None) -> Iter
         if keep is not None and split not in keep: continue
         for r in _read_csv(path, ("videoid", "name", "contentUrl") if len(shards) else ("videoid", "page_dir", "name")):
             media = _webvid_media(find, shards, r, stats)
-            if media is not None: yield from _caption_rows(stats, media, [r["name"]], split, r["videoid"].strip(), "webvid", "video")
+            if media is not None:
+                yield from _caption_rows(stats, media, [r["name"]], split, r["videoid"].strip(), "webvid", "video")
 
 # %% ../nbs/13_importers.ipynb #4c52f1d6
 def import_msrvtt(src, stats: ImportStats, splits=None, train_list: str = "MSRVTT_train.9k.csv") -> Iterator[dict]:
@@ -325,7 +332,7 @@ def import_vqav2(src, stats: ImportStats, splits=None, min_answer_count: int = 9
             split = s if s != "val" or rest_val_images <= 0 else ("rest_val" if iid in rest else "trainable_val")
             if keep is not None and split not in keep: continue
             name = f"COCO_{VQA_IMAGES[s]}_{int(iid):012d}.jpg"
-            media = find(*[Path(d) / VQA_IMAGES[s] / name for d in ("", "images", "Images/mscoco")])  # the last: the official layout
+            media = find(*[Path(d) / VQA_IMAGES[s] / name for d in ("", "images", "Images/mscoco")])
             if media is None: continue
             answers = []
             if s in anns:
@@ -413,28 +420,31 @@ def _arrow_batches(path: Path):
         yield batch.schema.names, batch
 
 def _arrow_files(src: Path, pattern: str) -> list:
-    "The arrow files to read, a `*_val` file after the others (ViLT's `vqav2_val` holds `trainable_val` and `rest_val` again)."
+    "The arrow files to read; `*_val` files last (ViLT's `vqav2_val` repeats `trainable_val` and `rest_val`)."
     files = [src] if src.is_file() else sorted(src.glob(pattern))
     if not files: raise ManifestImportError(f"arrow: no file matching '{pattern}' under {src}")
     return sorted(files, key=lambda p: arrow_dataset_split(p.stem)[1] == "val")
 
 def _arrow_split(stats: ImportStats, path: Path, file_split: Optional[str], column_split: Optional[str]) -> str:
-    "The file name's split (ViLT writes `split='val'` into `vqav2_trainable_val` and `vqav2_rest_val`), else the column's."
-    if file_split is None: return column_split or "train"
+    "The file name's split (ViLT writes `split='val'` in `vqav2_trainable_val`, `vqav2_rest_val`), else the column's."
+    if file_split is None:
+        return column_split or "train"
     if column_split is not None and column_split != file_split:
-        stats.notes[f"of {path.name} labelled '{file_split}' by the file name (its split column says '{column_split}')"] += 1
+        stats.notes[f"of {path.name} labelled '{file_split}' by its file name (split column: '{column_split}')"] += 1
     return file_split
 
-def _arrow_vqa_rows(stats: ImportStats, path: Path, row: dict, media: str, split: str, dataset: str, seen: dict) -> Iterator[dict]:
+def _arrow_vqa_rows(stats: ImportStats, path: Path, row: dict, media: str, split: str, dataset: str,
+                    seen: dict) -> Iterator[dict]:  # seen: (dataset, question id) -> the file it came from
     "One VQA arrow row (an image and its questions) as manifest rows; a question id already imported is skipped."
     answers, scores = row["answers"] or [], row["answer_scores"] or []
     for k, (qtext, qid) in enumerate(zip(row["questions"], row["question_id"])):
         if (dataset, qid) in seen:
-            stats.skip(f"question already imported from {seen[dataset, qid]}", f"{path.name}: question {qid}"); continue
+            stats.skip(f"question already imported from {seen[dataset, qid]}", f"{path.name}: question {qid}")
+            continue
         seen[dataset, qid] = path.name
         ans = rebuild_vqa_answers(answers[k], scores[k]) if k < len(answers) else []
-        yield dict(media=media, media_type="image", caption="", split=split, image_id=str(row["image_id"]), dataset=dataset,
-                   question=qtext, question_id=str(qid), answers=ans)
+        yield dict(media=media, media_type="image", caption="", split=split, image_id=str(row["image_id"]),
+                   dataset=dataset, question=qtext, question_id=str(qid), answers=ans)
 
 def import_arrow(src, stats: ImportStats, images_out=None, pattern: str = "*.arrow", splits=None) -> Iterator[dict]:
     "ViLT/METER `.arrow` files: extract images and emit caption, VQA or NLVR2 rows."
@@ -549,7 +559,8 @@ def run_import(dataset: str,            # a key of `IMPORTERS`
     if not Path(src).exists(): raise ManifestImportError(f"{dataset}: source folder '{src}' does not exist")
     out = Path(out)
     if dataset == "vqav2" and options.get("vocab_out") is None: options["vocab_out"] = out.with_name(out.stem + "_answers.json")
-    if dataset in ("arrow", "cc3m", "webvid") and options.get("images_out") is None: options["images_out"] = out.parent / ("images" if dataset == "arrow" else "media")
+    if dataset in ("arrow", "cc3m", "webvid") and options.get("images_out") is None:
+        options["images_out"] = out.parent / ("images" if dataset == "arrow" else "media")
     stats = ImportStats()
     n = write_manifest(fn(src, stats, **{k: v for k, v in options.items() if v is not None}), out, absolute)
     return n, stats
@@ -564,7 +575,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--absolute", action="store_true", help="write absolute media paths (default: relative to the manifest)")
     p.add_argument("--splits", help="comma-separated splits to keep (default: all)")
     p.add_argument("--naming", choices=["basename", "index", "url-hash", "shards"],
-                   help="how downloaded images are named: sbu basename|index; cc3m index|url-hash|shards (default: told from the folder)")
+                   help="downloaded image names: sbu basename|index; cc3m index|url-hash|shards (default: found)")
     p.add_argument("--index-base", type=int, help="sbu/cc3m with index naming: number of the first row (default 0)")
     p.add_argument("--exclude-coco", help="vg: Karpathy dataset_coco.json; drop VG images in its val/test splits")
     p.add_argument("--train-list", help="msrvtt: training video list (default MSRVTT_train.9k.csv)")
@@ -572,7 +583,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--rest-val-images", type=int, help="vqav2: val images held out as rest_val (default 1000; 0 = keep 'val')")
     p.add_argument("--seed", type=int, help="vqav2: seed of the rest_val draw (default 0)")
     p.add_argument("--vocab-out", help="vqav2: answer vocabulary JSON (default <out stem>_answers.json)")
-    p.add_argument("--images-out", help="arrow, and cc3m/webvid shards in tars: folder for extracted media (default <out folder>/images, /media)")
+    p.add_argument("--images-out", help="arrow, cc3m/webvid tars: media folder (default <out folder>/images, /media)")
     p.add_argument("--pattern", help="arrow: glob of the arrow files under --src (default *.arrow)")
     a = p.parse_args(argv)
     opts = dict(splits=a.splits, naming=a.naming, index_base=a.index_base, exclude_coco=a.exclude_coco, train_list=a.train_list,
