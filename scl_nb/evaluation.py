@@ -24,8 +24,9 @@ from .tasks import TaskModel, candidate_texts, nlvr2_logits, pad_to_length, retr
 __all__ = ['chance_r1', 'evaluate_itc_retrieval', 'RetrievalSet', 'eval_precision', 'encode_retrieval_set', 'itc_similarity',
            'topk_masks', 'rank_slice', 'pair_score', 'score_pairs', 'sum_over_ranks', 'rerank', 'retrieval_metrics',
            'retrieval_scores', 'evaluate_retrieval', 'retrieval_eval_rows', 'RetrievalEval', 'retrieval_eval_job',
-           'launch_retrieval_eval', 'main', 'bench_batches', 'fuse_flops_per_pair', 'bench_rerank', 'coco5k_estimate',
-           'gather_rows', 'numeric_question_id', 'evaluate_vqa', 'evaluate_nlvr2']
+           'launch_retrieval_eval', 'main', 'pretrain_heldout', 'heldout_eval_job', 'launch_heldout_eval',
+           'bench_batches', 'fuse_flops_per_pair', 'bench_rerank', 'coco5k_estimate', 'gather_rows',
+           'numeric_question_id', 'evaluate_vqa', 'evaluate_nlvr2']
 
 # %% ../nbs/42_evaluation.ipynb #0c540ae8
 def chance_r1(txt2img: torch.Tensor) -> float:
@@ -359,11 +360,15 @@ def launch_retrieval_eval(job: dict, nprocs: int, out_dir) -> dict:
     return json.loads(Path(job["out"]).read_text())
 
 def main(argv=None) -> int:
-    "`python -m scl_nb.evaluation --job job.json`: one process of a multi-process retrieval evaluation (torchrun)."
+    "`python -m scl_nb.evaluation --job job.json`: a process of a retrieval evaluation (torchrun), or a held-out one."
     import argparse
     p = argparse.ArgumentParser(prog="python -m scl_nb.evaluation", description="One process of a retrieval evaluation")
-    p.add_argument("--job", required=True, help="job file written by launch_retrieval_eval")
-    retrieval_eval_job(json.loads(Path(p.parse_args(argv).job).read_text()))
+    p.add_argument("--job", required=True, help="job file written by launch_retrieval_eval or launch_heldout_eval")
+    job = json.loads(Path(p.parse_args(argv).job).read_text())
+    if job.get("kind") == "heldout":
+        heldout_eval_job(job)
+    else:
+        retrieval_eval_job(job)
     return 0
 
 # %% ../nbs/42_evaluation.ipynb #99857961
@@ -371,6 +376,62 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     import sys
     sys.exit(main())
+
+# %% ../nbs/42_evaluation.ipynb #66a9a1f9
+def pretrain_heldout(cfg, device=None, batch_size: int = 100):
+    "The held-out pairs of a pre-training run: the synthetic `val` captions, or the `val` rows of its manifest (None)."
+    from scl_nb.data import ManifestError, task_loader
+    if cfg.data.source == "synthetic":
+        from scl_nb.synthetic import synthetic_for_config
+        rows = synthetic_for_config(cfg)["captions_val"]
+        return task_loader(cfg, rows, "pretrain", train=False, batch_size=batch_size, device=device)
+    try:
+        return task_loader(cfg, cfg.data.source, "pretrain", train=False, split="val", batch_size=batch_size, device=device)
+    except (ManifestError, ValueError) as e:
+        print(f"no held-out split in {cfg.data.source} ({e}); retrieval is skipped")
+        return None
+
+def heldout_eval_job(job: dict) -> dict:
+    "Held-out ITC retrieval of the run's seeded initialisation (`before`) and of `job['checkpoint']` (`after`)."
+    from safetensors.torch import load_model
+    from scl_nb.config import from_dict
+    from scl_nb.checkpoint import atomic_write, jsonable
+    ctx = distributed.init_dist(job.get("device"))
+    cfg = from_dict(job["cfg"])
+    loader, out = pretrain_heldout(cfg, ctx.device), {}
+    if loader is not None:
+        torch.manual_seed(cfg.train.seed)
+        model = SCLModel.from_config(cfg).to(ctx.device)  # the run's starting point, as the notebook builds it
+        out["before"] = evaluate_itc_retrieval(model, loader)
+        load_model(model, str(Path(job["checkpoint"]) / "model.safetensors"), device=str(ctx.device))
+        out["after"] = evaluate_itc_retrieval(model, loader)
+    atomic_write(job["out"], json.dumps(jsonable(out), indent=1))
+    return out
+
+def launch_heldout_eval(cfg, out_dir, checkpoint,
+                        cluster: str,                  # "local" or "slurm": the training job's cluster
+                        device: Optional[str] = None,  # "cpu" for a CPU run
+                        resources: Optional[dict] = None,  # the training job's resources (a spec's)
+                       ) -> dict:
+    "`heldout_eval_job` as one process on the training job's cluster and resources; its `before` / `after` metrics."
+    from scl_nb.config import to_dict
+    from scl_nb.checkpoint import atomic_write, jsonable
+    from scl_nb.jobs import Job, job_fields, submit_once
+    folder = Path(out_dir) / "heldout_eval"
+    result = folder / "heldout.json"
+    job = dict(kind="heldout", cfg=to_dict(cfg), checkpoint=str(checkpoint), device=device, out=str(result))
+    folder.mkdir(parents=True, exist_ok=True)
+    if result.exists() and json.loads((folder / "job.json").read_text()) == jsonable(job):
+        return json.loads(result.read_text())  # done by an earlier run of the driver
+    path = atomic_write(folder / "job.json", json.dumps(jsonable(job), indent=1))
+    fields = job_fields(resources)
+    share = max(1, fields.get("gpus_per_node") or 1)  # this job takes one GPU of a node: its share of the memory
+    fields |= dict(nodes=1, gpus_per_node=0 if device == "cpu" else 1, signal_delay_s=None)
+    fields["mem_gb"] = fields["mem_gb"] / share if fields.get("mem_gb") else None
+    handle = submit_once(Job(str(folder), module="scl_nb.evaluation", args=["--job", str(path)], cluster=cluster, device=device,
+                             resume_arg=None, name=f"scl-heldout:{Path(out_dir).resolve().name}", **fields), record="eval_job")
+    handle.wait()
+    return json.loads(result.read_text())
 
 # %% ../nbs/42_evaluation.ipynb #242558e4
 def bench_batches(cfg, images: int, captions: int, batch_size: int = 128, seed: int = 0) -> list:
