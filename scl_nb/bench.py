@@ -121,11 +121,11 @@ def _run(a):
     elif a.command == "best-batch":
         _call(bench_best_batch, preset=a.preset, sizes=a.sizes, steps=a.steps, device=a.device, overrides=a.overrides)
     elif a.command == "rerank":
-        evaluation = importlib.import_module("scl_nb.evaluation")  # by name: it is in the tasks layer, above this one
-        _call(evaluation.bench_rerank, preset=a.preset, images=a.images, captions=a.captions, k=a.k, chunk=a.chunk,
+        rerank = importlib.import_module("scl_nb.rerank_bench")  # by name: it is in the tasks layer, above this one
+        _call(rerank.bench_rerank, preset=a.preset, images=a.images, captions=a.captions, k=a.k, chunk=a.chunk,
               device=a.device, overrides=a.overrides, before=a.before)
         if a.estimate:
-            evaluation.coco5k_estimate(mfu=a.mfu)
+            rerank.coco5k_estimate(mfu=a.mfu)
     else:
         from scl_nb.data import bench_data
         _call(bench_data, workers=a.workers, batch_size=a.batch_size, batches=a.batches, device=a.device)

@@ -25,8 +25,7 @@ __all__ = ['chance_r1', 'evaluate_itc_retrieval', 'RetrievalSet', 'eval_precisio
            'topk_masks', 'rank_slice', 'pair_score', 'score_pairs', 'sum_over_ranks', 'rerank', 'retrieval_metrics',
            'retrieval_scores', 'evaluate_retrieval', 'retrieval_eval_rows', 'RetrievalEval', 'retrieval_eval_job',
            'launch_retrieval_eval', 'main', 'pretrain_heldout', 'heldout_eval_job', 'launch_heldout_eval',
-           'bench_batches', 'fuse_flops_per_pair', 'bench_rerank', 'coco5k_estimate', 'gather_rows',
-           'numeric_question_id', 'evaluate_vqa', 'evaluate_nlvr2']
+           'gather_rows', 'numeric_question_id', 'evaluate_vqa', 'evaluate_nlvr2']
 
 # %% ../nbs/42_evaluation.ipynb #0c540ae8
 def chance_r1(txt2img: torch.Tensor) -> float:
@@ -432,119 +431,6 @@ def launch_heldout_eval(cfg, out_dir, checkpoint,
                              resume_arg=None, name=f"scl-heldout:{Path(out_dir).resolve().name}", **fields), record="eval_job")
     handle.wait()
     return json.loads(result.read_text())
-
-# %% ../nbs/42_evaluation.ipynb #242558e4
-def bench_batches(cfg, images: int, captions: int, batch_size: int = 128, seed: int = 0) -> list:
-    "Random evaluation batches: `images` images with `captions` captions each, one row per caption."
-    g = torch.Generator().manual_seed(seed)
-    S, L, n = cfg.vision.image_size, cfg.text.max_len, images * captions
-    pixels = torch.randn(images, 1, 3, S, S, generator=g)
-    lengths = torch.randint(L // 2, L + 1, (n,), generator=g)
-    input_ids = torch.randint(5, cfg.text.vocab_size, (n, L), generator=g)
-    mask = (torch.arange(L)[None] < lengths[:, None]).long()  # [n, L]
-    image = torch.arange(n) // captions
-    rows = [torch.arange(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
-    return [dict(pixels=pixels[image[r]], input_ids=input_ids[r], attention_mask=mask[r], image_ids=image[r], index=r)
-            for r in rows]
-
-@torch.no_grad()
-def fuse_flops_per_pair(model: SCLModel, text_len: Optional[int] = None, num_frames: int = 1) -> float:
-    "FLOPs of fusing and scoring one pair at the model's resolution and `text_len` tokens (None: the text tower's max)."
-    from scl_nb.perf import count_flops
-    cfg, dev = model.cfg, _model_device(model)
-    S, L = cfg.vision.image_size, text_len or cfg.text.max_len
-    img = model.encode_image(torch.zeros(1, num_frames, 3, S, S, device=dev))
-    txt = model.encode_text(torch.full((1, L), 5, device=dev), torch.ones(1, L, dtype=torch.long, device=dev))
-    two = lambda t: t.expand(2, *t.shape[1:])
-    image, text = ImageEncoding(two(img.tokens), img.num_frames), TextEncoding(two(txt.tokens), two(txt.attention_mask))
-    flops, _ = count_flops(lambda: pair_score(model, model.fuse(image, text).cls_feats))
-    return flops / 2
-
-def _bench_row(r: dict) -> dict:
-    return dict(pairs=r["fused_pairs"], rerank_s=r["rerank_s"], pairs_per_s=r["fused_pairs"] / r["rerank_s"],
-                device_bytes_per_pair=r["device_bytes"] / r["fused_pairs"], encode_s=r["encode_s"])
-
-# %% ../nbs/42_evaluation.ipynb #9756e0e0
-def _evaluation_before(path, model, batches, k, chunk) -> dict:
-    "`evaluate_retrieval` of an older evaluation module at `path`, with what it sends to the device counted."
-    import importlib.util, sys
-    from unittest import mock
-    spec = importlib.util.spec_from_file_location("scl_nb.evaluation_before", path)
-    old = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = old  # its dataclasses look their module up
-    try:
-        spec.loader.exec_module(old)
-    finally:
-        sys.modules.pop(spec.name)
-    sent, seen = [0], set()
-    for b in batches:  # its encoding: the pixels of new images, the ids and the masks
-        ids = b["image_ids"].tolist()
-        new = [i for i, n in enumerate(ids) if n not in seen and n not in ids[:i]]
-        seen.update(ids[i] for i in new)
-        sent[0] += sum(t.numel() * t.element_size() for t in (b["pixels"][new], b["input_ids"], b["attention_mask"]))
-    def counted(fn):  # its re-ranking: the tokens of every pair, copied by RetrievalSet.image / .text
-        def wrapper(self, idx, device=None):
-            enc = fn(self, idx, device)
-            sent[0] += sum(t.numel() * t.element_size() for t in vars(enc).values() if torch.is_tensor(t))
-            return enc
-        return wrapper
-    with mock.patch.object(old.RetrievalSet, "image", counted(old.RetrievalSet.image)), \
-         mock.patch.object(old.RetrievalSet, "text", counted(old.RetrievalSet.text)):
-        r = old.evaluate_retrieval(model, batches, k, chunk)
-    return r | {"device_bytes": sent[0]}
-
-def _bench_report(out: dict) -> str:
-    lines = [f"{out['config']}, {out['images']} images x {out['texts'] // out['images']} captions, k={out['k']}, "
-             f"chunks of {out['chunk']} pairs, {out['flops_per_pair'] / 1e9:.3f} GFLOP per pair"]
-    for name in [n for n in ("before", "after") if n in out]:
-        r = out[name]
-        lines.append(f"  {name:6s} {r['pairs']} pairs: {r['pairs_per_s']:.1f} pairs/s, "
-                     f"{r['device_bytes_per_pair']:,.0f} bytes to the device per pair (encoding {r['encode_s']:.2f} s)")
-    if "before" in out:
-        speed = out["after"]["pairs_per_s"] / out["before"]["pairs_per_s"]
-        fewer = out["before"]["device_bytes_per_pair"] / out["after"]["device_bytes_per_pair"]
-        lines.append(f"  after / before: {speed:.2f}x pairs/s, {fewer:.0f}x fewer bytes per pair")
-    return "\n".join(lines)
-
-def bench_rerank(preset: str = "tiny", images: int = 64, captions: int = 5, k: int = 16, chunk: int = 256,
-                 device: Optional[str] = None, overrides: Sequence[str] = (),
-                 before: Optional[str] = None,  # an older scl_nb/evaluation.py, timed on the same model and batches
-                 quiet: bool = False) -> dict:
-    "Re-ranked pairs/s, bytes sent to the device per pair and FLOPs per pair of `evaluate_retrieval` (and of `before`)."
-    from scl_nb.config import apply_overrides, load_config
-    cfg = apply_overrides(load_config(preset), list(overrides))
-    torch.manual_seed(0)
-    model = SCLModel(cfg).to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
-    batches = bench_batches(cfg, images, captions)
-    evaluate_retrieval(model, batches[:1], k, chunk)  # warm-up
-    after = _bench_row(evaluate_retrieval(model, batches, k, chunk))
-    out = dict(config=cfg.name, images=images, texts=images * captions, k=k, chunk=chunk,
-               flops_per_pair=fuse_flops_per_pair(model), after=after)
-    if before:
-        out["before"] = _bench_row(_evaluation_before(before, model, batches, k, chunk))
-    if not quiet:
-        print(_bench_report(out))
-    return out
-
-# %% ../nbs/42_evaluation.ipynb #eb9d0da8
-def coco5k_estimate(mfu: float = 0.4, gpus: int = 8, peak_tflops: float = 989.0,  # H100 SXM dense bf16
-                    quiet: bool = False) -> dict:
-    "Minutes of a COCO-5k re-ranking (5,000 images, 25,010 captions), k = 128 and 256, from the paper model's FLOPs."
-    from scl_nb.config import apply_overrides, preset
-    random_towers = {"vision.pretrained": None, "text.pretrained": None, "text.tokenizer": "tiny-bpe"}  # FLOPs only
-    cfg = apply_overrides(preset("paper"), random_towers | {"vision.image_size": 384})
-    torch.manual_seed(0)
-    flops = fuse_flops_per_pair(SCLModel(cfg).eval())
-    out = dict(flops_per_pair=flops, mfu=mfu, gpus=gpus)
-    for k in (128, 256):
-        most = k * (5000 + 25010)  # every image's k texts and every text's k images, none shared
-        out[k] = dict(max_pairs=most, minutes=most * flops / (gpus * peak_tflops * 1e12 * mfu) / 60)
-    if not quiet:
-        print(f"paper model at 384 px, 50 text tokens: {flops / 1e9:.1f} GFLOP per fused pair; "
-              f"{gpus} GPUs at {peak_tflops:.0f} TFLOP/s, MFU {mfu:.0%}")
-        for k in (128, 256):
-            print(f"  k={k}: at most {out[k]['max_pairs'] / 1e6:.2f} M pairs, at most {out[k]['minutes']:.1f} min")
-    return out
 
 # %% ../nbs/42_evaluation.ipynb #6513756c
 def gather_rows(rows: list) -> list:

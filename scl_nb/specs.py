@@ -34,7 +34,7 @@ SCALE_KEYS = ("defaults", "seeds", "runs")
 OVERRIDE_KEYS = ("parameters", "resources")
 RESOURCE_DEFAULTS = dict(nodes=1, gpus_per_node=0, cpus_per_task=1, mem_gb=4, timeout_min=60, partition=None, slurm={},
                          signal_delay_s=120)
-LAUNCHER_PARAMETERS = ("out_dir",)  # set by the launcher for every run; a spec may not set them
+LAUNCHER_PARAMETERS = ("out_dir", "job_resources")  # set by the launcher (job_resources: a driver's, `61_launch`)
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 # %% ../nbs/60_specs.ipynb #5d004955
@@ -266,7 +266,7 @@ def _parse_runs(path: Path, d: dict, scale: Optional[str], root: Path) -> tuple[
         params, res = {}, {}
         for layer in layers: params, res = deep_merge(params, layer.get("parameters") or {}), deep_merge(res, layer.get("resources") or {})
         for k in LAUNCHER_PARAMETERS:
-            if k in params: raise SpecError(f"{rsrc}: {where} sets parameter {k!r}; the launcher sets it to the run's folder")
+            if k in params: raise SpecError(f"{rsrc}: {where} sets parameter {k!r}; the launcher sets it (scl_nb.launch)")
         deps = r.get("depends_on") or []
         if not isinstance(deps, list): raise SpecError(f"{rsrc}: depends_on of {where} must be a list of run names")
         deps = [_qualify(x, spec, f"{rsrc}: depends_on of {where}") for x in deps]

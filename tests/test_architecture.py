@@ -17,7 +17,7 @@ LAYERS = {
     "model parts": ["text", "vision", "fusion", "model", "towers", "synthetic", "media", "data", "downloads", "importers"],
     "objectives": ["objectives"],
     "engine": ["optim", "checkpoint", "perf", "train", "jobs", "bench"],
-    "tasks": ["tasks", "evaluation", "official", "alignment"],
+    "tasks": ["tasks", "evaluation", "rerank_bench", "official", "alignment"],
     "launch": ["specs", "launch", "fixtures", "figures_index", "docs"],
 }
 RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}
