@@ -385,7 +385,8 @@ def pretrain_heldout(cfg, device=None, batch_size: int = 100):
         rows = synthetic_for_config(cfg)["captions_val"]
         return task_loader(cfg, rows, "pretrain", train=False, batch_size=batch_size, device=device)
     try:
-        return task_loader(cfg, cfg.data.source, "pretrain", train=False, split="val", batch_size=batch_size, device=device)
+        return task_loader(cfg, cfg.data.source, "pretrain", train=False, split="val", batch_size=batch_size,
+                           device=device)
     except (ManifestError, ValueError) as e:
         print(f"no held-out split in {cfg.data.source} ({e}); retrieval is skipped")
         return None
@@ -427,8 +428,9 @@ def launch_heldout_eval(cfg, out_dir, checkpoint,
     share = max(1, fields.get("gpus_per_node") or 1)  # this job takes one GPU of a node: its share of the memory
     fields |= dict(nodes=1, gpus_per_node=0 if device == "cpu" else 1, signal_delay_s=None)
     fields["mem_gb"] = fields["mem_gb"] / share if fields.get("mem_gb") else None
-    handle = submit_once(Job(str(folder), module="scl_nb.evaluation", args=["--job", str(path)], cluster=cluster, device=device,
-                             resume_arg=None, name=f"scl-heldout:{Path(out_dir).resolve().name}", **fields), record="eval_job")
+    name = f"scl-heldout:{Path(out_dir).resolve().name}"
+    handle = submit_once(Job(str(folder), module="scl_nb.evaluation", args=["--job", str(path)], cluster=cluster,
+                             device=device, resume_arg=None, name=name, **fields), record="eval_job")
     handle.wait()
     return json.loads(result.read_text())
 

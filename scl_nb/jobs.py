@@ -263,7 +263,7 @@ def submit(job: Job) -> RunHandle:
     if submitit is None: raise ConfigError(f"cluster={job.cluster!r} needs submitit (pip install submitit)")
     ex = submitit.AutoExecutor(folder=job.submitit_dir or str(out / "submitit" / "%j"), cluster=job.cluster)
     ex.update_parameters(**executor_parameters(job))
-    with submitit.helpers.clean_env():  # a job submitted from inside a job must not inherit its SLURM_* / SUBMITIT_* settings
+    with submitit.helpers.clean_env():  # none of a submitting job's SLURM_* / SUBMITIT_* settings leak in
         started = ex.submit(JobTask(job))
     return RunHandle(out, job=started, cluster=job.cluster)
 
@@ -298,7 +298,8 @@ SLURM_ACTIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPE
 def slurm_active(job_id, name: str) -> bool:
     "Is SLURM job `job_id`, named `name`, pending, running or requeued? (The name guards against reused job ids.)"
     try:
-        r = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T|%j"], capture_output=True, text=True, timeout=30)
+        r = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T|%j"], capture_output=True, text=True,
+                           timeout=30)
     except (OSError, subprocess.SubprocessError):
         return False
     states = [line.split("|", 1) for line in r.stdout.splitlines() if "|" in line]
@@ -320,7 +321,8 @@ def submit_once(job: Job, record: str = "train_job") -> RunHandle:
         earlier = submitit.SlurmJob(prev["folder"], str(prev["job_id"]), tasks=tuple(range(prev["tasks"])))
         return RunHandle(Path(job.out_dir), job=earlier, cluster="slurm")
     if prev.get("cluster") == job.cluster == "local" and _local_alive(prev["job_id"]):
-        raise ConfigError(f"{path}: job {prev['job_id']} of an earlier run still runs on this machine; wait for it or stop it")
+        raise ConfigError(f"{path}: job {prev['job_id']} of an earlier run still runs on this machine; "
+                          "wait for it or stop it")
     handle = submit(job)
     folder = job.submitit_dir or str(Path(job.out_dir) / "submitit" / "%j")
     rec = dict(cluster=job.cluster, job_id=str(handle.job.job_id), name=job.name or "submitit", folder=folder,
@@ -331,8 +333,8 @@ def submit_once(job: Job, record: str = "train_job") -> RunHandle:
     return handle
 
 # %% ../nbs/24_jobs.ipynb #13a6b263
-RESOURCE_FIELDS = {"nodes": "nodes", "gpus_per_node": "gpus_per_node", "cpus_per_task": "cpus_per_task", "mem_gb": "mem_gb",
-                   "timeout_min": "timeout_min", "partition": "partition", "slurm": "slurm_args",
+RESOURCE_FIELDS = {"nodes": "nodes", "gpus_per_node": "gpus_per_node", "cpus_per_task": "cpus_per_task",
+                   "mem_gb": "mem_gb", "timeout_min": "timeout_min", "partition": "partition", "slurm": "slurm_args",
                    "signal_delay_s": "signal_delay_s"}  # a spec's `resources` key -> the `Job` field
 TRAIN_SIGNAL_DELAY_S = 120  # the training job's warning before its time limit: time to write a checkpoint
 
@@ -347,13 +349,14 @@ def pretrain_job(out_dir, nprocs: int = 2, nodes: int = 1, cluster: str = "none"
                  resume: bool = True, resources: Optional[dict] = None) -> Job:
     "The job that pre-trains the configuration in `out_dir/launch_config.json` (see `launch_pretrain`)."
     out = Path(out_dir)
-    args = ["--config", str(out / "launch_config.json"), "--out", str(out), "--no-progress"] + (["--device", device] if device else [])
+    args = ["--config", str(out / "launch_config.json"), "--out", str(out), "--no-progress"]
+    args += ["--device", device] if device else []
     fields = dict(timeout_min=60 * 24, signal_delay_s=TRAIN_SIGNAL_DELAY_S, nodes=nodes) | job_fields(resources)
     if fields["nodes"] != nodes:
         raise ConfigError(f"nodes={nodes} but resources.nodes={fields['nodes']}: give the same number")
     return check_job(Job(str(out), module="scl_nb.train", args=args, nprocs=nprocs, cluster=cluster, device=device,
-                         resume=resume, name=f"scl-train:{out.resolve().name}", submitit_dir=str(out / "submitit" / "train_%j"),
-                         **fields))
+                         resume=resume, name=f"scl-train:{out.resolve().name}",
+                         submitit_dir=str(out / "submitit" / "train_%j"), **fields))
 
 def run_finished(out_dir, steps: int) -> bool:
     "Has the run in `out_dir` completed `steps` steps (its `summary.json`)?"
@@ -367,11 +370,11 @@ def launch_pretrain(cfg: SCLConfig, out_dir,
                     cluster: str = "none",  # "none" (torchrun on this node), "local" or "slurm" (a job of its own)
                     device: Optional[str] = None,  # "cpu" for CPU workers (gloo); None = GPUs when present
                     resume: bool = True,  # continue from the newest checkpoint in out_dir
-                    resources: Optional[dict] = None,  # the training job's resources: a spec's `resources` (`job_fields`)
+                    resources: Optional[dict] = None,  # the training job's: a spec's `resources` (`job_fields`)
                     timeout_min: Optional[int] = None, partition: Optional[str] = None,  # or some of them one by one
                     slurm_args: Optional[dict] = None,
                    ) -> RunHandle:
-    "Start pre-training `cfg` into `out_dir` in `nodes` x `nprocs` processes (or find it running); its handle (see `follow`)."
+    "Start pre-training `cfg` into `out_dir` in `nodes` x `nprocs` processes (or find it running); its handle."
     one_by_one = dict(timeout_min=timeout_min, partition=partition, slurm=slurm_args)
     resources = dict(resources or {}) | {k: v for k, v in one_by_one.items() if v is not None}
     job = pretrain_job(out_dir, nprocs, nodes, cluster, device, resume, resources)

@@ -105,8 +105,9 @@ def _records(spec: Spec, runs_dir, only, say, cluster: str = "slurm") -> list:
         has_resume = not run.notebook.exists() or "resume" in names
         driver = DRIVER_PARAMETER in names
         if run.resources["nodes"] > 1 and not driver:
-            raise SpecError(f"run {run.id}: resources.nodes={run.resources['nodes']}, but {run.notebook.name} trains where it runs "
-                            f"(one node); only a notebook that submits its training job (a `{DRIVER_PARAMETER}` parameter) can use more")
+            raise SpecError(f"run {run.id}: resources.nodes={run.resources['nodes']}, but {run.notebook.name} trains "
+                            "where it runs (one node); only a notebook that submits its training job "
+                            f"(a `{DRIVER_PARAMETER}` parameter) can use more")
         params = run_parameters(run, out_dirs, has_resume)
         params |= {k: v for k, v in driver_parameters(run, cluster).items() if k in names} if driver else {}
         recs.append(Launched(run, "", out, out / "output.ipynb", params, driver=driver))
@@ -194,7 +195,8 @@ def _report_line(rec: Launched, cluster: str) -> str:
         r, job = rec.run.resources, "resources"
         if rec.driver and cluster == "slurm":
             d = driver_resources(r)
-            line += f"\n    driver: {d['gpus_per_node']} GPU, {d['cpus_per_task']} CPU, {d['mem_gb']} GB (follows its training job)"
+            line += f"\n    driver: {d['gpus_per_node']} GPU, {d['cpus_per_task']} CPU, {d['mem_gb']} GB"
+            line += " (follows its training job)"
             job = f"training job ({r['nodes']} node{'s' * (r['nodes'] > 1)})"
         line += (f"\n    {job}: {r['gpus_per_node']} GPU, {r['cpus_per_task']} CPU, {r['mem_gb']} GB, {r['timeout_min']} min"
                  + (f", partition {r['partition']}" if r["partition"] else "") + (f", sbatch {r['slurm']}" if r["slurm"] else "")

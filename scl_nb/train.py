@@ -513,7 +513,7 @@ class PretrainRun:
     seed: int = num(0, 0)  # seed of the weights, the data order and the masks
     overrides: str = ""  # extra config overrides, space-separated `key.sub=value`
     check_learning: bool = True  # assert the learning criterion (needs the default number of steps)
-    job_resources: Optional[dict] = None  # cluster "slurm" / "local": the training job's resources (a spec's; scl_nb.launch)
+    job_resources: Optional[dict] = None  # cluster "slurm" / "local": the training job's resources (a spec's)
 
     def check(self):
         "The rules that involve several parameters, the machine or the file system."
