@@ -20,9 +20,10 @@ from .media import (
 from .metrics import vqa_soft_scores
 
 # %% auto #0
-__all__ = ['TASK_COLUMNS', 'VIDEO_EXTENSIONS', 'ManifestError', 'Manifest', 'media_type', 'load_manifest', 'TooManyBadSamples',
-           'BadInputMonitor', 'stable_id', 'ManifestDataset', 'pad_media', 'pad_ids', 'Collator', 'ResumableSampler',
-           'ignore_interrupts', 'ResumableLoader', 'MixedLoader', 'pretrain_loader', 'task_loader', 'bench_data']
+__all__ = ['TASK_COLUMNS', 'VIDEO_EXTENSIONS', 'PRETRAIN_SPLITS', 'ManifestError', 'Manifest', 'media_type', 'load_manifest',
+           'TooManyBadSamples', 'BadInputMonitor', 'stable_id', 'ManifestDataset', 'pad_media', 'pad_ids', 'Collator',
+           'ResumableSampler', 'ignore_interrupts', 'ResumableLoader', 'MixedLoader', 'select_splits',
+           'pretrain_loader', 'task_loader', 'bench_data']
 
 # %% ../nbs/12_data.ipynb #cfbbd2c7
 class ManifestError(ValueError):
@@ -473,6 +474,16 @@ class MixedLoader:
         self.image.load_state_dict(d["image"])
         if self.video is not None and d["video"] is not None: self.video.load_state_dict(d["video"])
 
+# %% ../nbs/12_data.ipynb #fad72276
+PRETRAIN_SPLITS = ("train", "restval")  # what pre-training reads (COCO's Karpathy train + restval, method §3)
+def select_splits(m: Manifest, splits: Sequence[str]) -> tuple[Manifest, dict]:
+    "Rows of `m` whose split is in `splits` (all without a split column), and the others counted per split."
+    import pyarrow as pa, pyarrow.compute as pc
+    col = m.table.with_format("arrow")["split"] if "split" in m.columns else pa.array([], pa.string())  # index-mapped
+    left_out = {c["values"]: c["counts"] for c in pc.value_counts(col).to_pylist() if c["values"] not in splits}
+    keep = pc.fill_null(pc.is_in(col, pa.array(list(splits), pa.string())), False).to_numpy(zero_copy_only=False)
+    return (Manifest(m.table.select(np.flatnonzero(keep)), m.path) if left_out else m), left_out
+
 # %% ../nbs/12_data.ipynb #d75a7276
 def _hf_cache(cfg):
     "Arrow cache of `datasets` under the configured cache folder, when there is one."
@@ -482,14 +493,14 @@ def pretrain_loader(cfg,                   # `SCLConfig`
                     rank: int = 0, world: int = 1,
                     device=None,           # where batches go
                     tokenizer=None,        # None = `load_tokenizer(cfg.text, cfg.data.cache_dir)`
-                    split: Optional[str] = "train",  # rows of this split (manifest sources)
+                    splits: Sequence[str] = PRETRAIN_SPLITS,  # a manifest's rows of these splits; the rest is counted
                     hf_cache_dir=None,     # Arrow cache for `datasets`; None = `<cfg.data.cache_dir>/hf_datasets` or the `datasets` default
                     synthetic: Optional[dict] = None,  # `SyntheticParams` fields for the synthetic source (sizes, seed)
                    ) -> MixedLoader:
     "The pre-training loader of `cfg`: image batches, alternating with video batches at `cfg.data.video_ratio`."
     from scl_nb.text import load_tokenizer
     tok = tokenizer or load_tokenizer(cfg.text, cfg.data.cache_dir)
-    hf_cache_dir = hf_cache_dir or _hf_cache(cfg)
+    hf_cache_dir, left_out = hf_cache_dir or _hf_cache(cfg), {}
     if cfg.data.source == "synthetic":
         from scl_nb.synthetic import synthetic_for_config
         paths = synthetic_for_config(cfg, **(synthetic or {}))
@@ -497,7 +508,10 @@ def pretrain_loader(cfg,                   # `SCLConfig`
         videos = load_manifest(paths["video_captions_train"], TASK_COLUMNS["pretrain"], cache_dir=hf_cache_dir) if "video_captions_train" in paths else None
     else:
         m = load_manifest(cfg.data.source, TASK_COLUMNS["pretrain"], cache_dir=hf_cache_dir)
-        if split is not None and "split" in m.columns: m = m.filter(lambda s: s == split, ["split"])
+        m, left_out = select_splits(m, splits)
+        if rank == 0 and left_out:
+            out = ", ".join(f"{s} {n:,}" for s, n in sorted(left_out.items(), key=lambda kv: str(kv[0])))
+            print(f"{cfg.data.source}: {len(m):,} rows of split(s) {', '.join(splits)}; left out {out}", flush=True)
         cols = ["media", "media_type"] if "media_type" in m.columns else ["media"]
         is_video = lambda p, t=None: media_type(dict(media=p, media_type=t)) == "video"
         images, videos = m.filter(lambda *c: not is_video(*c), cols), m.filter(is_video, cols)
@@ -508,7 +522,9 @@ def pretrain_loader(cfg,                   # `SCLConfig`
         ManifestDataset(man, tok, "pretrain", "pretrain", cfg.vision.image_size, d.num_frames, cfg.text.max_len, cfg.train.seed),
         bs, Collator(tok, cfg.objectives, cfg.train.seed, cfg.text.max_len if d.static_shapes else None), rank, world, num_workers=d.num_workers, device=device,
         max_bad_fraction=d.max_bad_fraction)
-    return MixedLoader(make(images), make(videos) if videos is not None else None, d.video_ratio)
+    loader = MixedLoader(make(images), make(videos) if videos is not None else None, d.video_ratio)
+    loader.left_out = left_out  # rows of other splits, per split
+    return loader
 
 # %% ../nbs/12_data.ipynb #1d569d80
 def task_loader(cfg,                        # `SCLConfig`

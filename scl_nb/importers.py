@@ -12,15 +12,15 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from .metrics import vqa_vocab_key, vqa_soft_scores
+from .downloads import IMAGE_EXTS, ShardIndex, download_finder, index_media_files, index_media_files_by_name
 
 # %% auto #0
-__all__ = ['ANNOTATION_DIRS', 'IMAGE_EXTS', 'CC3M_FILES', 'LSMDC_FILES', 'VQA_QUESTIONS', 'VQA_IMAGES', 'NLVR2_FILES',
+__all__ = ['ANNOTATION_DIRS', 'SBU_IMAGE_DIRS', 'CC3M_FILES', 'LSMDC_FILES', 'VQA_QUESTIONS', 'VQA_IMAGES', 'NLVR2_FILES',
            'ARROW_PREFIXES', 'MANIFEST_TYPES', 'IMPORTERS', 'ManifestImportError', 'ImportStats', 'find_annotation',
-           'load_json', 'need', 'MediaFinder', 'caption_row', 'import_coco', 'import_f30k', 'import_vg',
-           'index_media_files', 'index_media_files_by_name', 'import_sbu', 'import_cc3m', 'import_webvid',
-           'import_msrvtt', 'import_lsmdc', 'build_vqa_vocab', 'vqa_targets', 'import_vqav2', 'import_nlvr2',
-           'arrow_dataset_split', 'image_extension', 'rebuild_vqa_answers', 'import_arrow', 'write_manifest',
-           'run_import', 'main']
+           'load_json', 'need', 'MediaFinder', 'caption_row', 'import_coco', 'import_f30k', 'import_vg', 'import_sbu',
+           'import_cc3m', 'import_webvid', 'import_msrvtt', 'import_lsmdc', 'build_vqa_vocab', 'vqa_targets',
+           'import_vqav2', 'import_nlvr2', 'arrow_dataset_split', 'image_extension', 'rebuild_vqa_answers',
+           'import_arrow', 'write_manifest', 'run_import', 'main']
 
 # %% ../nbs/13_importers.ipynb #2cd89d3f
 class ManifestImportError(ValueError):
@@ -45,7 +45,8 @@ class ImportStats:
         lines = [f"skipped {n} rows: {r} (e.g. {', '.join(self.examples[r])})" for r, n in self.skipped.items()]
         return "\n".join(lines + [f"note: {n} rows {r}" for r, n in self.notes.items()]) or "nothing skipped"
 
-ANNOTATION_DIRS = ("", "annotations", "annotation", "data", "karpathy", "metadata", "msrvtt_data", "nlvr2/data", "meta_data")
+ANNOTATION_DIRS = ("", "annotations", "annotation", "data", "karpathy", "metadata", "msrvtt_data", "nlvr2/data",
+                   "meta_data", "Questions", "Annotations", "dataset")  # the last 3: VQA API layout, SBU tarball
 
 def find_annotation(src, name: str, dataset: str, dirs: Sequence[str] = ANNOTATION_DIRS) -> Path:
     "Path of the annotation file `name` under `src` or its usual sub-folders; a clear error otherwise."
@@ -67,8 +68,6 @@ def need(obj, key, path, where: str = "entry"):
     except (KeyError, TypeError, IndexError): raise ManifestImportError(f"{path}: {where} has no field '{key}'") from None
 
 # %% ../nbs/13_importers.ipynb #e821fa95
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
-
 class MediaFinder:
     "First existing file among candidate paths under `root`; misses are counted in `stats`."
     def __init__(self, root, stats: ImportStats):
@@ -160,21 +159,7 @@ def import_vg(src, stats: ImportStats, exclude_coco=None) -> Iterator[dict]:
         yield from _caption_rows(stats, media, [need(r, "phrase", reg_path, f"entry {i} region") for r in regions], "train", iid, "vg")
 
 # %% ../nbs/13_importers.ipynb #49a1814d
-def index_media_files(root: Path) -> dict:
-    "Map int(file stem) -> path for image files (or extension-less files) whose stem is all digits, under `root`."
-    out = {}
-    for d, _, files in os.walk(root):
-        for f in files:
-            stem, ext = os.path.splitext(f)
-            if stem.isdigit() and (ext.lower() in IMAGE_EXTS or ext == ""): out.setdefault(int(stem), os.path.join(d, f))
-    return out
-
-def index_media_files_by_name(root: Path) -> dict:
-    "Map file name -> path for the files under `root` (first one wins)."
-    out = {}
-    for d, _, files in os.walk(root):
-        for f in files: out.setdefault(f, os.path.join(d, f))
-    return out
+SBU_IMAGE_DIRS = ("images", "sbu_images", "dataset/sbu_images")  # ours, then SBU_Captions_Dataset_Download's
 
 def _read_lines(path: Path) -> Iterator[str]:
     "Lines of a text file without their line ends, streamed (CC3M and WebVid files are large)."
@@ -185,8 +170,9 @@ def import_sbu(src, stats: ImportStats, naming: str = "basename", index_base: in
     "SBU Captions from the official caption and URL lists, mapped to downloaded images."
     caps_path = find_annotation(src, "SBU_captioned_photo_dataset_captions.txt", "sbu")
     urls_path = find_annotation(src, "SBU_captioned_photo_dataset_urls.txt", "sbu")
-    root = Path(src) / "images"
-    if not root.is_dir(): raise ManifestImportError(f"sbu: image folder '{root}' not found")
+    root = next((Path(src) / d for d in SBU_IMAGE_DIRS if (Path(src) / d).is_dir()), None)
+    if root is None:
+        raise ManifestImportError(f"sbu: no image folder under {src} (looked for {', '.join(SBU_IMAGE_DIRS)})")
     if naming not in ("basename", "index"): raise ValueError(f"naming must be 'basename' or 'index', got {naming!r}")
     files = index_media_files(root) if naming == "index" else index_media_files_by_name(root)
     for i, (cap, url) in enumerate(zip_longest(_read_lines(caps_path), _read_lines(urls_path))):
@@ -200,25 +186,34 @@ def import_sbu(src, stats: ImportStats, naming: str = "basename", index_base: in
 CC3M_FILES = {"train": "Train_GCC-training.tsv", "val": "Validation_GCC-1.1.0-Validation.tsv"}
 
 def _cc3m_image_root(src, split) -> Path:
-    names = [f"images/{split}", f"images_{split}", split] + (["images/validation", "validation"] if split == "val" else [])
+    full = {"train": "training", "val": "validation"}[split]  # DownloadConceptualCaptions' folders
+    names = [f"images/{split}", f"images_{split}", split, full, f"images/{full}"]
     for n in names:
         if (Path(src) / n).is_dir(): return Path(src) / n
     raise ManifestImportError(f"cc3m: no image folder for split '{split}' under {src} (looked for {', '.join(names)})")
 
-def import_cc3m(src, stats: ImportStats, splits=None, index_base: int = 0) -> Iterator[dict]:
-    "Conceptual Captions 3M from the official TSVs, mapped to images named by TSV row number."
-    found = _split_files(src, CC3M_FILES, "cc3m", splits)
-    for split in found:
-        files = index_media_files(_cc3m_image_root(src, split))
-        row = 0
-        for lineno, line in enumerate(_read_lines(found[split])):
-            if lineno == 0 and line.lower().strip() == "caption\turl": continue
-            parts = line.split("\t")
-            if len(parts) < 2: raise ManifestImportError(f"{found[split]}: line {lineno + 1} is not 'caption<TAB>url'")
-            media = files.get(row + index_base)
-            if media is None: stats.skip("missing media", f"{CC3M_FILES[split]} row {row}: {parts[1]}")
-            else: yield from _caption_rows(stats, str(Path(media).resolve()), [parts[0]], split, f"{split}-{row}", "cc3m")
-            row += 1
+def _cc3m_rows(tsv: Path) -> Iterator[tuple[str, str]]:
+    "(caption, url) of every row of a CC3M TSV; a first line `caption<TAB>url` (added for img2dataset) is not a row."
+    for lineno, line in enumerate(_read_lines(tsv)):
+        if lineno == 0 and line.lower().strip() == "caption\turl":
+            continue
+        parts = line.split("\t")
+        if len(parts) < 2:
+            raise ManifestImportError(f"{tsv}: line {lineno + 1} is not 'caption<TAB>url'")
+        yield parts[0], parts[1].strip()
+
+def import_cc3m(src, stats: ImportStats, splits=None, index_base: int = 0,
+                naming: Optional[str] = None,  # "index", "url-hash" or "shards" (`scl_nb.downloads`); None: detected
+                images_out=None,  # "shards" in webdataset tars: where their images are extracted
+               ) -> Iterator[dict]:
+    "Conceptual Captions 3M from the official TSVs, mapped to the downloaded images by URL hash, shard or row number."
+    for split, tsv in _split_files(src, CC3M_FILES, "cc3m", splits).items():
+        urls = lambda: (u for _, u in _cc3m_rows(tsv))
+        find = download_finder(_cc3m_image_root(src, split), naming, urls, index_base, images_out, stats.skip)
+        for row, (caption, url) in enumerate(_cc3m_rows(tsv)):
+            media = find(row, url)
+            if media is not None:
+                yield from _caption_rows(stats, str(Path(media).resolve()), [caption], split, f"{split}-{row}", "cc3m")
 
 # %% ../nbs/13_importers.ipynb #08beba4b
 def _read_csv(path: Path, required: Sequence[str], delimiter: str = ",") -> Iterator[dict]:
@@ -229,19 +224,29 @@ def _read_csv(path: Path, required: Sequence[str], delimiter: str = ",") -> Iter
         if missing: raise ManifestImportError(f"{path}: missing column(s) {missing} (has {reader.fieldnames})")
         yield from reader
 
-def import_webvid(src, stats: ImportStats, splits=None) -> Iterator[dict]:
-    "WebVid from its `results_*_{train,val}.csv` metadata: one row per video."
+def _webvid_media(find: MediaFinder, shards: ShardIndex, r: dict, stats: ImportStats) -> Optional[str]:
+    "A WebVid row's video: through video2dataset's shards (by URL) if any, else `videos/<page_dir>/<videoid>.mp4`."
+    vid, url = r["videoid"].strip(), (r.get("contentUrl") or "").strip()
+    if not len(shards):
+        return find(*[Path(d) / f"{vid}.mp4" for d in (f"videos/{r['page_dir'].strip()}", "videos", "")])
+    media = shards.media(url)
+    if media is None:
+        stats.skip("missing media", f"{vid}: {url}")
+    return media
+
+def import_webvid(src, stats: ImportStats, splits=None, images_out=None) -> Iterator[dict]:
+    "WebVid from its `results_*_{train,val}.csv` metadata: one row per video (video2dataset tars go to `images_out`)."
     keep = _split_filter(splits)
     files = sorted({p for d in ANNOTATION_DIRS for p in (Path(src) / d).glob("results_*.csv")})
     if not files: raise ManifestImportError(f"webvid: no 'results_*_train.csv' / 'results_*_val.csv' under {src}")
-    find = MediaFinder(src, stats)
+    find, shards = MediaFinder(src, stats), ShardIndex(src, images_out)
     for path in files:
         split = "val" if path.stem.endswith("_val") else "train" if path.stem.endswith("_train") else path.stem
         if keep is not None and split not in keep: continue
-        for r in _read_csv(path, ("videoid", "page_dir", "name")):
-            vid = r["videoid"].strip()
-            media = find(Path("videos") / r["page_dir"].strip() / f"{vid}.mp4", Path("videos") / f"{vid}.mp4", Path(f"{vid}.mp4"))
-            if media is not None: yield from _caption_rows(stats, media, [r["name"]], split, vid, "webvid", "video")
+        for r in _read_csv(path, ("videoid", "name", "contentUrl") if len(shards) else ("videoid", "page_dir", "name")):
+            media = _webvid_media(find, shards, r, stats)
+            if media is not None:
+                yield from _caption_rows(stats, media, [r["name"]], split, r["videoid"].strip(), "webvid", "video")
 
 # %% ../nbs/13_importers.ipynb #4c52f1d6
 def import_msrvtt(src, stats: ImportStats, splits=None, train_list: str = "MSRVTT_train.9k.csv") -> Iterator[dict]:
@@ -327,7 +332,7 @@ def import_vqav2(src, stats: ImportStats, splits=None, min_answer_count: int = 9
             split = s if s != "val" or rest_val_images <= 0 else ("rest_val" if iid in rest else "trainable_val")
             if keep is not None and split not in keep: continue
             name = f"COCO_{VQA_IMAGES[s]}_{int(iid):012d}.jpg"
-            media = find(Path(VQA_IMAGES[s]) / name, Path("images") / VQA_IMAGES[s] / name)
+            media = find(*[Path(d) / VQA_IMAGES[s] / name for d in ("", "images", "Images/mscoco")])
             if media is None: continue
             answers = []
             if s in anns:
@@ -414,13 +419,38 @@ def _arrow_batches(path: Path):
         batch = reader.get_batch(b)
         yield batch.schema.names, batch
 
-def import_arrow(src, stats: ImportStats, images_out=None, pattern: str = "*.arrow", splits=None) -> Iterator[dict]:
-    "ViLT/METER `.arrow` files: extract images and emit caption, VQA or NLVR2 rows."
-    src = Path(src)
+def _arrow_files(src: Path, pattern: str) -> list:
+    "The arrow files to read; `*_val` files last (ViLT's `vqav2_val` repeats `trainable_val` and `rest_val`)."
     files = [src] if src.is_file() else sorted(src.glob(pattern))
     if not files: raise ManifestImportError(f"arrow: no file matching '{pattern}' under {src}")
+    return sorted(files, key=lambda p: arrow_dataset_split(p.stem)[1] == "val")
+
+def _arrow_split(stats: ImportStats, path: Path, file_split: Optional[str], column_split: Optional[str]) -> str:
+    "The file name's split (ViLT writes `split='val'` in `vqav2_trainable_val`, `vqav2_rest_val`), else the column's."
+    if file_split is None:
+        return column_split or "train"
+    if column_split is not None and column_split != file_split:
+        stats.notes[f"of {path.name} labelled '{file_split}' by its file name (split column: '{column_split}')"] += 1
+    return file_split
+
+def _arrow_vqa_rows(stats: ImportStats, path: Path, row: dict, media: str, split: str, dataset: str,
+                    seen: dict) -> Iterator[dict]:  # seen: (dataset, question id) -> the file it came from
+    "One VQA arrow row (an image and its questions) as manifest rows; a question id already imported is skipped."
+    answers, scores = row["answers"] or [], row["answer_scores"] or []
+    for k, (qtext, qid) in enumerate(zip(row["questions"], row["question_id"])):
+        if (dataset, qid) in seen:
+            stats.skip(f"question already imported from {seen[dataset, qid]}", f"{path.name}: question {qid}")
+            continue
+        seen[dataset, qid] = path.name
+        ans = rebuild_vqa_answers(answers[k], scores[k]) if k < len(answers) else []
+        yield dict(media=media, media_type="image", caption="", split=split, image_id=str(row["image_id"]),
+                   dataset=dataset, question=qtext, question_id=str(qid), answers=ans)
+
+def import_arrow(src, stats: ImportStats, images_out=None, pattern: str = "*.arrow", splits=None) -> Iterator[dict]:
+    "ViLT/METER `.arrow` files: extract images and emit caption, VQA or NLVR2 rows."
+    files = _arrow_files(Path(src), pattern)
     if images_out is None: raise ValueError("arrow: `images_out` (where image files are written) is required")
-    keep = _split_filter(splits)
+    keep, seen = _split_filter(splits), {}
     for path in files:
         dataset, file_split = arrow_dataset_split(path.stem)
         folder = Path(images_out) / path.stem
@@ -435,7 +465,7 @@ def import_arrow(src, stats: ImportStats, images_out=None, pattern: str = "*.arr
             missing = [c for c in required if c not in names]
             if missing: raise ManifestImportError(f"{path}: missing column(s) {missing}")
             for i in range(batch.num_rows):
-                split = col("split", i) if "split" in names else (file_split or "train")
+                split = _arrow_split(stats, path, file_split, col("split", i) if "split" in names else None)
                 if keep is not None and split not in keep: continue
                 if kind == "nlvr2":
                     ident = str(col("identifier", i))
@@ -451,11 +481,8 @@ def import_arrow(src, stats: ImportStats, images_out=None, pattern: str = "*.arr
                 if kind == "caption":
                     yield from _caption_rows(stats, media, col("caption", i) or [], split, Path(iid).stem, dataset)
                     continue
-                qs, qids, answers, scores = col("questions", i), col("question_id", i), col("answers", i) or [], col("answer_scores", i) or []
-                for k, (qtext, qid) in enumerate(zip(qs, qids)):
-                    ans = rebuild_vqa_answers(answers[k], scores[k]) if k < len(answers) else []
-                    yield dict(media=media, media_type="image", caption="", split=split, image_id=iid, dataset=dataset,
-                               question=qtext, question_id=str(qid), answers=ans)
+                row = {c: col(c, i) for c in ("questions", "question_id", "answers", "answer_scores", "image_id")}
+                yield from _arrow_vqa_rows(stats, path, row, media, split, dataset, seen)
 
 # %% ../nbs/13_importers.ipynb #f3ad0577
 MANIFEST_TYPES = {"media": "string", "media_type": "string", "caption": "string", "split": "string", "image_id": "string",
@@ -532,7 +559,8 @@ def run_import(dataset: str,            # a key of `IMPORTERS`
     if not Path(src).exists(): raise ManifestImportError(f"{dataset}: source folder '{src}' does not exist")
     out = Path(out)
     if dataset == "vqav2" and options.get("vocab_out") is None: options["vocab_out"] = out.with_name(out.stem + "_answers.json")
-    if dataset == "arrow" and options.get("images_out") is None: options["images_out"] = out.parent / "images"
+    if dataset in ("arrow", "cc3m", "webvid") and options.get("images_out") is None:
+        options["images_out"] = out.parent / ("images" if dataset == "arrow" else "media")
     stats = ImportStats()
     n = write_manifest(fn(src, stats, **{k: v for k, v in options.items() if v is not None}), out, absolute)
     return n, stats
@@ -546,7 +574,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", required=True, help="manifest to write: .jsonl (default format), .csv or .parquet")
     p.add_argument("--absolute", action="store_true", help="write absolute media paths (default: relative to the manifest)")
     p.add_argument("--splits", help="comma-separated splits to keep (default: all)")
-    p.add_argument("--naming", choices=["basename", "index"], help="sbu: how downloaded images are named")
+    p.add_argument("--naming", choices=["basename", "index", "url-hash", "shards"],
+                   help="downloaded image names: sbu basename|index; cc3m index|url-hash|shards (default: found)")
     p.add_argument("--index-base", type=int, help="sbu/cc3m with index naming: number of the first row (default 0)")
     p.add_argument("--exclude-coco", help="vg: Karpathy dataset_coco.json; drop VG images in its val/test splits")
     p.add_argument("--train-list", help="msrvtt: training video list (default MSRVTT_train.9k.csv)")
@@ -554,7 +583,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--rest-val-images", type=int, help="vqav2: val images held out as rest_val (default 1000; 0 = keep 'val')")
     p.add_argument("--seed", type=int, help="vqav2: seed of the rest_val draw (default 0)")
     p.add_argument("--vocab-out", help="vqav2: answer vocabulary JSON (default <out stem>_answers.json)")
-    p.add_argument("--images-out", help="arrow: folder for the extracted images (default <out folder>/images)")
+    p.add_argument("--images-out", help="arrow, cc3m/webvid tars: media folder (default <out folder>/images, /media)")
     p.add_argument("--pattern", help="arrow: glob of the arrow files under --src (default *.arrow)")
     a = p.parse_args(argv)
     opts = dict(splits=a.splits, naming=a.naming, index_base=a.index_base, exclude_coco=a.exclude_coco, train_list=a.train_list,

@@ -12,9 +12,11 @@ from typing import Any, Callable, Optional, Sequence
 from .config import ConfigError, SCLConfig, save_config
 
 # %% auto #0
-__all__ = ['CLUSTERS', 'EXIT_PREEMPTED', 'Job', 'check_job', 'restarted', 'resuming', 'entry_argv', 'job_parameters',
-           'torchrun_command', 'package_root', 'worker_env', 'job_gpus', 'executor_parameters', 'run_entry_point',
-           'is_finished', 'run_notebook', 'JobTask', 'RunHandle', 'submit', 'read_metrics', 'follow', 'launch_pretrain']
+__all__ = ['CLUSTERS', 'EXIT_PREEMPTED', 'SLURM_ACTIVE_STATES', 'RESOURCE_FIELDS', 'TRAIN_SIGNAL_DELAY_S', 'Job', 'check_job',
+           'restarted', 'resuming', 'entry_argv', 'job_parameters', 'torchrun_command', 'package_root', 'worker_env',
+           'job_gpus', 'executor_parameters', 'run_entry_point', 'is_finished', 'run_notebook', 'JobTask', 'RunHandle',
+           'submit', 'read_metrics', 'follow', 'slurm_active', 'submit_once', 'job_fields', 'pretrain_job',
+           'run_finished', 'launch_pretrain']
 
 # %% ../nbs/24_jobs.ipynb #ad943c0c
 CLUSTERS = ("none", "local", "slurm", "debug")  # "none": torchrun on this machine; the others are submitit clusters
@@ -219,8 +221,11 @@ class RunHandle:
     proc: Any = None  # subprocess.Popen on cluster "none"
     job: Any = None  # the submitit Job otherwise
     cluster: str = "none"
+    finished: bool = False  # nothing was started: the run in `out_dir` had already finished
     _debug_rc: Optional[int] = field(default=None, repr=False)
     def done(self) -> bool:
+        if self.finished:
+            return True
         if self.proc is not None: return self.proc.poll() is not None
         if self.cluster != "debug": return self.job.done(force_check=True)
         if self._debug_rc is None:  # the debug cluster runs the job here, when first asked (and again on each call if it failed)
@@ -229,10 +234,14 @@ class RunHandle:
         return True
     def wait(self) -> int:
         "Wait for the end; the exit code (0 for a submitit job that succeeded; its failure raises)."
+        if self.finished:
+            return 0
         if self.proc is not None: return self.proc.wait()
         self.job.results(); return 0
     @property
     def returncode(self) -> Optional[int]:
+        if self.finished:
+            return 0
         if self.proc is not None: return self.proc.poll()
         if not self.done(): return None
         if self.cluster == "debug": return self._debug_rc
@@ -254,7 +263,9 @@ def submit(job: Job) -> RunHandle:
     if submitit is None: raise ConfigError(f"cluster={job.cluster!r} needs submitit (pip install submitit)")
     ex = submitit.AutoExecutor(folder=job.submitit_dir or str(out / "submitit" / "%j"), cluster=job.cluster)
     ex.update_parameters(**executor_parameters(job))
-    return RunHandle(out, job=ex.submit(JobTask(job)), cluster=job.cluster)
+    with submitit.helpers.clean_env():  # none of a submitting job's SLURM_* / SUBMITIT_* settings leak in
+        started = ex.submit(JobTask(job))
+    return RunHandle(out, job=started, cluster=job.cluster)
 
 # %% ../nbs/24_jobs.ipynb #d6672b0d
 def read_metrics(out_dir) -> list[dict]:
@@ -278,23 +289,98 @@ def follow(handle: RunHandle, every: float = 2.0, print_every: int = 10, quiet: 
     summary_path = handle.out_dir / "summary.json"
     if rc != 0 or not summary_path.exists():
         raise RuntimeError(f"run in {handle.out_dir} failed (exit code {rc}):\n{handle.log_tail()}")
-    return json.loads(summary_path.read_text())
+    return json.loads(summary_path.read_text()) | ({"resumed_finished_run": True} if handle.finished else {})
 
-# %% ../nbs/24_jobs.ipynb #8f457e07
+# %% ../nbs/24_jobs.ipynb #0250b403
+SLURM_ACTIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
+                       "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT")
+
+def slurm_active(job_id, name: str) -> bool:
+    "Is SLURM job `job_id`, named `name`, pending, running or requeued? (The name guards against reused job ids.)"
+    try:
+        r = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T|%j"], capture_output=True, text=True,
+                           timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    states = [line.split("|", 1) for line in r.stdout.splitlines() if "|" in line]
+    return any(n == name and state in SLURM_ACTIVE_STATES for state, n in states)
+
+def _local_alive(pid) -> bool:
+    "Does the process of a local submitit job still run?"
+    try:
+        return b"submitit" in Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+
+def submit_once(job: Job, record: str = "train_job") -> RunHandle:
+    "Submit `job` unless `<out_dir>/<record>.json` names its live job; then return that job's handle instead."
+    path = Path(job.out_dir) / f"{record}.json"
+    prev = json.loads(path.read_text()) if path.exists() else {}
+    if prev.get("cluster") == job.cluster == "slurm" and slurm_active(prev["job_id"], prev["name"]):
+        print(f"following SLURM job {prev['job_id']} ({prev['name']}), submitted earlier for {job.out_dir}", flush=True)
+        earlier = submitit.SlurmJob(prev["folder"], str(prev["job_id"]), tasks=tuple(range(prev["tasks"])))
+        return RunHandle(Path(job.out_dir), job=earlier, cluster="slurm")
+    if prev.get("cluster") == job.cluster == "local" and _local_alive(prev["job_id"]):
+        raise ConfigError(f"{path}: job {prev['job_id']} of an earlier run still runs on this machine; "
+                          "wait for it or stop it")
+    handle = submit(job)
+    folder = job.submitit_dir or str(Path(job.out_dir) / "submitit" / "%j")
+    rec = dict(cluster=job.cluster, job_id=str(handle.job.job_id), name=job.name or "submitit", folder=folder,
+               tasks=job.nodes * job.nprocs, submitted=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(rec, indent=1))
+    part.replace(path)
+    return handle
+
+# %% ../nbs/24_jobs.ipynb #13a6b263
+RESOURCE_FIELDS = {"nodes": "nodes", "gpus_per_node": "gpus_per_node", "cpus_per_task": "cpus_per_task",
+                   "mem_gb": "mem_gb", "timeout_min": "timeout_min", "partition": "partition", "slurm": "slurm_args",
+                   "signal_delay_s": "signal_delay_s"}  # a spec's `resources` key -> the `Job` field
+TRAIN_SIGNAL_DELAY_S = 120  # the training job's warning before its time limit: time to write a checkpoint
+
+def job_fields(resources: Optional[dict]) -> dict:
+    "The `Job` fields of a spec's `resources` (`RESOURCE_FIELDS`); `ConfigError` for a key it does not know."
+    unknown = sorted(set(resources or {}) - set(RESOURCE_FIELDS))
+    if unknown:
+        raise ConfigError(f"resources: unknown key {unknown[0]!r}; the keys are {list(RESOURCE_FIELDS)}")
+    return {RESOURCE_FIELDS[k]: dict(v) if k == "slurm" else v for k, v in (resources or {}).items()}
+
+def pretrain_job(out_dir, nprocs: int = 2, nodes: int = 1, cluster: str = "none", device: Optional[str] = None,
+                 resume: bool = True, resources: Optional[dict] = None) -> Job:
+    "The job that pre-trains the configuration in `out_dir/launch_config.json` (see `launch_pretrain`)."
+    out = Path(out_dir)
+    args = ["--config", str(out / "launch_config.json"), "--out", str(out), "--no-progress"]
+    args += ["--device", device] if device else []
+    fields = dict(timeout_min=60 * 24, signal_delay_s=TRAIN_SIGNAL_DELAY_S, nodes=nodes) | job_fields(resources)
+    if fields["nodes"] != nodes:
+        raise ConfigError(f"nodes={nodes} but resources.nodes={fields['nodes']}: give the same number")
+    return check_job(Job(str(out), module="scl_nb.train", args=args, nprocs=nprocs, cluster=cluster, device=device,
+                         resume=resume, name=f"scl-train:{out.resolve().name}",
+                         submitit_dir=str(out / "submitit" / "train_%j"), **fields))
+
+def run_finished(out_dir, steps: int) -> bool:
+    "Has the run in `out_dir` completed `steps` steps (its `summary.json`)?"
+    p = Path(out_dir) / "summary.json"
+    s = json.loads(p.read_text()) if p.exists() else {}
+    return s.get("status") == "completed" and s.get("step", 0) >= steps
+
 def launch_pretrain(cfg: SCLConfig, out_dir,
                     nprocs: int = 2,  # processes per node (one per GPU on GPU machines)
                     nodes: int = 1,  # nodes (SLURM only)
-                    cluster: str = "none",  # "none" (torchrun on this node), "local" or "slurm" (submitit)
+                    cluster: str = "none",  # "none" (torchrun on this node), "local" or "slurm" (a job of its own)
                     device: Optional[str] = None,  # "cpu" for CPU workers (gloo); None = GPUs when present
                     resume: bool = True,  # continue from the newest checkpoint in out_dir
-                    timeout_min: int = 60 * 24,  # submitit: job time limit (SIGUSR2 comes before it; the job requeues)
-                    partition: Optional[str] = None, slurm_args: dict | None = None,  # submitit SLURM extras
+                    resources: Optional[dict] = None,  # the training job's: a spec's `resources` (`job_fields`)
+                    timeout_min: Optional[int] = None, partition: Optional[str] = None,  # or some of them one by one
+                    slurm_args: Optional[dict] = None,
                    ) -> RunHandle:
-    "Start pre-training `cfg` into `out_dir` in `nodes` x `nprocs` processes; return a handle (see `follow`)."
+    "Start pre-training `cfg` into `out_dir` in `nodes` x `nprocs` processes (or find it running); its handle."
+    one_by_one = dict(timeout_min=timeout_min, partition=partition, slurm=slurm_args)
+    resources = dict(resources or {}) | {k: v for k, v in one_by_one.items() if v is not None}
+    job = pretrain_job(out_dir, nprocs, nodes, cluster, device, resume, resources)
     out = Path(out_dir)
-    args = ["--config", str(out / "launch_config.json"), "--out", str(out), "--no-progress"] + (["--device", device] if device else [])
-    job = check_job(Job(str(out), module="scl_nb.train", args=args, nprocs=nprocs, nodes=nodes, cluster=cluster, device=device, resume=resume,
-                        timeout_min=timeout_min, signal_delay_s=120, partition=partition, slurm_args=dict(slurm_args or {})))
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "launch_config.json")
-    return submit(job)
+    if resume and run_finished(out, cfg.train.steps):
+        return RunHandle(out, cluster=cluster, finished=True)
+    return submit(job) if cluster == "none" else submit_once(job)

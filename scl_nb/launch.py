@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from .specs import (SpecError, Run, Spec, load_spec, notebook_parameters, problem_lines, run_dir, run_parameters)
-from .jobs import Job, is_finished, submit
+from .jobs import Job, is_finished, slurm_active, submit
 
 # %% auto #0
-__all__ = ['Launched', 'notebook_job', 'launch', 'main']
+__all__ = ['DRIVER_PARAMETER', 'DRIVER_RESOURCES', 'PAYER_OPTIONS', 'Launched', 'notebook_job', 'driver_resources',
+           'driver_parameters', 'launch', 'main']
 
 # %% ../nbs/61_launch.ipynb #b2efdd92
 @dataclass
@@ -28,24 +29,35 @@ class Launched:
     job_id: Optional[str] = None
     after: list = field(default_factory=list)  # SLURM job ids this run waits for
     error: Optional[str] = None
-
-def _slurm_active(job_id: str, name: str) -> bool:
-    "Is SLURM job `job_id`, named `name`, pending, running or requeued? (The name guards against job ids reused by a new cluster.)"
-    import subprocess
-    try: out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T|%j"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError): return False
-    states = [l.split("|", 1) for l in out.splitlines() if "|" in l]
-    return any(n == name and st in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED") for st, n in states)
+    driver: bool = False  # its notebook submits its training as a job of its own (`DRIVER_PARAMETER`)
 
 def _job_name(run: Run) -> str: return f"scl:{run.id}"
 
 def notebook_job(rec: Launched, cluster: str, stamp: str, root: Path) -> Job:
-    "The job of one run: its notebook, parameters and resources (one process on one node)."
-    r = rec.run.resources
+    "The job of one run: its notebook, parameters and resources (one process on one node; a driver's are light)."
+    r = driver_resources(rec.run.resources) if rec.driver and cluster == "slurm" else rec.run.resources
     return Job(str(rec.out_dir), notebook=str(rec.run.notebook), parameters=rec.parameters, output=str(rec.output), cwd=str(root),
                cluster=cluster, name=_job_name(rec.run), gpus_per_node=r["gpus_per_node"], cpus_per_task=r["cpus_per_task"],
                mem_gb=r["mem_gb"], timeout_min=r["timeout_min"], partition=r["partition"], slurm_args=dict(r["slurm"]),
-               after=list(rec.after), submitit_dir=str(rec.out_dir / "submitit" / f"{stamp}_%j"))
+               signal_delay_s=r["signal_delay_s"], after=list(rec.after),
+               submitit_dir=str(rec.out_dir / "submitit" / f"{stamp}_%j"))
+
+# %% ../nbs/61_launch.ipynb #23e81a37
+DRIVER_PARAMETER = "job_resources"  # a notebook with this parameter submits its training as a job of its own
+DRIVER_RESOURCES = dict(nodes=1, gpus_per_node=0, cpus_per_task=1, mem_gb=8)  # a driver notebook's own job on SLURM
+PAYER_OPTIONS = ("account", "qos", "reservation", "wckey", "comment")  # the run's sbatch options its driver keeps
+
+def driver_resources(resources: dict) -> dict:
+    "The job of a driver notebook on SLURM: light, on the run's partition and account, for the run's time."
+    payer = {k: v for k, v in resources["slurm"].items() if k in PAYER_OPTIONS}
+    return dict(resources) | DRIVER_RESOURCES | {"slurm": payer}
+
+def driver_parameters(run: Run, cluster: str) -> dict:
+    "What the launcher tells a driver notebook: on SLURM, train as a job with the run's resources."
+    if cluster != "slurm":
+        return {}
+    r = run.resources
+    return {DRIVER_PARAMETER: dict(r), "cluster": "slurm", "gpus": r["gpus_per_node"], "nodes": r["nodes"]}
 
 # %% ../nbs/61_launch.ipynb #30a640b2
 def launch(spec: Spec | Sequence[Spec],  # one spec, or several (a run shared by them is one run)
@@ -62,7 +74,7 @@ def launch(spec: Spec | Sequence[Spec],  # one spec, or several (a run shared by
     say = log or (lambda *a: None)
     stamp, done, roots = time.strftime("%Y%m%d-%H%M%S"), {}, {}
     for s in [spec] if isinstance(spec, Spec) else spec:
-        for rec in _records(s, runs_dir, only, say):
+        for rec in _records(s, runs_dir, only, say, cluster):
             if rec.run.id not in done: done[rec.run.id], roots[rec.run.id] = rec, s.root  # a shared run: its first spec's record
     if jobs > 1: _schedule(list(done.values()), done, jobs, cluster, dry_run, stamp, roots, say); return done
     for rec in done.values():
@@ -81,7 +93,7 @@ def _check_jobs(jobs, cluster: str):
         raise ValueError(f"jobs={jobs} needs cluster 'local': " + ("SLURM schedules the jobs itself (all are submitted at once, with their dependencies)"
                          if cluster == "slurm" else "the debug cluster runs each job in this process, one after the other"))
 
-def _records(spec: Spec, runs_dir, only, say) -> list:
+def _records(spec: Spec, runs_dir, only, say, cluster: str = "slurm") -> list:
     "A `Launched` record (status still empty) for every run of `spec` to launch, in order; report the runs the scale skips."
     runs = _needed(spec, only)
     for rid in spec.skipped if not only else []: say(f"[skipped at scale {spec.scale}] {rid}")
@@ -89,8 +101,16 @@ def _records(spec: Spec, runs_dir, only, say) -> list:
     recs = []
     for run in runs:
         out = out_dirs[run.id]
-        has_resume = not run.notebook.exists() or "resume" in notebook_parameters(run.notebook)
-        recs.append(Launched(run, "", out, out / "output.ipynb", run_parameters(run, out_dirs, has_resume)))
+        names = notebook_parameters(run.notebook) if run.notebook.exists() else {}
+        has_resume = not run.notebook.exists() or "resume" in names
+        driver = DRIVER_PARAMETER in names
+        if run.resources["nodes"] > 1 and not driver:
+            raise SpecError(f"run {run.id}: resources.nodes={run.resources['nodes']}, but {run.notebook.name} trains "
+                            "where it runs (one node); only a notebook that submits its training job "
+                            f"(a `{DRIVER_PARAMETER}` parameter) can use more")
+        params = run_parameters(run, out_dirs, has_resume)
+        params |= {k: v for k, v in driver_parameters(run, cluster).items() if k in names} if driver else {}
+        recs.append(Launched(run, "", out, out / "output.ipynb", params, driver=driver))
     return recs
 
 def _must_run(rec: Launched, ups: list, cluster: str) -> bool:
@@ -102,7 +122,7 @@ def _must_run(rec: Launched, ups: list, cluster: str) -> bool:
             rec.error = "note: it finished with other parameters than the spec's now; delete its folder to run it again"
         return False
     prior = json.loads((out / "launch.json").read_text()) if (out / "launch.json").exists() else {}
-    if cluster == "slurm" and prior.get("cluster") == "slurm" and _slurm_active(prior.get("job_id"), _job_name(run)):
+    if cluster == "slurm" and prior.get("cluster") == "slurm" and slurm_active(prior.get("job_id"), _job_name(run)):
         rec.status, rec.job_id = "running", prior["job_id"]
         return False
     if any(u.status in ("failed", "blocked") for u in ups):
@@ -172,8 +192,13 @@ def _report_line(rec: Launched, cluster: str) -> str:
     elif rec.run.depends_on and rec.status == "dry-run": line += f" (after {', '.join(rec.run.depends_on)})"
     if rec.error: line += f"\n    {rec.error}"
     if rec.status == "dry-run":
-        r = rec.run.resources
-        line += (f"\n    resources: {r['gpus_per_node']} GPU, {r['cpus_per_task']} CPU, {r['mem_gb']} GB, {r['timeout_min']} min"
+        r, job = rec.run.resources, "resources"
+        if rec.driver and cluster == "slurm":
+            d = driver_resources(r)
+            line += f"\n    driver: {d['gpus_per_node']} GPU, {d['cpus_per_task']} CPU, {d['mem_gb']} GB"
+            line += " (follows its training job)"
+            job = f"training job ({r['nodes']} node{'s' * (r['nodes'] > 1)})"
+        line += (f"\n    {job}: {r['gpus_per_node']} GPU, {r['cpus_per_task']} CPU, {r['mem_gb']} GB, {r['timeout_min']} min"
                  + (f", partition {r['partition']}" if r["partition"] else "") + (f", sbatch {r['slurm']}" if r["slurm"] else "")
                  + f"\n    parameters: {json.dumps(rec.parameters)}")
     return line

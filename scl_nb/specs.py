@@ -32,8 +32,9 @@ SPEC_KEYS = ("description", "defaults", "seeds", "runs", "scales", "table", "fig
 RUN_KEYS = ("name", "notebook", "description", "depends_on", "parameters", "resources")
 SCALE_KEYS = ("defaults", "seeds", "runs")
 OVERRIDE_KEYS = ("parameters", "resources")
-RESOURCE_DEFAULTS = dict(nodes=1, gpus_per_node=0, cpus_per_task=1, mem_gb=4, timeout_min=60, partition=None, slurm={})
-LAUNCHER_PARAMETERS = ("out_dir",)  # set by the launcher for every run; a spec may not set them
+RESOURCE_DEFAULTS = dict(nodes=1, gpus_per_node=0, cpus_per_task=1, mem_gb=4, timeout_min=60, partition=None, slurm={},
+                         signal_delay_s=120)
+LAUNCHER_PARAMETERS = ("out_dir", "job_resources")  # set by the launcher (job_resources: a driver's, `61_launch`)
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 # %% ../nbs/60_specs.ipynb #5d004955
@@ -48,7 +49,7 @@ def _check_keys(d, allowed, where: str, src: str):
 def check_resources(res: dict, where: str, src: str) -> dict:
     "Validate a run's resources (defaults filled in); raise `SpecError` naming the key."
     res = {**RESOURCE_DEFAULTS, **_check_keys(res, RESOURCE_DEFAULTS, f"resources of {where}", src)}
-    for k in ("nodes", "gpus_per_node", "cpus_per_task", "timeout_min"):
+    for k in ("nodes", "gpus_per_node", "cpus_per_task", "timeout_min", "signal_delay_s"):
         v = res[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "gpus_per_node" else 1):
             raise SpecError(f"{src}: resources.{k}={v!r} of {where} must be an integer >= {0 if k == 'gpus_per_node' else 1}")
@@ -57,9 +58,6 @@ def check_resources(res: dict, where: str, src: str) -> dict:
     if res["partition"] is not None and not isinstance(res["partition"], str):
         raise SpecError(f"{src}: resources.partition={res['partition']!r} of {where} must be a string or null")
     if not isinstance(res["slurm"], dict): raise SpecError(f"{src}: resources.slurm of {where} must be a mapping of sbatch options")
-    if res["nodes"] != 1:
-        raise SpecError(f"{src}: resources.nodes={res['nodes']} of {where}: a notebook runs on one node; "
-                        "for multi-node training set the notebook's own parameters (nodes, cluster='slurm')")
     return res
 
 # %% ../nbs/60_specs.ipynb #0fb63219
@@ -268,7 +266,7 @@ def _parse_runs(path: Path, d: dict, scale: Optional[str], root: Path) -> tuple[
         params, res = {}, {}
         for layer in layers: params, res = deep_merge(params, layer.get("parameters") or {}), deep_merge(res, layer.get("resources") or {})
         for k in LAUNCHER_PARAMETERS:
-            if k in params: raise SpecError(f"{rsrc}: {where} sets parameter {k!r}; the launcher sets it to the run's folder")
+            if k in params: raise SpecError(f"{rsrc}: {where} sets parameter {k!r}; the launcher sets it (scl_nb.launch)")
         deps = r.get("depends_on") or []
         if not isinstance(deps, list): raise SpecError(f"{rsrc}: depends_on of {where} must be a list of run names")
         deps = [_qualify(x, spec, f"{rsrc}: depends_on of {where}") for x in deps]

@@ -350,6 +350,7 @@ class NLVR2Run(FinetuneRun):
 @dataclass
 class RetrievalEvalRun(TaskRun):
     "The parameters of `nbs/eval_retrieval.ipynb` (and the retrieval settings `finetune_retrieval` shares)."
+    cpu_workers: int = num(1, 1)  # with gpus 0: CPU worker processes of the evaluation (gloo); 1: in the notebook
     modality: Literal["image", "video"] = "image"
     dataset: Optional[str] = None  # method §4 setting: f30k, coco, msrvtt, lsmdc; None: f30k (image) / msrvtt (video)
     eval_split: str = "test"  # evaluation split

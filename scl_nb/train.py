@@ -514,9 +514,12 @@ class PretrainRun:
     seed: int = num(0, 0)  # seed of the weights, the data order and the masks
     overrides: str = ""  # extra config overrides, space-separated `key.sub=value`
     check_learning: bool = True  # assert the learning criterion (needs the default number of steps)
+    job_resources: Optional[dict] = None  # cluster "slurm" / "local": the training job's resources (a spec's)
 
     def check(self):
         "The rules that involve several parameters, the machine or the file system."
+        from scl_nb.jobs import job_fields
+        job_fields(self.job_resources)  # an unknown key is named
         if self.nodes > 1 and self.cluster != "slurm": raise ConfigError(f"nodes={self.nodes} needs cluster='slurm'")
         if self.cluster != "slurm" and self.gpus > torch.cuda.device_count():
             raise ConfigError(f"gpus={self.gpus} but this machine has {torch.cuda.device_count()} GPU(s) (use gpus=0 or cluster='slurm')")

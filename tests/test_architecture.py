@@ -14,10 +14,10 @@ PKG = Path(__file__).resolve().parent.parent / "scl_nb"
 # config -> model parts -> objectives -> engine -> tasks -> launch (a module may import its own layer or lower ones)
 LAYERS = {
     "config": ["config", "metrics", "masking", "distributed"],
-    "model parts": ["text", "vision", "fusion", "model", "towers", "synthetic", "media", "data", "importers"],
+    "model parts": ["text", "vision", "fusion", "model", "towers", "synthetic", "media", "data", "downloads", "importers"],
     "objectives": ["objectives"],
     "engine": ["optim", "checkpoint", "perf", "train", "jobs", "bench"],
-    "tasks": ["tasks", "evaluation", "official", "alignment"],
+    "tasks": ["tasks", "evaluation", "rerank_bench", "official", "alignment"],
     "launch": ["specs", "launch", "fixtures", "figures_index", "docs"],
 }
 RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}

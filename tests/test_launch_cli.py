@@ -3,7 +3,7 @@ naming the file and line, no traceback; and the full-scale suite without its dat
 
 Each test spawns the launcher (about 5 to 15 s each on 2 CPU cores: it imports torch to check objectives).
 """
-import os, subprocess, sys
+import json, os, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -118,3 +118,19 @@ def test_reproduce_rejects_an_unknown_scale():
     r = subprocess.run(["bash", "experiments/reproduce.sh", "tower"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stdout == "", (r.returncode, r.stdout)
     assert r.stderr.strip() == "error: unknown scale 'tower'; choose tiny (default), tiny-seeds, towers or full"
+
+
+def test_pretrain_plan_on_slurm_is_a_light_driver_and_its_training_job(tmp_path):
+    "On SLURM the pre-training notebook is planned as a driver that holds no GPU; the run's resources go to its training job."
+    p = launch(ROOT / "experiments" / "pretrain.yaml", "--cluster", "slurm", "--dry-run", "--allow-missing-data", "--runs-dir", tmp_path)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    at = next(i for i, l in enumerate(lines) if l.startswith("[would run] pretrain/glscl"))
+    assert lines[at + 1] == "    driver: 0 GPU, 1 CPU, 8 GB (follows its training job)", lines[at:at + 4]
+    assert lines[at + 2] == "    training job (1 node): 8 GPU, 8 CPU, 480 GB, 2880 min, partition gpu", lines[at:at + 4]
+    params = json.loads(lines[at + 3].split("parameters: ", 1)[1])
+    assert (params["cluster"], params["gpus"], params["nodes"]) == ("slurm", 8, 1)
+    assert params["job_resources"] == {"nodes": 1, "gpus_per_node": 8, "cpus_per_task": 8, "mem_gb": 480, "timeout_min": 2880,
+                                       "partition": "gpu", "slurm": {}, "signal_delay_s": 120}
+    local = launch(ROOT / "experiments" / "pretrain.yaml", "--cluster", "local", "--dry-run", "--allow-missing-data", "--runs-dir", tmp_path)
+    assert "driver:" not in local.stdout and '"cluster": "none"' in local.stdout  # elsewhere the notebook trains where it runs

@@ -78,7 +78,8 @@ def test_eval_retrieval_official_checkpoint(official_ckpt, tmp_path):
     run_cfg = task_run_config("retrieval", "tiny", "synthetic", "f30k")
     rows = retrieval_subset(task_manifest(run_cfg, "captions", "test"), 12)
     mine = evaluate_retrieval(loaded, task_loader(task_config(run_cfg, loaded.cfg), rows, "pretrain", train=False, batch_size=128,
-                                                  tokenizer=loaded.text.tokenizer, device="cpu"), k=None)
+                                                  tokenizer=loaded.text.tokenizer, device="cpu"), k=None,
+                              precision=run_cfg.train.precision)  # the run's precision, as the notebook evaluates in
     for key in ("itm", "itc"):
         for name, value in mine[key].items():
             assert res["metrics"][key][name] == pytest.approx(value, abs=1e-9), (key, name)
