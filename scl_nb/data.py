@@ -60,15 +60,27 @@ def media_type(row: dict) -> str:
     return "video" if str(row["media"]).lower().endswith(VIDEO_EXTENSIONS) else "image"
 
 # %% ../nbs/12_data.ipynb #0dac541a
+def _json_kind(v) -> Optional[str]:
+    "The JSON kind of a value as Arrow types a column (None for null)."
+    if v is None: return None
+    if isinstance(v, bool): return "true/false"
+    return {str: "text", int: "a number", float: "a number", list: "a list", dict: "an object"}[type(v)]
+
 def _first_bad_line(path: Path, fmt: str) -> Optional[tuple[int, str]]:
     "Line number and reason of the first row of a JSONL / CSV manifest that cannot be read, if one can be found."
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         if fmt == "json":
+            first = {}  # column -> (JSON kind, line) of its first value: Arrow refuses a column that changes kind
             for n, line in enumerate(f, 1):
                 if not line.strip(): continue
                 try: row = json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as e: return n, f"not valid JSON ({e.msg} at column {e.colno})"
                 if not isinstance(row, dict): return n, f"a JSON {type(row).__name__}, not an object with named columns"
+                for col, v in row.items():
+                    kind = _json_kind(v)
+                    if kind is None: continue
+                    k0, n0 = first.setdefault(col, (kind, n))
+                    if k0 != kind: return n, f"column {col!r} is {kind} where line {n0} has {k0}"
         elif fmt == "csv":  # pandas (under `datasets`) refuses rows with more fields than the header
             rows = csv.reader(f)
             try:
@@ -251,8 +263,22 @@ def _false_texts(self: ManifestDataset, row: int, image_id, epoch: int) -> list[
     return out
 
 @patch
+def _row(self: ManifestDataset, row: int) -> dict:
+    "Row `row` with its paths and texts checked: a path is non-empty text, a text is text or empty; else `BadSample('malformed_row')`."
+    where = f"{self.m.path} row {row}"
+    try: r = self.m.row(row)
+    except UnicodeDecodeError: raise BadSample("malformed_row", f"{where}: not UTF-8 text") from None
+    except json.JSONDecodeError: raise BadSample("malformed_row", f"{where}: answers are not JSON") from None
+    for key in ("media", "media2"):
+        if key in r and (not isinstance(r[key], str) or not r[key].strip()):
+            raise BadSample("malformed_row", f"{where}: {key}={r[key]!r} is not a file path")
+    for key in ("caption", "question"):
+        if r.get(key) is not None and not isinstance(r[key], str): raise BadSample("malformed_row", f"{where}: {key}={r[key]!r} is not text")
+    return r
+
+@patch
 def _load(self: ManifestDataset, row: int, epoch: int, events: list) -> dict:
-    r, rng = self.m.row(row), self.rng(epoch, row)
+    r, rng = self._row(row), self.rng(epoch, row)
     path = self.m.media_path(r["media"])
     text = r["question"] if self.task == "vqa" else r.get("caption")
     out = dict(index=row)
@@ -411,8 +437,16 @@ class ResumableLoader:
                                  num_workers=num_workers, pin_memory=pin, persistent_workers=num_workers > 0,
                                  prefetch_factor=prefetch_factor if num_workers > 0 else None,
                                  worker_init_fn=ignore_interrupts if num_workers > 0 else None)
+        if drop_last and len(self.loader) == 0: raise ManifestError(self._too_few_rows())
 
     def __len__(self): return len(self.loader)
+
+    def _too_few_rows(self) -> str:
+        "Why this loader would never yield a batch (an endless loop would spin on it forever)."
+        kind = media_type(self.dataset.m.row(0)) if len(self.dataset) else "image"
+        where = f"{len(self.sampler)} per process" if self.sampler.world > 1 else f"{len(self.dataset)}"
+        return (f"{self.dataset.m.path}: {where} {kind} rows, fewer than one batch of {self.batch_size} "
+                f"(image and video batches are drawn apart); add rows or lower train.per_gpu_batch_size")
 
     def __iter__(self):
         "The remaining batches of the current epoch; afterwards the sampler moves to the next epoch."
@@ -436,18 +470,20 @@ class ResumableLoader:
 # %% ../nbs/12_data.ipynb #a7df813e
 class MixedLoader:
     "Endless alternation of image and video batches at `video_ratio`; resumable."
-    def __init__(self, image: ResumableLoader, video: Optional[ResumableLoader], video_ratio: float):
+    def __init__(self, image: ResumableLoader, video: Optional[ResumableLoader], video_ratio: float,
+                 left_out: Optional[dict] = None):  # {reason: (rows, example)} of manifest rows no loader reads
         self.image, self.video, self.ratio, self.step = image, video, video_ratio if video is not None else 0.0, 0
-        self._its = {}
+        self._its, self.left_out = {}, dict(left_out or {})
 
     def is_video_step(self, k: int) -> bool: return math.floor((k + 1) * self.ratio) > math.floor(k * self.ratio)
 
     def _next(self, name: str) -> dict:
         loader = getattr(self, name)
-        while True:
+        for fresh in (False, True):  # an epoch that ends, then a new one; a new one that yields nothing never will
             if name not in self._its: self._its[name] = iter(loader)
             try: return next(self._its[name])
             except StopIteration: del self._its[name]
+        raise ManifestError(loader._too_few_rows())
 
     def __iter__(self):
         while True:
@@ -464,6 +500,8 @@ class MixedLoader:
     def bad_input(self) -> dict:
         "Unusable samples of the image and video loaders, and their totals."
         parts = {n: l.bad_input() for n, l in (("images", self.image), ("videos", self.video)) if l is not None}
+        if self.left_out: parts["left_out"] = {"reads": 0, "unusable": 0, "rows_by_reason": {k: n for k, (n, _) in self.left_out.items()},
+                                               "examples": {k: [e] for k, (_, e) in self.left_out.items()}}
         return {"reads": sum(p["reads"] for p in parts.values()), "unusable": sum(p["unusable"] for p in parts.values())} | parts
 
     def state_dict(self) -> dict:
@@ -502,13 +540,17 @@ def pretrain_loader(cfg,                   # `SCLConfig`
         is_video = lambda p, t=None: media_type(dict(media=p, media_type=t)) == "video"
         images, videos = m.filter(lambda *c: not is_video(*c), cols), m.filter(is_video, cols)
         if len(images) == 0: images, videos = videos, None
+    left_out = {}
+    if videos is not None and len(videos) and cfg.data.video_ratio == 0 and cfg.data.source != "synthetic":  # the user's rows: say so
+        left_out["video_rows_unused_video_ratio_0"] = (len(videos), str(videos.path))
+        if rank == 0: print(f"data: {len(videos)} video rows of {videos.path} left out: data.video_ratio=0 (set it above 0 to train on them)")
     if videos is not None and (len(videos) == 0 or cfg.data.video_ratio == 0): videos = None
     bs, d = cfg.train.per_gpu_batch_size, cfg.data
     make = lambda man: ResumableLoader(
         ManifestDataset(man, tok, "pretrain", "pretrain", cfg.vision.image_size, d.num_frames, cfg.text.max_len, cfg.train.seed),
         bs, Collator(tok, cfg.objectives, cfg.train.seed, cfg.text.max_len if d.static_shapes else None), rank, world, num_workers=d.num_workers, device=device,
         max_bad_fraction=d.max_bad_fraction)
-    return MixedLoader(make(images), make(videos) if videos is not None else None, d.video_ratio)
+    return MixedLoader(make(images), make(videos) if videos is not None else None, d.video_ratio, left_out)
 
 # %% ../nbs/12_data.ipynb #1d569d80
 def task_loader(cfg,                        # `SCLConfig`
