@@ -21,7 +21,7 @@ from .distributed import unwrap_model, is_fsdp, barrier
 __all__ = ['RESUME_MAY_CHANGE', 'step_seed', 'seed_step', 'rng_state', 'set_rng_state', 'atomic_write', 'ckpt_name',
            'list_checkpoints', 'latest_checkpoint', 'jsonable', 'CheckpointError', 'read_pt', 'check_weights_file',
            'optimizer_state_to_fqn', 'optimizer_state_from_fqn', 'save_checkpoint', 'load_checkpoint', 'config_changes',
-           'check_resume_config']
+           'check_resume_config', 'RunFolderError', 'RunFolderLock']
 
 # %% ../nbs/21_checkpoint.ipynb #ad4c94b6
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
@@ -190,21 +190,25 @@ def save_checkpoint(ckpt_dir, step: int, model: nn.Module, optimizer, scheduler=
     atomic_write(tmp / f"rng_{rank}.pt", buf.getvalue())
     barrier()
     if rank == 0:
-        if weights is None: save_model(plain, str(tmp / "model.safetensors"))
-        else: save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        _fsync_file(tmp / "model.safetensors")
-        state = {"step": step, "optimizer": optim_state, "optimizer_format": "fqn",
-                 "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                 "scaler": scaler.state_dict() if scaler is not None else {},
-                 "data": data_state or {}, "extra": extra or {},
-                 "config": json.dumps(to_dict(cfg)) if cfg is not None else ""}
-        buf = io.BytesIO(); torch.save(state, buf); atomic_write(tmp / "state.pt", buf.getvalue())
-        if cfg is not None: atomic_write(tmp / "config.json", json.dumps(to_dict(cfg), indent=2))
-        if final.is_symlink(): final.unlink()  # a re-run of the same step replaces it (a link: the link, not what it points to)
-        elif final.exists(): shutil.rmtree(final)
-        os.replace(tmp, final); _fsync_dir(ckpt_dir)
-        for old in list_checkpoints(ckpt_dir)[:-keep_last]:
-            if not old.is_symlink(): shutil.rmtree(old)  # a linked folder was put there by someone: it stays
+        try:
+            if weights is None: save_model(plain, str(tmp / "model.safetensors"))
+            else: save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            _fsync_file(tmp / "model.safetensors")
+            state = {"step": step, "optimizer": optim_state, "optimizer_format": "fqn",
+                     "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                     "scaler": scaler.state_dict() if scaler is not None else {},
+                     "data": data_state or {}, "extra": extra or {},
+                     "config": json.dumps(to_dict(cfg)) if cfg is not None else ""}
+            buf = io.BytesIO(); torch.save(state, buf); atomic_write(tmp / "state.pt", buf.getvalue())
+            if cfg is not None: atomic_write(tmp / "config.json", json.dumps(to_dict(cfg), indent=2))
+            if final.is_symlink(): final.unlink()  # a re-run of the same step replaces it (a link: the link, not what it points to)
+            elif final.exists(): shutil.rmtree(final)
+            os.replace(tmp, final); _fsync_dir(ckpt_dir)
+            for old in list_checkpoints(ckpt_dir)[:-keep_last]:
+                if not old.is_symlink(): shutil.rmtree(old)  # a linked folder was put there by someone: it stays
+        except BaseException:  # a failed save (a full disk) leaves no half-written folder behind and frees its space
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     barrier()
     return final
 
@@ -277,3 +281,47 @@ def check_resume_config(ckpt,  # the checkpoint folder a run continues from
         raise ConfigError(f"{ckpt} was trained with other settings: {listing(refused)}; resuming would change the training. "
                           f"Allow them with --allow-changed {','.join(k for k, _, _ in refused)} (train(allow_changed=...)) or use another run folder")
     return [f"resuming with changed settings: {listing(changes)}"] if changes else []
+
+# %% ../nbs/21_checkpoint.ipynb #53ce5846
+class RunFolderError(ValueError):
+    "The run folder holds another run and neither resuming nor overwriting it was asked for, another process is using it, or it cannot be written."
+
+class RunFolderLock:
+    "An exclusive lock on `<out_dir>/.lock` for as long as a run uses the folder (a context manager); `RunFolderError` if another process holds it."
+    def __init__(self, out_dir): self.dir, self.fd, self.created = Path(out_dir), None, False
+
+    def _open_locked(self) -> int:
+        "The lock file, opened and locked; the same file the folder holds (not one removed meanwhile)."
+        import fcntl
+        path = self.dir / ".lock"
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # EACCES / EAGAIN: held by another process
+                holder = os.read(fd, 200).decode(errors="replace").strip()
+                os.close(fd)
+                raise RunFolderError(f"{self.dir} is in use by another run ({holder or 'its process id not yet written'}); "
+                                     "wait for it to end, or choose another folder") from None
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino == os.fstat(fd).st_ino: return fd
+            os.close(fd)
+
+    def __enter__(self):
+        import socket
+        try:
+            self.created = not self.dir.exists()
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.fd = self._open_locked()
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
+        except OSError as e: raise RunFolderError(f"{self.dir}: cannot be used as a run folder ({e.strerror})") from None
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        "Release the lock; after an error, remove the folder if this lock made it and nothing else was written there."
+        if self.fd is None: return
+        if exc_type is not None and self.created and [p.name for p in self.dir.iterdir()] == [".lock"]:
+            (self.dir / ".lock").unlink()  # still locked: nobody is in between
+            self.dir.rmdir()
+        os.close(self.fd)
+        self.fd = None
