@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from safetensors import SafetensorError
 from safetensors.torch import save_model, load_model, save_file, load_file
 
 from .config import ConfigError, SCLConfig, to_dict
@@ -21,7 +22,7 @@ from .distributed import unwrap_model, is_fsdp, barrier
 __all__ = ['RESUME_MAY_CHANGE', 'step_seed', 'seed_step', 'rng_state', 'set_rng_state', 'atomic_write', 'ckpt_name',
            'list_checkpoints', 'latest_checkpoint', 'jsonable', 'CheckpointError', 'read_pt', 'check_weights_file',
            'optimizer_state_to_fqn', 'optimizer_state_from_fqn', 'save_checkpoint', 'load_checkpoint', 'config_changes',
-           'check_resume_config', 'RunFolderError', 'RunFolderLock']
+           'check_resume_config', 'RunFolderError', 'RunFolderLock', 'append_line', 'step_rows']
 
 # %% ../nbs/21_checkpoint.ipynb #ad4c94b6
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
@@ -206,8 +207,9 @@ def save_checkpoint(ckpt_dir, step: int, model: nn.Module, optimizer, scheduler=
             os.replace(tmp, final); _fsync_dir(ckpt_dir)
             for old in list_checkpoints(ckpt_dir)[:-keep_last]:
                 if not old.is_symlink(): shutil.rmtree(old)  # a linked folder was put there by someone: it stays
-        except BaseException:  # a failed save (a full disk) leaves no half-written folder behind and frees its space
+        except BaseException as e:  # a failed save (a full disk) leaves no half-written folder behind and frees its space
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, (OSError, SafetensorError)): raise OSError(f"could not write the checkpoint of step {step} in {ckpt_dir} ({_first_line(e)})") from None
             raise
     barrier()
     return final
@@ -325,3 +327,27 @@ class RunFolderLock:
             self.dir.rmdir()
         os.close(self.fd)
         self.fd = None
+
+# %% ../nbs/21_checkpoint.ipynb #dbd37df3
+def append_line(f, line: str, path) -> None:
+    "Append `line` to the unbuffered binary file `f` (its name: `path`); on an error the part written is removed again."
+    data, at = line.encode(), f.tell()
+    try:
+        done = 0
+        while done < len(data): done += f.write(data[done:])
+    except OSError as e:
+        with contextlib.suppress(OSError): os.ftruncate(f.fileno(), at)
+        raise OSError(e.errno, e.strerror, str(path)) from None
+
+def step_rows(path, step: int) -> list[str]:
+    "The lines of a JSONL file of per-step rows whose `step` is at most `step`; a torn last line is dropped, another bad line refused."
+    lines = Path(path).read_text(errors="replace").splitlines()
+    keep = []
+    for n, line in enumerate(lines, 1):
+        try: row = json.loads(line) if line.strip() else {"step": 0}
+        except json.JSONDecodeError: row = None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            if n == len(lines): break
+            raise RunFolderError(f"{path}, line {n}: not a row of this run's log; fix or remove that line, then resume")
+        if line.strip() and row["step"] <= step: keep.append(line)
+    return keep

@@ -227,6 +227,8 @@ def validate(cfg: SCLConfig) -> SCLConfig:
     _require(cfg.data.num_frames <= v.max_frames, f"data.num_frames={cfg.data.num_frames} exceeds vision.max_frames={v.max_frames}")
     _require(sum(getattr(o, k) for k in o.active) > 0, "objectives: every weight is 0; enable at least one objective")
     _require(all(0.0 <= b < 1.0 for b in cfg.train.betas), f"train.betas={list(cfg.train.betas)} must both lie in [0, 1)")
+    cache = cfg.data.cache_dir
+    _require(cache is None or not Path(cache).expanduser().exists() or Path(cache).expanduser().is_dir(), f"data.cache_dir={cache!r} is a file, not a folder")
     _require(cfg.train.batch_size % cfg.train.per_gpu_batch_size == 0 or cfg.train.batch_size < cfg.train.per_gpu_batch_size,
              f"train.batch_size={cfg.train.batch_size} must be a multiple of train.per_gpu_batch_size={cfg.train.per_gpu_batch_size}")
     return cfg

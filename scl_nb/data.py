@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .media import (
-    BAD_REASONS, BadSample, BatchTransform, CROP_SCALE, CropMode, FlipWords,
+    BAD_REASONS, BadSample, BatchTransform, CROP_SCALE, CropMode, FlipWords, check_row,
     centre_box, random_resized_box, read_image, read_video, swap_left_right)
 from .metrics import vqa_soft_scores
 
@@ -60,27 +60,15 @@ def media_type(row: dict) -> str:
     return "video" if str(row["media"]).lower().endswith(VIDEO_EXTENSIONS) else "image"
 
 # %% ../nbs/12_data.ipynb #0dac541a
-def _json_kind(v) -> Optional[str]:
-    "The JSON kind of a value as Arrow types a column (None for null)."
-    if v is None: return None
-    if isinstance(v, bool): return "true/false"
-    return {str: "text", int: "a number", float: "a number", list: "a list", dict: "an object"}[type(v)]
-
 def _first_bad_line(path: Path, fmt: str) -> Optional[tuple[int, str]]:
     "Line number and reason of the first row of a JSONL / CSV manifest that cannot be read, if one can be found."
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         if fmt == "json":
-            first = {}  # column -> (JSON kind, line) of its first value: Arrow refuses a column that changes kind
             for n, line in enumerate(f, 1):
                 if not line.strip(): continue
                 try: row = json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as e: return n, f"not valid JSON ({e.msg} at column {e.colno})"
                 if not isinstance(row, dict): return n, f"a JSON {type(row).__name__}, not an object with named columns"
-                for col, v in row.items():
-                    kind = _json_kind(v)
-                    if kind is None: continue
-                    k0, n0 = first.setdefault(col, (kind, n))
-                    if k0 != kind: return n, f"column {col!r} is {kind} where line {n0} has {k0}"
         elif fmt == "csv":  # pandas (under `datasets`) refuses rows with more fields than the header
             rows = csv.reader(f)
             try:
@@ -264,17 +252,9 @@ def _false_texts(self: ManifestDataset, row: int, image_id, epoch: int) -> list[
 
 @patch
 def _row(self: ManifestDataset, row: int) -> dict:
-    "Row `row` with its paths and texts checked: a path is non-empty text, a text is text or empty; else `BadSample('malformed_row')`."
-    where = f"{self.m.path} row {row}"
-    try: r = self.m.row(row)
-    except UnicodeDecodeError: raise BadSample("malformed_row", f"{where}: not UTF-8 text") from None
-    except json.JSONDecodeError: raise BadSample("malformed_row", f"{where}: answers are not JSON") from None
-    for key in ("media", "media2"):
-        if key in r and (not isinstance(r[key], str) or not r[key].strip()):
-            raise BadSample("malformed_row", f"{where}: {key}={r[key]!r} is not a file path")
-    for key in ("caption", "question"):
-        if r.get(key) is not None and not isinstance(r[key], str): raise BadSample("malformed_row", f"{where}: {key}={r[key]!r} is not text")
-    return r
+    "Row `row`, its fields checked (`check_row`); a row whose bytes are not UTF-8 is `malformed_row` too."
+    try: return check_row(self.m.row(row), f"{self.m.path} row {row}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as e: raise BadSample("malformed_row", f"{self.m.path} row {row}: {type(e).__name__}") from None
 
 @patch
 def _load(self: ManifestDataset, row: int, epoch: int, events: list) -> dict:
@@ -437,16 +417,12 @@ class ResumableLoader:
                                  num_workers=num_workers, pin_memory=pin, persistent_workers=num_workers > 0,
                                  prefetch_factor=prefetch_factor if num_workers > 0 else None,
                                  worker_init_fn=ignore_interrupts if num_workers > 0 else None)
-        if drop_last and len(self.loader) == 0: raise ManifestError(self._too_few_rows())
+        if drop_last and len(self.loader) == 0:  # an endless loop over it would spin forever
+            kind = media_type(dataset.m.row(0)) if len(dataset) else "image"
+            raise ManifestError(f"{dataset.m.path}: {len(self.sampler)} {kind} rows{' per process' if world > 1 else ''}, fewer than one "
+                                f"batch of {batch_size} (images and videos are batched apart); add rows or lower train.per_gpu_batch_size")
 
     def __len__(self): return len(self.loader)
-
-    def _too_few_rows(self) -> str:
-        "Why this loader would never yield a batch (an endless loop would spin on it forever)."
-        kind = media_type(self.dataset.m.row(0)) if len(self.dataset) else "image"
-        where = f"{len(self.sampler)} per process" if self.sampler.world > 1 else f"{len(self.dataset)}"
-        return (f"{self.dataset.m.path}: {where} {kind} rows, fewer than one batch of {self.batch_size} "
-                f"(image and video batches are drawn apart); add rows or lower train.per_gpu_batch_size")
 
     def __iter__(self):
         "The remaining batches of the current epoch; afterwards the sampler moves to the next epoch."
@@ -479,11 +455,10 @@ class MixedLoader:
 
     def _next(self, name: str) -> dict:
         loader = getattr(self, name)
-        for fresh in (False, True):  # an epoch that ends, then a new one; a new one that yields nothing never will
+        while True:  # each loader yields at least one batch per epoch (`ResumableLoader` refuses fewer rows)
             if name not in self._its: self._its[name] = iter(loader)
             try: return next(self._its[name])
             except StopIteration: del self._its[name]
-        raise ManifestError(loader._too_few_rows())
 
     def __iter__(self):
         while True:
@@ -540,10 +515,9 @@ def pretrain_loader(cfg,                   # `SCLConfig`
         is_video = lambda p, t=None: media_type(dict(media=p, media_type=t)) == "video"
         images, videos = m.filter(lambda *c: not is_video(*c), cols), m.filter(is_video, cols)
         if len(images) == 0: images, videos = videos, None
-    left_out = {}
-    if videos is not None and len(videos) and cfg.data.video_ratio == 0 and cfg.data.source != "synthetic":  # the user's rows: say so
-        left_out["video_rows_unused_video_ratio_0"] = (len(videos), str(videos.path))
-        if rank == 0: print(f"data: {len(videos)} video rows of {videos.path} left out: data.video_ratio=0 (set it above 0 to train on them)")
+    unused = len(videos) if videos is not None and cfg.data.video_ratio == 0 and cfg.data.source != "synthetic" else 0  # the user's rows
+    left_out = {"video_rows_unused_video_ratio_0": (unused, str(videos.path))} if unused else {}
+    if unused and rank == 0: print(f"data: {unused} video rows of {videos.path} left out: data.video_ratio=0 (set it above 0 to use them)")
     if videos is not None and (len(videos) == 0 or cfg.data.video_ratio == 0): videos = None
     bs, d = cfg.train.per_gpu_batch_size, cfg.data
     make = lambda man: ResumableLoader(

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['BAD_REASONS', 'NOTE_REASONS', 'CropMode', 'CROP_SCALE', 'FlipWords', 'CLIP_MEAN', 'CLIP_STD', 'BadSample', 'shrink',
-           'read_image', 'frame_indices', 'read_video', 'centre_box', 'random_resized_box', 'swap_left_right',
-           'resize_weights', 'crop_resize', 'BatchTransform']
+__all__ = ['BAD_REASONS', 'NOTE_REASONS', 'CropMode', 'CROP_SCALE', 'FlipWords', 'CLIP_MEAN', 'CLIP_STD', 'BadSample',
+           'check_row', 'shrink', 'read_image', 'frame_indices', 'read_video', 'centre_box', 'random_resized_box',
+           'swap_left_right', 'resize_weights', 'crop_resize', 'BatchTransform']
 
 # %% ../nbs/11_media.ipynb #9497464a
 class BadSample(Exception):
@@ -30,6 +30,15 @@ NOTE_REASONS = ("caption_truncated",)  # counted, the sample is kept
 def _check_file(path: Path):
     if not path.is_file(): raise BadSample("missing_file", path)
     if path.stat().st_size == 0: raise BadSample("empty_file", path)
+
+def check_row(row: dict, where: str) -> dict:
+    "A manifest row whose paths are non-empty text and whose texts are text or empty; else `BadSample('malformed_row', where)`."
+    for key in ("media", "media2"):
+        if key in row and (not isinstance(row[key], str) or not row[key].strip()):
+            raise BadSample("malformed_row", f"{where}: {key}={row[key]!r} is not a file path")
+    for key in ("caption", "question"):
+        if row.get(key) is not None and not isinstance(row[key], str): raise BadSample("malformed_row", f"{where}: {key}={row[key]!r} is not text")
+    return row
 
 def shrink(img: Image.Image, short: int) -> Image.Image:
     "Resize (bicubic) so that the shorter side is at most `short`; smaller images are kept as they are."
