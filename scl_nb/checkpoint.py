@@ -22,7 +22,7 @@ from .distributed import unwrap_model, is_fsdp, barrier
 __all__ = ['RESUME_MAY_CHANGE', 'step_seed', 'seed_step', 'rng_state', 'set_rng_state', 'atomic_write', 'ckpt_name',
            'list_checkpoints', 'latest_checkpoint', 'jsonable', 'CheckpointError', 'read_pt', 'check_weights_file',
            'optimizer_state_to_fqn', 'optimizer_state_from_fqn', 'save_checkpoint', 'load_checkpoint', 'config_changes',
-           'check_resume_config', 'RunFolderError', 'RunFolderLock', 'append_line', 'step_rows']
+           'check_resume_config', 'RunFolderError', 'RunFolderLock', 'refuse_to_replace', 'append_line', 'step_rows']
 
 # %% ../nbs/21_checkpoint.ipynb #ad4c94b6
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
@@ -327,6 +327,14 @@ class RunFolderLock:
             self.dir.rmdir()
         os.close(self.fd)
         self.fd = None
+
+# %% ../nbs/21_checkpoint.ipynb #16244d40
+def refuse_to_replace(path, overwrite: bool = False, how: str = "--overwrite (overwrite=True)") -> Path:
+    "`path`, unless it is a file or a folder that is not empty and `overwrite` is False: then `RunFolderError` naming it and `how` to replace it."
+    path = Path(path)
+    if not overwrite and (path.is_file() or (path.is_dir() and any(path.iterdir()))):
+        raise RunFolderError(f"{path} already exists and is not empty; choose another folder, or replace it with {how}")
+    return path
 
 # %% ../nbs/21_checkpoint.ipynb #dbd37df3
 def append_line(f, line: str, path) -> None:
