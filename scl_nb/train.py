@@ -240,7 +240,7 @@ def _resume_point(ctx, out_dir: Path, resume: bool, overwrite: bool) -> tuple[Op
         return None, ckpt is not None or logged
     if ckpt is not None: _say(ctx, f"resuming from {ckpt}")
     elif logged: _say(ctx, f"{metrics} has steps but there is no checkpoint in {ckpt_dir}: starting again at step 0")
-    elif out_dir.exists(): _say(ctx, f"no checkpoint in {ckpt_dir}: starting at step 0")
+    elif any(out_dir.glob("*")): _say(ctx, f"no checkpoint in {ckpt_dir}: starting at step 0")  # "*": not our hidden .lock
     return ckpt, False
 
 def _clear_run(out_dir: Path):
