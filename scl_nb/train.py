@@ -58,7 +58,8 @@ class StopFlag:
             for s in self.signals: self.previous[s] = signal.signal(s, self._handle)
         return self
     def __exit__(self, *exc):
-        for s, h in self.previous.items(): signal.signal(s, h)
+        stopping = self.received is not None and self.received != signal.SIGINT  # preempted: the process is about to exit
+        for s, h in self.previous.items(): signal.signal(s, signal.SIG_IGN if stopping and s != signal.SIGINT else h)
     def forward_to_submitit(self):
         "After the checkpoint: let submitit's own handler requeue the job (it exits the process on rank 0)."
         s = _submitit_signal()
@@ -589,7 +590,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except OSError as e:  # a full disk, a folder gone: one line (the run has said where it can resume)
         print(f"error: {e}", file=sys.stderr); return 1
     if s["status"] == "preempted":
-        for sig in StopFlag().signals: signal.signal(sig, signal.SIG_IGN)  # the process ends because of a signal: a second one must not kill it
         print(f"stopped by a signal at step {s['step']}; checkpoint {s['checkpoint']}; rerun with --resume", file=sys.stderr)
         return EXIT_PREEMPTED
     if s.get("bad_input", {}).get("unusable"): print(f"bad input skipped: {s['bad_input']}", file=sys.stderr)
