@@ -78,8 +78,9 @@ def atomic_write(path, data: bytes | str) -> Path:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None: raise OSError(e.errno, e.strerror, str(path)) from None  # say which file
         raise
     return path
 
@@ -188,7 +189,10 @@ def save_checkpoint(ckpt_dir, step: int, model: nn.Module, optimizer, scheduler=
         tmp.mkdir()
     barrier()
     buf = io.BytesIO(); torch.save(rng_state(generators), buf)
-    atomic_write(tmp / f"rng_{rank}.pt", buf.getvalue())
+    try: atomic_write(tmp / f"rng_{rank}.pt", buf.getvalue())
+    except OSError:  # a full disk: nothing half-written is left (the other ranks fail at the next barrier)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     barrier()
     if rank == 0:
         try:
