@@ -80,7 +80,8 @@ def atomic_write(path, data: bytes | str) -> Path:
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename is None: raise OSError(e.errno, e.strerror, str(path)) from None  # say which file
+        if isinstance(e, OSError) and e.filename is None:  # say which file
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
     return path
 
@@ -121,27 +122,32 @@ def read_pt(file: Path, map_location="cpu"):
     try: return torch.load(file, map_location=map_location, weights_only=True)
     except FileNotFoundError: raise CheckpointError(f"{file}: missing; the checkpoint folder is incomplete") from None
     except pickle.UnpicklingError:  # torch's message suggests turning the safety check off: never
-        raise CheckpointError(f"{file}: refused: it holds Python objects a checkpoint never holds (nothing from it was run)") from None
-    except Exception as e: raise CheckpointError(f"{file}: damaged or not a checkpoint file ({_first_line(e)})") from None
+        raise CheckpointError(f"{file}: refused: it holds Python objects, which no checkpoint holds") from None
+    except Exception as e:
+        raise CheckpointError(f"{file}: damaged or not a checkpoint file ({_first_line(e)})") from None
 
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
-                       "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                       "BOOL": torch.bool}
 
 def check_weights_file(file: Path, model: nn.Module):
-    "Refuse a safetensors file whose tensors differ from the model's in dtype or shape (a relabelled header loads silently otherwise)."
+    "Refuse a safetensors file whose tensors differ from the model's in dtype or shape (a relabelled header)."
     from safetensors import safe_open
     own = {k: (v.dtype, tuple(v.shape)) for k, v in model.state_dict().items()}
     try:
         with safe_open(str(file), "pt") as f:
             saved = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
     except FileNotFoundError: raise CheckpointError(f"{file}: missing; the checkpoint folder is incomplete") from None
-    except Exception as e: raise CheckpointError(f"{file}: damaged or not a safetensors file ({_first_line(e)})") from None
+    except Exception as e:
+        raise CheckpointError(f"{file}: damaged or not a safetensors file ({_first_line(e)})") from None
     for k, (dtype, shape) in saved.items():
         if k not in own: continue  # unexpected names: the strict load names them
         if _SAFETENSORS_DTYPES.get(dtype) != own[k][0]:
-            raise CheckpointError(f"{file}: tensor {k} is stored as {dtype}, the model holds {own[k][0]}: the file was altered or is another model's")
+            raise CheckpointError(f"{file}: tensor {k} is stored as {dtype}, the model holds {own[k][0]}: "
+                                  "the file was altered or is another model's")
         if shape != own[k][1]:
-            raise CheckpointError(f"{file}: tensor {k} has shape {list(shape)}, the model's is {list(own[k][1])}: the checkpoint is another model's")
+            raise CheckpointError(f"{file}: tensor {k} has shape {list(shape)}, the model's is {list(own[k][1])}: "
+                                  "the checkpoint is another model's")
 
 # %% ../nbs/21_checkpoint.ipynb #007f1a19
 def _optimizer_names(model: nn.Module, optimizer) -> list[list[str]]:
@@ -197,7 +203,8 @@ def save_checkpoint(ckpt_dir, step: int, model: nn.Module, optimizer, scheduler=
     if rank == 0:
         try:
             if weights is None: save_model(plain, str(tmp / "model.safetensors"))
-            else: save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            else: save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"),
+                            metadata={"format": "pt"})
             _fsync_file(tmp / "model.safetensors")
             state = {"step": step, "optimizer": optim_state, "optimizer_format": "fqn",
                      "scheduler": scheduler.state_dict() if scheduler is not None else {},
@@ -206,14 +213,15 @@ def save_checkpoint(ckpt_dir, step: int, model: nn.Module, optimizer, scheduler=
                      "config": json.dumps(to_dict(cfg)) if cfg is not None else ""}
             buf = io.BytesIO(); torch.save(state, buf); atomic_write(tmp / "state.pt", buf.getvalue())
             if cfg is not None: atomic_write(tmp / "config.json", json.dumps(to_dict(cfg), indent=2))
-            if final.is_symlink(): final.unlink()  # a re-run of the same step replaces it (a link: the link, not what it points to)
+            if final.is_symlink(): final.unlink()  # a re-run of a step replaces it (a link: not what it points to)
             elif final.exists(): shutil.rmtree(final)
             os.replace(tmp, final); _fsync_dir(ckpt_dir)
             for old in list_checkpoints(ckpt_dir)[:-keep_last]:
                 if not old.is_symlink(): shutil.rmtree(old)  # a linked folder was put there by someone: it stays
-        except BaseException as e:  # a failed save (a full disk) leaves no half-written folder behind and frees its space
+        except BaseException as e:  # a failed save (a full disk) leaves no half-written folder and frees its space
             shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(e, (OSError, SafetensorError)): raise OSError(f"could not write the checkpoint of step {step} in {ckpt_dir} ({_first_line(e)})") from None
+            if isinstance(e, (OSError, SafetensorError)):
+                raise OSError(f"could not write the checkpoint of step {step} in {ckpt_dir} ({_first_line(e)})")
             raise
     barrier()
     return final
@@ -230,10 +238,11 @@ def load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, scal
             from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
             set_model_state_dict(plain, load_file(str(weights)), options=_full_state_options(strict=True))
         else: load_model(plain, str(weights), strict=True, device=str(map_location))
-    except (RuntimeError, KeyError) as e: raise CheckpointError(f"{weights}: does not fit the model ({_first_line(e)})") from None
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{weights}: does not fit the model ({_first_line(e)})") from None
     if optimizer is not None:  # "fqn": keyed by parameter name (written since FSDP support); "index": optimizer.state_dict()
         names, fqn = _optimizer_names(plain, optimizer), state.get("optimizer_format", "index") == "fqn"
-        try: numbered = optimizer_state_from_fqn(state["optimizer"], names) if fqn else state["optimizer"]  # checks the names
+        try: numbered = optimizer_state_from_fqn(state["optimizer"], names) if fqn else state["optimizer"]
         except ValueError as e: raise CheckpointError(f"{path / 'state.pt'}: {e}") from None
         if fsdp:
             set_optimizer_state_dict(plain, optimizer, optimizer_state_to_fqn(numbered, names), options=_full_state_options())
@@ -247,8 +256,9 @@ def load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, scal
     return state
 
 # %% ../nbs/21_checkpoint.ipynb #9b710c22
-RESUME_MAY_CHANGE = ("name", "train.steps", "train.per_gpu_batch_size", "train.parallel", "train.activation_checkpointing",
-                     "train.compile", "train.compile_mode", "train.ckpt_every", "train.keep_last", "train.log_every",
+RESUME_MAY_CHANGE = ("name", "train.steps", "train.per_gpu_batch_size", "train.parallel",
+                     "train.activation_checkpointing", "train.compile", "train.compile_mode",
+                     "train.ckpt_every", "train.keep_last", "train.log_every",
                      "train.max_nonfinite", "data.num_workers", "data.max_bad_fraction", "data.cache_dir")
 
 def _leaves(d: dict, prefix: str = "") -> dict:
@@ -263,18 +273,20 @@ def config_changes(saved: dict,  # a config as nested dictionaries (a checkpoint
                    cfg: SCLConfig) -> list[tuple]:
     "(key, saved value, new value) for every setting of `cfg` that differs from `saved`."
     old, new = _leaves(saved), _leaves(to_dict(cfg))
-    return [(k, old.get(k, "(none)"), new.get(k, "(none)")) for k in sorted(old.keys() | new.keys()) if old.get(k, ...) != new.get(k, ...)]
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k, ...) != new.get(k, ...))
+    return [(k, old.get(k, "(none)"), new.get(k, "(none)")) for k in keys]
 
 # %% ../nbs/21_checkpoint.ipynb #818bc522
 def check_resume_config(ckpt,  # the checkpoint folder a run continues from
                         cfg: SCLConfig,  # the settings of the run that continues it
                         allow_changed=(),  # keys or sections that may differ although they change the training
                        ) -> list[str]:
-    "Refuse (`ConfigError`, one line) settings that differ from the checkpoint's and change the training; return a line on the others."
+    "Refuse (`ConfigError`, one line) settings that differ from the checkpoint's and change training; note the others."
     file = Path(ckpt) / "config.json"
     if not file.exists(): return [f"{file} is missing: the settings were not compared with the checkpoint's"]
     try: saved = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise CheckpointError(f"{file}: damaged ({_first_line(e)})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: damaged ({_first_line(e)})") from None
     keys = set(_leaves(to_dict(cfg)))
     for a in allow_changed:
         if a not in keys and not any(k.startswith(a + ".") for k in keys):
@@ -284,16 +296,18 @@ def check_resume_config(ckpt,  # the checkpoint folder a run continues from
     refused = [c for c in changes if not allowed(c[0])]
     listing = lambda cs: ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in cs)
     if refused:
-        raise ConfigError(f"{ckpt} was trained with other settings: {listing(refused)}; resuming would change the training. "
-                          f"Allow them with --allow-changed {','.join(k for k, _, _ in refused)} (train(allow_changed=...)) or use another run folder")
+        keys = ",".join(k for k, _, _ in refused)
+        raise ConfigError(f"{ckpt} was trained with other settings: {listing(refused)}; "
+                          "resuming would change the training. "
+                          f"Allow them with --allow-changed {keys} (train(allow_changed=...)) or use another folder")
     return [f"resuming with changed settings: {listing(changes)}"] if changes else []
 
 # %% ../nbs/21_checkpoint.ipynb #53ce5846
 class RunFolderError(ValueError):
-    "The run folder holds another run and neither resuming nor overwriting it was asked for, another process is using it, or it cannot be written."
+    "The run folder holds a run nobody asked to resume or replace, another process uses it, or it cannot be written."
 
 class RunFolderLock:
-    "An exclusive lock on `<out_dir>/.lock` for as long as a run uses the folder (a context manager); `RunFolderError` if another process holds it."
+    "An exclusive lock on `<out_dir>/.lock` while a run uses the folder (a context manager); `RunFolderError` if held."
     def __init__(self, out_dir): self.dir, self.fd, self.created = Path(out_dir), None, False
 
     def _open_locked(self) -> int:
@@ -306,7 +320,8 @@ class RunFolderLock:
             except OSError:  # EACCES / EAGAIN: held by another process
                 holder = os.read(fd, 200).decode(errors="replace").strip()
                 os.close(fd)
-                raise RunFolderError(f"{self.dir} is in use by another run ({holder or 'its process id not yet written'}); "
+                who = holder or "its process id not yet written"
+                raise RunFolderError(f"{self.dir} is in use by another run ({who}); "
                                      "wait for it to end, or choose another folder") from None
             with contextlib.suppress(FileNotFoundError):
                 if os.stat(path).st_ino == os.fstat(fd).st_ino: return fd
@@ -320,7 +335,8 @@ class RunFolderLock:
             self.fd = self._open_locked()
             os.ftruncate(self.fd, 0)
             os.write(self.fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
-        except OSError as e: raise RunFolderError(f"{self.dir}: cannot be used as a run folder ({e.strerror})") from None
+        except OSError as e:
+            raise RunFolderError(f"{self.dir}: cannot be used as a run folder ({e.strerror})") from None
         return self
 
     def __exit__(self, exc_type, *exc):
@@ -334,7 +350,7 @@ class RunFolderLock:
 
 # %% ../nbs/21_checkpoint.ipynb #16244d40
 def refuse_to_replace(path, overwrite: bool = False, how: str = "--overwrite (overwrite=True)") -> Path:
-    "`path`, unless it is a file or a folder that is not empty and `overwrite` is False: then `RunFolderError` naming it and `how` to replace it."
+    "`path`; unless `overwrite`, `RunFolderError` (naming it and `how` to replace it) for a file or a non-empty folder."
     path = Path(path)
     if not overwrite and (path.is_file() or (path.is_dir() and any(path.iterdir()))):
         raise RunFolderError(f"{path} already exists and is not empty; choose another folder, or replace it with {how}")
@@ -352,7 +368,7 @@ def append_line(f, line: str, path) -> None:
         raise OSError(e.errno, e.strerror, str(path)) from None
 
 def step_rows(path, step: int) -> list[str]:
-    "The lines of a JSONL file of per-step rows whose `step` is at most `step`; a torn last line is dropped, another bad line refused."
+    "Lines of a JSONL file of per-step rows up to `step`; a torn last line is dropped, another bad line refused."
     lines = Path(path).read_text(errors="replace").splitlines()
     keep = []
     for n, line in enumerate(lines, 1):

@@ -188,7 +188,7 @@ def _check_type(key, value, tp):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r} must be a number")
-        if not math.isfinite(value): raise ConfigError(f"{key}={value!r} must be a finite number")  # NaN passes every range check
+        if not math.isfinite(value): raise ConfigError(f"{key}={value!r} must be a finite number")  # NaN passes ranges
         return float(value)
     if tp is str:
         if not isinstance(value, str): raise ConfigError(f"{key}={value!r} must be a string")
@@ -226,9 +226,10 @@ def validate(cfg: SCLConfig) -> SCLConfig:
     _require(t.max_len <= t.max_position_embeddings, f"text.max_len={t.max_len} exceeds text.max_position_embeddings={t.max_position_embeddings}")
     _require(cfg.data.num_frames <= v.max_frames, f"data.num_frames={cfg.data.num_frames} exceeds vision.max_frames={v.max_frames}")
     _require(sum(getattr(o, k) for k in o.active) > 0, "objectives: every weight is 0; enable at least one objective")
-    _require(all(0.0 <= b < 1.0 for b in cfg.train.betas), f"train.betas={list(cfg.train.betas)} must both lie in [0, 1)")
-    cache = cfg.data.cache_dir
-    _require(cache is None or not Path(cache).expanduser().exists() or Path(cache).expanduser().is_dir(), f"data.cache_dir={cache!r} is a file, not a folder")
+    betas, cache = cfg.train.betas, cfg.data.cache_dir
+    _require(all(0.0 <= b < 1.0 for b in betas), f"train.betas={list(betas)} must both lie in [0, 1)")
+    _require(cache is None or not Path(cache).expanduser().exists() or Path(cache).expanduser().is_dir(),
+             f"data.cache_dir={cache!r} is a file, not a folder")
     _require(cfg.train.batch_size % cfg.train.per_gpu_batch_size == 0 or cfg.train.batch_size < cfg.train.per_gpu_batch_size,
              f"train.batch_size={cfg.train.batch_size} must be a multiple of train.per_gpu_batch_size={cfg.train.per_gpu_batch_size}")
     return cfg
@@ -363,7 +364,8 @@ def load_config(source: Union[str, Path, SCLConfig] = "tiny",  # preset name, YA
         except UnicodeDecodeError: raise ConfigError(f"config file {path} is not UTF-8 text") from None
         except OSError as e: raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
         if d is not None and not isinstance(d, dict):
-            raise ConfigError(f"config file {path}: the top level is a {type(d).__name__}; it must map sections (vision, text, train, ...) to their keys")
+            raise ConfigError(f"config file {path}: the top level is a {type(d).__name__}; "
+                              "it must map sections (vision, text, train, ...) to their keys")
         cfg = from_dict(d or {})
     return apply_overrides(cfg, overrides)
 
@@ -383,14 +385,15 @@ def objective_overrides(spec: str) -> dict:
 
 # %% ../nbs/00_config.ipynb #9ef50097
 def injected_parameters(history) -> list[str]:
-    "Names papermill assigned in the cell it injected (first line `# Parameters`), found in an IPython input history (`In`)."
+    "Names papermill assigned in the cell it injected (first line `# Parameters`) of an IPython input history (`In`)."
     import ast
     out = []
     for src in history if isinstance(history, (list, tuple)) else ():
         if not isinstance(src, str) or not src.startswith("# Parameters\n"): continue
         try: tree = ast.parse(src)
         except SyntaxError: continue
-        out += [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)]
+        assigned = [t for node in tree.body if isinstance(node, ast.Assign) for t in node.targets]
+        out += [t.id for t in assigned if isinstance(t, ast.Name)]
     return out
 
 def check_parameters(spec: type,  # a dataclass: one typed field per parameter (as in the config)
@@ -400,11 +403,12 @@ def check_parameters(spec: type,  # a dataclass: one typed field per parameter (
     "Check run parameters with the config's rules (types, choices, ranges, then `spec.check()` if defined); raise `ConfigError`."
     import difflib
     names = [f.name for f in fields(spec)]
-    given = set(values) if strict else set(injected_parameters(values.get("In")))  # a notebook: what papermill was given
+    given = set(values) if strict else set(injected_parameters(values.get("In")))  # a notebook: what papermill got
     unknown = sorted(given - set(names))
     if unknown:
         close = difflib.get_close_matches(unknown[0], names, n=1)
-        raise ConfigError(f"unknown parameter {unknown[0]!r}" + (f" (did you mean {close[0]!r}?)" if close else "") + f"; the parameters are {names}")
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown parameter {unknown[0]!r}{hint}; the parameters are {names}")
     run = spec(**{k: values[k] for k in names if k in values})
     _validate_node(run)
     if hasattr(run, "check"): run.check()

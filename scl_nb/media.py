@@ -24,7 +24,8 @@ class BadSample(Exception):
     def __init__(self, reason: str, path=""): super().__init__(f"{reason}: {path}"); self.reason, self.path = reason, str(path)
 
 BAD_REASONS = ("missing_file", "empty_file", "truncated_image", "corrupt_image", "corrupt_video",
-               "video_too_short", "empty_caption", "unknown_answer", "image_too_large", "unsupported_image", "malformed_row")
+               "video_too_short", "empty_caption", "unknown_answer", "image_too_large", "unsupported_image",
+               "malformed_row")
 NOTE_REASONS = ("caption_truncated",)  # counted, the sample is kept
 
 def _check_file(path: Path):
@@ -32,12 +33,13 @@ def _check_file(path: Path):
     if path.stat().st_size == 0: raise BadSample("empty_file", path)
 
 def check_row(row: dict, where: str) -> dict:
-    "A manifest row whose paths are non-empty text and whose texts are text or empty; else `BadSample('malformed_row', where)`."
+    "`row` if its paths are non-empty text and its texts are text or empty; else `BadSample('malformed_row', where)`."
     for key in ("media", "media2"):
         if key in row and (not isinstance(row[key], str) or not row[key].strip()):
             raise BadSample("malformed_row", f"{where}: {key}={row[key]!r} is not a file path")
     for key in ("caption", "question"):
-        if row.get(key) is not None and not isinstance(row[key], str): raise BadSample("malformed_row", f"{where}: {key}={row[key]!r} is not text")
+        if row.get(key) is not None and not isinstance(row[key], str):
+            raise BadSample("malformed_row", f"{where}: {key}={row[key]!r} is not text")
     return row
 
 def shrink(img: Image.Image, short: int) -> Image.Image:
