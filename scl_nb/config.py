@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_config.ipynb #e4f90a33
 from __future__ import annotations
-import json, typing
+import json, math, typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace, asdict
 from pathlib import Path
@@ -17,7 +17,7 @@ __all__ = ['OBJECTIVE_NAMES', 'TINY_TASKS', 'TINY_TASK_TRAIN', 'OFFICIAL_SIGNAL'
            'PRESETS', 'OBJECTIVE_ALIASES', 'ConfigError', 'num', 'VisionConfig', 'TextConfig', 'FusionConfig',
            'ObjectiveConfig', 'DataConfig', 'TrainConfig', 'SCLConfig', 'validate', 'from_dict', 'to_dict',
            'deep_merge', 'apply_overrides', 'preset', 'save_config', 'load_config', 'objective_overrides',
-           'check_parameters', 'check_value']
+           'injected_parameters', 'check_parameters', 'check_value']
 
 # %% ../nbs/00_config.ipynb #88e45046
 class ConfigError(ValueError):
@@ -151,7 +151,7 @@ class TrainConfig:
     eps: float = num(1e-8, 0.0, 1.0)  # AdamW epsilon
     warmup: float = num(0.1, 0.0, 1.0)  # fraction of steps with linear warm-up, then linear decay to 0
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast dtype on GPU (CPU runs fp32 unless bf16 is asked)
-    grad_clip: Optional[float] = None  # max gradient norm, or None
+    grad_clip: Optional[float] = num(None, 0.0)  # max gradient norm; None or 0: no clipping
     param_groups: Literal["scl_nb", "official"] = "scl_nb"  # AdamW groups: method §3's or the official code's
     activation_checkpointing: bool = False  # recompute block activations in the backward pass
     compile: bool = False  # torch.compile the step whole (the pre-training task: everything after its random draws)
@@ -161,7 +161,7 @@ class TrainConfig:
     keep_last: int = num(3, 1)  # checkpoints kept
     log_every: int = num(10, 1)  # steps between log lines
     max_nonfinite: int = num(5, 1)  # consecutive non-finite losses before the run stops
-    seed: int = num(0, 0)  # global seed
+    seed: int = num(0, 0, 2**32 - 1)  # global seed (32 bits, as NumPy's legacy seeding takes)
 
 # %% ../nbs/00_config.ipynb #6c73274f
 @dataclass
@@ -200,6 +200,7 @@ def _check_type(key, value, tp):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r} must be a number")
+        if not math.isfinite(value): raise ConfigError(f"{key}={value!r} must be a finite number")  # NaN passes ranges
         return float(value)
     if tp is str:
         if not isinstance(value, str): raise ConfigError(f"{key}={value!r} must be a string")
@@ -237,6 +238,10 @@ def validate(cfg: SCLConfig) -> SCLConfig:
     _require(t.max_len <= t.max_position_embeddings, f"text.max_len={t.max_len} exceeds text.max_position_embeddings={t.max_position_embeddings}")
     _require(cfg.data.num_frames <= v.max_frames, f"data.num_frames={cfg.data.num_frames} exceeds vision.max_frames={v.max_frames}")
     _require(sum(getattr(o, k) for k in o.active) > 0, "objectives: every weight is 0; enable at least one objective")
+    betas, cache = cfg.train.betas, cfg.data.cache_dir
+    _require(all(0.0 <= b < 1.0 for b in betas), f"train.betas={list(betas)} must both lie in [0, 1)")
+    _require(cache is None or not Path(cache).expanduser().exists() or Path(cache).expanduser().is_dir(),
+             f"data.cache_dir={cache!r} is a file, not a folder")
     _require(cfg.train.batch_size % cfg.train.per_gpu_batch_size == 0 or cfg.train.batch_size < cfg.train.per_gpu_batch_size,
              f"train.batch_size={cfg.train.batch_size} must be a multiple of train.per_gpu_batch_size={cfg.train.per_gpu_batch_size}")
     return cfg
@@ -387,6 +392,11 @@ def load_config(source: Union[str, Path, SCLConfig] = "tiny",  # preset name, YA
         if not path.exists(): raise ConfigError(f"config {source!r} is neither a preset {sorted(PRESETS)} nor an existing file")
         try: d = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
         except (yaml.YAMLError, json.JSONDecodeError) as e: raise ConfigError(f"cannot parse config file {path}: {e}") from None
+        except UnicodeDecodeError: raise ConfigError(f"config file {path} is not UTF-8 text") from None
+        except OSError as e: raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        if d is not None and not isinstance(d, dict):
+            raise ConfigError(f"config file {path}: the top level is a {type(d).__name__}; "
+                              "it must map sections (vision, text, train, ...) to their keys")
         cfg = from_dict(d or {})
     return apply_overrides(cfg, overrides)
 
@@ -405,14 +415,31 @@ def objective_overrides(spec: str) -> dict:
     return {f"objectives.{k}": 0.0 for k in OBJECTIVE_NAMES if k not in keep}
 
 # %% ../nbs/00_config.ipynb #9ef50097
+def injected_parameters(history) -> list[str]:
+    "Names papermill assigned in the cell it injected (first line `# Parameters`) of an IPython input history (`In`)."
+    import ast
+    out = []
+    for src in history if isinstance(history, (list, tuple)) else ():
+        if not isinstance(src, str) or not src.startswith("# Parameters\n"): continue
+        try: tree = ast.parse(src)
+        except SyntaxError: continue
+        assigned = [t for node in tree.body if isinstance(node, ast.Assign) for t in node.targets]
+        out += [t.id for t in assigned if isinstance(t, ast.Name)]
+    return out
+
 def check_parameters(spec: type,  # a dataclass: one typed field per parameter (as in the config)
                      values: Mapping,  # parameter values by name (e.g. a notebook's `globals()`); missing ones keep their default
                      strict: bool = False,  # True: a name `spec` does not have is an error (else ignored, like a notebook's other globals)
                     ):  # an instance of `spec`
     "Check run parameters with the config's rules (types, choices, ranges, then `spec.check()` if defined); raise `ConfigError`."
+    import difflib
     names = [f.name for f in fields(spec)]
-    unknown = sorted(set(values) - set(names)) if strict else []
-    if unknown: raise ConfigError(f"unknown parameter {unknown[0]!r}; the parameters are {names}")
+    given = set(values) if strict else set(injected_parameters(values.get("In")))  # a notebook: what papermill got
+    unknown = sorted(given - set(names))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown parameter {unknown[0]!r}{hint}; the parameters are {names}")
     run = spec(**{k: values[k] for k in names if k in values})
     _validate_node(run)
     if hasattr(run, "check"): run.check()

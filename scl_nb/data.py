@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .media import (
-    BAD_REASONS, BadSample, BatchTransform, CROP_SCALE, CropMode, FlipWords,
+    BAD_REASONS, BadSample, BatchTransform, CROP_SCALE, CropMode, FlipWords, check_row,
     centre_box, random_resized_box, read_image, read_video, swap_left_right)
 from .metrics import vqa_soft_scores
 
@@ -252,8 +252,14 @@ def _false_texts(self: ManifestDataset, row: int, image_id, epoch: int) -> list[
     return out
 
 @patch
+def _row(self: ManifestDataset, row: int) -> dict:
+    "Row `row`, its fields checked (`check_row`); a row whose bytes are not UTF-8 is `malformed_row` too."
+    try: return check_row(self.m.row(row), f"{self.m.path} row {row}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as e: raise BadSample("malformed_row", f"{self.m.path} row {row}: {type(e).__name__}") from None
+
+@patch
 def _load(self: ManifestDataset, row: int, epoch: int, events: list) -> dict:
-    r, rng = self.m.row(row), self.rng(epoch, row)
+    r, rng = self._row(row), self.rng(epoch, row)
     path = self.m.media_path(r["media"])
     text = r["question"] if self.task == "vqa" else r.get("caption")
     out = dict(index=row)
@@ -412,6 +418,10 @@ class ResumableLoader:
                                  num_workers=num_workers, pin_memory=pin, persistent_workers=num_workers > 0,
                                  prefetch_factor=prefetch_factor if num_workers > 0 else None,
                                  worker_init_fn=ignore_interrupts if num_workers > 0 else None)
+        if drop_last and len(self.loader) == 0:  # an endless loop over it would spin forever
+            kind = media_type(dataset.m.row(0)) if len(dataset) else "image"
+            raise ManifestError(f"{dataset.m.path}: {len(self.sampler)} {kind} rows{' per process' if world > 1 else ''}, fewer than one "
+                                f"batch of {batch_size} (images and videos are batched apart); add rows or lower train.per_gpu_batch_size")
 
     def __len__(self): return len(self.loader)
 
@@ -437,15 +447,16 @@ class ResumableLoader:
 # %% ../nbs/12_data.ipynb #a7df813e
 class MixedLoader:
     "Endless alternation of image and video batches at `video_ratio`; resumable."
-    def __init__(self, image: ResumableLoader, video: Optional[ResumableLoader], video_ratio: float):
+    def __init__(self, image: ResumableLoader, video: Optional[ResumableLoader], video_ratio: float,
+                 left_out: Optional[dict] = None):  # {reason: (rows, example)} of manifest rows no loader reads
         self.image, self.video, self.ratio, self.step = image, video, video_ratio if video is not None else 0.0, 0
-        self._its = {}
+        self._its, self.left_out = {}, dict(left_out or {})
 
     def is_video_step(self, k: int) -> bool: return math.floor((k + 1) * self.ratio) > math.floor(k * self.ratio)
 
     def _next(self, name: str) -> dict:
         loader = getattr(self, name)
-        while True:
+        while True:  # each loader yields at least one batch per epoch (`ResumableLoader` refuses fewer rows)
             if name not in self._its: self._its[name] = iter(loader)
             try: return next(self._its[name])
             except StopIteration: del self._its[name]
@@ -465,6 +476,8 @@ class MixedLoader:
     def bad_input(self) -> dict:
         "Unusable samples of the image and video loaders, and their totals."
         parts = {n: l.bad_input() for n, l in (("images", self.image), ("videos", self.video)) if l is not None}
+        if self.left_out: parts["left_out"] = {"reads": 0, "unusable": 0, "rows_by_reason": {k: n for k, (n, _) in self.left_out.items()},
+                                               "examples": {k: [e] for k, (_, e) in self.left_out.items()}}
         return {"reads": sum(p["reads"] for p in parts.values()), "unusable": sum(p["unusable"] for p in parts.values())} | parts
 
     def state_dict(self) -> dict:
@@ -508,23 +521,26 @@ def pretrain_loader(cfg,                   # `SCLConfig`
         videos = load_manifest(paths["video_captions_train"], TASK_COLUMNS["pretrain"], cache_dir=hf_cache_dir) if "video_captions_train" in paths else None
     else:
         m = load_manifest(cfg.data.source, TASK_COLUMNS["pretrain"], cache_dir=hf_cache_dir)
-        m, left_out = select_splits(m, splits)
-        if rank == 0 and left_out:
-            out = ", ".join(f"{s} {n:,}" for s, n in sorted(left_out.items(), key=lambda kv: str(kv[0])))
+        m, split_rows = select_splits(m, splits)
+        if rank == 0 and split_rows:
+            out = ", ".join(f"{s} {n:,}" for s, n in sorted(split_rows.items(), key=lambda kv: str(kv[0])))
             print(f"{cfg.data.source}: {len(m):,} rows of split(s) {', '.join(splits)}; left out {out}", flush=True)
+        left_out = {f"split_{s}": (n, str(cfg.data.source)) for s, n in split_rows.items()}
         cols = ["media", "media_type"] if "media_type" in m.columns else ["media"]
         is_video = lambda p, t=None: media_type(dict(media=p, media_type=t)) == "video"
         images, videos = m.filter(lambda *c: not is_video(*c), cols), m.filter(is_video, cols)
         if len(images) == 0: images, videos = videos, None
+    unused = len(videos) if videos is not None and cfg.data.video_ratio == 0 and cfg.data.source != "synthetic" else 0  # the user's rows
+    if unused:
+        left_out["video_rows_unused_video_ratio_0"] = (unused, str(videos.path))
+    if unused and rank == 0: print(f"data: {unused} video rows of {videos.path} left out: data.video_ratio=0 (set it above 0 to use them)")
     if videos is not None and (len(videos) == 0 or cfg.data.video_ratio == 0): videos = None
     bs, d = cfg.train.per_gpu_batch_size, cfg.data
     make = lambda man: ResumableLoader(
         ManifestDataset(man, tok, "pretrain", "pretrain", cfg.vision.image_size, d.num_frames, cfg.text.max_len, cfg.train.seed),
         bs, Collator(tok, cfg.objectives, cfg.train.seed, cfg.text.max_len if d.static_shapes else None), rank, world, num_workers=d.num_workers, device=device,
         max_bad_fraction=d.max_bad_fraction)
-    loader = MixedLoader(make(images), make(videos) if videos is not None else None, d.video_ratio)
-    loader.left_out = left_out  # rows of other splits, per split
-    return loader
+    return MixedLoader(make(images), make(videos) if videos is not None else None, d.video_ratio, left_out)
 
 # %% ../nbs/12_data.ipynb #1d569d80
 def task_loader(cfg,                        # `SCLConfig`

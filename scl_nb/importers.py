@@ -61,6 +61,7 @@ def load_json(path: Path):
     try:
         with open(path, encoding="utf-8") as f: return json.load(f)
     except json.JSONDecodeError as e: raise ManifestImportError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e: raise ManifestImportError(f"{path}: not UTF-8 text (byte {e.start}); JSON annotation files are UTF-8") from None
 
 def need(obj, key, path, where: str = "entry"):
     "`obj[key]`, or a `ManifestImportError` naming the file, the entry and the missing field."

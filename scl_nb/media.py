@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['BAD_REASONS', 'NOTE_REASONS', 'CropMode', 'CROP_SCALE', 'FlipWords', 'CLIP_MEAN', 'CLIP_STD', 'BadSample', 'shrink',
-           'read_image', 'frame_indices', 'read_video', 'centre_box', 'random_resized_box', 'swap_left_right',
-           'resize_weights', 'crop_resize', 'BatchTransform']
+__all__ = ['BAD_REASONS', 'NOTE_REASONS', 'CropMode', 'CROP_SCALE', 'FlipWords', 'CLIP_MEAN', 'CLIP_STD', 'BadSample',
+           'check_row', 'shrink', 'read_image', 'frame_indices', 'read_video', 'centre_box', 'random_resized_box',
+           'swap_left_right', 'resize_weights', 'crop_resize', 'BatchTransform']
 
 # %% ../nbs/11_media.ipynb #9497464a
 class BadSample(Exception):
@@ -24,12 +24,23 @@ class BadSample(Exception):
     def __init__(self, reason: str, path=""): super().__init__(f"{reason}: {path}"); self.reason, self.path = reason, str(path)
 
 BAD_REASONS = ("missing_file", "empty_file", "truncated_image", "corrupt_image", "corrupt_video",
-               "video_too_short", "empty_caption", "unknown_answer")
+               "video_too_short", "empty_caption", "unknown_answer", "image_too_large", "unsupported_image",
+               "malformed_row")
 NOTE_REASONS = ("caption_truncated",)  # counted, the sample is kept
 
 def _check_file(path: Path):
     if not path.is_file(): raise BadSample("missing_file", path)
     if path.stat().st_size == 0: raise BadSample("empty_file", path)
+
+def check_row(row: dict, where: str) -> dict:
+    "`row` if its paths are non-empty text and its texts are text or empty; else `BadSample('malformed_row', where)`."
+    for key in ("media", "media2"):
+        if key in row and (not isinstance(row[key], str) or not row[key].strip()):
+            raise BadSample("malformed_row", f"{where}: {key}={row[key]!r} is not a file path")
+    for key in ("caption", "question"):
+        if row.get(key) is not None and not isinstance(row[key], str):
+            raise BadSample("malformed_row", f"{where}: {key}={row[key]!r} is not text")
+    return row
 
 def shrink(img: Image.Image, short: int) -> Image.Image:
     "Resize (bicubic) so that the shorter side is at most `short`; smaller images are kept as they are."
@@ -38,11 +49,22 @@ def shrink(img: Image.Image, short: int) -> Image.Image:
     s = short / min(w, h)
     return img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BICUBIC)
 
+_SIXTEEN_BIT_FORMATS = ("PNG", "PPM", "TIFF")  # where PIL's integer mode "I" holds 16-bit samples
+
+def _to_rgb(im: Image.Image, path: Path) -> Image.Image:
+    "8-bit RGB. 16-bit grey is scaled by its bit depth (PIL's `convert` would clip it at 255: a white image)."
+    if im.mode.startswith("I;16") or (im.mode == "I" and im.format in _SIXTEEN_BIT_FORMATS):
+        grey = np.asarray(im).astype(np.int64).clip(0, 65535) >> 8  # [H, W] 16 -> 8 bits
+        return Image.fromarray(grey.astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("I", "F"): raise BadSample("unsupported_image", path)  # 32-bit samples: no range to scale by
+    return im.convert("RGB")
+
 def read_image(path, short: int = 10_000) -> np.ndarray:  # [1, H, W, 3] uint8
     "An RGB image as a 1-frame clip, shorter side at most `short`; raises `BadSample`."
     path = Path(path); _check_file(path)
     try:
-        with Image.open(path) as im: im.load(); img = im.convert("RGB")
+        with Image.open(path) as im: im.load(); img = _to_rgb(im, path)
+    except Image.DecompressionBombError: raise BadSample("image_too_large", path) from None  # PIL's pixel limit
     except UnidentifiedImageError: raise BadSample("corrupt_image", path) from None
     except OSError as e: raise BadSample("truncated_image" if "truncated" in str(e) else "corrupt_image", path) from None
     except (SyntaxError, ValueError): raise BadSample("corrupt_image", path) from None

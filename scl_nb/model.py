@@ -168,7 +168,8 @@ def parameter_breakdown(model: SCLModel) -> dict:
 def _atomic_dir(dst: Path, write):
     "Call `write(tmp_dir)` then rename `tmp_dir` to `dst` (replacing an old `dst`)."
     dst = Path(dst); dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    tmp = dst.parent / f".{dst.name}.{os.urandom(6).hex()}"
+    tmp.mkdir(mode=0o777)  # the umask applies, as for any folder (mkdtemp makes 0700: colleagues could not read it)
     write(tmp)
     for f in tmp.rglob("*"):
         if f.is_file():

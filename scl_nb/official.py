@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from .config import SCLConfig, ConfigError, preset, to_dict, from_dict, apply_overrides
 from .model import SCLModel
 from .text import load_tokenizer
-from .checkpoint import jsonable
+from .checkpoint import RunFolderError, jsonable, refuse_to_replace
 from .tasks import TaskModel, TASKS
 
 # %% auto #0
@@ -80,9 +80,9 @@ def load_lightning_checkpoint(path,  # a `.ckpt` / `.pt` file written by torch.s
         raise OfficialCheckpointError(f"{path}: refused: the file holds Python objects outside the allow-list of a "
                                       f"checkpoint ({what}); loading it would run code from the file. "
                                       "Only tensors, plain containers and the Lightning callback names are accepted.") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # anything torch's reader trips over (text files give IndexError / KeyError)
         raise OfficialCheckpointError(f"{path}: not a readable PyTorch checkpoint, or a damaged one "
-                                      f"({str(e).splitlines()[0][:200]}); download it again") from None
+                                      f"({(str(e).splitlines() or [type(e).__name__])[0][:200]}); download it again") from None
     if not isinstance(ckpt, dict): raise OfficialCheckpointError(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint dictionary")
     return ckpt
 
@@ -538,8 +538,9 @@ def official_tiny_config() -> SCLConfig:
     return apply_overrides(preset("tiny"), {"vision.heads": 1, "text.heads": 1})
 
 # %% ../nbs/41_official.ipynb #6d02b4c0
-def convert_official(source, out_dir, task: str = "auto", overrides: Sequence[str] = (), ignore: Sequence[str] = ()) -> Path:
-    "Write the official checkpoint `source` as our checkpoint folder `out_dir`; returns `out_dir`."
+def convert_official(source, out_dir, task="auto", overrides: Sequence[str] = (), ignore: Sequence[str] = (), overwrite=False) -> Path:
+    "Write the official checkpoint `source` as our checkpoint folder `out_dir` (one that is not empty only with `overwrite`)."
+    refuse_to_replace(out_dir, overwrite)  # it used to be replaced silently: a run folder was lost
     model, report = load_official(source, task, overrides, ignore)
     out = model.save_pretrained(out_dir)
     (out / "conversion.json").write_text(json.dumps(jsonable(asdict(report)), indent=2))
@@ -563,7 +564,7 @@ def prepare_checkpoint(checkpoint,                # None, our folder, or an offi
     out = Path(work_dir) / "converted_checkpoint"
     done = out / "conversion.json"
     if done.exists() and json.loads(done.read_text()).get("source") == str(checkpoint): return str(out)
-    try: convert_official(checkpoint, out, task)
+    try: convert_official(checkpoint, out, task, overwrite=done.exists())  # an earlier conversion of another file: ours to replace
     except OfficialCheckpointError as e: raise ValueError(f"parameter error: checkpoint: {e}") from None
     return str(out)
 
@@ -578,14 +579,14 @@ def main(argv=None) -> int:
     c.add_argument("--task", default="auto", choices=["auto", "pretrain", *TASKS], help="head expected (default: the file's)")
     c.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. vision.image_size=384")
     c.add_argument("--ignore", action="append", default=[], metavar="PREFIX", help="set aside official tensors with this prefix")
+    c.add_argument("--overwrite", action="store_true", help="replace OUT_DIR when it exists and is not empty (without it, that is an error)")
     i = sub.add_parser("inspect", help="print what an official checkpoint holds and how it would load")
     i.add_argument("checkpoint")
     a = p.parse_args(argv)
     try:
         if a.cmd == "convert":
-            out = convert_official(a.checkpoint, a.out_dir, a.task, a.override, a.ignore)
-            print(json.loads((out / "conversion.json").read_text())["source"], "->", out)
-            print(OfficialConversion(**json.loads((out / "conversion.json").read_text())).summary())
+            out = convert_official(a.checkpoint, a.out_dir, a.task, a.override, a.ignore, overwrite=a.overwrite)
+            print(OfficialConversion(**json.loads((out / "conversion.json").read_text())).summary() + f"\n  written to {out}")
         else:
             _, report = load_official(a.checkpoint, tokenizer=False)
             print(report.summary())
@@ -596,5 +597,4 @@ def main(argv=None) -> int:
 
 # %% ../nbs/41_official.ipynb #e0607f81
 #| eval: false
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__": sys.exit(main())

@@ -177,17 +177,17 @@ def _show(path) -> str:
 
 def _read_yaml(path: Path) -> dict:
     if not path.exists(): raise SpecError(f"spec {_show(path)} does not exist")
-    try: d = yaml.safe_load(path.read_text())
+    try: d = yaml.safe_load(path.read_bytes())  # bytes: a file that is not UTF-8 is a YAML reader error, not a traceback
     except yaml.YAMLError as e: raise SpecError(_yaml_error(path, e)) from None
     return _check_keys(d or {}, SPEC_KEYS, "the spec", _show(path))
 
 def _yaml_error(path: Path, e: yaml.YAMLError) -> str:
     "One line for a YAML syntax error: `file:line:column: what (context)` and the fix."
-    mark = getattr(e, "problem_mark", None)
-    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark, what = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e).splitlines()[0]
     ctx, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
     where = f"{_show(path)}:{mark.line + 1}:{mark.column + 1}" if mark else _show(path)
     ctx = f" ({ctx} from line {cmark.line + 1})" if ctx and cmark else (f" ({ctx})" if ctx else "")
+    if isinstance(e, yaml.reader.ReaderError): return f"{where}: not UTF-8 text ({what} at byte {e.position}); save the spec as UTF-8"
     return f"{where}: YAML syntax error: {what}{ctx}; check the indentation, brackets and quotes on that line and the lines before it"
 
 def _qualify(name: str, spec: str, src: str) -> str:

@@ -19,8 +19,8 @@ from .config import (PRESETS, SCLConfig, ConfigError, apply_overrides, load_conf
                            from_dict)
 from .distributed import DistContext, init_dist, any_rank, barrier, cleanup_distributed, all_reduce_mean, shard_model, single_process_group, sync_replicated_grads
 from .optim import build_optimizer, build_scheduler
-from .checkpoint import (atomic_write, ckpt_name, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
-                               seed_step, set_rng_state)
+from .checkpoint import (CheckpointError, RunFolderError, RunFolderLock, append_line, atomic_write, check_resume_config,
+                               ckpt_name, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, seed_step, set_rng_state, step_rows)
 from .perf import count_flops, cpu_peak_flops, mfu, peak_flops
 from .objectives import PretrainTask, ranks_per_process
 from .jobs import EXIT_PREEMPTED, read_metrics
@@ -29,8 +29,8 @@ from .data import ManifestError, TooManyBadSamples, pretrain_loader
 # %% auto #0
 __all__ = ['EXIT_NONFINITE', 'StopFlag', 'resolve_precision', 'autocast', 'make_scaler', 'MetricsLog', 'run_record',
            'batch_layout', 'to_device', 'isolated_rng', 'EpochLoader', 'endless', 'enable_activation_checkpointing',
-           'NonFiniteLossError', 'RunFolderError', 'train', 'Progress', 'bad_input_summary', 'probe_step',
-           'PretrainRun', 'run_config', 'input_errors', 'main']
+           'NonFiniteLossError', 'train', 'Progress', 'bad_input_summary', 'probe_step', 'PretrainRun', 'run_config',
+           'input_errors', 'main']
 
 # %% ../nbs/23_train.ipynb #53a0af9b
 EXIT_NONFINITE = 3   # CLI exit code when the run stopped after too many non-finite losses
@@ -58,7 +58,8 @@ class StopFlag:
             for s in self.signals: self.previous[s] = signal.signal(s, self._handle)
         return self
     def __exit__(self, *exc):
-        for s, h in self.previous.items(): signal.signal(s, h)
+        stopping = self.received is not None and self.received != signal.SIGINT  # preempted: the process is about to exit
+        for s, h in self.previous.items(): signal.signal(s, signal.SIG_IGN if stopping and s != signal.SIGINT else h)
     def forward_to_submitit(self):
         "After the checkpoint: let submitit's own handler requeue the job (it exits the process on rank 0)."
         s = _submitit_signal()
@@ -86,19 +87,17 @@ class MetricsLog:
         self.path, self.enabled = Path(out_dir) / "metrics.jsonl", enabled
         self.tb = None
         if not enabled: return
-        if self.path.exists():
-            keep = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
-            atomic_write(self.path, "".join(l + "\n" for l in keep))
+        if self.path.exists(): atomic_write(self.path, "".join(l + "\n" for l in step_rows(self.path, resume_step)))
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 self.tb = SummaryWriter(str(Path(out_dir) / "tb"))
             except ImportError: self.tb = None
-        self.f = open(self.path, "a")
+        self.f = open(self.path, "ab", buffering=0)  # one write per row, so that a failed one can be undone
 
     def log(self, row: dict):
         if not self.enabled: return
-        self.f.write(json.dumps(row) + "\n"); self.f.flush()
+        append_line(self.f, json.dumps(row) + "\n", self.path)  # all or nothing: a full disk leaves no torn line
         if self.tb is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k != "step": self.tb.add_scalar(k, v, row["step"])
@@ -206,9 +205,6 @@ def _as_tensor(v, device) -> torch.Tensor:  # [] float64, detached: a logged ter
     return v.detach().reshape(()).double() if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64, device=device)
 
 # %% ../nbs/23_train.ipynb #211c231b
-class RunFolderError(ValueError):
-    "The run folder holds another run and neither resuming nor overwriting it was asked for."
-
 def train(cfg: SCLConfig,  # the run's configuration (`cfg.train` drives the loop)
           out_dir,  # run folder: metrics.jsonl, run.json, checkpoints/, summary.json
           resume: bool = True,  # continue from the newest checkpoint in `out_dir` if there is one
@@ -219,10 +215,13 @@ def train(cfg: SCLConfig,  # the run's configuration (`cfg.train` drives the loo
           max_steps: Optional[int] = None,  # stop after this step (the schedule still follows cfg.train.steps)
           count_model_flops: bool = True,  # count FLOPs of one step for MFU
           overwrite: bool = False,  # with resume=False: replace a run already in `out_dir` (else that is an error)
+          allow_changed: Sequence[str] = (),  # on resume: settings (keys or sections) that may differ from the checkpoint's
          ) -> dict:
     "Pre-train `cfg` into `out_dir`; return a summary dict (status, steps, final loss, throughput, MFU, bad input, paths)."
     ctx = init_dist(device)
-    try: return _train(ctx, cfg, Path(out_dir), resume, overwrite, model_fn, data_fn, progress, max_steps, count_model_flops)
+    try:
+        with RunFolderLock(out_dir) if ctx.is_main else contextlib.nullcontext():  # one run per folder, from the first look at it
+            return _train(ctx, cfg, Path(out_dir), resume, overwrite, model_fn, data_fn, progress, max_steps, count_model_flops, allow_changed)
     finally:
         if ctx.owns_group: cleanup_distributed()  # also when the run ends by an exception
 
@@ -242,7 +241,7 @@ def _resume_point(ctx, out_dir: Path, resume: bool, overwrite: bool) -> tuple[Op
         return None, ckpt is not None or logged
     if ckpt is not None: _say(ctx, f"resuming from {ckpt}")
     elif logged: _say(ctx, f"{metrics} has steps but there is no checkpoint in {ckpt_dir}: starting again at step 0")
-    elif out_dir.exists(): _say(ctx, f"no checkpoint in {ckpt_dir}: starting at step 0")
+    elif any(out_dir.glob("*")): _say(ctx, f"no checkpoint in {ckpt_dir}: starting at step 0")  # "*": not our hidden .lock
     return ckpt, False
 
 def _clear_run(out_dir: Path):
@@ -302,6 +301,7 @@ def _skips_on_device(optimizer, scaler) -> bool:
 def _optimizer_step(ctx, cfg, model, train_model, optimizer, scaler, stream, gen, accum, precision, updating: dict):
     "Forward/backward over `accum` micro-batches, then (unless a loss or the gradient is not finite) one update; the log row stays on the device."
     fsdp, sums = cfg.train.parallel == "fsdp", {}
+    updating["after"] = None  # inside a step from here
     for k in range(accum):
         with isolated_rng(): batch = to_device(next(stream), ctx.device)
         if fsdp: model.set_requires_gradient_sync(k == accum - 1)  # reduce-scatter on the last micro-batch only
@@ -355,19 +355,32 @@ def _summary(ctx, cfg, out_dir, status, step, last, counters, times, flops_per_s
     if ctx.is_main: atomic_write(out_dir / "summary.json", json.dumps(s, indent=2))
     return s
 
-def _rescue(ctx, e: Exception, done: dict, start: int, counters: dict, updating: bool, ckpt_dir: Path, save: Callable):
+def _saver(ctx, cfg, ckpt_dir: Path, model, optimizer, scheduler, scaler, updating: dict) -> Callable:
+    "The run's `save(done)`: the checkpoint of a finished step, noting in `updating` which step is being saved."
+    def save(s: dict):
+        updating["saving"] = s["step"]
+        save_checkpoint(ckpt_dir, s["step"], model, optimizer, scheduler, scaler, data_state=s["data"], cfg=cfg, extra={"counters": s["counters"]},
+                        generators={"step": s["gen"]} if s["gen"] else None, rank=ctx.rank, keep_last=cfg.train.keep_last)
+        updating["saving"] = None
+    return save
+
+def _rescue(ctx, e: Exception, done: dict, start: int, counters: dict, updating: dict, ckpt_dir: Path, save: Callable):
     "On an exception in the loop (one process): save the last finished step unless that state is gone or already saved."
     newest = latest_checkpoint(ckpt_dir)
+    where = f"after step {done['step']}" if updating["after"] == done["step"] else f"in step {done['step'] + 1}"  # where the error came
+    if updating["saving"] is not None:  # the save itself failed: a second try would fail the same way
+        _say(ctx, f"{e}; the newest checkpoint is {newest}: free space (or fix the folder), then resume")
+        return
     if (isinstance(e, NonFiniteLossError) or ctx.world_size > 1 or done["step"] <= start or counters["nonfinite_run"]
             or (newest is not None and newest.name == ckpt_name(done["step"]))): return
-    if updating:  # the error came from inside the update: weights and moments may be half-changed
+    if updating["now"]:  # the error came from inside the update: weights and moments may be half-changed
         _say(ctx, f"{type(e).__name__} during the update of step {done['step'] + 1}: nothing saved; the newest checkpoint is {newest}")
         return
     try: save(done)  # the model and optimizer are as the last finished step left them
     except Exception as s:
-        _say(ctx, f"{type(e).__name__} in step {done['step'] + 1}; saving step {done['step']} failed too ({type(s).__name__}: {s})")
+        _say(ctx, f"{type(e).__name__} {where}; saving step {done['step']} failed too ({type(s).__name__}: {s})")
         return
-    _say(ctx, f"{type(e).__name__} in step {done['step'] + 1}; saved step {done['step']} to {ckpt_dir}: resume to continue")
+    _say(ctx, f"{type(e).__name__} {where}; saved step {done['step']} to {ckpt_dir}: resume to continue")
 
 def _open_folder(ctx, out_dir: Path, replace: bool):
     "Rank 0 makes the run folder (first clearing a replaced run); every rank waits for it."
@@ -422,7 +435,8 @@ def _drain(pending: list, counters: dict, clock: dict, emit: Callable, check: Ca
         emit(last); check(p["step"])
     return last
 
-def _train(ctx, cfg, out_dir, resume, overwrite, model_fn, data_fn, progress, max_steps, count_model_flops) -> dict:
+def _train(ctx, cfg, out_dir, resume, overwrite, model_fn, data_fn, progress, max_steps, count_model_flops,
+           allow_changed=()) -> dict:
     "The body of `train` on an initialised process group `ctx`."
     tcfg, ckpt_dir = cfg.train, out_dir / "checkpoints"
     model_fn, data_fn = model_fn or PretrainTask.from_config, data_fn or _default_data_fn
@@ -430,6 +444,7 @@ def _train(ctx, cfg, out_dir, resume, overwrite, model_fn, data_fn, progress, ma
     per_process = tcfg.per_gpu_batch_size * ranks_per_process(cfg.objectives, ctx.world_size)  # emulated GPUs
     micro, accum = batch_layout(tcfg.batch_size, per_process, ctx.world_size)
     ckpt, replace = _resume_point(ctx, out_dir, resume, overwrite)  # refuses before anything is built or written
+    for line in check_resume_config(ckpt, cfg, allow_changed) if ckpt is not None else []: _say(ctx, line)  # or refuses
     model, optimizer, scaler, scheduler, data = _build(ctx, cfg, model_fn, data_fn, precision, micro)  # bad input fails here
     _open_folder(ctx, out_dir, replace)
     start, counters = _restore(ctx, ckpt, model, optimizer, scheduler, scaler, data)
@@ -446,10 +461,8 @@ def _train(ctx, cfg, out_dir, resume, overwrite, model_fn, data_fn, progress, ma
     bar = Progress(progress, start, end, ctx.is_main)
     status, last, times, step = "completed", {}, [], start
     done = dict(step=start, data=copy.deepcopy(data.state_dict()), counters=dict(counters), gen=None)  # the last finished step
-    updating = {"now": False}
-    save = lambda s: save_checkpoint(ckpt_dir, s["step"], model, optimizer, scheduler, scaler, data_state=s["data"], cfg=cfg,
-                                     extra={"counters": s["counters"]}, generators={"step": s["gen"]} if s["gen"] else None,
-                                     rank=ctx.rank, keep_last=tcfg.keep_last)
+    updating = {"now": False, "after": None, "saving": None}  # inside an update; after which finished step; saving which step
+    save = _saver(ctx, cfg, ckpt_dir, model, optimizer, scheduler, scaler, updating)
     pending, clock, every_step = [], {"t": time.perf_counter()}, not _skips_on_device(optimizer, scaler)
     drain = lambda: _drain(pending, counters, clock, lambda r: (times.append(r["step_time_s"]), log.log(r), bar.update(r["step"], r)),
                            lambda s: _check_nonfinite(counters, tcfg, s, ckpt_dir),
@@ -462,7 +475,7 @@ def _train(ctx, cfg, out_dir, resume, overwrite, model_fn, data_fn, progress, ma
                 pending.append(dict(step=step, lr=scheduler.get_last_lr()[0],
                                     **_optimizer_step(ctx, cfg, model, train_model, optimizer, scaler, stream, gen, accum, precision, updating)))
                 scheduler.step()
-                updating["now"] = False
+                updating.update(now=False, after=step)
                 done = dict(step=step, data=copy.deepcopy(data.state_dict()), counters=dict(counters), gen=gen)  # before any read: an error there rescues this step
                 stop, due = any_rank(flag.requested, ctx.device), step % tcfg.ckpt_every == 0 or step == end
                 if due or stop or every_step or step == start + 1 or step % tcfg.log_every == 0: last = drain(); done["counters"] = dict(counters)  # host reads only here
@@ -472,7 +485,7 @@ def _train(ctx, cfg, out_dir, resume, overwrite, model_fn, data_fn, progress, ma
                     break
     except Exception as e:
         if pending and not isinstance(e, NonFiniteLossError): done["counters"] = _drain_quietly(drain, counters)
-        _rescue(ctx, e, done, start, counters, updating["now"], ckpt_dir, save)
+        _rescue(ctx, e, done, start, counters, updating, ckpt_dir, save)
         raise
     finally:
         bar.close(); log.close()
@@ -556,6 +569,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out (without it, that is an error)")
+    p.add_argument("--allow-changed", default="", metavar="KEY,...",
+                   help="with --resume: settings (keys or sections) that may differ from the checkpoint's although they change the training")
     p.add_argument("--device", default=None, help="'cpu' to ignore GPUs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
@@ -563,18 +578,21 @@ def _parser() -> argparse.ArgumentParser:
 
 def input_errors() -> tuple:
     "Exceptions that mean bad input (configuration, run folder, manifest, media): a short message and exit code 2."
-    return (ConfigError, RunFolderError, ManifestError, TooManyBadSamples)
+    return (ConfigError, RunFolderError, ManifestError, TooManyBadSamples, CheckpointError)
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     "CLI entry point; returns the exit code."
     args = _parser().parse_args(argv)
     try:
         cfg = run_config(args.config or args.preset, args.data, args.steps, args.objectives, args.overrides)
-        s = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device, progress=not args.no_progress)
+        s = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device, progress=not args.no_progress,
+                  allow_changed=[k.strip() for k in args.allow_changed.split(",") if k.strip()])
     except input_errors() as e:
         print(f"error: {e}", file=sys.stderr); return 2
     except NonFiniteLossError as e:
         print(f"stopped: {e}", file=sys.stderr); return EXIT_NONFINITE
+    except OSError as e:  # a full disk, a folder gone: one line (the run has said where it can resume)
+        print(f"error: {e}", file=sys.stderr); return 1
     if s["status"] == "preempted":
         print(f"stopped by a signal at step {s['step']}; checkpoint {s['checkpoint']}; rerun with --resume", file=sys.stderr)
         return EXIT_PREEMPTED

@@ -56,6 +56,22 @@ def test_cli_bad_input(official_ckpt, tmp_path):
         r = cli("convert", path, tmp_path / "out")
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert not (tmp_path / "out").exists()
+    for junk in (b"", b"hello\n"):  # an empty or text .ckpt: one line naming it (was IndexError / KeyError)
+        bad = tmp_path / "junk.ckpt"
+        bad.write_bytes(junk)
+        r = cli("inspect", bad)
+        assert r.returncode == 2 and f"{bad}: not a readable PyTorch checkpoint" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_cli_convert_never_replaces_a_folder_unasked(official_ckpt, tmp_path):
+    "convert into a folder that holds something: exit 2, the folder untouched (it used to be wiped, exit 0); --overwrite replaces it."
+    _, ckpt = official_ckpt
+    run = tmp_path / "a_run"
+    run.mkdir(); (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    r = cli("convert", ckpt, run)
+    assert r.returncode == 2 and f"{run} already exists and is not empty" in r.stderr and "--overwrite" in r.stderr, r.stderr
+    assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    assert cli("convert", ckpt, run, "--overwrite").returncode == 0 and (run / "conversion.json").exists()
 
 
 def test_eval_retrieval_official_checkpoint(official_ckpt, tmp_path):
