@@ -8,7 +8,7 @@ import json, math, typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace, asdict
 from pathlib import Path
-from typing import Literal, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Literal, Optional, Sequence, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -16,7 +16,7 @@ import yaml
 __all__ = ['OBJECTIVE_NAMES', 'TINY_TASKS', 'TINY_TASK_TRAIN', 'OFFICIAL_SIGNAL', 'OFFICIAL_CVPR_SIGNAL', 'OFFICIAL_RECIPE',
            'PRESETS', 'OBJECTIVE_ALIASES', 'ConfigError', 'num', 'VisionConfig', 'TextConfig', 'FusionConfig',
            'ObjectiveConfig', 'DataConfig', 'TrainConfig', 'SCLConfig', 'validate', 'from_dict', 'to_dict',
-           'deep_merge', 'apply_overrides', 'preset', 'save_config', 'load_config', 'objective_overrides',
+           'deep_merge', 'apply_overrides', 'preset', 'save_config', 'load_config', 'objective_overrides', 'run_config',
            'injected_parameters', 'check_parameters', 'check_value']
 
 # %% ../nbs/00_config.ipynb #88e45046
@@ -413,6 +413,24 @@ def objective_overrides(spec: str) -> dict:
         else: raise ConfigError(f"unknown objective {n!r}; choose from {sorted(set(OBJECTIVE_NAMES) | set(OBJECTIVE_ALIASES))}")
     if not keep: raise ConfigError("objectives: name at least one objective")
     return {f"objectives.{k}": 0.0 for k in OBJECTIVE_NAMES if k not in keep}
+
+# %% ../nbs/00_config.ipynb #01b071ee
+def run_config(source: Union[str, Path] = "tiny",  # preset name or YAML/JSON config file
+               changes: Optional[dict] = None,  # typed settings {"key.sub": value}; a None value keeps the preset's
+               overrides: Union[str, Sequence[str]] = (),  # `key.sub=value` strings (one string: space-separated)
+               objectives: Optional[str] = None,  # objectives kept, e.g. "mlm,itm,itc"; None: the preset's
+               precision: str = "auto",  # "auto": bf16 with GPUs, else the preset's
+               gpus: int = 0,  # GPUs per node (0: a CPU run)
+              ) -> SCLConfig:
+    "A run's configuration: the preset or file, then `changes`, precision and objectives, then `overrides`."
+    changes = {k: v for k, v in (changes or {}).items() if v is not None}
+    if precision != "auto" or gpus > 0:
+        changes["train.precision"] = "bf16" if precision == "auto" else precision
+    if objectives:
+        changes |= objective_overrides(objectives)
+    if isinstance(overrides, str):
+        overrides = overrides.split()
+    return apply_overrides(load_config(source, changes), overrides)
 
 # %% ../nbs/00_config.ipynb #9ef50097
 def injected_parameters(history) -> list[str]:

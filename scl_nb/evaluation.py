@@ -17,7 +17,7 @@ from . import distributed
 from .distributed import unwrap_model
 from .model import SCLModel, ImageEncoding, TextEncoding
 from .metrics import retrieval_ranks, recall_at, vqa_accuracy, vqa_submission, nlvr2_accuracy
-from .train import autocast, resolve_precision, to_device
+from .runtime import autocast, resolve_precision, to_device
 from .tasks import TaskModel, candidate_texts, nlvr2_logits, pad_to_length, retrieval_forward, vqa_logits
 
 # %% auto #0

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from .config import (PRESETS, TINY_TASK_TRAIN, TINY_TASKS, ConfigError, SCLConfig, apply_overrides, check_parameters, load_config,
+from .config import (PRESETS, TINY_TASK_TRAIN, TINY_TASKS, ConfigError, SCLConfig, apply_overrides, check_parameters, load_config, run_config,
                            num, objective_overrides, to_dict)
 from .model import SCLModel, ImageEncoding, TextEncoding, vqa_head, nlvr2_head, rank_head_from_itm, load_text_tower
 from .metrics import retrieval_ranks, recall_at, vqa_accuracy, vqa_submission, nlvr2_accuracy
@@ -402,9 +402,10 @@ def task_run_config(task: str, preset: str, data: str, dataset: Optional[str] = 
     if bs := batch_size or tiny.get("batch_size"): changes |= {"train.batch_size": bs, "train.per_gpu_batch_size": bs}
     if lr or tiny.get("lr"): changes["train.lr"] = lr or tiny["lr"]
     if preset == "tiny": changes |= TINY_TASK_TRAIN | tiny.get("changes", {})
-    if precision != "auto" or gpus > 0: changes["train.precision"] = "bf16" if precision == "auto" else precision
-    try: return apply_overrides(load_config(preset, changes), overrides.split())
-    except ConfigError as e: raise ConfigError(f"parameter error: {e}") from None
+    try:
+        return run_config(preset, changes, overrides, precision=precision, gpus=gpus)
+    except ConfigError as e:
+        raise ConfigError(f"parameter error: {e}") from None
 
 def with_steps(cfg: SCLConfig, n_train: int, epochs=None, steps=None, task: Optional[str] = None) -> SCLConfig:
     "`cfg` with `train.steps`: `steps`, else `epochs` (default: the tiny CPU value or the method's 10) over `n_train` samples."

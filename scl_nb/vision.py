@@ -20,7 +20,7 @@ from .config import VisionConfig, ConfigError
 __all__ = ['CLIP_KEY_MAP', 'CLIP_BLOCK_KEY_MAP', 'QuickGELU', 'Attention', 'MLP', 'VisionBlock', 'frame_attention_mask',
            'dropped_count', 'mask_token_count', 'sample_masked_positions', 'split_frame_tokens', 'VisionOutput',
            'FlexibleVisionEncoder', 'interpolate_pos_embed', 'clip_to_encoder_state_dict', 'vision_config_from_clip',
-           'build_vision_encoder', 'vision_forward_flops']
+           'vision_forward_flops']
 
 # %% ../nbs/01_vision.ipynb #f7cda41c
 class QuickGELU(nn.Module):
@@ -145,11 +145,9 @@ class VisionOutput:
 # %% ../nbs/01_vision.ipynb #bb06a721
 class FlexibleVisionEncoder(nn.Module):
     "CLIP ViT for images `[B,3,H,W]` and videos `[B,F,3,H,W]` with frame-aware attention and masking (method §1)."
-    def __init__(self, cfg: VisionConfig,
-                 activation_checkpointing: bool = False,  # recompute each block in the backward pass
-                ):
+    def __init__(self, cfg: VisionConfig):
         super().__init__()
-        self.cfg, self.activation_checkpointing = cfg, activation_checkpointing
+        self.cfg, self.activation_checkpointing = cfg, False  # `set_activation_checkpointing` turns it on
         D, P = cfg.width, cfg.patch_size
         self.patch_embed = nn.Conv2d(3, D, kernel_size=P, stride=P, bias=False)
         self.class_embedding = nn.Parameter(torch.randn(D) * D ** -0.5)
@@ -360,26 +358,20 @@ def from_clip(cls: FlexibleVisionEncoder,
               image_size: Optional[int] = None,  # input resolution; None = the checkpoint's
               num_layers: Optional[int] = None,  # blocks used; None = all but the last
               max_frames: int = 8,  # capacity of the temporal embedding
-              activation_checkpointing: bool = False,  # recompute each block in the backward pass
              ) -> FlexibleVisionEncoder:
     "Build the encoder from a Hugging Face CLIP vision checkpoint."
     from transformers import CLIPVisionModel
     with _quiet_transformers(): clip = CLIPVisionModel.from_pretrained(name_or_path)
     cfg = replace(vision_config_from_clip(clip.config, image_size, num_layers, str(name_or_path)), max_frames=max_frames)
-    enc = cls(cfg, activation_checkpointing)
+    enc = cls(cfg)
     return enc.load_clip_state_dict(clip.state_dict())
 
-# %% ../nbs/01_vision.ipynb #489d4bcd
-def build_vision_encoder(cfg: VisionConfig,
-                         activation_checkpointing: bool = False,  # recompute each block in the backward pass
-                        ) -> FlexibleVisionEncoder:
-    "The encoder `cfg` describes: random init, or the CLIP weights of `cfg.pretrained`."
-    if cfg.pretrained is None: return FlexibleVisionEncoder(cfg, activation_checkpointing)
-    enc = FlexibleVisionEncoder.from_clip(cfg.pretrained, cfg.image_size, cfg.num_layers, cfg.max_frames, activation_checkpointing)
-    for name in ("patch_size", "width", "layers", "heads", "mlp_dim", "act"):
-        if getattr(enc.cfg, name) != getattr(cfg, name):
-            raise ConfigError(f"vision.{name}={getattr(cfg, name)!r} but the checkpoint {cfg.pretrained!r} has {getattr(enc.cfg, name)!r}")
-    return enc
+# %% ../nbs/01_vision.ipynb #1e697ed3
+@patch
+def set_activation_checkpointing(self: FlexibleVisionEncoder, enabled: bool = True):
+    "Recompute each block's activations in the backward pass (training only)."
+    self.activation_checkpointing = enabled
+    return self
 
 # %% ../nbs/01_vision.ipynb #abc2fc4d
 def vision_forward_flops(cfg: VisionConfig,
