@@ -9,14 +9,22 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .config import ConfigError, SCLConfig, apply_overrides, load_config, preset
+from pathlib import Path
+
+from .config import ConfigError, ObjectiveConfig, SCLConfig, TextConfig, apply_overrides, load_config, preset
 from .distributed import init_dist, PickledByValue
 from .objectives import PretrainTask, random_pretrain_batch
 from .perf import OpCounter, count_flops
 from .train import train
+from .runtime import to_device
+from .text import load_tokenizer
+from .synthetic import make_synthetic, synthetic_cache_root
+from .media import BatchTransform
+from .data import TASK_COLUMNS, Collator, ManifestDataset, ResumableLoader, load_manifest
 
 # %% auto #0
-__all__ = ['FixedBatch', 'paper_structure', 'bench_step_counts', 'main', 'bench_pretrain_step', 'bench_train', 'bench_best_batch']
+__all__ = ['FixedBatch', 'paper_structure', 'bench_step_counts', 'main', 'bench_pretrain_step', 'bench_train', 'bench_best_batch',
+           'bench_data']
 
 # %% ../nbs/25_bench.ipynb #0bc9a96d
 class FixedBatch:
@@ -127,7 +135,6 @@ def _run(a):
         if a.estimate:
             rerank.coco5k_estimate(mfu=a.mfu)
     else:
-        from scl_nb.data import bench_data
         _call(bench_data, workers=a.workers, batch_size=a.batch_size, batches=a.batches, device=a.device)
 
 # %% ../nbs/25_bench.ipynb #45535e5d
@@ -291,6 +298,53 @@ def bench_best_batch(preset: str = "paper",  # preset or config file
                                               if r["fits"] else "out of memory"))
         print(f"largest that fits: {fits[-1]['batch'] if fits else None}; fastest: {best['batch'] if best else None}")
     return dict(preset=preset, rows=rows, largest=fits[-1]["batch"] if fits else None, best=best)
+
+# %% ../nbs/25_bench.ipynb #8e18b2eb
+def _timed(fn, n: int, sync=None) -> float:
+    "Seconds for `n` calls of `fn` (after one warm-up call)."
+    fn()
+    if sync: sync()
+    t0 = time.perf_counter()
+    for _ in range(n): fn()
+    if sync: sync()
+    return time.perf_counter() - t0
+
+def bench_data(workers: Sequence[int] = (0, 2, 4),  # worker counts to measure
+               batch_size: int = 32,
+               batches: int = 20,                  # timed batches per setting (after warm-up)
+               image_size: int = 288, video_size: int = 224, num_frames: int = 4,
+               device=None,                        # where the transform runs; None = CPU
+               cache_dir=None,                     # where the benchmark data is generated
+               tokenizer=None,                     # None = the tiny BPE tokenizer
+               print_fn=print) -> list[dict]:
+    "Print and return throughput (samples/s) of the DataLoader side per worker count, and of the device transform."
+    n = batch_size * (batches + 2)
+    paths = make_synthetic(cache_dir, n_images=n // 4 + 2, n_videos=n // 4 + 2, n_pairs=10,
+                           image_size=image_size, video_size=video_size, video_frames=max(8, num_frames))
+    tok = tokenizer or load_tokenizer(TextConfig(tokenizer="tiny-bpe", vocab_size=1024), cache_dir)
+    hf_cache = synthetic_cache_root(cache_dir) / "hf_datasets"
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+    results = []
+    for kind, name, size in (("image", "captions_train", image_size), ("video", "video_captions_train", video_size)):
+        man = load_manifest(paths[name], TASK_COLUMNS["pretrain"], cache_dir=hf_cache)
+        what = f"{kind:5s} {size} px" + ("" if kind == "image" else f" x {num_frames} frames")
+        frames = 1 if kind == "image" else num_frames
+        for w in workers:
+            ds = ManifestDataset(man, tok, "pretrain", "pretrain", size, num_frames, 50)
+            loader = ResumableLoader(ds, batch_size, Collator(tok, ObjectiveConfig()), num_workers=w, device=dev, min_reads=10**9)
+            it = iter(loader.loader)  # collated CPU batches, as the workers deliver them
+            batch = next(it)
+            dt = _timed(lambda: next(it), batches)
+            results.append(dict(stage="loader", kind=kind, size=size, frames=frames, workers=w, samples_per_s=batch_size * batches / dt))
+            print_fn(f"{what}, loader with {w} workers: {batch_size * batches / dt:8.1f} samples/s")
+            del it, loader
+        b = to_device(batch, dev)
+        tf = BatchTransform(size, "pretrain").to(dev)
+        dt = _timed(lambda: tf(b["pixels"], b["boxes"], b["flip"]), batches, sync)
+        results.append(dict(stage="transform", kind=kind, size=size, frames=frames, device=str(dev), samples_per_s=batch_size * batches / dt))
+        print_fn(f"{what}, transform on {dev}: {batch_size * batches / dt:8.1f} samples/s")
+    return results
 
 # %% ../nbs/25_bench.ipynb #e390fca4
 #| eval: false

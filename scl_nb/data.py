@@ -23,7 +23,7 @@ from .metrics import vqa_soft_scores
 __all__ = ['TASK_COLUMNS', 'VIDEO_EXTENSIONS', 'PRETRAIN_SPLITS', 'ManifestError', 'Manifest', 'media_type', 'load_manifest',
            'TooManyBadSamples', 'BadInputMonitor', 'stable_id', 'ManifestDataset', 'pad_media', 'pad_ids', 'Collator',
            'ResumableSampler', 'ignore_interrupts', 'ResumableLoader', 'MixedLoader', 'select_splits',
-           'pretrain_loader', 'task_loader', 'bench_data']
+           'pretrain_loader', 'task_loader']
 
 # %% ../nbs/12_data.ipynb #cfbbd2c7
 class ManifestError(ValueError):
@@ -564,53 +564,3 @@ def task_loader(cfg,                        # `SCLConfig`
     return ResumableLoader(ds, batch_size or cfg.train.per_gpu_batch_size, Collator(tok, seed=cfg.train.seed), rank, world,
                            shuffle=train, drop_last=train, num_workers=cfg.data.num_workers, device=device,
                            max_bad_fraction=cfg.data.max_bad_fraction)
-
-# %% ../nbs/12_data.ipynb #8e18b2eb
-def _timed(fn, n: int, sync=None) -> float:
-    "Seconds for `n` calls of `fn` (after one warm-up call)."
-    fn()
-    if sync: sync()
-    t0 = time.perf_counter()
-    for _ in range(n): fn()
-    if sync: sync()
-    return time.perf_counter() - t0
-
-def bench_data(workers: Sequence[int] = (0, 2, 4),  # worker counts to measure
-               batch_size: int = 32,
-               batches: int = 20,                  # timed batches per setting (after warm-up)
-               image_size: int = 288, video_size: int = 224, num_frames: int = 4,
-               device=None,                        # where the transform runs; None = CPU
-               cache_dir=None,                     # where the benchmark data is generated
-               tokenizer=None,                     # None = the tiny BPE tokenizer
-               print_fn=print) -> list[dict]:
-    "Print and return throughput (samples/s) of the DataLoader side per worker count, and of the device transform."
-    from scl_nb.config import ObjectiveConfig, TextConfig
-    from scl_nb.synthetic import make_synthetic, synthetic_cache_root
-    from scl_nb.text import load_tokenizer
-    n = batch_size * (batches + 2)
-    paths = make_synthetic(cache_dir, n_images=n // 4 + 2, n_videos=n // 4 + 2, n_pairs=10,
-                           image_size=image_size, video_size=video_size, video_frames=max(8, num_frames))
-    tok = tokenizer or load_tokenizer(TextConfig(tokenizer="tiny-bpe", vocab_size=1024), cache_dir)
-    hf_cache = synthetic_cache_root(cache_dir) / "hf_datasets"
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    sync = torch.cuda.synchronize if dev.type == "cuda" else None
-    results = []
-    for kind, name, size in (("image", "captions_train", image_size), ("video", "video_captions_train", video_size)):
-        man = load_manifest(paths[name], TASK_COLUMNS["pretrain"], cache_dir=hf_cache)
-        what = f"{kind:5s} {size} px" + ("" if kind == "image" else f" x {num_frames} frames")
-        frames = 1 if kind == "image" else num_frames
-        for w in workers:
-            ds = ManifestDataset(man, tok, "pretrain", "pretrain", size, num_frames, 50)
-            loader = ResumableLoader(ds, batch_size, Collator(tok, ObjectiveConfig()), num_workers=w, device=dev, min_reads=10**9)
-            it = iter(loader.loader)  # collated CPU batches, as the workers deliver them
-            batch = next(it)
-            dt = _timed(lambda: next(it), batches)
-            results.append(dict(stage="loader", kind=kind, size=size, frames=frames, workers=w, samples_per_s=batch_size * batches / dt))
-            print_fn(f"{what}, loader with {w} workers: {batch_size * batches / dt:8.1f} samples/s")
-            del it, loader
-        b = _to_device(batch, dev, non_blocking=False)
-        tf = BatchTransform(size, "pretrain").to(dev)
-        dt = _timed(lambda: tf(b["pixels"], b["boxes"], b["flip"]), batches, sync)
-        results.append(dict(stage="transform", kind=kind, size=size, frames=frames, device=str(dev), samples_per_s=batch_size * batches / dt))
-        print_fn(f"{what}, transform on {dev}: {batch_size * batches / dt:8.1f} samples/s")
-    return results
