@@ -1,4 +1,4 @@
-"""`python -m scl_nb.launch` on bad specs, as a user runs it: exit status 2, a short message on stderr
+"""`python -m scl_nb.tools.launch` on bad specs, as a user runs it: exit status 2, a short message on stderr
 naming the file and line, no traceback; and the full-scale suite without its data refused (not planned).
 
 Each test spawns the launcher (about 5 to 15 s each on 2 CPU cores: it imports torch to check objectives).
@@ -14,7 +14,7 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS
 
 
 def launch(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "scl_nb.launch", *map(str, args)], cwd=cwd, env=ENV,
+    return subprocess.run([sys.executable, "-m", "scl_nb.tools.launch", *map(str, args)], cwd=cwd, env=ENV,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -23,7 +23,7 @@ NBS = ROOT / "nbs"
 @pytest.fixture(scope="module")
 def official_ckpt(offline_cache, tmp_path_factory):
     from scl_nb.model import SCLModel
-    from scl_nb.official import official_tiny_config, randomise_parameters, save_lightning_style_checkpoint
+    from official_writers import official_tiny_config, randomise_parameters, save_lightning_style_checkpoint
     torch.manual_seed(0)
     model = randomise_parameters(SCLModel(official_tiny_config()).eval(), seed=5)
     return model, save_lightning_style_checkpoint(model, tmp_path_factory.mktemp("official") / "SCL-tiny.ckpt")
@@ -106,7 +106,8 @@ def test_finetune_vqa_evaluates_official_vqa_checkpoint(offline_cache, tmp_path)
     "A released-style fine-tuned VQA file, evaluated as it is (evaluate_only): the notebook's accuracy is that of the file's weights."
     papermill = pytest.importorskip("papermill")
     from safetensors.torch import load_file
-    from scl_nb.official import official_tiny_config, randomise_parameters, save_lightning_style_checkpoint, load_official
+    from scl_nb.official import load_official
+    from official_writers import official_tiny_config, randomise_parameters, save_lightning_style_checkpoint
     from scl_nb.tasks import TaskModel, task_run_config, task_config, task_manifest
     from scl_nb.evaluation import evaluate_vqa
     from scl_nb.data import task_loader
@@ -146,11 +147,11 @@ def official_rule(official_name: str):
 
 
 def official_parameter_name(ours: str) -> str:
-    from scl_nb.official import _official_name
+    from official_writers import official_name
     m = re.fullmatch(r"vision\.blocks\.(\d+)\.attn\.[qkv]_proj\.(weight|bias)", ours)
     if m: return f"vision_transformer.visual.transformer.resblocks.{m.group(1)}.attn.in_proj_{m.group(2)}"
     if ours in ("itc_logit_scale", "itc_tau"): return "cl_temp"
-    return _official_name(ours, "scl")
+    return official_name(ours, "scl")
 
 
 def test_official_param_groups_follow_the_official_names():
@@ -158,7 +159,7 @@ def test_official_param_groups_follow_the_official_names():
     its official name."""
     from scl_nb.config import apply_overrides
     from scl_nb.model import SCLModel
-    from scl_nb.official import official_tiny_config
+    from official_writers import official_tiny_config
     from scl_nb.optim import official_group, param_groups
     from scl_nb.tasks import TaskModel
     overrides = {"train.param_groups": "official", "objectives.itc_temperature": "raw"}

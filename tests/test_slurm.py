@@ -24,9 +24,9 @@ _UP, _WHY = _slurm_answers()
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(not _UP, reason=_WHY)]
 
 submitit = pytest.importorskip("submitit")
-from scl_nb.launch import launch
-from scl_nb.specs import load_spec
-from scl_nb.fixtures import write_test_notebook
+from scl_nb.tools.launch import launch
+from scl_nb.tools.specs import load_spec
+from scl_nb.tools.fixtures import write_test_notebook
 from scl_nb.jobs import is_finished
 
 WAIT_S = 150  # per job; the node may be busy with another user's jobs
@@ -189,7 +189,7 @@ def _cluster_cpus() -> int:
 
 
 def test_pretrain_driver_requeued_follows_its_training_job(tmp_path, offline_cache, cancel_on_exit):
-    """pretrain.ipynb through `scl_nb.launch` on SLURM: the notebook runs as a light driver job that submits one
+    """pretrain.ipynb through `scl_nb.tools.launch` on SLURM: the notebook runs as a light driver job that submits one
     training job of 2 processes with the run's resources and follows it. The driver is requeued (`scontrol requeue`)
     while the training runs: it runs the notebook again, resuming, and follows the same training job instead of
     submitting a second one; the run ends with every step once, and the held-out evaluation (a job too) in results.json."""

@@ -1,0 +1,171 @@
+"""One statement per line and lines of at most 120 characters in the exported cells of the notebooks.
+
+    python .dev/style.py check [NB ...]   # list what breaks the rules (default: every notebook in nbs/)
+    python .dev/style.py fix [NB ...]     # split compound one-liners and `;` chains, wrap long lines
+
+`fix` is mechanical: a body on its header's line (`if x: y`, `try: yield`, `def f(): ...`) moves to a line
+of its own, a `;` chain becomes one statement per line, and a line over 120 characters is wrapped by black
+(line-length 120, strings and trailing commas left alone) when black is installed. The result parses to the
+same AST as the input, or the cell is left as it was. Comments and strings that are too long are listed by
+`check` for a person to shorten. `tests/test_architecture.py` checks the exported package with the same rules.
+"""
+import ast, io, sys, tokenize
+from pathlib import Path
+
+import nbformat
+
+WIDTH = 120
+BLOCKS = ("body", "orelse", "finalbody", "handlers")
+
+
+def _indent(line: str) -> str:
+    return line[: len(line) - len(line.lstrip())]
+
+
+def _col(line: str, byte_col: int) -> int:
+    "ast's byte offset as a character offset."
+    return len(line.encode()[:byte_col].decode())
+
+
+def _blocks(tree):
+    "(parent node, list of statements) for every statement list in the tree."
+    for node in ast.walk(tree):
+        for name in BLOCKS:
+            stmts = getattr(node, name, None)
+            if isinstance(stmts, list) and stmts and isinstance(stmts[0], (ast.stmt, ast.excepthandler)):
+                yield node, stmts
+
+
+def shared_lines(src: str) -> list[int]:
+    "Line numbers (1-based) on which a statement starts on a line another statement already holds."
+    starts = {}
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.stmt):
+            starts.setdefault(node.lineno, []).append(node)
+    return sorted(line for line, nodes in starts.items() if len(nodes) > 1)
+
+
+def semicolons(src: str) -> int:
+    return sum(t.type == tokenize.OP and t.string == ";" for t in tokenize.generate_tokens(io.StringIO(src).readline))
+
+
+def long_lines(src: str, width: int = WIDTH) -> list[int]:
+    return [i + 1 for i, line in enumerate(src.splitlines()) if len(line) > width]
+
+
+def _one_split(src: str):
+    "`src` with the first shared line split, or None when there is none."
+    tree = ast.parse(src)
+    lines = src.split("\n")
+    for parent, stmts in _blocks(tree):
+        first = stmts[0]
+        line = lines[first.lineno - 1]
+        col = _col(line, first.col_offset)
+        if line[:col].strip():  # a body on its header's line
+            header_line = lines[(parent.lineno if not isinstance(first, ast.excepthandler) else first.lineno) - 1]
+            if isinstance(parent, ast.If) and parent.orelse is stmts:
+                header_line = line  # `else: y` / the `elif` keyword line
+            if parent.__class__.__name__ in ("Try", "TryStar") and stmts in (parent.orelse, parent.finalbody):
+                header_line = line
+            if isinstance(parent, (ast.For, ast.While, ast.AsyncFor)) and parent.orelse is stmts:
+                header_line = line
+            indent = _indent(header_line) + "    "
+            lines[first.lineno - 1] = line[:col].rstrip() + "\n" + indent + line[col:]
+            return "\n".join(lines)
+        for prev, nxt in zip(stmts, stmts[1:]):
+            if prev.end_lineno == nxt.lineno:
+                line = lines[nxt.lineno - 1]
+                end, col = _col(line, prev.end_col_offset), _col(line, nxt.col_offset)
+                between = line[end:col]
+                if between.strip() != ";":
+                    continue
+                indent = _indent(lines[first.lineno - 1]) if not lines[first.lineno - 1][:_col(lines[first.lineno - 1], first.col_offset)].strip() else None
+                if indent is None:
+                    continue  # the block's own one-liner is split first
+                indent = lines[first.lineno - 1][:_col(lines[first.lineno - 1], first.col_offset)]
+                lines[nxt.lineno - 1] = line[:end].rstrip() + "\n" + indent + line[col:]
+                return "\n".join(lines)
+    return None
+
+
+def split_statements(src: str) -> str:
+    "Every statement on a line of its own."
+    for _ in range(10000):
+        out = _one_split(src)
+        if out is None:
+            return src
+        src = out
+    raise RuntimeError("too many splits")
+
+
+def wrap_long(src: str) -> str:
+    "Lines over `WIDTH` reformatted by black (only those lines)."
+    try:
+        import black
+    except ImportError:
+        return src
+    todo = long_lines(src)
+    if not todo:
+        return src
+    mode = black.Mode(line_length=WIDTH, string_normalization=False, magic_trailing_comma=False)
+    try:
+        return black.format_str(src, mode=mode, lines=[(n, n) for n in todo])
+    except Exception:
+        out = src
+        for n in reversed(todo):  # one at a time, skipping the ones black cannot do
+            try:
+                out = black.format_str(out, mode=mode, lines=[(n, n)])
+            except Exception:
+                pass
+        return out
+
+
+def _same(a: str, b: str) -> bool:
+    return ast.dump(ast.parse(a)) == ast.dump(ast.parse(b))
+
+
+def fix_source(src: str) -> str:
+    try:
+        ast.parse(src)
+    except SyntaxError:
+        return src
+    out = wrap_long(split_statements(src))
+    if not out.endswith("\n") and src.endswith("\n") is False:
+        out = out.rstrip("\n")
+    return out if _same(src, out) else src
+
+
+def exported(cell) -> bool:
+    return cell.cell_type == "code" and any(l.strip() == "#| export" for l in cell.source.splitlines()[:3])
+
+
+def notebooks(args):
+    return [Path(a) for a in args] or sorted(Path(__file__).resolve().parent.parent.joinpath("nbs").glob("[0-9]*.ipynb"))
+
+
+def main(cmd, *args):
+    bad = 0
+    for path in notebooks(args):
+        nb = nbformat.read(path, as_version=4)
+        changed = False
+        for i, cell in enumerate(nb.cells):
+            if not exported(cell):
+                continue
+            if cmd == "fix":
+                new = fix_source(cell.source).rstrip("\n")
+                if new != cell.source:
+                    cell.source, changed = new, True
+            src = cell.source
+            problems = [f"line {n}: {len(src.splitlines()[n - 1])} characters" for n in long_lines(src)]
+            problems += [f"line {n}: more than one statement" for n in shared_lines(src)]
+            for p in problems:
+                print(f"{path.name} cell {i}: {p}")
+            bad += len(problems)
+        if changed:
+            nbformat.write(nb, path)
+    print(f"{bad} problems left")
+    return 1 if bad and cmd == "check" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))
