@@ -109,7 +109,7 @@ def wrap_long(src: str) -> str:
         return src
     mode = black.Mode(line_length=WIDTH, string_normalization=False, magic_trailing_comma=False)
     try:
-        return black.format_str(src, mode=mode, lines=[(n, n) for n in todo])
+        out = black.format_str(src, mode=mode, lines=[(n, n) for n in todo])
     except Exception:
         out = src
         for n in reversed(todo):  # one at a time, skipping the ones black cannot do
@@ -117,11 +117,97 @@ def wrap_long(src: str) -> str:
                 out = black.format_str(out, mode=mode, lines=[(n, n)])
             except Exception:
                 pass
-        return out
+    return "\n".join("#|" + line[3:] if line.startswith("# | ") else line for line in out.split("\n"))  # nbdev's directives
+
+
+def _docstrings(tree):
+    "The docstring nodes of the functions and classes in `tree`."
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                yield first.value
+
+
+def wrap_docstrings(src: str) -> str:
+    "One-line docstrings over `WIDTH` as triple-quoted paragraphs wrapped at `WIDTH`."
+    import textwrap
+    lines = src.split("\n")
+    for node in sorted(_docstrings(ast.parse(src)), key=lambda n: -n.lineno):
+        line = lines[node.lineno - 1]
+        if node.lineno != node.end_lineno or len(line) <= WIDTH:
+            continue
+        start, end = _col(line, node.col_offset), _col(line, node.end_col_offset)
+        raw, text = line[start:end], node.value
+        if raw[:1] not in "\"'" or '"""' in text or "\\" in text or line[end:].strip():
+            continue  # a prefixed, escaped or commented docstring: by hand
+        indent = " " * start
+        body = textwrap.fill(text, WIDTH - 3, initial_indent=indent + '"""', subsequent_indent=indent)
+        lines[node.lineno - 1] = line[:start] + body[len(indent):] + '"""'
+    return "\n".join(lines)
+
+
+def split_strings(src: str) -> str:
+    "Long string literals inside brackets split at a space into implicitly joined pieces, one per line."
+    out = src.split("\n")
+    for _ in range(200):
+        tokens = list(tokenize.generate_tokens(io.StringIO("\n".join(out)).readline))
+        depth, done = 0, True
+        for t in tokens:
+            if t.type == tokenize.OP and t.string in "([{":
+                depth += 1
+            elif t.type == tokenize.OP and t.string in ")]}":
+                depth -= 1
+            elif t.type == tokenize.STRING and depth and t.start[0] == t.end[0] and len(out[t.start[0] - 1]) > WIDTH:
+                piece = _split_point(t.string, WIDTH - t.start[1])
+                if piece is None:
+                    continue
+                line, (row, col) = out[t.start[0] - 1], t.start
+                prefix = t.string[:len(t.string) - len(t.string.lstrip("rRbBfFuU"))]
+                quote = t.string[len(prefix)]
+                first, rest = t.string[:piece], t.string[piece:]
+                out[row - 1] = line[:col] + first + quote + "\n" + " " * col + prefix + quote + rest + line[t.end[1]:]
+                out = "\n".join(out).split("\n")
+                done = False
+                break
+        if done:
+            break
+    return "\n".join(out)
+
+
+def _split_point(raw: str, room: int):
+    "An index in the literal `raw` just after a space, outside `{...}` and escapes, that leaves the first piece in `room`."
+    if raw.endswith(('"""', "'''")) or len(raw) < 20:
+        return None
+    prefix_len = len(raw) - len(raw.lstrip("rRbBfFuU"))
+    fmt = "f" in raw[:prefix_len].lower()
+    depth, best, i = 0, None, prefix_len + 1
+    while i < len(raw) - 1:
+        c = raw[i]
+        if c == "\\":
+            i += 2
+            continue
+        if fmt and c == "{":
+            if raw[i + 1:i + 2] == "{":
+                i += 2
+                continue
+            depth += 1
+        elif fmt and c == "}":
+            depth = max(0, depth - 1)
+        elif c == " " and depth == 0 and i + 1 < room - 1 and i > prefix_len + 10:
+            best = i + 1
+        i += 1
+    return best
 
 
 def _same(a: str, b: str) -> bool:
-    return ast.dump(ast.parse(a)) == ast.dump(ast.parse(b))
+    "Equal ASTs, with docstrings compared with their whitespace collapsed and joined strings compared joined."
+    def norm(src):
+        tree = ast.parse(src)
+        for node in _docstrings(tree):
+            node.value = " ".join(node.value.split())
+        return ast.dump(tree)
+    return norm(a) == norm(b)
 
 
 def fix_source(src: str) -> str:
@@ -129,7 +215,7 @@ def fix_source(src: str) -> str:
         ast.parse(src)
     except SyntaxError:
         return src
-    out = wrap_long(split_statements(src))
+    out = wrap_long(split_strings(wrap_docstrings(split_statements(src))))
     if not out.endswith("\n") and src.endswith("\n") is False:
         out = out.rstrip("\n")
     return out if _same(src, out) else src

@@ -71,14 +71,21 @@ def caption_words(tokenizer,                     # a fast Hugging Face tokenizer
     pieces = tokenizer.convert_ids_to_tokens(ids[0].tolist())
     words, current = [], None
     for i, (piece, start) in enumerate(zip(pieces, starts)):
-        if special[0, i]: current = None; continue
-        if start or current is None: current = []; words.append(current)
-        if piece.lstrip("Ġ▁").removeprefix("##") in skip: current = None; continue  # punctuation also ends a word
+        if special[0, i]:
+            current = None
+            continue
+        if start or current is None:
+            current = []
+            words.append(current)
+        if piece.lstrip("Ġ▁").removeprefix("##") in skip:
+            current = None
+            continue  # punctuation also ends a word
         current.append(i)
     out = []
     for w in words:
         spans = [tuple(offsets[i]) for i in w if offsets[i][1] > offsets[i][0]]
-        if not spans: continue
+        if not spans:
+            continue
         a, b = min(s[0] for s in spans), max(s[1] for s in spans)
         out.append(Word(caption[a:b], w, (a, b)))
     return out
@@ -87,7 +94,8 @@ def word_maps(token_maps: torch.Tensor,  # [L, ...] one map per token
               words: Sequence[Word],     # from `caption_words`
              ) -> torch.Tensor:          # [W, ...]
     "The map of each word: the sum of its pieces' maps."
-    if not words: return token_maps.new_zeros(0, *token_maps.shape[1:])
+    if not words:
+        return token_maps.new_zeros(0, *token_maps.shape[1:])
     return torch.stack([token_maps[w.pieces].sum(0) for w in words])
 
 # %% ../nbs/50_alignment.ipynb #de858bd9
@@ -110,7 +118,8 @@ def crop_geometry(width: int, height: int,     # original image size
                   geometry: Geometry = "centre",
                  ) -> CropGeometry:
     "The crop that `prepare_image` applies to a `width x height` image."
-    if geometry not in ("centre", "squash"): raise ValueError(f"geometry={geometry!r}; choose 'centre' or 'squash'")
+    if geometry not in ("centre", "squash"):
+        raise ValueError(f"geometry={geometry!r}; choose 'centre' or 'squash'")
     w, h = shrink(Image.new("L", (width, height)), size).size  # the shrunk size the data pipeline reads
     box = centre_box(h, w) if geometry == "centre" else [0, 0, w, h]
     sx, sy = width / w, height / h
@@ -126,8 +135,10 @@ class PreparedImage:
 
 def load_rgb(image) -> np.ndarray:  # [H, W, 3] uint8
     "An RGB array from a path, a PIL image or an array."
-    if isinstance(image, (str, Path)): return read_image(image)[0]
-    if isinstance(image, Image.Image): return np.asarray(image.convert("RGB"))
+    if isinstance(image, (str, Path)):
+        return read_image(image)[0]
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
     return np.asarray(image, dtype=np.uint8)
 
 def from_pixels(pixels: torch.Tensor,  # [3, S, S] or [1, 3, S, S] CLIP-normalised model input
@@ -184,7 +195,8 @@ def box_coverage(boxes: Sequence,           # (x0, y0, x1, y1) boxes in original
                 ) -> np.ndarray:            # [g, g]
     "Patch coverage of the union of `boxes`."
     boxes = np.asarray(boxes, float).reshape(-1, 4)
-    if len(boxes) == 0: return np.zeros((grid, grid))
+    if len(boxes) == 0:
+        return np.zeros((grid, grid))
     xe, ye = np.unique(boxes[:, [0, 2]]), np.unique(boxes[:, [1, 3]])
     xc, yc = (xe[1:] + xe[:-1]) / 2, (ye[1:] + ye[:-1]) / 2   # cell centres
     inside = ((boxes[:, None, None, 0] <= xc[None, None, :]) & (xc[None, None, :] < boxes[:, None, None, 2]) &
@@ -218,7 +230,8 @@ class MaskRef:
     value: Optional[int] = None
     def load(self) -> np.ndarray:  # [H, W] bool
         a = np.asarray(Image.open(self.path))
-        if a.ndim == 3: a = a[..., 0]
+        if a.ndim == 3:
+            a = a[..., 0]
         return a != 0 if self.value is None else a == self.value
 
 @dataclass
@@ -227,7 +240,8 @@ class Region:
     box: tuple
     mask: Union[np.ndarray, MaskRef, None] = None
     def load_mask(self) -> Optional[np.ndarray]:  # [H, W] bool or None
-        if isinstance(self.mask, MaskRef): return self.mask.load()
+        if isinstance(self.mask, MaskRef):
+            return self.mask.load()
         return None if self.mask is None else np.asarray(self.mask).astype(bool)
 
 @dataclass
@@ -246,7 +260,8 @@ class AlignSample:
     id: str = ""
 
 # %% ../nbs/50_alignment.ipynb #3577384d
-def _norm_word(s: str) -> str: return s.lower().strip(".,;:!?\"'()")
+def _norm_word(s: str) -> str:
+    return s.lower().strip(".,;:!?\"'()")
 
 def phrase_words(phrase: Phrase, words: Sequence[Word]) -> list[int]:
     "Indices of the caption words that make up `phrase` (empty when it cannot be found)."
@@ -256,19 +271,23 @@ def phrase_words(phrase: Phrase, words: Sequence[Word]) -> list[int]:
     target = [_norm_word(t) for t in phrase.text.split()]
     have = [_norm_word(w.text) for w in words]
     for i in range(len(have) - len(target) + 1):
-        if target and have[i:i + len(target)] == target: return list(range(i, i + len(target)))
+        if target and have[i:i + len(target)] == target:
+            return list(range(i, i + len(target)))
     return []
 
 # %% ../nbs/50_alignment.ipynb #a2906b07
 def read_alignment_jsonl(path) -> list[AlignSample]:
     "Samples from a JSONL file in the documented format."
-    path = Path(path); root = path.parent
+    path = Path(path)
+    root = path.parent
     out = []
     for n, line in enumerate(path.read_text().splitlines()):
-        if not line.strip(): continue
+        if not line.strip():
+            continue
         r = json.loads(line)
         for k in ("image", "caption", "phrases"):
-            if k not in r: raise KeyError(f"{path} line {n + 1}: missing key {k!r}")
+            if k not in r:
+                raise KeyError(f"{path} line {n + 1}: missing key {k!r}")
         phrases = []
         for p in r["phrases"]:
             regions = []
@@ -281,19 +300,23 @@ def read_alignment_jsonl(path) -> list[AlignSample]:
 
 def write_alignment_jsonl(samples: Iterable[AlignSample], path) -> Path:
     "Write samples in the documented format; in-memory masks are saved as PNGs in `masks/` next to it."
-    path = Path(path); root = path.parent.resolve(); (root / "masks").mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    root = path.parent.resolve()
+    (root / "masks").mkdir(parents=True, exist_ok=True)
     def rel(p):  # relative to the file's folder when inside it, else absolute
         p = Path(p).resolve()
         return str(p.relative_to(root) if p.is_relative_to(root) else p)
     lines = []
     for s in samples:
-        if not isinstance(s.image, (str, Path)): raise ValueError(f"sample {s.id!r}: the image must be a file to be written")
+        if not isinstance(s.image, (str, Path)):
+            raise ValueError(f"sample {s.id!r}: the image must be a file to be written")
         phrases = []
         for i, p in enumerate(s.phrases):
             regions = []
             for j, r in enumerate(p.regions):
                 g = dict(box=[float(v) for v in r.box])
-                if isinstance(r.mask, MaskRef): g["mask"] = dict(path=rel(r.mask.path), value=r.mask.value)
+                if isinstance(r.mask, MaskRef):
+                    g["mask"] = dict(path=rel(r.mask.path), value=r.mask.value)
                 elif r.mask is not None:
                     f = root / "masks" / f"{s.id}_{i}_{j}.png"
                     Image.fromarray(np.asarray(r.mask).astype(np.uint8) * 255).save(f)
@@ -305,21 +328,26 @@ def write_alignment_jsonl(samples: Iterable[AlignSample], path) -> Path:
     return path
 
 # %% ../nbs/50_alignment.ipynb #6dc99389
-ALIGN_BENCH_LAYOUT = ("<folder>/images/<id>.jpg and <folder>/pkls/<id>.pkl; each pickle a dict with 'caption' (str) "
-                      "and 'annotation': {phrase: [{'bbox_mask': [x1, y1, x2, y2], 'pixel_mask': [H, W] bool}, ...]} "
-                      "(the GLSCL ALIGN-BENCH release, published with the SCL weights on the authors' Hugging Face page)")
+ALIGN_BENCH_LAYOUT = (
+    "<folder>/images/<id>.jpg and <folder>/pkls/<id>.pkl; each pickle a dict with 'caption' (str) "
+    "and 'annotation': {phrase: [{'bbox_mask': [x1, y1, x2, y2], 'pixel_mask': [H, W] bool}, ...]} "
+    "(the GLSCL ALIGN-BENCH release, published with the SCL weights on the authors' Hugging Face page)"
+)
 
 def _align_bench_sample(pkl: Path, image: Path) -> AlignSample:
-    with open(pkl, "rb") as f: d = pickle.load(f)
+    with open(pkl, "rb") as f:
+        d = pickle.load(f)
     if not isinstance(d, dict) or "caption" not in d or "annotation" not in d:
         raise ValueError(f"{pkl}: expected a dict with 'caption' and 'annotation'; layout: {ALIGN_BENCH_LAYOUT}")
     phrases = []
     for text, regions in d["annotation"].items():
         out = []
         for r in regions:
-            if "bbox_mask" not in r: raise ValueError(f"{pkl}: region of {text!r} has no 'bbox_mask'; layout: {ALIGN_BENCH_LAYOUT}")
+            if "bbox_mask" not in r:
+                raise ValueError(f"{pkl}: region of {text!r} has no 'bbox_mask'; layout: {ALIGN_BENCH_LAYOUT}")
             mask = r.get("pixel_mask")
-            if mask is not None: mask = mask.cpu().numpy() if torch.is_tensor(mask) else np.asarray(mask)
+            if mask is not None:
+                mask = mask.cpu().numpy() if torch.is_tensor(mask) else np.asarray(mask)
             out.append(Region(tuple(float(v) for v in r["bbox_mask"][:4]), mask))
         phrases.append(Phrase(str(text), out))
     return AlignSample(image, str(d["caption"]), phrases, pkl.stem)
@@ -330,10 +358,19 @@ def read_align_bench(folder,                      # the ALIGN-BENCH folder (imag
     "Samples of ALIGN-BENCH, one at a time (pixel masks are large), sorted by id."
     folder = Path(folder)
     pkls = sorted((folder / "pkls").glob("*.pkl")) if (folder / "pkls").is_dir() else []
-    if not pkls: raise FileNotFoundError(f"no ALIGN-BENCH annotations in {folder}; expected {ALIGN_BENCH_LAYOUT}")
+    if not pkls:
+        raise FileNotFoundError(f"no ALIGN-BENCH annotations in {folder}; expected {ALIGN_BENCH_LAYOUT}")
     for pkl in pkls[:limit]:
-        image = next((folder / "images" / (pkl.stem + e) for e in (".jpg", ".jpeg", ".png") if (folder / "images" / (pkl.stem + e)).exists()), None)
-        if image is None: raise FileNotFoundError(f"{folder}/images/{pkl.stem}.jpg is missing (annotation {pkl})")
+        image = next(
+            (
+                folder / "images" / (pkl.stem + e)
+                for e in (".jpg", ".jpeg", ".png")
+                if (folder / "images" / (pkl.stem + e)).exists()
+            ),
+            None,
+        )
+        if image is None:
+            raise FileNotFoundError(f"{folder}/images/{pkl.stem}.jpg is missing (annotation {pkl})")
         yield _align_bench_sample(pkl, image)
 
 # %% ../nbs/50_alignment.ipynb #ac587f25
@@ -341,23 +378,32 @@ def _phrases_from_links(caption: str, links: Sequence, objects: Sequence[dict], 
     "Merge adjacent linked words of one shape into phrases; the region is the shape's box and label-map mask."
     groups = []
     for a, b, k in sorted((int(a), int(b), int(k)) for a, b, k in links):
-        if groups and groups[-1][2] == k and caption[groups[-1][1]:a].strip() == "": groups[-1][1] = b
-        else: groups.append([a, b, k])
-    return [Phrase(caption[a:b], [Region(tuple(objects[k]["box"]), MaskRef(mask_path, k + 1))], (a, b)) for a, b, k in groups]
+        if groups and groups[-1][2] == k and caption[groups[-1][1]:a].strip() == "":
+            groups[-1][1] = b
+        else:
+            groups.append([a, b, k])
+    return [
+        Phrase(caption[a:b], [Region(tuple(objects[k]["box"]), MaskRef(mask_path, k + 1))], (a, b))
+        for a, b, k in groups
+    ]
 
 def read_synthetic_alignment(manifest,                 # a caption manifest of the synthetic set (e.g. `captions_test`)
                              captions_per_image: int = 1,  # captions kept per image (ALIGN-BENCH has one)
                              limit: Optional[int] = None,  # images kept
                             ) -> list[AlignSample]:
     "ALIGN-BENCH-style samples from the synthetic set's shapes, label maps and word links."
-    manifest = Path(manifest); root = manifest.parent
+    manifest = Path(manifest)
+    root = manifest.parent
     out, seen = [], {}
     for line in manifest.read_text().splitlines():
         r = json.loads(line)
-        if r.get("media_type", "image") != "image" or "links" not in r: continue
+        if r.get("media_type", "image") != "image" or "links" not in r:
+            continue
         n = seen.get(r["image_id"], 0)
-        if n >= captions_per_image: continue
-        if n == 0 and limit is not None and len(seen) >= limit: break
+        if n >= captions_per_image:
+            continue
+        if n == 0 and limit is not None and len(seen) >= limit:
+            break
         seen[r["image_id"]] = n + 1
         phrases = _phrases_from_links(r["caption"], r["links"], r["objects"], root / r["masks"])
         out.append(AlignSample(root / r["media"], r["caption"], phrases, f"{r['image_id']}#{n}"))
@@ -380,7 +426,8 @@ def text_patch_maps(model,                        # `SCLModel`
         txt = model.encode_text(input_ids.to(dev), attention_mask.to(dev))
         out = model.fuse(img, txt, output_attentions=True)
         return patch_attention(out.cross_attentions, img.num_frames, layer).float().cpu()
-    finally: model.train(was_training)
+    finally:
+        model.train(was_training)
 
 @dataclass
 class AttentionMaps:
@@ -391,18 +438,23 @@ class AttentionMaps:
     token_maps: torch.Tensor   # [L, g, g] every token
     image: PreparedImage       # what the model saw
 
-def attention_maps(model,                          # `SCLModel`
-                   tokenizer,                      # its (fast) tokenizer
-                   image,                          # path, PIL image, [H, W, 3] uint8 array, `PreparedImage` or input tensor [1, 3, S, S]
-                   caption: str,
-                   geometry: Geometry = "centre",  # see `crop_geometry`
-                   layer: int = -1,                # fusion layer
-                   max_len: Optional[int] = None,  # tokens kept; None = `model.cfg.text.max_len`
-                  ) -> AttentionMaps:
+
+def attention_maps(
+    model,  # `SCLModel`
+    tokenizer,  # its (fast) tokenizer
+    image,  # path, PIL image, [H, W, 3] uint8 array, `PreparedImage` or input tensor [1, 3, S, S]
+    caption: str,
+    geometry: Geometry = "centre",  # see `crop_geometry`
+    layer: int = -1,  # fusion layer
+    max_len: Optional[int] = None,  # tokens kept; None = `model.cfg.text.max_len`
+) -> AttentionMaps:
     "Global and per-word text-to-image attention maps of one image and caption."
-    if isinstance(image, PreparedImage): prep = image
-    elif torch.is_tensor(image): prep = from_pixels(image)
-    else: prep = prepare_image(image, model.cfg.vision.image_size, geometry)
+    if isinstance(image, PreparedImage):
+        prep = image
+    elif torch.is_tensor(image):
+        prep = from_pixels(image)
+    else:
+        prep = prepare_image(image, model.cfg.vision.image_size, geometry)
     enc = tokenizer(caption, truncation=True, max_length=max_len or model.cfg.text.max_len, return_offsets_mapping=True)
     ids = torch.tensor([enc["input_ids"]])
     maps = text_patch_maps(model, prep.pixels, ids, torch.ones_like(ids), layer)[0, :, 0]   # [L, g, g]
@@ -410,13 +462,16 @@ def attention_maps(model,                          # `SCLModel`
     return AttentionMaps(maps[0], word_maps(maps, words), words, maps, prep)
 
 # %% ../nbs/50_alignment.ipynb #7e53ce8b
-def _box_area(b) -> float: return max(b[2] - b[0], 0) * max(b[3] - b[1], 0)
+def _box_area(b) -> float:
+    return max(b[2] - b[0], 0) * max(b[3] - b[1], 0)
 
 def _union_mask(regions, shape) -> Optional[np.ndarray]:
     masks = [m for m in (r.load_mask() for r in regions) if m is not None]
-    if not masks: return None
+    if not masks:
+        return None
     for m in masks:
-        if m.shape != shape: raise ValueError(f"a pixel mask is {m.shape[1]}x{m.shape[0]} but the image is {shape[1]}x{shape[0]}")
+        if m.shape != shape:
+            raise ValueError(f"a pixel mask is {m.shape[1]}x{m.shape[0]} but the image is {shape[1]}x{shape[0]}")
     return np.logical_or.reduce(masks)
 
 def _mean(xs) -> Optional[float]:
@@ -437,11 +492,14 @@ def score_sample(sample: AlignSample,
     if regions:
         out["global_box"] = region_mass(maps.global_map, box_coverage([r.box for r in regions], geom, g))
         union = _union_mask(regions, (H, W))
-        if union is not None: out["global_mask"] = region_mass(maps.global_map, mask_coverage(union, geom, g))
+        if union is not None:
+            out["global_mask"] = region_mass(maps.global_map, mask_coverage(union, geom, g))
     local_box, local_mask, unmatched = [], [], 0
     for p in sample.phrases:
         idx = phrase_words(p, maps.words)
-        if not idx: unmatched += 1; continue
+        if not idx:
+            unmatched += 1
+            continue
         m = maps.word_maps[idx].sum(0)                                  # [g, g]
         local_box.append(region_mass(m, box_coverage([r.box for r in p.regions], geom, g)))
         union = _union_mask(p.regions, (H, W))
@@ -469,7 +527,8 @@ def alignment_report(model,                          # `SCLModel`
     report.update({f"n_{k}": sum(r[k] is not None for r in per) for k in SCORE_KEYS})
     report.update(n_samples=len(per), n_phrases=sum(r["n_phrases"] for r in per),
                   n_unmatched_phrases=sum(r["n_unmatched"] for r in per), geometry=geometry, layer=layer)
-    if keep_per_sample: report["per_sample"] = per
+    if keep_per_sample:
+        report["per_sample"] = per
     return report
 
 # %% ../nbs/50_alignment.ipynb #07c0ec5a
@@ -492,25 +551,36 @@ def overlay_attention(view: np.ndarray,   # [S, S, 3] uint8: `PreparedImage.view
                      ):
     "Draw `att_map` over the image (its pixels as they are: no smoothing by the renderer); returns the figure."
     import matplotlib.pyplot as plt
-    if ax is None: fig, ax = plt.subplots(figsize=(3, 3))
-    else: fig = ax.figure
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(3, 3))
+    else:
+        fig = ax.figure
     ax.imshow(view, interpolation="nearest")
     ax.imshow(upsample_map(att_map, view.shape[0]), cmap=cmap, alpha=alpha, vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
-    if title: ax.set_title(title, fontsize=fontsize)
+    if title:
+        ax.set_title(title, fontsize=fontsize)
     return fig
 
 def plot_attention_maps(maps: AttentionMaps, max_words: int = 8, ncols: int = 5, title: Optional[str] = None):
     "The image, its global map and up to `max_words` word maps in one figure; returns it."
     import matplotlib.pyplot as plt
-    panels = [("image", None), ("global (token 0)", maps.global_map)] + [(w.text, m) for w, m in zip(maps.words, maps.word_maps)][:max_words]
+    panels = [("image", None), ("global (token 0)", maps.global_map)] + [
+        (w.text, m) for w, m in zip(maps.words, maps.word_maps)
+    ][:max_words]
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.3 * nrows), squeeze=False)
     for ax, (name, m) in zip(axes.flat, panels):
-        if m is None: ax.imshow(maps.image.view); ax.set_axis_off(); ax.set_title(name, fontsize=9)
-        else: overlay_attention(maps.image.view, m, name, ax)
-    for ax in list(axes.flat)[len(panels):]: ax.set_axis_off()
-    if title: fig.suptitle(title, fontsize=10)
+        if m is None:
+            ax.imshow(maps.image.view)
+            ax.set_axis_off()
+            ax.set_title(name, fontsize=9)
+        else:
+            overlay_attention(maps.image.view, m, name, ax)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -521,9 +591,11 @@ def write_png(img: Image.Image,    # any PIL image; transparency is flattened on
              ) -> Path:
     "Write `img` as a compact PNG: RGB on white, quantised to a palette of `colours` (no dithering), optimised."
     img = img.convert("RGBA")
-    rgb = Image.new("RGB", img.size, "white"); rgb.paste(img, mask=img.getchannel("A"))
+    rgb = Image.new("RGB", img.size, "white")
+    rgb.paste(img, mask=img.getchannel("A"))
     out = rgb.quantize(colours, dither=Image.Dither.NONE) if colours else rgb
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     out.save(path, format="PNG", optimize=True)
     return path
 
@@ -539,29 +611,41 @@ def save_figure(fig,                 # a matplotlib figure; closed after writing
     fig.savefig(buf, format="png", dpi=dpi, **savefig_kw)
     plt.close(fig)
     buf.seek(0)
-    with Image.open(buf) as img: return write_png(img, path, colours)
+    with Image.open(buf) as img:
+        return write_png(img, path, colours)
 
 # %% ../nbs/50_alignment.ipynb #39a3de5e
 @dataclass
 class AlignmentRun:
     "The parameters of `nbs/eval_alignment.ipynb`."
-    checkpoint: Optional[str] = None  # model folder, engine checkpoint or pre-training run folder; None: random init of `preset`
-    data: str = "synthetic"  # "synthetic" (the synthetic test split), an ALIGN-BENCH folder (images/, pkls/) or an alignment JSONL
+    checkpoint: Optional[str] = (
+        None  # model folder, engine checkpoint or pre-training run folder; None: random init of `preset`
+    )
+    data: str = (
+        "synthetic"  # "synthetic" (the synthetic test split), an ALIGN-BENCH folder (images/, pkls/) or an alignment JSONL
+    )
     preset: str = "tiny"  # config preset or config file of the random model (a checkpoint brings its own configuration)
     gpus: int = num(0, 0, 1)  # 0: CPU; 1: the first GPU
     figures: int = num(4, 1)  # images drawn in attention_global.png / attention_local.png
-    limit: Optional[int] = num(None, 1)  # images scored; None: all of ALIGN-BENCH / the JSONL, 200 synthetic test images
+    limit: Optional[int] = num(
+        None, 1
+    )  # images scored; None: all of ALIGN-BENCH / the JSONL, 200 synthetic test images
     words_per_image: int = num(6, 1)  # word maps drawn per image in attention_local.png
-    geometry: Literal["centre", "squash"] = "centre"  # how images become the square input (test transform, or GLSCL's scripts)
+    geometry: Literal["centre", "squash"] = (
+        "centre"  # how images become the square input (test transform, or GLSCL's scripts)
+    )
     out_dir: str = "runs/eval_alignment"  # run folder
     seed: int = num(0, 0)  # seed of the random model
 
     def check(self):
         "Files that must exist and a GPU that must be there."
-        if self.checkpoint is not None and not Path(self.checkpoint).exists(): raise ConfigError(f"checkpoint={self.checkpoint!r} does not exist")
+        if self.checkpoint is not None and not Path(self.checkpoint).exists():
+            raise ConfigError(f"checkpoint={self.checkpoint!r} does not exist")
         if self.data != "synthetic" and not Path(self.data).exists():
             raise ConfigError(f"data={self.data!r} must be 'synthetic', an ALIGN-BENCH folder or a JSONL file")
         if self.preset not in PRESETS and not Path(self.preset).exists():
             raise ConfigError(f"preset={self.preset!r} is neither one of {sorted(PRESETS)} nor a config file")
-        if self.gpus and not torch.cuda.is_available(): raise ConfigError(f"gpus={self.gpus} but this machine has no GPU")
-        if not self.out_dir: raise ConfigError("out_dir='' must be a folder path")
+        if self.gpus and not torch.cuda.is_available():
+            raise ConfigError(f"gpus={self.gpus} but this machine has no GPU")
+        if not self.out_dir:
+            raise ConfigError("out_dir='' must be a folder path")

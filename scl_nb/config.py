@@ -61,7 +61,9 @@ class VisionConfig:
 class TextConfig:
     "Encoder-only text tower: RoBERTa by default, any BERT-family model works (method §1)."
     pretrained: Optional[str] = None  # HF encoder folder or hub id (e.g. "roberta-base"); None = random init
-    tokenizer: Optional[str] = None  # tokenizer folder or hub id; None = `pretrained`; "tiny-bpe" = built-in offline BPE
+    tokenizer: Optional[str] = (
+        None  # tokenizer folder or hub id; None = `pretrained`; "tiny-bpe" = built-in offline BPE
+    )
     model_type: Literal["roberta", "bert"] = "roberta"  # architecture used when building from these fields
     vocab_size: int = num(50265, 8)  # vocabulary size
     width: int = num(768, 8)  # hidden size
@@ -85,7 +87,15 @@ class FusionConfig:
     layer_norm_eps: float = num(1e-12, 0.0, 1.0)  # LayerNorm epsilon (BERT)
 
 # %% ../nbs/00_config.ipynb #ee93fc49
-OBJECTIVE_NAMES = ("mlm", "itm", "itc", "scl_image", "scl_text", "mltc_image", "mltc_text")  # the weights of `ObjectiveConfig`
+OBJECTIVE_NAMES = (
+    "mlm",
+    "itm",
+    "itc",
+    "scl_image",
+    "scl_text",
+    "mltc_image",
+    "mltc_text",
+)  # the weights of `ObjectiveConfig`
 
 @dataclass
 class ObjectiveConfig:
@@ -103,7 +113,9 @@ class ObjectiveConfig:
     scl_image_mask: float = num(0.8, 0.0, 1.0)  # fraction of patches dropped for MVSC
     scl_text_mask: float = num(0.4, 0.0, 1.0)  # fraction of non-special tokens masked for MLSC
     mltc_image_mask: float = num(0.3, 0.0, 1.0)  # fraction of patches replaced by the mask token for MLTC
-    text_mask_sampling: Literal["without_replacement", "with_replacement"] = "without_replacement"  # reference samples with replacement
+    text_mask_sampling: Literal["without_replacement", "with_replacement"] = (
+        "without_replacement"  # reference samples with replacement
+    )
     scl_tau: float = num(0.03, 1e-4, 10.0)  # SCL / MLTC temperature
     itc_dim: int = num(512, 1)  # ITC embedding size
     itc_tau: float = num(0.07, 1e-4, 10.0)  # initial ITC temperature (learnable)
@@ -155,8 +167,12 @@ class TrainConfig:
     param_groups: Literal["scl_nb", "official"] = "scl_nb"  # AdamW groups: method §3's or the official code's
     activation_checkpointing: bool = False  # recompute block activations in the backward pass
     compile: bool = False  # torch.compile the step whole (the pre-training task: everything after its random draws)
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # torch.compile mode; "reduce-overhead" = CUDA graphs (use with data.static_shapes)
-    parallel: Literal["ddp", "fsdp"] = "ddp"  # across processes: DDP (weights replicated) or FSDP (weights, gradients and optimizer state sharded)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = (
+        "default"  # torch.compile mode; "reduce-overhead" = CUDA graphs (use with data.static_shapes)
+    )
+    parallel: Literal["ddp", "fsdp"] = (
+        "ddp"  # across processes: DDP (weights replicated) or FSDP (weights, gradients and optimizer state sharded)
+    )
     ckpt_every: int = num(1000, 1)  # steps between checkpoints
     keep_last: int = num(3, 1)  # checkpoints kept
     log_every: int = num(10, 1)  # steps between log lines
@@ -180,10 +196,12 @@ def _check_type(key, value, tp):
     "Return `value` coerced to annotation `tp` or raise `ConfigError` naming `key`."
     origin, args = get_origin(tp), get_args(tp)
     if origin is Literal:
-        if value not in args: raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(args)}")
+        if value not in args:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(args)}")
         return value
     if origin is Union:
-        if value is None and type(None) in args: return None
+        if value is None and type(None) in args:
+            return None
         inner = [a for a in args if a is not type(None)]
         return _check_type(key, value, inner[0])
     if origin is tuple:
@@ -191,7 +209,8 @@ def _check_type(key, value, tp):
             raise ConfigError(f"{key}={value!r} must be a list of {len(args)} values")
         return tuple(_check_type(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
     if tp is bool:
-        if not isinstance(value, bool): raise ConfigError(f"{key}={value!r} must be true or false")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -200,10 +219,12 @@ def _check_type(key, value, tp):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r} must be a number")
-        if not math.isfinite(value): raise ConfigError(f"{key}={value!r} must be a finite number")  # NaN passes ranges
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r} must be a finite number")  # NaN passes ranges
         return float(value)
     if tp is str:
-        if not isinstance(value, str): raise ConfigError(f"{key}={value!r} must be a string")
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} must be a string")
         return value
     return value
 
@@ -220,38 +241,58 @@ def _validate_node(node, prefix=""):
     hints = get_type_hints(type(node))
     for f in fields(node):
         key, value = prefix + f.name, getattr(node, f.name)
-        if is_dataclass(value): _validate_node(value, key + "."); continue
+        if is_dataclass(value):
+            _validate_node(value, key + ".")
+            continue
         object.__setattr__(node, f.name, _check_field(key, value, hints[f.name], f))
 
 def _require(ok, msg):
-    if not ok: raise ConfigError(msg)
+    if not ok:
+        raise ConfigError(msg)
 
 def validate(cfg: SCLConfig) -> SCLConfig:
     "Check every field of `cfg` (types, choices, ranges, cross-field rules); raise `ConfigError` naming the key."
     _validate_node(cfg)
     v, t, f, o = cfg.vision, cfg.text, cfg.fusion, cfg.objectives
-    _require(v.image_size % v.patch_size == 0, f"vision.image_size={v.image_size} must be a multiple of vision.patch_size={v.patch_size}")
+    _require(
+        v.image_size % v.patch_size == 0,
+        f"vision.image_size={v.image_size} must be a multiple of vision.patch_size={v.patch_size}",
+    )
     _require(v.width % v.heads == 0, f"vision.width={v.width} must be divisible by vision.heads={v.heads}")
-    _require(v.num_layers is None or 1 <= v.num_layers <= v.layers, f"vision.num_layers={v.num_layers} must be between 1 and vision.layers={v.layers}")
+    _require(
+        v.num_layers is None or 1 <= v.num_layers <= v.layers,
+        f"vision.num_layers={v.num_layers} must be between 1 and vision.layers={v.layers}",
+    )
     _require(t.width % t.heads == 0, f"text.width={t.width} must be divisible by text.heads={t.heads}")
     _require(f.width % f.heads == 0, f"fusion.width={f.width} must be divisible by fusion.heads={f.heads}")
-    _require(t.max_len <= t.max_position_embeddings, f"text.max_len={t.max_len} exceeds text.max_position_embeddings={t.max_position_embeddings}")
-    _require(cfg.data.num_frames <= v.max_frames, f"data.num_frames={cfg.data.num_frames} exceeds vision.max_frames={v.max_frames}")
+    _require(
+        t.max_len <= t.max_position_embeddings,
+        f"text.max_len={t.max_len} exceeds text.max_position_embeddings={t.max_position_embeddings}",
+    )
+    _require(
+        cfg.data.num_frames <= v.max_frames,
+        f"data.num_frames={cfg.data.num_frames} exceeds vision.max_frames={v.max_frames}",
+    )
     _require(sum(getattr(o, k) for k in o.active) > 0, "objectives: every weight is 0; enable at least one objective")
     betas, cache = cfg.train.betas, cfg.data.cache_dir
     _require(all(0.0 <= b < 1.0 for b in betas), f"train.betas={list(betas)} must both lie in [0, 1)")
     _require(cache is None or not Path(cache).expanduser().exists() or Path(cache).expanduser().is_dir(),
              f"data.cache_dir={cache!r} is a file, not a folder")
-    _require(cfg.train.batch_size % cfg.train.per_gpu_batch_size == 0 or cfg.train.batch_size < cfg.train.per_gpu_batch_size,
-             f"train.batch_size={cfg.train.batch_size} must be a multiple of train.per_gpu_batch_size={cfg.train.per_gpu_batch_size}")
+    _require(
+        cfg.train.batch_size % cfg.train.per_gpu_batch_size == 0 or cfg.train.batch_size < cfg.train.per_gpu_batch_size,
+        f"train.batch_size={cfg.train.batch_size} must be a multiple of "
+        f"train.per_gpu_batch_size={cfg.train.per_gpu_batch_size}",
+    )
     return cfg
 
 # %% ../nbs/00_config.ipynb #6c40360d
 def _build(cls, d, prefix=""):
-    if not isinstance(d, dict): raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {d!r}")
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {d!r}")
     hints, names = get_type_hints(cls), {f.name for f in fields(cls)}
     unknown = sorted(set(d) - names)
-    if unknown: raise ConfigError(f"unknown key {prefix}{unknown[0]}; known keys: {sorted(names)}")
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}; known keys: {sorted(names)}")
     kw = {}
     for k, v in d.items():
         tp = hints[k]
@@ -280,16 +321,20 @@ def deep_merge(a: dict, b: dict) -> dict:
 def _parse_value(s: str):
     v = yaml.safe_load(s)
     if isinstance(v, str):
-        try: return float(v)  # YAML 1.1 reads "1e-4" as a string
-        except ValueError: return v
+        try:
+            return float(v)  # YAML 1.1 reads "1e-4" as a string
+        except ValueError:
+            return v
     return v
 
 def _override_items(overrides) -> list[tuple[str, object]]:
     "(dotted key, value) pairs of a mapping (typed values) or of `key.sub=value` strings (YAML values)."
-    if isinstance(overrides, Mapping): return [(str(k), v) for k, v in overrides.items()]
+    if isinstance(overrides, Mapping):
+        return [(str(k), v) for k, v in overrides.items()]
     items = []
     for ov in overrides:
-        if not isinstance(ov, str) or "=" not in ov: raise ConfigError(f"override {ov!r} must look like key.sub=value")
+        if not isinstance(ov, str) or "=" not in ov:
+            raise ConfigError(f"override {ov!r} must look like key.sub=value")
         key, raw = ov.split("=", 1)
         items.append((key, _parse_value(raw)))
     return items
@@ -307,9 +352,11 @@ def apply_overrides(cfg: SCLConfig,
                 known = sorted(node) if isinstance(node, dict) else []
                 raise ConfigError(f"unknown key {key.strip()}: {where} has keys {known}")
             if i == len(parts) - 1:
-                if isinstance(node[p], dict): raise ConfigError(f"{key.strip()} is a section; set one of its keys {sorted(node[p])}")
+                if isinstance(node[p], dict):
+                    raise ConfigError(f"{key.strip()} is a section; set one of its keys {sorted(node[p])}")
                 node[p] = list(value) if isinstance(value, tuple) else value
-            else: node = node[p]
+            else:
+                node = node[p]
     return validate(_build(SCLConfig, d))
 
 # %% ../nbs/00_config.ipynb #2753bac7
@@ -332,18 +379,33 @@ def _tiny() -> SCLConfig:
 TINY_TASKS = {  # fine-tuning the tiny preset on the synthetic set: 2 CPU cores, <= 3 minutes per task notebook
     "vqa": dict(epochs=1.5, batch_size=32, lr=1e-3),
     "nlvr2": dict(steps=300, batch_size=32, lr=1e-3, changes={"vision.image_size": 32}),  # two images per sample: 32 px
-    "retrieval": dict(steps=80, batch_size=8, lr=5e-5, changes={"train.head_lr_mult": 10.0, "train.cross_modal_lr_mult": 10.0},
-                      k=10, eval_images=100),  # 16 fused pairs per sample; evaluated on 100 images, top 10 re-ranked
+    "retrieval": dict(
+        steps=80,
+        batch_size=8,
+        lr=5e-5,
+        changes={"train.head_lr_mult": 10.0, "train.cross_modal_lr_mult": 10.0},
+        k=10,
+        eval_images=100,
+    ),  # 16 fused pairs per sample; evaluated on 100 images, top 10 re-ranked
     "eval_retrieval": dict(k=16, eval_images=100),
 }
-TINY_TASK_TRAIN = {"train.warmup": 0.1, "train.ckpt_every": 100_000, "train.log_every": 10}  # every tiny fine-tuning run
+TINY_TASK_TRAIN = {
+    "train.warmup": 0.1,
+    "train.ckpt_every": 100_000,
+    "train.log_every": 10,
+}  # every tiny fine-tuning run
 
 def _tiny_towers() -> SCLConfig:
     "`tiny` on the pre-trained tiny towers of `scl_nb.towers`, with the paper's loss weights and learning-rate ratios."
     c = _tiny()
-    return replace(c, name="tiny-towers", vision=replace(c.vision, pretrained="tiny-clip"), text=replace(c.text, pretrained="tiny-roberta"),
-                   objectives=replace(ObjectiveConfig(), itc_dim=c.objectives.itc_dim),
-                   train=replace(c.train, lr=3e-4, head_lr_mult=5.0, cross_modal_lr_mult=5.0))
+    return replace(
+        c,
+        name="tiny-towers",
+        vision=replace(c.vision, pretrained="tiny-clip"),
+        text=replace(c.text, pretrained="tiny-roberta"),
+        objectives=replace(ObjectiveConfig(), itc_dim=c.objectives.itc_dim),
+        train=replace(c.train, lr=3e-4, head_lr_mult=5.0, cross_modal_lr_mult=5.0),
+    )
 
 OFFICIAL_SIGNAL = {  # the released GLSCL code's signal on its 8 GPUs, at any world size (method §7.1)
     "objectives.gather_grad": "local", "objectives.emulate_world_size": 8,
@@ -370,7 +432,8 @@ PRESETS = {"paper": _paper, "paper-cvpr": _paper_cvpr,
 
 def preset(name: str) -> SCLConfig:
     "A fresh, validated copy of the preset `name`."
-    if name not in PRESETS: raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return validate(PRESETS[name]())
 
 # %% ../nbs/00_config.ipynb #99586c47
@@ -385,15 +448,22 @@ def load_config(source: Union[str, Path, SCLConfig] = "tiny",  # preset name, YA
                 overrides=(),  # `key.sub=value` strings applied last
                ) -> SCLConfig:
     "Load a preset or a YAML/JSON file, apply `overrides`, validate."
-    if isinstance(source, SCLConfig): cfg = validate(source)
-    elif str(source) in PRESETS: cfg = preset(str(source))
+    if isinstance(source, SCLConfig):
+        cfg = validate(source)
+    elif str(source) in PRESETS:
+        cfg = preset(str(source))
     else:
         path = Path(source)
-        if not path.exists(): raise ConfigError(f"config {source!r} is neither a preset {sorted(PRESETS)} nor an existing file")
-        try: d = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
-        except (yaml.YAMLError, json.JSONDecodeError) as e: raise ConfigError(f"cannot parse config file {path}: {e}") from None
-        except UnicodeDecodeError: raise ConfigError(f"config file {path} is not UTF-8 text") from None
-        except OSError as e: raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        if not path.exists():
+            raise ConfigError(f"config {source!r} is neither a preset {sorted(PRESETS)} nor an existing file")
+        try:
+            d = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+        except (yaml.YAMLError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot parse config file {path}: {e}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8 text") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
         if d is not None and not isinstance(d, dict):
             raise ConfigError(f"config file {path}: the top level is a {type(d).__name__}; "
                               "it must map sections (vision, text, train, ...) to their keys")
@@ -404,14 +474,21 @@ def load_config(source: Union[str, Path, SCLConfig] = "tiny",  # preset name, YA
 OBJECTIVE_ALIASES = {"scl": ("scl_image", "scl_text"), "mltc": ("mltc_image", "mltc_text")}
 
 def objective_overrides(spec: str) -> dict:
-    "Overrides (`{\"objectives.<name>\": 0.0}`) that switch off every objective not named in the comma-separated `spec`."
+    """Overrides (`{"objectives.<name>": 0.0}`) that switch off every objective not named in the comma-separated
+    `spec`."""
     names = [n.strip() for n in spec.split(",") if n.strip()]
     keep = set()
     for n in names:
-        if n in OBJECTIVE_ALIASES: keep.update(OBJECTIVE_ALIASES[n])
-        elif n in OBJECTIVE_NAMES: keep.add(n)
-        else: raise ConfigError(f"unknown objective {n!r}; choose from {sorted(set(OBJECTIVE_NAMES) | set(OBJECTIVE_ALIASES))}")
-    if not keep: raise ConfigError("objectives: name at least one objective")
+        if n in OBJECTIVE_ALIASES:
+            keep.update(OBJECTIVE_ALIASES[n])
+        elif n in OBJECTIVE_NAMES:
+            keep.add(n)
+        else:
+            raise ConfigError(
+                f"unknown objective {n!r}; choose from {sorted(set(OBJECTIVE_NAMES) | set(OBJECTIVE_ALIASES))}"
+            )
+    if not keep:
+        raise ConfigError("objectives: name at least one objective")
     return {f"objectives.{k}": 0.0 for k in OBJECTIVE_NAMES if k not in keep}
 
 # %% ../nbs/00_config.ipynb #01b071ee
@@ -438,18 +515,24 @@ def injected_parameters(history) -> list[str]:
     import ast
     out = []
     for src in history if isinstance(history, (list, tuple)) else ():
-        if not isinstance(src, str) or not src.startswith("# Parameters\n"): continue
-        try: tree = ast.parse(src)
-        except SyntaxError: continue
+        if not isinstance(src, str) or not src.startswith("# Parameters\n"):
+            continue
+        try:
+            tree = ast.parse(src)
+        except SyntaxError:
+            continue
         assigned = [t for node in tree.body if isinstance(node, ast.Assign) for t in node.targets]
         out += [t.id for t in assigned if isinstance(t, ast.Name)]
     return out
 
-def check_parameters(spec: type,  # a dataclass: one typed field per parameter (as in the config)
-                     values: Mapping,  # parameter values by name (e.g. a notebook's `globals()`); missing ones keep their default
-                     strict: bool = False,  # True: a name `spec` does not have is an error (else ignored, like a notebook's other globals)
-                    ):  # an instance of `spec`
-    "Check run parameters with the config's rules (types, choices, ranges, then `spec.check()` if defined); raise `ConfigError`."
+
+def check_parameters(
+    spec: type,  # a dataclass: one typed field per parameter (as in the config)
+    values: Mapping,  # parameter values by name (e.g. a notebook's `globals()`); missing ones keep their default
+    strict: bool = False,  # True: a name `spec` does not have is an error (else ignored, like a notebook's other globals)
+):  # an instance of `spec`
+    """Check run parameters with the config's rules (types, choices, ranges, then `spec.check()` if defined); raise
+    `ConfigError`."""
     import difflib
     names = [f.name for f in fields(spec)]
     given = set(values) if strict else set(injected_parameters(values.get("In")))  # a notebook: what papermill got
@@ -460,11 +543,15 @@ def check_parameters(spec: type,  # a dataclass: one typed field per parameter (
         raise ConfigError(f"unknown parameter {unknown[0]!r}{hint}; the parameters are {names}")
     run = spec(**{k: values[k] for k in names if k in values})
     _validate_node(run)
-    if hasattr(run, "check"): run.check()
+    if hasattr(run, "check"):
+        run.check()
     return run
 
+
 def check_value(spec: type, name: str, value):
-    "One parameter of `spec` checked alone, by the same rules (type, choices, range); the value, coerced, or `ConfigError`."
+    """One parameter of `spec` checked alone, by the same rules (type, choices, range); the value, coerced, or
+    `ConfigError`."""
     f = next((f for f in fields(spec) if f.name == name), None)
-    if f is None: raise ConfigError(f"unknown parameter {name!r}; the parameters are {[f.name for f in fields(spec)]}")
+    if f is None:
+        raise ConfigError(f"unknown parameter {name!r}; the parameters are {[f.name for f in fields(spec)]}")
     return _check_field(name, value, get_type_hints(spec)[name], f)

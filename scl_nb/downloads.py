@@ -100,7 +100,8 @@ class ShardIndex:
                 if status == "success":
                     self.where[url] = (p.with_suffix(""), key)
 
-    def __len__(self): return len(self.where)
+    def __len__(self):
+        return len(self.where)
 
     def media(self, url: str) -> Optional[str]:
         "The downloaded file of `url`, or None when the shards do not have it."

@@ -38,7 +38,9 @@ def chance_r1(txt2img: torch.Tensor) -> float:
 def evaluate_itc_retrieval(model, loader, device=None) -> dict:
     "Zero-shot ITC retrieval on the pairs of `loader` (batches with pixels, input_ids, attention_mask, image_ids)."
     from scl_nb.metrics import retrieval_recall
-    model = unwrap_model(model); was_training = model.training; model.eval()
+    model = unwrap_model(model)
+    was_training = model.training
+    model.eval()
     device = device or next(model.parameters()).device
     img, txt, ids = {}, [], []
     for b in loader:
@@ -173,7 +175,8 @@ def topk_masks(sim: torch.Tensor,     # [n_img, n_txt] ITC similarity
               ) -> tuple[torch.Tensor, torch.Tensor]:
     "Boolean masks `[n_img, n_txt]`: each image's top-k texts (rows), each text's top-k images (columns)."
     n_img, n_txt = sim.shape
-    rows = torch.zeros_like(sim, dtype=torch.bool); cols = torch.zeros_like(sim, dtype=torch.bool)
+    rows = torch.zeros_like(sim, dtype=torch.bool)
+    cols = torch.zeros_like(sim, dtype=torch.bool)
     rows.scatter_(1, sim.topk(min(k or n_txt, n_txt), dim=1).indices, True)
     cols.scatter_(0, sim.topk(min(k or n_img, n_img), dim=0).indices, True)
     return rows, cols
@@ -217,7 +220,8 @@ def score_pairs(model: SCLModel, rs: RetrievalSet,
 
 def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
     "Element-wise sum of `x` over all processes (`x` itself when not distributed)."
-    if not distributed.is_distributed(): return x
+    if not distributed.is_distributed():
+        return x
     y = x.to("cuda") if dist.get_backend() == "nccl" else x.clone()
     dist.all_reduce(y, op=dist.ReduceOp.SUM)
     return y.cpu()
@@ -442,7 +446,8 @@ def gather_rows(rows: list) -> list:
         dist.all_gather_object(parts, rows)
         rows = [r for p in parts for r in p]
     first = {}
-    for r in rows: first.setdefault(r["index"], r)
+    for r in rows:
+        first.setdefault(r["index"], r)
     return [first[i] for i in sorted(first)]
 
 def _answers_of(row: dict) -> list:
@@ -459,7 +464,8 @@ def evaluate_vqa(model: TaskModel, loader,  # a `task_loader(..., "vqa", train=F
                  answers: Sequence[str],       # the answer vocabulary (class index -> answer)
                 ) -> dict:
     "Official VQA accuracy, VQA score, and the EvalAI prediction list of the loader's questions."
-    was_training = model.training; model.eval()
+    was_training = model.training
+    model.eval()
     dev, rows = _model_device(model), []
     for b in loader:
         logits = vqa_logits(model, {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in b.items()})
@@ -471,19 +477,25 @@ def evaluate_vqa(model: TaskModel, loader,  # a `task_loader(..., "vqa", train=F
     rows = gather_rows(rows)
     human = [_answers_of(loader.dataset.m.row(r["index"])) for r in rows]
     scored = [(r["answer"], h) for r, h in zip(rows, human) if h]
-    return dict(accuracy=vqa_accuracy([p for p, _ in scored], [h for _, h in scored]) if scored else float("nan"),
-                vqa_score=100.0 * sum(r["soft"] for r in rows) / max(len(rows), 1),
-                questions=len(rows), manifest_rows=len(loader.dataset),
-                predictions=vqa_submission([numeric_question_id(r["question_id"]) for r in rows], [r["answer"] for r in rows]))
+    return dict(
+        accuracy=vqa_accuracy([p for p, _ in scored], [h for _, h in scored]) if scored else float("nan"),
+        vqa_score=100.0 * sum(r["soft"] for r in rows) / max(len(rows), 1),
+        questions=len(rows),
+        manifest_rows=len(loader.dataset),
+        predictions=vqa_submission([numeric_question_id(r["question_id"]) for r in rows], [r["answer"] for r in rows]),
+    )
 
 @torch.no_grad()
 def evaluate_nlvr2(model: TaskModel, loader) -> dict:
     "NLVR2 accuracy (percent) over the loader's statements."
-    was_training = model.training; model.eval()
+    was_training = model.training
+    model.eval()
     dev, rows = _model_device(model), []
     for b in loader:
         pred = nlvr2_logits(model, {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in b.items()}).argmax(-1)
-        rows += [dict(index=i, pred=p, label=l) for i, p, l in zip(b["index"].tolist(), pred.tolist(), b["labels"].tolist())]
+        rows += [
+            dict(index=i, pred=p, label=l) for i, p, l in zip(b["index"].tolist(), pred.tolist(), b["labels"].tolist())
+        ]
     model.train(was_training)
     rows = gather_rows(rows)
     return dict(accuracy=nlvr2_accuracy([r["pred"] for r in rows], [r["label"] for r in rows]), statements=len(rows))

@@ -38,7 +38,8 @@ class ImportStats:
         "Count one skipped row."
         self.skipped[reason] += 1
         ex = self.examples.setdefault(reason, [])
-        if len(ex) < self.max_examples: ex.append(str(example))
+        if len(ex) < self.max_examples:
+            ex.append(str(example))
 
     def summary(self) -> str:
         "One line per reason."
@@ -52,21 +53,27 @@ def find_annotation(src, name: str, dataset: str, dirs: Sequence[str] = ANNOTATI
     "Path of the annotation file `name` under `src` or its usual sub-folders; a clear error otherwise."
     for d in dirs:
         p = Path(src) / d / name
-        if p.is_file(): return p
+        if p.is_file():
+            return p
     raise ManifestImportError(f"{dataset}: annotation file '{name}' not found under {src} "
                               f"(looked in: {', '.join(repr(d or '.') for d in dirs)})")
 
 def load_json(path: Path):
     "Parse a JSON file; a `ManifestImportError` naming the file if it is not valid JSON."
     try:
-        with open(path, encoding="utf-8") as f: return json.load(f)
-    except json.JSONDecodeError as e: raise ManifestImportError(f"{path}: not valid JSON ({e})") from None
-    except UnicodeDecodeError as e: raise ManifestImportError(f"{path}: not UTF-8 text (byte {e.start}); JSON annotation files are UTF-8") from None
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ManifestImportError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ManifestImportError(f"{path}: not UTF-8 text (byte {e.start}); JSON annotation files are UTF-8") from None
 
 def need(obj, key, path, where: str = "entry"):
     "`obj[key]`, or a `ManifestImportError` naming the file, the entry and the missing field."
-    try: return obj[key]
-    except (KeyError, TypeError, IndexError): raise ManifestImportError(f"{path}: {where} has no field '{key}'") from None
+    try:
+        return obj[key]
+    except (KeyError, TypeError, IndexError):
+        raise ManifestImportError(f"{path}: {where} has no field '{key}'") from None
 
 # %% ../nbs/13_importers.ipynb #e821fa95
 class MediaFinder:
@@ -78,34 +85,44 @@ class MediaFinder:
         key = tuple(str(c) for c in candidates)
         if key not in self.cache:
             self.cache[key] = next((str(self.root / c) for c in candidates if (self.root / c).is_file()), None)
-        if self.cache[key] is None: self.stats.skip("missing media", self.root / candidates[0])
+        if self.cache[key] is None:
+            self.stats.skip("missing media", self.root / candidates[0])
         return self.cache[key]
 
 def caption_row(media: str, caption: str, split: str, image_id, dataset: str, media_type: str = "image") -> dict:
     "A manifest row for a caption dataset (the manifest columns of `12_data`)."
-    return dict(media=media, media_type=media_type, caption=caption, split=split, image_id=str(image_id), dataset=dataset)
+    return dict(
+        media=media, media_type=media_type, caption=caption, split=split, image_id=str(image_id), dataset=dataset
+    )
 
 def _caption_rows(stats, media, captions, split, image_id, dataset, media_type="image") -> Iterator[dict]:
     "Rows for one media file, skipping empty captions."
     for c in captions:
         c = (c or "").strip()
-        if not c: stats.skip("empty caption", f"{dataset} {image_id}"); continue
+        if not c:
+            stats.skip("empty caption", f"{dataset} {image_id}")
+            continue
         yield caption_row(media, c, split, image_id, dataset, media_type)
 
 def _split_filter(splits) -> Optional[set]:
     "None (all) or a set of split names from a list or a comma-separated string."
-    if splits is None: return None
+    if splits is None:
+        return None
     return set(splits.split(",")) if isinstance(splits, str) else set(splits)
 
 def _split_files(src, files: dict, dataset: str, splits) -> dict:
     "split -> annotation path: asked-for splits must exist; by default those present (at least one)."
     keep = _split_filter(splits)
-    if keep is not None: return {s: find_annotation(src, files[s], dataset) for s in files if s in keep}
+    if keep is not None:
+        return {s: find_annotation(src, files[s], dataset) for s in files if s in keep}
     found = {}
     for s, name in files.items():
-        try: found[s] = find_annotation(src, name, dataset)
-        except ManifestImportError: pass
-    if not found: raise ManifestImportError(f"{dataset}: none of {list(files.values())} found under {src}")
+        try:
+            found[s] = find_annotation(src, name, dataset)
+        except ManifestImportError:
+            pass
+    if not found:
+        raise ManifestImportError(f"{dataset}: none of {list(files.values())} found under {src}")
     return found
 
 # %% ../nbs/13_importers.ipynb #39ca247d
@@ -116,14 +133,22 @@ def _karpathy(src, stats, dataset, json_name, image_dirs, splits) -> Iterator[di
     for i, img in enumerate(images):
         where = f"images[{i}]"
         split = need(img, "split", path, where)
-        if keep is not None and split not in keep: continue
+        if keep is not None and split not in keep:
+            continue
         name = need(img, "filename", path, where)
         sub = img.get("filepath", "")
         media = find(*[Path(d) / sub / name for d in image_dirs])
-        if media is None: continue
+        if media is None:
+            continue
         iid = img.get("cocoid", Path(name).stem)
-        yield from _caption_rows(stats, media, [need(s, "raw", path, f"{where}.sentences") for s in need(img, "sentences", path, where)],
-                                 split, iid, dataset)
+        yield from _caption_rows(
+            stats,
+            media,
+            [need(s, "raw", path, f"{where}.sentences") for s in need(img, "sentences", path, where)],
+            split,
+            iid,
+            dataset,
+        )
 
 def import_coco(src, stats: ImportStats, splits=None) -> Iterator[dict]:
     "COCO Karpathy splits from `dataset_coco.json`: one row per caption."
@@ -136,28 +161,45 @@ def import_f30k(src, stats: ImportStats, splits=None) -> Iterator[dict]:
 # %% ../nbs/13_importers.ipynb #8238dcd6
 def import_vg(src, stats: ImportStats, exclude_coco=None) -> Iterator[dict]:
     "Visual Genome region descriptions: one row per region phrase."
-    reg_path, img_path = find_annotation(src, "region_descriptions.json", "vg"), find_annotation(src, "image_data.json", "vg")
+    reg_path, img_path = find_annotation(src, "region_descriptions.json", "vg"), find_annotation(
+        src, "image_data.json", "vg"
+    )
     info = {}
     for i, d in enumerate(load_json(img_path)):
         iid = d.get("image_id", d.get("id")) if isinstance(d, dict) else None
-        if iid is None: raise ManifestImportError(f"{img_path}: entry {i} has no field 'image_id'")
+        if iid is None:
+            raise ManifestImportError(f"{img_path}: entry {i} has no field 'image_id'")
         info[iid] = d
     banned = set()
     if exclude_coco is not None:
         kp = Path(exclude_coco)
-        if not kp.is_file(): raise ManifestImportError(f"vg: --exclude-coco file '{kp}' not found")
-        banned = {im.get("cocoid") for im in need(load_json(kp), "images", kp, "the top level") if im.get("split") in ("val", "test")}
+        if not kp.is_file():
+            raise ManifestImportError(f"vg: --exclude-coco file '{kp}' not found")
+        banned = {
+            im.get("cocoid")
+            for im in need(load_json(kp), "images", kp, "the top level")
+            if im.get("split") in ("val", "test")
+        }
     find = MediaFinder(src, stats)
     for i, entry in enumerate(load_json(reg_path)):
         regions = need(entry, "regions", reg_path, f"entry {i}")
         iid = entry.get("id", entry.get("image_id", regions[0].get("image_id") if regions else None))
-        if iid not in info: stats.skip("image not in image_data.json", iid); continue
-        if banned and info[iid].get("coco_id") in banned: stats.skip("COCO Karpathy val/test image (excluded)", iid); continue
+        if iid not in info:
+            stats.skip("image not in image_data.json", iid)
+            continue
+        if banned and info[iid].get("coco_id") in banned:
+            stats.skip("COCO Karpathy val/test image (excluded)", iid)
+            continue
         folder = info[iid].get("url", "").rstrip("/").split("/")[-2:-1] or ["VG_100K"]
         name = f"{iid}.jpg"
-        media = find(Path(folder[0]) / name, Path("images") / folder[0] / name, Path("VG_100K") / name, Path("VG_100K_2") / name)
-        if media is None: continue
-        yield from _caption_rows(stats, media, [need(r, "phrase", reg_path, f"entry {i} region") for r in regions], "train", iid, "vg")
+        media = find(
+            Path(folder[0]) / name, Path("images") / folder[0] / name, Path("VG_100K") / name, Path("VG_100K_2") / name
+        )
+        if media is None:
+            continue
+        yield from _caption_rows(
+            stats, media, [need(r, "phrase", reg_path, f"entry {i} region") for r in regions], "train", iid, "vg"
+        )
 
 # %% ../nbs/13_importers.ipynb #49a1814d
 SBU_IMAGE_DIRS = ("images", "sbu_images", "dataset/sbu_images")  # ours, then SBU_Captions_Dataset_Download's
@@ -165,7 +207,8 @@ SBU_IMAGE_DIRS = ("images", "sbu_images", "dataset/sbu_images")  # ours, then SB
 def _read_lines(path: Path) -> Iterator[str]:
     "Lines of a text file without their line ends, streamed (CC3M and WebVid files are large)."
     with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f: yield line.rstrip("\r\n")
+        for line in f:
+            yield line.rstrip("\r\n")
 
 def import_sbu(src, stats: ImportStats, naming: str = "basename", index_base: int = 0) -> Iterator[dict]:
     "SBU Captions from the official caption and URL lists, mapped to downloaded images."
@@ -174,13 +217,19 @@ def import_sbu(src, stats: ImportStats, naming: str = "basename", index_base: in
     root = next((Path(src) / d for d in SBU_IMAGE_DIRS if (Path(src) / d).is_dir()), None)
     if root is None:
         raise ManifestImportError(f"sbu: no image folder under {src} (looked for {', '.join(SBU_IMAGE_DIRS)})")
-    if naming not in ("basename", "index"): raise ValueError(f"naming must be 'basename' or 'index', got {naming!r}")
+    if naming not in ("basename", "index"):
+        raise ValueError(f"naming must be 'basename' or 'index', got {naming!r}")
     files = index_media_files(root) if naming == "index" else index_media_files_by_name(root)
     for i, (cap, url) in enumerate(zip_longest(_read_lines(caps_path), _read_lines(urls_path))):
-        if cap is None or url is None: raise ManifestImportError(f"{caps_path} and {urls_path} have different numbers of lines (from line {i + 1})")
+        if cap is None or url is None:
+            raise ManifestImportError(
+                f"{caps_path} and {urls_path} have different numbers of lines (from line {i + 1})"
+            )
         name = url.strip().rsplit("/", 1)[-1]
         media = files.get(i + index_base if naming == "index" else name)
-        if media is None: stats.skip("missing media", f"line {i}: {url.strip()}"); continue
+        if media is None:
+            stats.skip("missing media", f"line {i}: {url.strip()}")
+            continue
         yield from _caption_rows(stats, str(Path(media).resolve()), [cap], "train", Path(name).stem, "sbu")
 
 # %% ../nbs/13_importers.ipynb #3263bde4
@@ -190,7 +239,8 @@ def _cc3m_image_root(src, split) -> Path:
     full = {"train": "training", "val": "validation"}[split]  # DownloadConceptualCaptions' folders
     names = [f"images/{split}", f"images_{split}", split, full, f"images/{full}"]
     for n in names:
-        if (Path(src) / n).is_dir(): return Path(src) / n
+        if (Path(src) / n).is_dir():
+            return Path(src) / n
     raise ManifestImportError(f"cc3m: no image folder for split '{split}' under {src} (looked for {', '.join(names)})")
 
 def _cc3m_rows(tsv: Path) -> Iterator[tuple[str, str]]:
@@ -222,7 +272,8 @@ def _read_csv(path: Path, required: Sequence[str], delimiter: str = ",") -> Iter
     with open(path, encoding="utf-8", errors="replace", newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing: raise ManifestImportError(f"{path}: missing column(s) {missing} (has {reader.fieldnames})")
+        if missing:
+            raise ManifestImportError(f"{path}: missing column(s) {missing} (has {reader.fieldnames})")
         yield from reader
 
 def _webvid_media(find: MediaFinder, shards: ShardIndex, r: dict, stats: ImportStats) -> Optional[str]:
@@ -239,11 +290,13 @@ def import_webvid(src, stats: ImportStats, splits=None, images_out=None) -> Iter
     "WebVid from its `results_*_{train,val}.csv` metadata: one row per video (video2dataset tars go to `images_out`)."
     keep = _split_filter(splits)
     files = sorted({p for d in ANNOTATION_DIRS for p in (Path(src) / d).glob("results_*.csv")})
-    if not files: raise ManifestImportError(f"webvid: no 'results_*_train.csv' / 'results_*_val.csv' under {src}")
+    if not files:
+        raise ManifestImportError(f"webvid: no 'results_*_train.csv' / 'results_*_val.csv' under {src}")
     find, shards = MediaFinder(src, stats), ShardIndex(src, images_out)
     for path in files:
         split = "val" if path.stem.endswith("_val") else "train" if path.stem.endswith("_train") else path.stem
-        if keep is not None and split not in keep: continue
+        if keep is not None and split not in keep:
+            continue
         for r in _read_csv(path, ("videoid", "name", "contentUrl") if len(shards) else ("videoid", "page_dir", "name")):
             media = _webvid_media(find, shards, r, stats)
             if media is not None:
@@ -254,37 +307,56 @@ def import_msrvtt(src, stats: ImportStats, splits=None, train_list: str = "MSRVT
     "MSR-VTT 1k-A: train captions of the 9k list, and the 1,000 test pairs."
     keep = _split_filter(splits)
     find = MediaFinder(src, stats)
-    where = lambda v: (Path("videos/all") / f"{v}.mp4", Path("videos") / f"{v}.mp4", Path("MSRVTT/videos/all") / f"{v}.mp4")
+    where = lambda v: (
+        Path("videos/all") / f"{v}.mp4",
+        Path("videos") / f"{v}.mp4",
+        Path("MSRVTT/videos/all") / f"{v}.mp4",
+    )
     if keep is None or "train" in keep:
         data_path = find_annotation(src, "MSRVTT_data.json", "msrvtt")
         list_path = find_annotation(src, train_list, "msrvtt")
         train_ids = {r["video_id"].strip() for r in _read_csv(list_path, ("video_id",))}
         for i, s in enumerate(need(load_json(data_path), "sentences", data_path, "the top level")):
             v = need(s, "video_id", data_path, f"sentences[{i}]")
-            if v not in train_ids: continue
+            if v not in train_ids:
+                continue
             media = find(*where(v))
-            if media is not None: yield from _caption_rows(stats, media, [need(s, "caption", data_path, f"sentences[{i}]")], "train", v, "msrvtt", "video")
+            if media is not None:
+                yield from _caption_rows(
+                    stats, media, [need(s, "caption", data_path, f"sentences[{i}]")], "train", v, "msrvtt", "video"
+                )
     if keep is None or "test" in keep:
         test_path = find_annotation(src, "MSRVTT_JSFUSION_test.csv", "msrvtt")
         for r in _read_csv(test_path, ("video_id", "sentence")):
             v = r["video_id"].strip()
             media = find(*where(v))
-            if media is not None: yield from _caption_rows(stats, media, [r["sentence"]], "test", v, "msrvtt", "video")
+            if media is not None:
+                yield from _caption_rows(stats, media, [r["sentence"]], "test", v, "msrvtt", "video")
 
 # %% ../nbs/13_importers.ipynb #80985494
-LSMDC_FILES = {"train": "LSMDC16_annos_training.csv", "val": "LSMDC16_annos_val.csv", "test": "LSMDC16_challenge_1000_publictect.csv"}
+LSMDC_FILES = {
+    "train": "LSMDC16_annos_training.csv",
+    "val": "LSMDC16_annos_val.csv",
+    "test": "LSMDC16_challenge_1000_publictect.csv",
+}
 
 def import_lsmdc(src, stats: ImportStats, splits=None) -> Iterator[dict]:
     "LSMDC 2016 from the tab-separated annotation files: one row per clip."
     find = MediaFinder(src, stats)
     for split, path in _split_files(src, LSMDC_FILES, "lsmdc", splits).items():
         for lineno, line in enumerate(_read_lines(path)):
-            if not line.strip(): continue
+            if not line.strip():
+                continue
             parts = line.split("\t")
-            if len(parts) < 6: raise ManifestImportError(f"{path}: line {lineno + 1} has {len(parts)} tab-separated fields, expected 6")
-            clip = parts[0].strip(); movie = clip.rsplit("_", 1)[0]
+            if len(parts) < 6:
+                raise ManifestImportError(
+                    f"{path}: line {lineno + 1} has {len(parts)} tab-separated fields, expected 6"
+                )
+            clip = parts[0].strip()
+            movie = clip.rsplit("_", 1)[0]
             media = find(*[Path(d) / movie / f"{clip}{e}" for e in (".avi", ".mp4") for d in ("avi", "videos")])
-            if media is not None: yield from _caption_rows(stats, media, [parts[5]], split, clip, "lsmdc", "video")
+            if media is not None:
+                yield from _caption_rows(stats, media, [parts[5]], split, clip, "lsmdc", "video")
 
 # %% ../nbs/13_importers.ipynb #05e3e8f7
 VQA_QUESTIONS = {"train": "train2014", "val": "val2014", "test-dev": "test-dev2015", "test": "test2015"}
@@ -314,32 +386,47 @@ def import_vqav2(src, stats: ImportStats, splits=None, min_answer_count: int = 9
     anns = {}
     for s in ("train", "val"):
         p = find_annotation(src, f"v2_mscoco_{VQA_QUESTIONS[s]}_annotations.json", "vqav2")
-        anns[s] = {need(a, "question_id", p, "an annotation"): a for a in need(load_json(p), "annotations", p, "the top level")}
-        for a in anns[s].values(): need(a, "multiple_choice_answer", p, f"annotation {a['question_id']}")
+        anns[s] = {
+            need(a, "question_id", p, "an annotation"): a for a in need(load_json(p), "annotations", p, "the top level")
+        }
+        for a in anns[s].values():
+            need(a, "multiple_choice_answer", p, f"annotation {a['question_id']}")
     vocab = build_vqa_vocab((a["multiple_choice_answer"] for s in anns for a in anns[s].values()), min_answer_count)
     if vocab_out is not None:
         Path(vocab_out).parent.mkdir(parents=True, exist_ok=True)
         Path(vocab_out).write_text(json.dumps(vocab, ensure_ascii=False, indent=0))
     ans2label = {a: i for i, a in enumerate(vocab)}
     out_split = lambda s: {"val": ["val", "trainable_val", "rest_val"]}.get(s, [s])
-    files = _split_files(src, {s: f"v2_OpenEnded_mscoco_{VQA_QUESTIONS[s]}_questions.json" for s in VQA_QUESTIONS}, "vqav2",
-                         None if keep is None else [s for s in VQA_QUESTIONS if set(out_split(s)) & keep])
+    files = _split_files(
+        src,
+        {s: f"v2_OpenEnded_mscoco_{VQA_QUESTIONS[s]}_questions.json" for s in VQA_QUESTIONS},
+        "vqav2",
+        None if keep is None else [s for s in VQA_QUESTIONS if set(out_split(s)) & keep],
+    )
     find = MediaFinder(src, stats)
     for s, path in files.items():
         questions = need(load_json(path), "questions", path, "the top level")
-        rest = _vqa_rest_val([need(q, "image_id", path, "a question") for q in questions], rest_val_images, seed) if s == "val" else set()
+        rest = (
+            _vqa_rest_val([need(q, "image_id", path, "a question") for q in questions], rest_val_images, seed)
+            if s == "val"
+            else set()
+        )
         for q in questions:
             iid, qid = need(q, "image_id", path, "a question"), need(q, "question_id", path, "a question")
             split = s if s != "val" or rest_val_images <= 0 else ("rest_val" if iid in rest else "trainable_val")
-            if keep is not None and split not in keep: continue
+            if keep is not None and split not in keep:
+                continue
             name = f"COCO_{VQA_IMAGES[s]}_{int(iid):012d}.jpg"
             media = find(*[Path(d) / VQA_IMAGES[s] / name for d in ("", "images", "Images/mscoco")])
-            if media is None: continue
+            if media is None:
+                continue
             answers = []
             if s in anns:
-                if qid not in anns[s]: raise ManifestImportError(f"{path}: question {qid} has no annotation in the {s} annotation file")
+                if qid not in anns[s]:
+                    raise ManifestImportError(f"{path}: question {qid} has no annotation in the {s} annotation file")
                 answers = [need(a, "answer", path, f"answers of question {qid}") for a in anns[s][qid]["answers"]]
-                if not vqa_targets(answers, ans2label)[0]: stats.notes["kept with no answer in the vocabulary"] += 1
+                if not vqa_targets(answers, ans2label)[0]:
+                    stats.notes["kept with no answer in the vocabulary"] += 1
             yield dict(media=media, media_type="image", caption="", split=split, image_id=str(iid), dataset="vqav2",
                        question=need(q, "question", path, f"question {qid}"), question_id=str(qid), answers=answers)
 
@@ -347,8 +434,10 @@ def import_vqav2(src, stats: ImportStats, splits=None, min_answer_count: int = 9
 NLVR2_FILES = {"train": "train.json", "dev": "dev.json", "test1": "test1.json"}
 
 def _parse_label(v, path, ident) -> int:
-    if isinstance(v, bool) or v in (0, 1): return int(v)
-    if str(v).lower() in ("true", "false"): return int(str(v).lower() == "true")
+    if isinstance(v, bool) or v in (0, 1):
+        return int(v)
+    if str(v).lower() in ("true", "false"):
+        return int(str(v).lower() == "true")
     raise ManifestImportError(f"{path}: statement {ident} has label {v!r}, expected True/False")
 
 def import_nlvr2(src, stats: ImportStats, splits=None) -> Iterator[dict]:
@@ -356,23 +445,43 @@ def import_nlvr2(src, stats: ImportStats, splits=None) -> Iterator[dict]:
     find = MediaFinder(src, stats)
     for split, path in _split_files(src, NLVR2_FILES, "nlvr2", splits).items():
         for lineno, line in enumerate(_read_lines(path)):
-            if not line.strip(): continue
-            try: ex = json.loads(line)
-            except json.JSONDecodeError as e: raise ManifestImportError(f"{path}: line {lineno + 1} is not JSON ({e})") from None
+            if not line.strip():
+                continue
+            try:
+                ex = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ManifestImportError(f"{path}: line {lineno + 1} is not JSON ({e})") from None
             ident = need(ex, "identifier", path, f"line {lineno + 1}")
             pair = ident.rsplit("-", 1)[0]
             if split == "train":
                 sub = str(need(ex, "directory", path, f"line {lineno + 1}"))
                 dirs = [Path("images/train") / sub, Path("train") / sub, Path("images/train"), Path("train")]
-            else: dirs = [Path("images") / split, Path(split)]
+            else:
+                dirs = [Path("images") / split, Path(split)]
             pics = [find(*[d / f"{pair}-img{k}.png" for d in dirs]) for k in (0, 1)]
-            if None in pics: continue
-            yield dict(media=pics[0], media_type="image", caption=need(ex, "sentence", path, f"line {lineno + 1}").strip(), split=split,
-                       image_id=pair, dataset="nlvr2", media2=pics[1], label=_parse_label(need(ex, "label", path, ident), path, ident))
+            if None in pics:
+                continue
+            yield dict(
+                media=pics[0],
+                media_type="image",
+                caption=need(ex, "sentence", path, f"line {lineno + 1}").strip(),
+                split=split,
+                image_id=pair,
+                dataset="nlvr2",
+                media2=pics[1],
+                label=_parse_label(need(ex, "label", path, ident), path, ident),
+            )
 
 # %% ../nbs/13_importers.ipynb #565e4e9b
-ARROW_PREFIXES = [("coco_caption_karpathy_", "coco"), ("f30k_caption_karpathy_", "f30k"), ("conceptual_caption_", "cc3m"),
-                  ("sbu", "sbu"), ("vg", "vg"), ("vqav2_", "vqav2"), ("nlvr2_", "nlvr2")]
+ARROW_PREFIXES = [
+    ("coco_caption_karpathy_", "coco"),
+    ("f30k_caption_karpathy_", "f30k"),
+    ("conceptual_caption_", "cc3m"),
+    ("sbu", "sbu"),
+    ("vg", "vg"),
+    ("vqav2_", "vqav2"),
+    ("nlvr2_", "nlvr2"),
+]
 _SCORE_COUNT = {0.3: 1, 0.6: 2, 0.9: 3, 1.0: 4}
 
 def arrow_dataset_split(stem: str) -> tuple[str, Optional[str]]:
@@ -380,18 +489,25 @@ def arrow_dataset_split(stem: str) -> tuple[str, Optional[str]]:
     for prefix, name in ARROW_PREFIXES:
         if stem.startswith(prefix):
             rest = stem[len(prefix):].strip("_")
-            if name == "cc3m": rest = rest.split("_")[0]           # conceptual_caption_train_3 -> train
-            if name in ("sbu", "vg"): rest = "train"
+            if name == "cc3m":
+                rest = rest.split("_")[0]           # conceptual_caption_train_3 -> train
+            if name in ("sbu", "vg"):
+                rest = "train"
             return name, rest or None
     return stem, None
 
 def image_extension(data: bytes) -> str:
     "File extension from the first bytes of an encoded image (JPEG, PNG, GIF, WebP, BMP; default .jpg)."
-    if data[:3] == b"\xff\xd8\xff": return ".jpg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n": return ".png"
-    if data[:4] == b"GIF8": return ".gif"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP": return ".webp"
-    if data[:2] == b"BM": return ".bmp"
+    if data[:3] == b"\xff\xd8\xff":
+        return ".jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return ".png"
+    if data[:4] == b"GIF8":
+        return ".gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    if data[:2] == b"BM":
+        return ".bmp"
     return ".jpg"
 
 def rebuild_vqa_answers(answers: Sequence[str], scores: Sequence[float]) -> list[str]:
@@ -399,23 +515,30 @@ def rebuild_vqa_answers(answers: Sequence[str], scores: Sequence[float]) -> list
     out = []
     for a, s in zip(answers, scores):
         n = next((c for v, c in _SCORE_COUNT.items() if abs(s - v) < 1e-6), None)
-        if n is None: raise ValueError(f"soft score {s} of answer {a!r} is not one of 0.3, 0.6, 0.9, 1")
+        if n is None:
+            raise ValueError(f"soft score {s} of answer {a!r} is not one of 0.3, 0.6, 0.9, 1")
         out += [a] * n
     return out
 
 # %% ../nbs/13_importers.ipynb #846f6f05
 def _save_image(data, folder: Path, name: str) -> Optional[str]:
-    if not data: return None
-    if Path(name).suffix.lower() not in IMAGE_EXTS: name = f"{name}{image_extension(data)}"
+    if not data:
+        return None
+    if Path(name).suffix.lower() not in IMAGE_EXTS:
+        name = f"{name}{image_extension(data)}"
     p = folder / Path(name).name
     if not (p.is_file() and p.stat().st_size == len(data)):
-        part = p.with_name(p.name + ".part"); part.write_bytes(data); part.replace(p)
+        part = p.with_name(p.name + ".part")
+        part.write_bytes(data)
+        part.replace(p)
     return str(p.resolve())
 
 def _arrow_batches(path: Path):
     import pyarrow as pa
-    try: reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
-    except (pa.ArrowInvalid, OSError) as e: raise ManifestImportError(f"{path}: not an Arrow IPC file ({e})") from None
+    try:
+        reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ManifestImportError(f"{path}: not an Arrow IPC file ({e})") from None
     for b in range(reader.num_record_batches):
         batch = reader.get_batch(b)
         yield batch.schema.names, batch
@@ -423,7 +546,8 @@ def _arrow_batches(path: Path):
 def _arrow_files(src: Path, pattern: str) -> list:
     "The arrow files to read; `*_val` files last (ViLT's `vqav2_val` repeats `trainable_val` and `rest_val`)."
     files = [src] if src.is_file() else sorted(src.glob(pattern))
-    if not files: raise ManifestImportError(f"arrow: no file matching '{pattern}' under {src}")
+    if not files:
+        raise ManifestImportError(f"arrow: no file matching '{pattern}' under {src}")
     return sorted(files, key=lambda p: arrow_dataset_split(p.stem)[1] == "val")
 
 def _arrow_split(stats: ImportStats, path: Path, file_split: Optional[str], column_split: Optional[str]) -> str:
@@ -450,7 +574,8 @@ def _arrow_vqa_rows(stats: ImportStats, path: Path, row: dict, media: str, split
 def import_arrow(src, stats: ImportStats, images_out=None, pattern: str = "*.arrow", splits=None) -> Iterator[dict]:
     "ViLT/METER `.arrow` files: extract images and emit caption, VQA or NLVR2 rows."
     files = _arrow_files(Path(src), pattern)
-    if images_out is None: raise ValueError("arrow: `images_out` (where image files are written) is required")
+    if images_out is None:
+        raise ValueError("arrow: `images_out` (where image files are written) is required")
     keep, seen = _split_filter(splits), {}
     for path in files:
         dataset, file_split = arrow_dataset_split(path.stem)
@@ -458,27 +583,40 @@ def import_arrow(src, stats: ImportStats, images_out=None, pattern: str = "*.arr
         folder.mkdir(parents=True, exist_ok=True)
         for names, batch in _arrow_batches(path):
             col = lambda c, i: batch.column(c)[i].as_py()
-            kind = "nlvr2" if "image_0" in names else "vqa" if "questions" in names else "caption" if "caption" in names else None
-            if kind is None: raise ManifestImportError(f"{path}: unknown arrow schema {names} (expected ViLT caption, VQA or NLVR2 columns)")
+            kind = (
+                "nlvr2"
+                if "image_0" in names
+                else "vqa" if "questions" in names else "caption" if "caption" in names else None
+            )
+            if kind is None:
+                raise ManifestImportError(
+                    f"{path}: unknown arrow schema {names} (expected ViLT caption, VQA or NLVR2 columns)"
+                )
             required = {"nlvr2": ["image_0", "image_1", "questions", "answers", "identifier"],
                         "vqa": ["image", "questions", "answers", "answer_scores", "image_id", "question_id"],
                         "caption": ["image", "caption", "image_id"]}[kind]
             missing = [c for c in required if c not in names]
-            if missing: raise ManifestImportError(f"{path}: missing column(s) {missing}")
+            if missing:
+                raise ManifestImportError(f"{path}: missing column(s) {missing}")
             for i in range(batch.num_rows):
                 split = _arrow_split(stats, path, file_split, col("split", i) if "split" in names else None)
-                if keep is not None and split not in keep: continue
+                if keep is not None and split not in keep:
+                    continue
                 if kind == "nlvr2":
                     ident = str(col("identifier", i))
                     pics = [_save_image(col(f"image_{k}", i), folder, f"{ident}-img{k}") for k in (0, 1)]
-                    if None in pics: stats.skip("empty image bytes", f"{path.name}: {ident}"); continue
+                    if None in pics:
+                        stats.skip("empty image bytes", f"{path.name}: {ident}")
+                        continue
                     for sent, ans in zip(col("questions", i), col("answers", i)):
                         yield dict(media=pics[0], media_type="image", caption=sent.strip(), split=split, image_id=ident,
                                    dataset=dataset, media2=pics[1], label=_parse_label(ans, path, ident))
                     continue
                 iid = str(col("image_id", i))
                 media = _save_image(col("image", i), folder, iid)
-                if media is None: stats.skip("empty image bytes", f"{path.name}: {iid}"); continue
+                if media is None:
+                    stats.skip("empty image bytes", f"{path.name}: {iid}")
+                    continue
                 if kind == "caption":
                     yield from _caption_rows(stats, media, col("caption", i) or [], split, Path(iid).stem, dataset)
                     continue
@@ -486,15 +624,27 @@ def import_arrow(src, stats: ImportStats, images_out=None, pattern: str = "*.arr
                 yield from _arrow_vqa_rows(stats, path, row, media, split, dataset, seen)
 
 # %% ../nbs/13_importers.ipynb #f3ad0577
-MANIFEST_TYPES = {"media": "string", "media_type": "string", "caption": "string", "split": "string", "image_id": "string",
-                  "dataset": "string", "question": "string", "question_id": "string", "answers": "list<string>",
-                  "media2": "string", "label": "int64"}
+MANIFEST_TYPES = {
+    "media": "string",
+    "media_type": "string",
+    "caption": "string",
+    "split": "string",
+    "image_id": "string",
+    "dataset": "string",
+    "question": "string",
+    "question_id": "string",
+    "answers": "list<string>",
+    "media2": "string",
+    "label": "int64",
+}
 
 def _relative(row: dict, base: Path, absolute: bool) -> dict:
-    if absolute: return row
+    if absolute:
+        return row
     out = dict(row)
     for k in ("media", "media2"):
-        if out.get(k): out[k] = os.path.relpath(out[k], base)
+        if out.get(k):
+            out[k] = os.path.relpath(out[k], base)
     return out
 
 def _write_text(rows: Iterable[dict], part: Path, kind: str) -> int:
@@ -503,9 +653,12 @@ def _write_text(rows: Iterable[dict], part: Path, kind: str) -> int:
         for row in rows:
             n += 1
             if kind == ".csv":
-                if writer is None: writer = csv.DictWriter(f, fieldnames=list(row)); writer.writeheader()
+                if writer is None:
+                    writer = csv.DictWriter(f, fieldnames=list(row))
+                    writer.writeheader()
                 writer.writerow({k: json.dumps(v, ensure_ascii=False) if k == "answers" else v for k, v in row.items()})
-            else: f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            else:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return n
 
 def _write_parquet(rows: Iterable[dict], part: Path, chunk_rows: int) -> int:
@@ -513,12 +666,18 @@ def _write_parquet(rows: Iterable[dict], part: Path, chunk_rows: int) -> int:
     types = {"string": pa.string(), "int64": pa.int64(), "list<string>": pa.list_(pa.string())}
     n, buf, writer = 0, [], None
     for row in rows:
-        n += 1; buf.append(row)
-        if writer is None: writer = pq.ParquetWriter(str(part), pa.schema([(k, types[MANIFEST_TYPES.get(k, "string")]) for k in row]))
-        if len(buf) >= chunk_rows: writer.write_table(pa.Table.from_pylist(buf, schema=writer.schema)); buf = []
-    if writer is None: pq.write_table(pa.table({k: pa.array([], pa.string()) for k in ("media", "caption", "split")}), str(part))
+        n += 1
+        buf.append(row)
+        if writer is None:
+            writer = pq.ParquetWriter(str(part), pa.schema([(k, types[MANIFEST_TYPES.get(k, "string")]) for k in row]))
+        if len(buf) >= chunk_rows:
+            writer.write_table(pa.Table.from_pylist(buf, schema=writer.schema))
+            buf = []
+    if writer is None:
+        pq.write_table(pa.table({k: pa.array([], pa.string()) for k in ("media", "caption", "split")}), str(part))
     else:
-        if buf: writer.write_table(pa.Table.from_pylist(buf, schema=writer.schema))
+        if buf:
+            writer.write_table(pa.Table.from_pylist(buf, schema=writer.schema))
         writer.close()
     return n
 
@@ -530,20 +689,33 @@ def write_manifest(rows: Iterable[dict],   # manifest rows (absolute media paths
     "Write a manifest; returns the number of rows."
     out = Path(out)
     kind = out.suffix.lower()
-    if kind not in (".jsonl", ".json", ".csv", ".parquet"): raise ValueError(f"unknown manifest extension {out.suffix!r} (use .jsonl, .csv or .parquet)")
+    if kind not in (".jsonl", ".json", ".csv", ".parquet"):
+        raise ValueError(f"unknown manifest extension {out.suffix!r} (use .jsonl, .csv or .parquet)")
     out.parent.mkdir(parents=True, exist_ok=True)
     base, part = out.parent.resolve(), out.with_name(out.name + ".part")
     rel = (_relative(r, base, absolute) for r in rows)
-    try: n = _write_parquet(rel, part, chunk_rows) if kind == ".parquet" else _write_text(rel, part, kind)
+    try:
+        n = _write_parquet(rel, part, chunk_rows) if kind == ".parquet" else _write_text(rel, part, kind)
     except BaseException:
-        part.unlink(missing_ok=True); raise
+        part.unlink(missing_ok=True)
+        raise
     part.replace(out)
     return n
 
 # %% ../nbs/13_importers.ipynb #208f866b
-IMPORTERS: dict[str, Callable] = {"coco": import_coco, "f30k": import_f30k, "vg": import_vg, "sbu": import_sbu, "cc3m": import_cc3m,
-                                  "webvid": import_webvid, "msrvtt": import_msrvtt, "lsmdc": import_lsmdc, "vqav2": import_vqav2,
-                                  "nlvr2": import_nlvr2, "arrow": import_arrow}
+IMPORTERS: dict[str, Callable] = {
+    "coco": import_coco,
+    "f30k": import_f30k,
+    "vg": import_vg,
+    "sbu": import_sbu,
+    "cc3m": import_cc3m,
+    "webvid": import_webvid,
+    "msrvtt": import_msrvtt,
+    "lsmdc": import_lsmdc,
+    "vqav2": import_vqav2,
+    "nlvr2": import_nlvr2,
+    "arrow": import_arrow,
+}
 
 def run_import(dataset: str,            # a key of `IMPORTERS`
                src,                     # folder with the original files
@@ -552,14 +724,18 @@ def run_import(dataset: str,            # a key of `IMPORTERS`
                **options,               # importer options (splits, naming, vocab_out, ...)
               ) -> tuple[int, ImportStats]:
     "Import one dataset into a manifest; returns (rows written, stats)."
-    if dataset not in IMPORTERS: raise ValueError(f"unknown dataset {dataset!r}; choose from {sorted(IMPORTERS)}")
+    if dataset not in IMPORTERS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {sorted(IMPORTERS)}")
     fn = IMPORTERS[dataset]
     accepted = set(inspect.signature(fn).parameters) - {"src", "stats"}
     bad = sorted(k for k, v in options.items() if v is not None and k not in accepted)
-    if bad: raise ValueError(f"{dataset} does not take option(s) {bad}; it takes {sorted(accepted)}")
-    if not Path(src).exists(): raise ManifestImportError(f"{dataset}: source folder '{src}' does not exist")
+    if bad:
+        raise ValueError(f"{dataset} does not take option(s) {bad}; it takes {sorted(accepted)}")
+    if not Path(src).exists():
+        raise ManifestImportError(f"{dataset}: source folder '{src}' does not exist")
     out = Path(out)
-    if dataset == "vqav2" and options.get("vocab_out") is None: options["vocab_out"] = out.with_name(out.stem + "_answers.json")
+    if dataset == "vqav2" and options.get("vocab_out") is None:
+        options["vocab_out"] = out.with_name(out.stem + "_answers.json")
     if dataset in ("arrow", "cc3m", "webvid") and options.get("images_out") is None:
         options["images_out"] = out.parent / ("images" if dataset == "arrow" else "media")
     stats = ImportStats()
@@ -569,33 +745,55 @@ def run_import(dataset: str,            # a key of `IMPORTERS`
 # %% ../nbs/13_importers.ipynb #bcad894d
 def main(argv: Optional[Sequence[str]] = None) -> int:
     "Command line: `python -m scl_nb.importers <dataset> --src DIR --out manifest.jsonl [options]`."
-    p = argparse.ArgumentParser(prog="python -m scl_nb.importers", description="Convert original dataset annotation files into an scl_nb manifest.")
+    p = argparse.ArgumentParser(
+        prog="python -m scl_nb.importers",
+        description="Convert original dataset annotation files into an scl_nb manifest.",
+    )
     p.add_argument("dataset", choices=sorted(IMPORTERS), help="which dataset / file format")
     p.add_argument("--src", required=True, help="folder holding the original annotation and media files")
     p.add_argument("--out", required=True, help="manifest to write: .jsonl (default format), .csv or .parquet")
-    p.add_argument("--absolute", action="store_true", help="write absolute media paths (default: relative to the manifest)")
+    p.add_argument(
+        "--absolute", action="store_true", help="write absolute media paths (default: relative to the manifest)"
+    )
     p.add_argument("--splits", help="comma-separated splits to keep (default: all)")
     p.add_argument("--naming", choices=["basename", "index", "url-hash", "shards"],
                    help="downloaded image names: sbu basename|index; cc3m index|url-hash|shards (default: found)")
     p.add_argument("--index-base", type=int, help="sbu/cc3m with index naming: number of the first row (default 0)")
     p.add_argument("--exclude-coco", help="vg: Karpathy dataset_coco.json; drop VG images in its val/test splits")
     p.add_argument("--train-list", help="msrvtt: training video list (default MSRVTT_train.9k.csv)")
-    p.add_argument("--min-answer-count", type=int, help="vqav2: minimum count of an answer in the vocabulary (default 9)")
-    p.add_argument("--rest-val-images", type=int, help="vqav2: val images held out as rest_val (default 1000; 0 = keep 'val')")
+    p.add_argument(
+        "--min-answer-count", type=int, help="vqav2: minimum count of an answer in the vocabulary (default 9)"
+    )
+    p.add_argument(
+        "--rest-val-images", type=int, help="vqav2: val images held out as rest_val (default 1000; 0 = keep 'val')"
+    )
     p.add_argument("--seed", type=int, help="vqav2: seed of the rest_val draw (default 0)")
     p.add_argument("--vocab-out", help="vqav2: answer vocabulary JSON (default <out stem>_answers.json)")
     p.add_argument("--images-out", help="arrow, cc3m/webvid tars: media folder (default <out folder>/images, /media)")
     p.add_argument("--pattern", help="arrow: glob of the arrow files under --src (default *.arrow)")
     a = p.parse_args(argv)
-    opts = dict(splits=a.splits, naming=a.naming, index_base=a.index_base, exclude_coco=a.exclude_coco, train_list=a.train_list,
-                min_answer_count=a.min_answer_count, rest_val_images=a.rest_val_images, seed=a.seed, vocab_out=a.vocab_out,
-                images_out=a.images_out, pattern=a.pattern)
-    try: n, stats = run_import(a.dataset, a.src, a.out, a.absolute, **opts)
+    opts = dict(
+        splits=a.splits,
+        naming=a.naming,
+        index_base=a.index_base,
+        exclude_coco=a.exclude_coco,
+        train_list=a.train_list,
+        min_answer_count=a.min_answer_count,
+        rest_val_images=a.rest_val_images,
+        seed=a.seed,
+        vocab_out=a.vocab_out,
+        images_out=a.images_out,
+        pattern=a.pattern,
+    )
+    try:
+        n, stats = run_import(a.dataset, a.src, a.out, a.absolute, **opts)
     except (ManifestImportError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr); return 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {n} rows to {a.out}\n{stats.summary()}")
     return 0
 
 # %% ../nbs/13_importers.ipynb #0ff9ada3
 #| eval: false
-if __name__ == "__main__": sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

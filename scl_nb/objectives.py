@@ -27,23 +27,29 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
     "`x` in float32 when it is in a lower precision (bf16/fp16 autocast); float32 and float64 stay as they are."
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
-def nce(sim: torch.Tensor,  # [..., N, N] similarities; positives on the diagonal
-        tau: Union[float, torch.Tensor],  # temperature (a tensor for a learnable one)
-        valid: Optional[torch.Tensor] = None,  # [N] bool (sim 2-D only): the rows and columns that take part; None = all
-       ) -> torch.Tensor:  # scalar
+
+def nce(
+    sim: torch.Tensor,  # [..., N, N] similarities; positives on the diagonal
+    tau: Union[float, torch.Tensor],  # temperature (a tensor for a learnable one)
+    valid: Optional[torch.Tensor] = None,  # [N] bool (sim 2-D only): the rows and columns that take part; None = all
+) -> torch.Tensor:  # scalar
     "Symmetric InfoNCE: row-wise plus column-wise cross-entropy of `sim / tau` with diagonal targets."
     logits = upcast(sim) / tau
     n = logits.shape[-1]
-    if valid is not None: return _nce_over(logits, valid.bool())
+    if valid is not None:
+        return _nce_over(logits, valid.bool())
     target = torch.arange(n, device=logits.device).expand(logits.shape[:-1]).reshape(-1)
     rows = F.cross_entropy(logits.reshape(-1, n), target)
     cols = F.cross_entropy(logits.transpose(-1, -2).reshape(-1, n), target)
     return rows + cols
 
+
 def _nce_over(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     "`nce` restricted to the entries `valid` (fixed shapes: the others are masked, not removed)."
     n = logits.shape[-1]
-    keep = valid[None, :] | torch.eye(n, dtype=torch.bool, device=logits.device)  # [N, N]; each row keeps its own column
+    keep = valid[None, :] | torch.eye(
+        n, dtype=torch.bool, device=logits.device
+    )  # [N, N]; each row keeps its own column
     target, w = torch.arange(n, device=logits.device), valid.to(logits.dtype)
     ce = lambda x: F.cross_entropy(x.masked_fill(~keep, float("-inf")), target, reduction="none")
     return ((ce(logits) + ce(logits.t())) * w).sum() / w.sum().clamp(min=1)
@@ -51,7 +57,8 @@ def _nce_over(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/07_objectives.ipynb #e2a4e9f6
 def _accuracy(logits, labels, valid=None) -> torch.Tensor:
     hit = (logits.argmax(-1) == labels).float()
-    if valid is None: return hit.mean().detach()
+    if valid is None:
+        return hit.mean().detach()
     return ((hit * valid).sum() / valid.sum().clamp(min=1)).detach()
 
 def mlm_loss(logits: torch.Tensor,  # [..., V] predictions
@@ -70,26 +77,34 @@ def itm_loss(logits: torch.Tensor,  # [N, 2] no-match / match scores
     return F.cross_entropy(upcast(logits), labels.long()), _accuracy(logits, labels.long())
 
 # %% ../nbs/07_objectives.ipynb #c9d67b99
-def itm_negatives(image_ids: torch.Tensor,  # [B] image of each sample; equal ids = same image
-                  n: int,                   # number of captions to pair with another image
-                  mode: Literal["random", "hard"] = "random",
-                  sim: Optional[torch.Tensor] = None,  # [B, B] ITC logits (text i, image j: cosine / temperature); for "hard"
-                  generator: Optional[torch.Generator] = None,
-                  noise: Optional[torch.Tensor] = None,  # [2, B] uniform draws (caption order, image choice) instead of `generator`
-                 ) -> tuple[torch.Tensor, torch.Tensor]:  # rows [min(n, B)] captions picked, images [min(n, B)] their image
+def itm_negatives(
+    image_ids: torch.Tensor,  # [B] image of each sample; equal ids = same image
+    n: int,  # number of captions to pair with another image
+    mode: Literal["random", "hard"] = "random",
+    sim: Optional[torch.Tensor] = None,  # [B, B] ITC logits (text i, image j: cosine / temperature); for "hard"
+    generator: Optional[torch.Generator] = None,
+    noise: Optional[torch.Tensor] = None,  # [2, B] uniform draws (caption order, image choice) instead of `generator`
+) -> tuple[torch.Tensor, torch.Tensor]:  # rows [min(n, B)] captions picked, images [min(n, B)] their image
     "Choose `n` captions and, for each, a batch image of a different `image_id` (uniform or ITC-weighted)."
     dev, B = image_ids.device, len(image_ids)
-    if mode == "hard" and sim is None: raise ValueError("itm_negatives(mode='hard') needs the ITC similarities `sim`")
-    if mode not in ("random", "hard"): raise ValueError(f"mode={mode!r}; choose 'random' or 'hard'")
-    if noise is None: noise = torch.rand(2, B, generator=generator, device=generator.device if generator is not None else dev)
+    if mode == "hard" and sim is None:
+        raise ValueError("itm_negatives(mode='hard') needs the ITC similarities `sim`")
+    if mode not in ("random", "hard"):
+        raise ValueError(f"mode={mode!r}; choose 'random' or 'hard'")
+    if noise is None:
+        noise = torch.rand(2, B, generator=generator, device=generator.device if generator is not None else dev)
     noise = noise.to(dev)
     other = image_ids[:, None] != image_ids[None, :]                        # [B, B] allowed (caption, image)
     possible = other.any(1)                                                 # [B]
-    rows = noise[0].masked_fill(~possible, 2.0).argsort()[:min(n, B)]      # [n] random captions, those with a candidate first
-    own = torch.eye(B, dtype=torch.bool, device=dev)[rows]                  # no candidate: the caption keeps its own image
+    rows = (
+        noise[0].masked_fill(~possible, 2.0).argsort()[: min(n, B)]
+    )  # [n] random captions, those with a candidate first
+    own = torch.eye(B, dtype=torch.bool, device=dev)[rows]  # no candidate: the caption keeps its own image
     allowed = torch.where(possible[rows, None], other[rows], own)           # [n, B]
-    if mode == "random": weights = allowed.float()
-    else: weights = torch.softmax(sim[rows].detach().float().masked_fill(~allowed, float("-inf")), -1)
+    if mode == "random":
+        weights = allowed.float()
+    else:
+        weights = torch.softmax(sim[rows].detach().float().masked_fill(~allowed, float("-inf")), -1)
     cdf = weights.cumsum(-1)                                                # [n, B] inverse-CDF draw: no host sync
     images = torch.searchsorted(cdf, (noise[1, :len(rows)] * cdf[:, -1])[:, None], right=True).squeeze(1)
     return rows, images.clamp(max=B - 1)
@@ -112,7 +127,8 @@ def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 def ranks_per_process(o: ObjectiveConfig, world: int) -> int:
     "Emulated processes in each real one: `objectives.emulate_world_size / world` (1 without emulation)."
-    if o.emulate_world_size is None: return 1
+    if o.emulate_world_size is None:
+        return 1
     if o.emulate_world_size % world:
         raise ConfigError(f"objectives.emulate_world_size={o.emulate_world_size} "
                           f"is not a multiple of the {world} processes")
@@ -130,7 +146,8 @@ class Negatives:
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:  # [B_r, ...] -> [N, ...]
         "All processes' rows, with this term's backward convention."
-        if self.grad == "sum": return all_gather_with_grad(x)
+        if self.grad == "sum":
+            return all_gather_with_grad(x)
         return all_gather_with_grad(scale_grad(x, 1 / self.ranks), grad="local")
 
     def split(self, *xs: torch.Tensor) -> list[tuple]:
@@ -154,8 +171,10 @@ def effective_weights(o: ObjectiveConfig,  # weights and signal settings
     for name in o.active:
         w = getattr(o, name)
         gathered = name == "itc" or (name in SCL_TERMS and getattr(o, f"{name}_negatives") == "global")
-        if gathered and o.gather_grad == "local": w = w / processes
-        if name == "scl_image" and o.scl_norm == "frame" and frames == 1: w = 0.0
+        if gathered and o.gather_grad == "local":
+            w = w / processes
+        if name == "scl_image" and o.scl_norm == "frame" and frames == 1:
+            w = 0.0
         out[name] = w
     return out
 
@@ -188,7 +207,8 @@ def completion_nce(pred: torch.Tensor,    # [B, D] or [B, F, D] predictions (wit
     dim, eps = (-1, 1e-12) if norm == "feature" else (1, 1e-8)         # dim 1 of [B, F, D] is the frame axis
     p = F.normalize(upcast(pred), dim=dim, eps=eps)
     t = F.normalize(upcast(target.detach()), dim=dim, eps=eps)
-    if p.dim() == 2: p, t = p[:, None], t[:, None]                     # [B, 1, D]
+    if p.dim() == 2:
+        p, t = p[:, None], t[:, None]                     # [B, 1, D]
     if negatives.scope == "process":                                   # mean of the per-process losses
         return torch.stack([nce(torch.einsum("nfd,mfd->fnm", a, b), tau) for a, b in negatives.split(p, t)]).mean()
     p, t = negatives.gather(p), negatives.gather(t)                    # [N, F, D]
@@ -208,7 +228,8 @@ def scl_global_loss(pred_img: torch.Tensor,  # [B, D] or [B, F, D] v^: fused ima
 def first_positions(mask: torch.Tensor,  # [B, L] bool
                     k: int,              # width of the result (a bound on the True entries per row)
                    ) -> torch.Tensor:    # [B, k] long
-    "Indices of each row's True entries, in order, then of its False ones: a fixed-width gather of data-dependent positions."
+    """Indices of each row's True entries, in order, then of its False ones: a fixed-width gather of data-dependent
+    positions."""
     return mask.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :k]
 
 def mltc_loss(pred_tokens: torch.Tensor,  # [B, T, D] fused tokens of the masked pass
@@ -249,7 +270,8 @@ _BATCH_KEYS = {"mlm": ("mlm_ids", "mlm_labels"), "scl_image": ("scl_text_ids",),
 def _check_batch(batch: dict, active) -> None:
     "Fail early, naming the key and the objective that needs it."
     for name in ("pixels", "input_ids", "attention_mask"):
-        if name not in batch: raise KeyError(f"PretrainTask: the batch has no {name!r}")
+        if name not in batch:
+            raise KeyError(f"PretrainTask: the batch has no {name!r}")
     for objective in active:
         for name in _BATCH_KEYS.get(objective, ()):
             if name not in batch:
@@ -261,16 +283,21 @@ def step_noise(batch_size: int,   # B
                generator: Optional[torch.Generator] = None,  # source (its device is used); None = the global generator
                device=None,       # device of the returned tensors
               ) -> dict:          # itm [2, B], drop [B, N], mask [B, N], uniform in [0, 1)
-    "Every random draw of one pre-training step, made in one call: ITM captions and images, the positions of passes A and A'."
+    """Every random draw of one pre-training step, made in one call: ITM captions and images, the positions of passes
+    A and A'."""
     B, N = batch_size, num_patches
-    u = torch.rand(B * (2 + 2 * N), generator=generator, device=generator.device if generator is not None else device).to(device)
+    u = torch.rand(
+        B * (2 + 2 * N), generator=generator, device=generator.device if generator is not None else device
+    ).to(device)
     itm, drop, mask = u.split([2 * B, B * N, B * N])
     return dict(itm=itm.view(2, B), drop=drop.view(B, N), mask=mask.view(B, N))
 
 def image_token_mask(image: ImageEncoding) -> torch.Tensor:  # [B, F*(1+N)] bool over the encoder's tokens
-    "The masked patch positions of a mask-token encoding, laid out like its tokens `[CLS_1..CLS_F, patches_1..patches_F]`."
+    """The masked patch positions of a mask-token encoding, laid out like its tokens `[CLS_1..CLS_F,
+    patches_1..patches_F]`."""
     B, T = image.tokens.shape[:2]
-    if image.masked is None: return torch.zeros(B, T, dtype=torch.bool, device=image.tokens.device)
+    if image.masked is None:
+        return torch.zeros(B, T, dtype=torch.bool, device=image.tokens.device)
     F_ = image.num_frames
     return torch.cat([image.masked.new_zeros(B, F_), image.masked.repeat(1, F_)], 1)
 
@@ -278,7 +305,13 @@ def image_token_mask(image: ImageEncoding) -> torch.Tensor:  # [B, F*(1+N)] bool
 def _pass_needs(active: set) -> dict:
     "For each fused pass the active objectives use: (reads the text outputs, reads the image outputs)."
     scl_t, scl_v = bool(active & {"scl_text", "mltc_text"}), bool(active & {"scl_image", "mltc_image"})
-    needs = {"mlm": (True, False), "itm": (True, True), "B": (scl_t, scl_v), "A": (scl_t, "scl_image" in active), "A'": (False, True)}
+    needs = {
+        "mlm": (True, False),
+        "itm": (True, True),
+        "B": (scl_t, scl_v),
+        "A": (scl_t, "scl_image" in active),
+        "A'": (False, True),
+    }
     used = {"mlm": "mlm" in active, "itm": "itm" in active, "B": scl_t or scl_v, "A": scl_t or "scl_image" in active,
             "A'": "mltc_image" in active}
     return {k: v for k, v in needs.items() if used[k]}
@@ -287,13 +320,25 @@ def _view(out: FusionOutput, text: Optional[slice], image: Optional[slice]) -> F
     "The outputs of one pass packed in `out`: its text rows `text`, its image rows `image` (None = not computed)."
     t = (lambda x: x[text]) if text is not None else (lambda x: None)
     v = (lambda x: x[image]) if image is not None else (lambda x: None)
-    cls = torch.cat([out.text_pooled[text], out.image_pooled[image]], -1) if text is not None and image is not None else None
-    return FusionOutput(text_tokens=t(out.text_tokens), image_tokens=v(out.image_tokens), text_cls=t(out.text_cls),
-                        image_cls=v(out.image_cls), image_frame_cls=v(out.image_frame_cls), text_pooled=t(out.text_pooled),
-                        image_pooled=v(out.image_pooled), cls_feats=cls)
+    cls = (
+        torch.cat([out.text_pooled[text], out.image_pooled[image]], -1)
+        if text is not None and image is not None
+        else None
+    )
+    return FusionOutput(
+        text_tokens=t(out.text_tokens),
+        image_tokens=v(out.image_tokens),
+        text_cls=t(out.text_cls),
+        image_cls=v(out.image_cls),
+        image_frame_cls=v(out.image_frame_cls),
+        text_pooled=t(out.text_pooled),
+        image_pooled=v(out.image_pooled),
+        cls_feats=cls,
+    )
 
 def _fuse_packed(m: SCLModel, pairs: dict, needs: dict) -> dict:
-    "One fusion call for passes `pairs` {name: (image, text)} of equal shapes; the last layer skips the streams nobody reads."
+    """One fusion call for passes `pairs` {name: (image, text)} of equal shapes; the last layer skips the streams
+    nobody reads."""
     order = sorted(pairs, key=lambda k: (needs[k][1], not needs[k][0]))  # text only, both, image only
     B = len(pairs[order[0]][1].tokens)
     image = torch.cat([pairs[k][0].tokens for k in order])              # [P*B, T, D]
@@ -330,20 +375,27 @@ def _itm_pairs(batch: dict, o: ObjectiveConfig, sim, noise: dict) -> tuple[torch
     attn = batch["attention_mask"]
     B = len(attn)
     image_ids = batch.get("image_ids", torch.arange(B, device=attn.device))
-    rows, negatives = itm_negatives(image_ids, B - B // 2, o.itm_negatives, sim if o.itm_negatives == "hard" else None, noise=noise["itm"])
+    rows, negatives = itm_negatives(
+        image_ids, B - B // 2, o.itm_negatives, sim if o.itm_negatives == "hard" else None, noise=noise["itm"]
+    )
     pick = torch.arange(B, device=attn.device).index_put((rows,), negatives)      # [B] image index per caption
     return pick, (image_ids[pick] == image_ids).long()
 
 def _mask_token_positions(o: ObjectiveConfig, noise: dict) -> torch.Tensor:  # [B, N] bool
     "The mask-token positions of pass A', read from the step's draws."
     B, N = noise["mask"].shape
-    return sample_masked_positions(B, N, mask_token_count(N, o.mltc_image_mask), device=noise["mask"].device, noise=noise["mask"])[0]
+    return sample_masked_positions(
+        B, N, mask_token_count(N, o.mltc_image_mask), device=noise["mask"].device, noise=noise["mask"]
+    )[0]
 
 def _image_passes(m: SCLModel, pixels, o: ObjectiveConfig, noise: dict, needs: dict) -> dict:
     "`U_v` and, for MLTC-image, the mask-token encoding of pass A', in one vision call."
-    if "A'" not in needs: return {"U": m.encode_image(pixels)}
+    if "A'" not in needs:
+        return {"U": m.encode_image(pixels)}
     masked = _mask_token_positions(o, noise)
-    both = m.encode_image(torch.cat([pixels, pixels]), masked=torch.cat([torch.zeros_like(masked), masked]))  # [2B, T, D]
+    both = m.encode_image(
+        torch.cat([pixels, pixels]), masked=torch.cat([torch.zeros_like(masked), masked])
+    )  # [2B, T, D]
     B, F_ = len(pixels), both.num_frames
     return {"U": ImageEncoding(both.tokens[:B], F_), "A'": ImageEncoding(both.tokens[B:], F_, masked)}
 
@@ -353,7 +405,8 @@ def _text_passes(m: SCLModel, batch: dict, needs: dict) -> dict:
     attn = batch["attention_mask"]
     names = ["U"] + ["mlm"] * ("mlm" in needs) + ["B"] * ("B" in needs)
     ids = {"U": batch["input_ids"], "mlm": batch.get("mlm_ids"), "B": batch.get("scl_text_ids")}
-    if len(names) == 1: return {"U": m.encode_text(ids["U"], attn)}
+    if len(names) == 1:
+        return {"U": m.encode_text(ids["U"], attn)}
     out = m.encode_text(torch.cat([ids[k] for k in names]), attn.repeat(len(names), 1))   # [3B, L, D]
     return {k: TextEncoding(t, attn) for k, t in zip(names, out.tokens.chunk(len(names)))}
 
@@ -363,8 +416,12 @@ def _shared_passes(m: SCLModel, batch: dict, o: ObjectiveConfig, noise: dict, ne
     images, texts = _image_passes(m, pixels, o, noise, needs), _text_passes(m, batch, needs)
     terms, logs, sim = _itc(m, images["U"], texts["U"], o, grad) if _needs_itc(o) else ({}, {}, None)
     pick, labels = _itm_pairs(batch, o, sim, noise) if "itm" in needs else (None, None)
-    inputs = {"mlm": (images["U"], texts.get("mlm")), "itm": (images["U"].index(pick) if pick is not None else None, texts["U"]),
-              "B": (images["U"], texts.get("B")), "A'": (images.get("A'"), texts["U"])}
+    inputs = {
+        "mlm": (images["U"], texts.get("mlm")),
+        "itm": (images["U"].index(pick) if pick is not None else None, texts["U"]),
+        "B": (images["U"], texts.get("B")),
+        "A'": (images.get("A'"), texts["U"]),
+    }
     full = {k: inputs[k] for k in needs if k != "A"}
     passes = _fuse_packed(m, full, needs) if full else {}
     if "A" in needs:
@@ -381,8 +438,10 @@ def _reference_passes(m: SCLModel, batch: dict, o: ObjectiveConfig, noise: dict,
     if "itm" in needs:
         pick, labels = _itm_pairs(batch, o, sim, noise)
         passes["itm"] = m.fuse(m.encode_image(take_rows(pixels, pick)), text())
-    if "mlm" in needs: passes["mlm"] = m.fuse(m.encode_image(pixels), text("mlm_ids"))
-    if "B" in needs: passes["B"] = m.fuse(m.encode_image(pixels), text("scl_text_ids"))
+    if "mlm" in needs:
+        passes["mlm"] = m.fuse(m.encode_image(pixels), text("mlm_ids"))
+    if "B" in needs:
+        passes["B"] = m.fuse(m.encode_image(pixels), text("scl_text_ids"))
     if "A" in needs:
         with torch.set_grad_enabled(grad and "scl_image" in active):
             passes["A"] = m.fuse(m.encode_image(pixels, drop_ratio=o.scl_image_mask, noise=noise["drop"]), text())
@@ -403,13 +462,16 @@ def _objective_terms(m: SCLModel, batch: dict, o: ObjectiveConfig, noise: dict) 
     active, needs = set(o.active), _pass_needs(set(o.active))
     schedule = _shared_passes if o.schedule == "shared" else _reference_passes
     terms, logs, P, labels, masked_image = schedule(m, batch, o, noise, needs, torch.is_grad_enabled())
-    if "itm" in active: terms["itm"], logs["itm_acc"] = itm_loss(m.itm_head(P["itm"].cls_feats), labels)
-    if "mlm" in active: terms["mlm"], logs["mlm_acc"] = _mlm(m, P["mlm"].text_tokens, batch["mlm_labels"], o.mlm_prob)
+    if "itm" in active:
+        terms["itm"], logs["itm_acc"] = itm_loss(m.itm_head(P["itm"].cls_feats), labels)
+    if "mlm" in active:
+        terms["mlm"], logs["mlm_acc"] = _mlm(m, P["mlm"].text_tokens, batch["mlm_labels"], o.mlm_prob)
     neg, tau = (lambda name: term_negatives(o, name)), o.scl_tau
     if "scl_image" in active:
         pred, target = P["A"].image_frame_cls, P["B"].image_frame_cls                  # [B, F, D]
         terms["scl_image"] = completion_nce(pred, target, tau, neg("scl_image"), o.scl_norm)
-    if "scl_text" in active: terms["scl_text"] = completion_nce(P["B"].text_cls, P["A"].text_cls, tau, neg("scl_text"))
+    if "scl_text" in active:
+        terms["scl_text"] = completion_nce(P["B"].text_cls, P["A"].text_cls, tau, neg("scl_text"))
     if "mltc_text" in active:
         masked = batch["scl_text_masked"].bool()                                        # [B, L]
         bound = masked_count_bound(masked.shape[1], o.scl_text_mask)
@@ -430,17 +492,24 @@ class PretrainTask(SCLModel):
         super().__init__(cfg, vision=vision, text=text)
         self.objectives = cfg.objectives
 
-    def forward(self, batch: dict,  # see above
-                generator: Optional[torch.Generator] = None,  # randomness of image masks and ITM negatives
-                objectives: Optional[ObjectiveConfig] = None,  # weights, ratios, temperatures, schedule; None = `self.objectives`
-               ) -> dict:  # loss (weighted total), <name>_loss per active objective, accuracies
+    def forward(
+        self,
+        batch: dict,  # see above
+        generator: Optional[torch.Generator] = None,  # randomness of image masks and ITM negatives
+        objectives: Optional[
+            ObjectiveConfig
+        ] = None,  # weights, ratios, temperatures, schedule; None = `self.objectives`
+    ) -> dict:  # loss (weighted total), <name>_loss per active objective, accuracies
         "One pre-training forward pass: every active objective, weighted and summed."
         o = objectives or self.objectives
-        if not o.active: raise ValueError("PretrainTask: every objective weight is 0")
+        if not o.active:
+            raise ValueError("PretrainTask: every objective weight is 0")
         _check_batch(batch, o.active)
         H, W = batch["pixels"].shape[-2:]
         P = self.cfg.vision.patch_size
-        noise = step_noise(len(batch["attention_mask"]), (H // P) * (W // P), generator, batch["pixels"].device)  # eager: a generator cannot be traced
+        noise = step_noise(
+            len(batch["attention_mask"]), (H // P) * (W // P), generator, batch["pixels"].device
+        )  # eager: a generator cannot be traced
         return self.losses(batch, noise, o)
 
     def losses(self, batch: dict, noise: dict, objectives: ObjectiveConfig) -> dict:
@@ -476,9 +545,19 @@ def random_pretrain_batch(cfg: SCLConfig,       # model and objective settings (
     ids = torch.where(pos >= lengths[:, None], ROBERTA_LAYOUT["pad"], ids)
     attn = (pos < lengths[:, None]).long()
     special = (pos == 0) | (pos >= lengths[:, None] - 1)
-    mlm_ids, mlm_labels = mlm_mask(ids, special, ~special, V, mask_id, o.mlm_prob, False, generator, special_ids=list(ROBERTA_LAYOUT.values()))
+    mlm_ids, mlm_labels = mlm_mask(
+        ids, special, ~special, V, mask_id, o.mlm_prob, False, generator, special_ids=list(ROBERTA_LAYOUT.values())
+    )
     scl_ids, scl_masked = scl_text_mask(ids, special, mask_id, o.scl_text_mask, o.text_mask_sampling, generator)
     shape = (batch_size, 3, size, size) if num_frames == 1 else (batch_size, num_frames, 3, size, size)
-    batch = dict(pixels=torch.randn(shape, generator=generator), input_ids=ids, attention_mask=attn, mlm_ids=mlm_ids,
-                 mlm_labels=mlm_labels, scl_text_ids=scl_ids, scl_text_masked=scl_masked, image_ids=torch.arange(batch_size))
+    batch = dict(
+        pixels=torch.randn(shape, generator=generator),
+        input_ids=ids,
+        attention_mask=attn,
+        mlm_ids=mlm_ids,
+        mlm_labels=mlm_labels,
+        scl_text_ids=scl_ids,
+        scl_text_masked=scl_masked,
+        image_ids=torch.arange(batch_size),
+    )
     return {k: v.to(device) for k, v in batch.items()} if device is not None else batch

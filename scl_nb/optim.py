@@ -35,9 +35,12 @@ def no_weight_decay(name: str,  # parameter name from `named_parameters`
 def lr_group(name: str) -> str:
     "'head', 'cross_modal' or 'base': which learning-rate multiplier parameter `name` gets."
     top = name.split(".")[0]
-    if top in HEAD_PREFIXES or top.endswith("_head"): return "head"
-    if top in TOWER_PREFIXES: return "base"  # e.g. RoBERTa's own token-type embedding and pooler
-    if any(p in part for part in name.split(".")[:-1] for p in CROSS_MODAL_PARTS): return "cross_modal"
+    if top in HEAD_PREFIXES or top.endswith("_head"):
+        return "head"
+    if top in TOWER_PREFIXES:
+        return "base"  # e.g. RoBERTa's own token-type embedding and pooler
+    if any(p in part for part in name.split(".")[:-1] for p in CROSS_MODAL_PARTS):
+        return "cross_modal"
     return "base"
 
 # %% ../nbs/20_optim.ipynb #7e319f14
@@ -48,9 +51,12 @@ OFFICIAL_NO_DECAY = ("bias", "LayerNorm.", "norm.", "norm1.", "norm2.")  # offic
 
 def official_group(name: str) -> tuple[str, bool]:
     "(learning-rate group, no weight decay) of parameter `name` under the official code's rules."
-    if name.split(".")[0] in OFFICIAL_HEADS: kind = "head"
-    elif name.startswith(OFFICIAL_CROSS_MODAL): kind = "cross_modal"
-    else: kind = "base"
+    if name.split(".")[0] in OFFICIAL_HEADS:
+        kind = "head"
+    elif name.startswith(OFFICIAL_CROSS_MODAL):
+        kind = "cross_modal"
+    else:
+        kind = "base"
     return kind, any(s in name for s in OFFICIAL_NO_DECAY)
 
 # %% ../nbs/20_optim.ipynb #841832ce
@@ -61,11 +67,13 @@ def param_groups(model: nn.Module, tcfg) -> list[dict]:
     groups: dict = {}
     official = getattr(tcfg, "param_groups", "scl_nb") == "official"
     for name, p in model.named_parameters():
-        if not p.requires_grad: continue
+        if not p.requires_grad:
+            continue
         kind, nd = official_group(name) if official else (lr_group(name), no_weight_decay(name, id(p) in norm_params))
         g = groups.setdefault((kind, nd), dict(params=[], names=[], group=f"{kind}{'_no_decay' if nd else ''}",
                                                lr=tcfg.lr * mult[kind], weight_decay=0.0 if nd else tcfg.weight_decay))
-        g["params"].append(p); g["names"].append(name)
+        g["params"].append(p)
+        g["names"].append(name)
     return [groups[k] for k in sorted(groups)]
 
 FUSED_DEVICES = ("cuda", "cpu")  # where torch has a fused AdamW kernel
@@ -78,15 +86,18 @@ def build_optimizer(model: nn.Module, tcfg) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=tcfg.lr, betas=tuple(tcfg.betas), eps=tcfg.eps, fused=fused)
 
 # %% ../nbs/20_optim.ipynb #8b4c59f5
-def warmup_steps(tcfg) -> int: return int(round(tcfg.warmup * tcfg.steps))
+def warmup_steps(tcfg) -> int:
+    return int(round(tcfg.warmup * tcfg.steps))
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
     "Multiplier of the base learning rate after `step` completed steps."
-    if step < warmup: return (step + 1) / warmup
+    if step < warmup:
+        return (step + 1) / warmup
     return max(0.0, (total - step) / max(1, total - warmup))
 
 def build_scheduler(optimizer, tcfg) -> torch.optim.lr_scheduler.LambdaLR:
     "Warm-up + linear decay as a `LambdaLR` (its state is plain numbers)."
     total, warm = tcfg.steps, warmup_steps(tcfg)
-    def factor(step): return lr_factor(step, total, warm)
+    def factor(step):
+        return lr_factor(step, total, warm)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

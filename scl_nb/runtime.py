@@ -179,7 +179,9 @@ def run_record(cfg: SCLConfig, ctx: DistContext, precision: str, accum: int, mic
     for p in ("torch", "transformers", "numpy", "safetensors", "scl_nb", "submitit"):
         with contextlib.suppress(md.PackageNotFoundError):
             versions[p] = md.version(p)
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
     hw = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
           "device": str(ctx.device), "gpus": gpus}
     return {"config": to_dict(cfg), "git_commit": _git_commit(), "versions": versions, "hardware": hw,

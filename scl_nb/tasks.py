@@ -15,9 +15,29 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from .config import (PRESETS, TINY_TASK_TRAIN, TINY_TASKS, ConfigError, SCLConfig, apply_overrides, check_parameters, load_config, run_config,
-                           num, objective_overrides, to_dict)
-from .model import SCLModel, ImageEncoding, TextEncoding, vqa_head, nlvr2_head, rank_head_from_itm, load_text_tower
+from scl_nb.config import (
+    PRESETS,
+    TINY_TASK_TRAIN,
+    TINY_TASKS,
+    ConfigError,
+    SCLConfig,
+    apply_overrides,
+    check_parameters,
+    load_config,
+    run_config,
+    num,
+    objective_overrides,
+    to_dict,
+)
+from scl_nb.model import (
+    SCLModel,
+    ImageEncoding,
+    TextEncoding,
+    vqa_head,
+    nlvr2_head,
+    rank_head_from_itm,
+    load_text_tower,
+)
 from .metrics import retrieval_ranks, recall_at, vqa_accuracy, vqa_submission, nlvr2_accuracy
 from .objectives import itc_loss
 from .checkpoint import jsonable
@@ -43,24 +63,30 @@ class TaskModel(SCLModel):
                  itc_weight: float = 0.0,  # retrieval: weight of the ITC term (method §4: 0.5 images, 1 video)
                  vision=None, text=None,   # ready towers, as for `SCLModel`
                 ):
-        if task not in TASKS: raise ValueError(f"task={task!r}; choose one of {list(TASKS)}")
+        if task not in TASKS:
+            raise ValueError(f"task={task!r}; choose one of {list(TASKS)}")
         super().__init__(cfg, vision=vision, text=text)
         self.task, self.itc_weight, D = task, itc_weight, cfg.fusion.width
         if task == "vqa":
-            if num_answers < 1: raise ValueError("task='vqa' needs num_answers >= 1")
+            if num_answers < 1:
+                raise ValueError("task='vqa' needs num_answers >= 1")
             self.vqa_head = vqa_head(D, num_answers)
         elif task == "nlvr2":
-            if self.fusion.token_type.num_embeddings < 3: self.fusion.grow_token_types(3)
+            if self.fusion.token_type.num_embeddings < 3:
+                self.fusion.grow_token_types(3)
             self.cfg = replace(self.cfg, fusion=self.fusion.cfg)  # saved checkpoints then carry 3 token types
             self.nlvr2_head = nlvr2_head(D)
-        else: self.rank_head = rank_head_from_itm(self.itm_head)
+        else:
+            self.rank_head = rank_head_from_itm(self.itm_head)
         for name, p in self.named_parameters():
-            if self._unused(name): p.requires_grad_(False)
+            if self._unused(name):
+                p.requires_grad_(False)
 
     def _unused(self, name: str) -> bool:
         "Parameters the task's loss never reaches: kept (and saved) as loaded, but not trained."
         top = name.split(".")[0]
-        if top in ("mlm_head", "itm_head") or name == "vision.mask_token": return True
+        if top in ("mlm_head", "itm_head") or name == "vision.mask_token":
+            return True
         itc = ("itc_image_proj", "itc_text_proj", "itc_logit_scale", "itc_tau")
         return top in itc and not (self.task == "retrieval" and self.itc_weight > 0)
 
@@ -77,10 +103,14 @@ class TaskModel(SCLModel):
 def resolve_checkpoint(path) -> Path:
     "The model folder behind `path`: a `save_pretrained` folder, an engine checkpoint, or an engine run folder."
     p = Path(path)
-    if (p / "model.safetensors").exists() and ((p / "config.yaml").exists() or (p / "config.json").exists()): return p
+    if (p / "model.safetensors").exists() and ((p / "config.yaml").exists() or (p / "config.json").exists()):
+        return p
     from scl_nb.checkpoint import latest_checkpoint
     c = latest_checkpoint(p / "checkpoints")
-    if c is None: raise FileNotFoundError(f"{p} holds no model: expected config.yaml or config.json with model.safetensors, or checkpoints/step_*/")
+    if c is None:
+        raise FileNotFoundError(
+            f"{p} holds no model: expected config.yaml or config.json with model.safetensors, or checkpoints/step_*/"
+        )
     return c
 
 def checkpoint_config(path) -> SCLConfig:
@@ -88,17 +118,23 @@ def checkpoint_config(path) -> SCLConfig:
     p = resolve_checkpoint(path)
     return load_config(p / "config.yaml" if (p / "config.yaml").exists() else p / "config.json")
 
-def task_config(run_cfg: SCLConfig,  # the run's configuration (preset + overrides: training, data, resolution)
-                model_cfg: Optional[SCLConfig] = None,  # the checkpoint's configuration; None = random init from `run_cfg`
-               ) -> SCLConfig:
+
+def task_config(
+    run_cfg: SCLConfig,  # the run's configuration (preset + overrides: training, data, resolution)
+    model_cfg: Optional[SCLConfig] = None,  # the checkpoint's configuration; None = random init from `run_cfg`
+) -> SCLConfig:
     "The run's config with the architecture of the checkpoint (towers, fusion, ITC size); the run keeps its resolution."
-    if model_cfg is None: return run_cfg
+    if model_cfg is None:
+        return run_cfg
     vision = replace(model_cfg.vision, image_size=run_cfg.vision.image_size)
     objectives = replace(run_cfg.objectives, itc_dim=model_cfg.objectives.itc_dim)
-    return load_config(replace(run_cfg, vision=vision, text=model_cfg.text, fusion=model_cfg.fusion, objectives=objectives))
+    return load_config(
+        replace(run_cfg, vision=vision, text=model_cfg.text, fusion=model_cfg.fusion, objectives=objectives)
+    )
 
 # %% ../nbs/40_tasks.ipynb #c0b96ff9
-def _head_name(task: str) -> str: return {"vqa": "vqa_head", "nlvr2": "nlvr2_head", "retrieval": "rank_head"}[task]
+def _head_name(task: str) -> str:
+    return {"vqa": "vqa_head", "nlvr2": "nlvr2_head", "retrieval": "rank_head"}[task]
 
 def build_task_model(run_cfg: SCLConfig,     # the run's configuration
                      task: str,              # one of `TASKS`
@@ -107,7 +143,8 @@ def build_task_model(run_cfg: SCLConfig,     # the run's configuration
                      itc_weight: float = 0.0,  # retrieval ITC weight
                     ) -> TaskModel:
     "A `TaskModel` initialised from `checkpoint` (its architecture, `run_cfg`'s resolution and training settings)."
-    if checkpoint is None: return TaskModel(run_cfg, task, num_answers, itc_weight)
+    if checkpoint is None:
+        return TaskModel(run_cfg, task, num_answers, itc_weight)
     folder = resolve_checkpoint(checkpoint)
     cfg = task_config(run_cfg, checkpoint_config(folder))
     model = TaskModel(cfg, task, num_answers, itc_weight, text=load_text_tower(folder, cfg))
@@ -119,9 +156,12 @@ def build_task_model(run_cfg: SCLConfig,     # the run's configuration
     bad_missing = sorted(k for k in missing if k.split(".")[0] != head)
     bad_extra = sorted(k for k in extra if not k.split(".")[0].endswith("_head"))
     if bad_missing or bad_extra:
-        raise KeyError(f"checkpoint {folder} does not match the model: missing {bad_missing[:5]}, unexpected {bad_extra[:5]}")
+        raise KeyError(
+            f"checkpoint {folder} does not match the model: missing {bad_missing[:5]}, unexpected {bad_extra[:5]}"
+        )
     model.load_checkpoint_state({k: v for k, v in state.items() if k not in extra}, strict=False)
-    if task == "retrieval" and "rank_head.weight" not in state: model.init_rank_head()
+    if task == "retrieval" and "rank_head.weight" not in state:
+        model.init_rank_head()
     return model
 
 # %% ../nbs/40_tasks.ipynb #bf43b4cc
@@ -140,7 +180,9 @@ def rank_ce_loss(scores: torch.Tensor,  # [B, 1+N] pair scores, the positive fir
 # %% ../nbs/40_tasks.ipynb #deb0dae4
 def vqa_logits(model: TaskModel, batch: dict) -> torch.Tensor:  # [B, A]
     "Answer logits from `cls_feats`."
-    out = model.fuse(model.encode_image(batch["pixels"]), model.encode_text(batch["input_ids"], batch["attention_mask"]))
+    out = model.fuse(
+        model.encode_image(batch["pixels"]), model.encode_text(batch["input_ids"], batch["attention_mask"])
+    )
     return model.vqa_head(out.cls_feats)
 
 def nlvr2_logits(model: TaskModel, batch: dict) -> torch.Tensor:  # [B, 2]
@@ -159,7 +201,12 @@ def pad_to_length(x: torch.Tensor, L: int, value: int = 0) -> torch.Tensor:
 
 def candidate_texts(batch: dict, pad_id: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     "Ids and mask `[B*(1+N), L]` of each sample's caption followed by its N false captions."
-    ids, mask, fids, fmask = batch["input_ids"], batch["attention_mask"], batch["false_input_ids"], batch["false_attention_mask"]
+    ids, mask, fids, fmask = (
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["false_input_ids"],
+        batch["false_attention_mask"],
+    )
     L = max(ids.shape[1], fids.shape[2])
     all_ids = torch.cat([pad_to_length(ids, L, pad_id)[:, None], pad_to_length(fids, L, pad_id)], 1)   # [B, 1+N, L]
     all_mask = torch.cat([pad_to_length(mask, L)[:, None], pad_to_length(fmask, L)], 1)              # [B, 1+N, L]
@@ -177,7 +224,11 @@ def retrieval_forward(model: TaskModel, batch: dict) -> tuple[torch.Tensor, Imag
 
 def _pad_id(model) -> int:
     tok = getattr(model.text, "tokenizer", None)
-    return tok.pad_token_id if tok is not None and tok.pad_token_id is not None else model.text.model.config.pad_token_id or 0
+    return (
+        tok.pad_token_id
+        if tok is not None and tok.pad_token_id is not None
+        else model.text.model.config.pad_token_id or 0
+    )
 
 # %% ../nbs/40_tasks.ipynb #124fea30
 def vqa_step(model: TaskModel, batch: dict) -> dict:
@@ -202,18 +253,55 @@ TASK_STEPS = {"vqa": vqa_step, "nlvr2": nlvr2_step, "retrieval": retrieval_step}
 
 # %% ../nbs/40_tasks.ipynb #f5d2b56a
 TASK_SETTINGS = {  # method §4: batch, lr, head x, cross-modal x, resolution, warm-up; retrieval: ITC weight, re-rank k
-    "vqav2":  dict(batch_size=512, lr=5e-6, head_lr_mult=50, cross_modal_lr_mult=10, image_size=384, warmup=0.1),
-    "nlvr2":  dict(batch_size=256, lr=1e-5, head_lr_mult=10, cross_modal_lr_mult=10, image_size=288, warmup=0.1),
-    "f30k":   dict(batch_size=512, lr=5e-6, head_lr_mult=10, cross_modal_lr_mult=10, image_size=384, warmup=0.1, itc_weight=0.5, k=128),
-    "coco":   dict(batch_size=512, lr=5e-6, head_lr_mult=5, cross_modal_lr_mult=5, image_size=384, warmup=0.1, itc_weight=0.5, k=256),
-    "msrvtt": dict(batch_size=256, lr=5e-6, head_lr_mult=5, cross_modal_lr_mult=5, image_size=224, warmup=0.05, itc_weight=1.0, num_frames=4),
-    "lsmdc":  dict(batch_size=256, lr=5e-6, head_lr_mult=5, cross_modal_lr_mult=5, image_size=224, warmup=0.05, itc_weight=1.0, num_frames=4),
+    "vqav2": dict(batch_size=512, lr=5e-6, head_lr_mult=50, cross_modal_lr_mult=10, image_size=384, warmup=0.1),
+    "nlvr2": dict(batch_size=256, lr=1e-5, head_lr_mult=10, cross_modal_lr_mult=10, image_size=288, warmup=0.1),
+    "f30k": dict(
+        batch_size=512,
+        lr=5e-6,
+        head_lr_mult=10,
+        cross_modal_lr_mult=10,
+        image_size=384,
+        warmup=0.1,
+        itc_weight=0.5,
+        k=128,
+    ),
+    "coco": dict(
+        batch_size=512,
+        lr=5e-6,
+        head_lr_mult=5,
+        cross_modal_lr_mult=5,
+        image_size=384,
+        warmup=0.1,
+        itc_weight=0.5,
+        k=256,
+    ),
+    "msrvtt": dict(
+        batch_size=256,
+        lr=5e-6,
+        head_lr_mult=5,
+        cross_modal_lr_mult=5,
+        image_size=224,
+        warmup=0.05,
+        itc_weight=1.0,
+        num_frames=4,
+    ),
+    "lsmdc": dict(
+        batch_size=256,
+        lr=5e-6,
+        head_lr_mult=5,
+        cross_modal_lr_mult=5,
+        image_size=224,
+        warmup=0.05,
+        itc_weight=1.0,
+        num_frames=4,
+    ),
 }
 EPOCHS = 10  # every downstream task (method §4)
 
 def task_overrides(dataset: str) -> dict:
     "Config overrides (a typed mapping) for the method §4 setting of `dataset`."
-    if dataset not in TASK_SETTINGS: raise ValueError(f"dataset={dataset!r}; choose one of {sorted(TASK_SETTINGS)}")
+    if dataset not in TASK_SETTINGS:
+        raise ValueError(f"dataset={dataset!r}; choose one of {sorted(TASK_SETTINGS)}")
     s, keys = TASK_SETTINGS[dataset], ("batch_size", "lr", "head_lr_mult", "cross_modal_lr_mult", "warmup")
     out = {f"train.{k}": s[k] for k in keys} | {"vision.image_size": s["image_size"]}
     return out | ({"data.num_frames": s["num_frames"]} if "num_frames" in s else {})
@@ -232,7 +320,8 @@ def task_data_fn(task: str, manifest, answers=None, tokenizer=None,
         from scl_nb.media import BatchTransform
         loader = task_loader(cfg, manifest, task, train=True, rank=rank, world=world_size, device=device,
                              tokenizer=tokenizer, answers=answers)
-        if not randaugment: loader.transform = BatchTransform(cfg.vision.image_size, "test").to(loader.transform.mean.device)
+        if not randaugment:
+            loader.transform = BatchTransform(cfg.vision.image_size, "test").to(loader.transform.mean.device)
         return loader
     return data_fn
 
@@ -268,8 +357,11 @@ def comparison_table(ours: dict,            # metric key (as in `PAPER_RESULTS` 
     "A DataFrame: our value beside the published ones (blank where the paper has none)."
     import pandas as pd
     models = sorted({m for v in PAPER_RESULTS.values() for m in v}, reverse=True)
-    rows = {k: {"ours" + (" (synthetic: not comparable)" if synthetic else ""): v} | {m: PAPER_RESULTS.get(k, {}).get(m) for m in models}
-            for k, v in ours.items()}
+    rows = {
+        k: {"ours" + (" (synthetic: not comparable)" if synthetic else ""): v}
+        | {m: PAPER_RESULTS.get(k, {}).get(m) for m in models}
+        for k, v in ours.items()
+    }
     return pd.DataFrame.from_dict(rows, orient="index")
 
 def write_results(out_dir, **fields) -> Path:
@@ -289,10 +381,14 @@ class TaskRun:
     "Parameters every task notebook has: where the run goes, its preset, data and starting point, the learning check."
     gpus: int = num(0, 0)  # GPUs per node; 0: CPU
     nodes: int = num(1, 1)  # nodes (cluster "slurm" only)
-    cluster: Literal["none", "local", "slurm"] = "none"  # "none": this machine (torchrun when there are several processes)
+    cluster: Literal["none", "local", "slurm"] = (
+        "none"  # "none": this machine (torchrun when there are several processes)
+    )
     preset: str = "tiny"  # config preset or YAML/JSON config file
     data: str = "synthetic"  # "synthetic" or the task's manifest
-    checkpoint: Optional[str] = None  # start: our folder or run, or an official .ckpt / hf:// id (converted first); None: see pretrain_steps
+    checkpoint: Optional[str] = (
+        None  # start: our folder or run, or an official .ckpt / hf:// id (converted first); None: see pretrain_steps
+    )
     checkpoint_format: Literal["auto", "scl_nb", "official"] = "auto"  # how `checkpoint` is read
     pretrain_steps: int = num(0, 0)  # without a checkpoint: steps of a short cached pre-training; 0: random init
     pretrain_objectives: str = "itm,itc"  # objectives of that pre-training
@@ -307,14 +403,20 @@ class TaskRun:
     def check(self):
         "Rules involving the machine, the file system or several parameters (after `prepare_checkpoint`)."
         if self.nodes != 1 or self.cluster != "none":
-            raise ConfigError(f"nodes={self.nodes}, cluster={self.cluster!r}: task notebooks run on this node (torchrun) for now; "
-                              "multi-node fine-tuning needs a task entry point in the engine's launcher")
-        if self.gpus > torch.cuda.device_count(): raise ConfigError(f"gpus={self.gpus} but this machine has {torch.cuda.device_count()} GPU(s)")
+            raise ConfigError(
+                f"nodes={self.nodes}, cluster={self.cluster!r}: task notebooks run on this node (torchrun) for now; "
+                "multi-node fine-tuning needs a task entry point in the engine's launcher"
+            )
+        if self.gpus > torch.cuda.device_count():
+            raise ConfigError(f"gpus={self.gpus} but this machine has {torch.cuda.device_count()} GPU(s)")
         if self.preset not in PRESETS and not Path(self.preset).exists():
             raise ConfigError(f"preset={self.preset!r} is neither one of {sorted(PRESETS)} nor a config file")
-        if self.data != "synthetic" and not Path(self.data).exists(): raise ConfigError(f"data={self.data!r} must be 'synthetic' or an existing manifest")
-        if self.checkpoint is not None and not Path(self.checkpoint).exists(): raise ConfigError(f"checkpoint={self.checkpoint!r} does not exist")
-        if not self.out_dir: raise ConfigError("out_dir='' must be a folder path")
+        if self.data != "synthetic" and not Path(self.data).exists():
+            raise ConfigError(f"data={self.data!r} must be 'synthetic' or an existing manifest")
+        if self.checkpoint is not None and not Path(self.checkpoint).exists():
+            raise ConfigError(f"checkpoint={self.checkpoint!r} does not exist")
+        if not self.out_dir:
+            raise ConfigError("out_dir='' must be a folder path")
         objective_overrides(self.pretrain_objectives)
 
 @dataclass
@@ -332,7 +434,9 @@ class FinetuneRun(TaskRun):
 @dataclass
 class VQARun(FinetuneRun):
     "The parameters of `nbs/finetune_vqa.ipynb`."
-    answers: Optional[str] = None  # answer vocabulary (JSON list); None: the synthetic one or <manifest stem>_answers.json
+    answers: Optional[str] = (
+        None  # answer vocabulary (JSON list); None: the synthetic one or <manifest stem>_answers.json
+    )
     test_splits: str = "test"  # splits written as EvalAI prediction files
     evaluate_only: bool = False  # evaluate `checkpoint` (with its VQA head) without fine-tuning
     out_dir: str = "runs/finetune_vqa"
@@ -354,9 +458,13 @@ class RetrievalEvalRun(TaskRun):
     modality: Literal["image", "video"] = "image"
     dataset: Optional[str] = None  # method §4 setting: f30k, coco, msrvtt, lsmdc; None: f30k (image) / msrvtt (video)
     eval_split: str = "test"  # evaluation split
-    eval_images: Optional[int] = num(None, 1)  # evaluate on the captions of the first images only; None: all (tiny: its own)
+    eval_images: Optional[int] = num(
+        None, 1
+    )  # evaluate on the captions of the first images only; None: all (tiny: its own)
     one_caption_per_video: bool = False  # keep the first caption of each video (the MSR-VTT 1k-A protocol)
-    k: Optional[int] = num(None, 0)  # candidates re-ranked by ITM per query; None: the setting's (tiny: its own); 0: all
+    k: Optional[int] = num(
+        None, 0
+    )  # candidates re-ranked by ITM per query; None: the setting's (tiny: its own); 0: all
     eval_chunk: int = num(256, 1)  # pairs fused at once
     batch_size: Optional[int] = num(128, 1)  # encoding batch
     pretrain_steps: int = num(120, 0)
@@ -364,15 +472,18 @@ class RetrievalEvalRun(TaskRun):
     margin: float = num(20.0, 0.0)
 
     def check(self):
-        super().check(); self.setting()
+        super().check()
+        self.setting()
 
     def setting(self, task: str = "eval_retrieval") -> dict:
         "The method §4 setting of `dataset` with `k` and `eval_images` resolved (the tiny preset's from `TINY_TASKS`)."
         video = self.modality == "video"
         name = self.dataset or ("msrvtt" if video else "f30k")
         if name not in TASK_SETTINGS or ("num_frames" in TASK_SETTINGS[name]) != video:
-            raise ConfigError(f"dataset={name!r} is not a {self.modality} retrieval setting; choose one of "
-                              f"{sorted(d for d, s in TASK_SETTINGS.items() if 'itc_weight' in s and ('num_frames' in s) == video)}")
+            raise ConfigError(
+                f"dataset={name!r} is not a {self.modality} retrieval setting; choose one of "
+                f"{sorted(d for d, s in TASK_SETTINGS.items() if 'itc_weight' in s and ('num_frames' in s) == video)}"
+            )
         tiny = TINY_TASKS[task] if self.preset == "tiny" else {}
         s = TASK_SETTINGS[name]
         return dict(s, dataset=name, video=video, k=self.k if self.k is not None else tiny.get("k", s.get("k", 0)),
@@ -384,7 +495,9 @@ class RetrievalRun(FinetuneRun, RetrievalEvalRun):
     itc_weight: Optional[float] = num(None, 0.0)  # weight of the ITC term; None: the setting's (0.5 image, 1 video)
     eval_split: str = "test"
     batch_size: Optional[int] = num(None, 1)
-    pretrain_steps: int = num(120, 0)  # (a dataclass takes a field's default from the last base that declares it: FinetuneRun's)
+    pretrain_steps: int = num(
+        120, 0
+    )  # (a dataclass takes a field's default from the last base that declares it: FinetuneRun's)
     margin: float = num(20.0, 0.0)
     out_dir: str = "runs/finetune_retrieval"
 
@@ -392,25 +505,42 @@ class RetrievalRun(FinetuneRun, RetrievalEvalRun):
         s = RetrievalEvalRun.setting(self, task)
         return s | {"itc_weight": s["itc_weight"] if self.itc_weight is None else self.itc_weight}
 
-def task_run_config(task: str, preset: str, data: str, dataset: Optional[str] = None,  # method §4 setting (paper presets)
-                    batch_size=None, lr=None, precision: str = "auto", gpus: int = 0, seed: int = 0,
-                    overrides: str = "") -> SCLConfig:
+
+def task_run_config(
+    task: str,
+    preset: str,
+    data: str,
+    dataset: Optional[str] = None,  # method §4 setting (paper presets)
+    batch_size=None,
+    lr=None,
+    precision: str = "auto",
+    gpus: int = 0,
+    seed: int = 0,
+    overrides: str = "",
+) -> SCLConfig:
     "The run's configuration before the number of steps is known (see `with_steps`)."
     tiny = TINY_TASKS[task] if preset == "tiny" else {}
     changes = {"train.seed": seed, "data.source": data}
-    if preset != "tiny" and dataset is not None: changes |= task_overrides(dataset)
-    if bs := batch_size or tiny.get("batch_size"): changes |= {"train.batch_size": bs, "train.per_gpu_batch_size": bs}
-    if lr or tiny.get("lr"): changes["train.lr"] = lr or tiny["lr"]
-    if preset == "tiny": changes |= TINY_TASK_TRAIN | tiny.get("changes", {})
+    if preset != "tiny" and dataset is not None:
+        changes |= task_overrides(dataset)
+    if bs := batch_size or tiny.get("batch_size"):
+        changes |= {"train.batch_size": bs, "train.per_gpu_batch_size": bs}
+    if lr or tiny.get("lr"):
+        changes["train.lr"] = lr or tiny["lr"]
+    if preset == "tiny":
+        changes |= TINY_TASK_TRAIN | tiny.get("changes", {})
     try:
         return run_config(preset, changes, overrides, precision=precision, gpus=gpus)
     except ConfigError as e:
         raise ConfigError(f"parameter error: {e}") from None
 
+
 def with_steps(cfg: SCLConfig, n_train: int, epochs=None, steps=None, task: Optional[str] = None) -> SCLConfig:
-    "`cfg` with `train.steps`: `steps`, else `epochs` (default: the tiny CPU value or the method's 10) over `n_train` samples."
+    """`cfg` with `train.steps`: `steps`, else `epochs` (default: the tiny CPU value or the method's 10) over
+    `n_train` samples."""
     tiny = TINY_TASKS.get(task, {}) if cfg.name == "tiny" else {}
-    if steps is None and epochs is None: steps = tiny.get("steps")
+    if steps is None and epochs is None:
+        steps = tiny.get("steps")
     if steps is None:
         epochs = epochs or tiny.get("epochs", EPOCHS)
         steps = epochs_to_steps(epochs, n_train, cfg.train.batch_size)
@@ -427,13 +557,17 @@ def task_manifest(cfg: SCLConfig, table: str,  # `SYNTHETIC_TABLE` value (synthe
         from scl_nb.synthetic import synthetic_for_config
         paths = synthetic_for_config(cfg, **(synthetic or {}))
         if len(names) != 1 or f"{table}_{names[0]}" not in paths:
-            raise ValueError(f"the synthetic set has one {table} file per split (train, val, test); got splits={splits!r}")
+            raise ValueError(
+                f"the synthetic set has one {table} file per split (train, val, test); got splits={splits!r}"
+            )
         return paths[f"{table}_{names[0]}"]
     columns = TASK_COLUMNS["retrieval" if table in ("captions", "video_captions") else table]
     m = load_manifest(cfg.data.source, columns)
-    if "split" not in m.columns: raise ValueError(f"{cfg.data.source} has no split column")
+    if "split" not in m.columns:
+        raise ValueError(f"{cfg.data.source} has no split column")
     keep = [i for i, s in enumerate(m.table["split"]) if s in names]
-    if not keep: raise ValueError(f"{cfg.data.source} has no rows of splits {names}; it has {sorted(set(m.table['split']))}")
+    if not keep:
+        raise ValueError(f"{cfg.data.source} has no rows of splits {names}; it has {sorted(set(m.table['split']))}")
     return select_rows(m, keep)
 
 def select_rows(m, indices):
@@ -453,31 +587,51 @@ def retrieval_subset(manifest,                      # a manifest file or `Manife
                     ):
     "The evaluation rows: all, or those of the first `max_images` images, one or all captions each."
     from scl_nb.data import load_manifest
-    if max_images is None and not one_caption: return manifest
+    if max_images is None and not one_caption:
+        return manifest
     m = load_manifest(manifest) if isinstance(manifest, (str, Path)) else manifest
     order, keep = {}, []
     for i, v in enumerate(m.table["image_id"]):
         if v not in order:
-            if max_images is not None and len(order) >= max_images: continue
-            order[v] = i; keep.append(i)
-        elif not one_caption: keep.append(i)
+            if max_images is not None and len(order) >= max_images:
+                continue
+            order[v] = i
+            keep.append(i)
+        elif not one_caption:
+            keep.append(i)
     return select_rows(m, keep)
 
 # %% ../nbs/40_tasks.ipynb #6f40ead1
-def pretrained_checkpoint(cfg: SCLConfig,          # the task run's configuration (architecture, data, cache)
-                          steps: int,              # pre-training steps
-                          objectives: str = "itm,itc",  # objectives kept (`scl_nb.config.objective_overrides`)
-                          batch_size: int = 64, lr: float = 2e-3,  # pre-training batch and learning rate
-                          synthetic: Optional[dict] = None,  # `SyntheticParams` fields of the synthetic set; None = defaults
-                          device: Optional[str] = None, progress: bool = False) -> Path:
+def pretrained_checkpoint(
+    cfg: SCLConfig,  # the task run's configuration (architecture, data, cache)
+    steps: int,  # pre-training steps
+    objectives: str = "itm,itc",  # objectives kept (`scl_nb.config.objective_overrides`)
+    batch_size: int = 64,
+    lr: float = 2e-3,  # pre-training batch and learning rate
+    synthetic: Optional[dict] = None,  # `SyntheticParams` fields of the synthetic set; None = defaults
+    device: Optional[str] = None,
+    progress: bool = False,
+) -> Path:
     "The run folder of a cached short pre-training of `cfg` (trained now if missing or unfinished)."
     import fcntl, hashlib
     from scl_nb.train import train
     from scl_nb.config import objective_overrides
     from scl_nb.synthetic import synthetic_cache_root
-    pcfg = apply_overrides(cfg, objective_overrides(objectives) | {
-        "train.steps": steps, "train.batch_size": batch_size, "train.per_gpu_batch_size": batch_size, "train.lr": lr,
-        "train.warmup": 0.1, "train.head_lr_mult": 1.0, "train.cross_modal_lr_mult": 1.0, "train.ckpt_every": steps, "train.keep_last": 1})
+    pcfg = apply_overrides(
+        cfg,
+        objective_overrides(objectives)
+        | {
+            "train.steps": steps,
+            "train.batch_size": batch_size,
+            "train.per_gpu_batch_size": batch_size,
+            "train.lr": lr,
+            "train.warmup": 0.1,
+            "train.head_lr_mult": 1.0,
+            "train.cross_modal_lr_mult": 1.0,
+            "train.ckpt_every": steps,
+            "train.keep_last": 1,
+        },
+    )
     key = hashlib.sha1(json.dumps([to_dict(pcfg), synthetic], sort_keys=True).encode()).hexdigest()[:12]
     folder = synthetic_cache_root(cfg.data.cache_dir).parent / "pretrained" / f"{cfg.name}-{steps}-{key}"
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -505,28 +659,54 @@ def finetune_job(job: dict) -> dict:
     cfg = from_dict(job["cfg"])
     train_m = task_manifest(cfg, job["table"], job["train_splits"], job.get("synthetic"))
     torch.manual_seed(cfg.train.seed)
-    model = build_task_model(cfg, job["task"], job.get("checkpoint"), job.get("num_answers", 0), job.get("itc_weight", 0.0))
-    return finetune(model, job["out_dir"], train_m, job.get("answers"), resume=job.get("resume", True), device=job.get("device"),
-                    progress=False, randaugment=job.get("randaugment", True))
+    model = build_task_model(
+        cfg, job["task"], job.get("checkpoint"), job.get("num_answers", 0), job.get("itc_weight", 0.0)
+    )
+    return finetune(
+        model,
+        job["out_dir"],
+        train_m,
+        job.get("answers"),
+        resume=job.get("resume", True),
+        device=job.get("device"),
+        progress=False,
+        randaugment=job.get("randaugment", True),
+    )
 
-def launch_finetune(job: dict,          # cfg (dict), task, table, train_splits, out_dir; checkpoint, answers, ... (see `finetune_job`)
-                    nprocs: int,        # processes on this node (one per GPU)
-                    print_every: int = 10,  # steps between progress lines
-                   ) -> dict:
+
+def launch_finetune(
+    job: dict,  # cfg (dict), task, table, train_splits, out_dir; checkpoint, answers, ... (see `finetune_job`)
+    nprocs: int,  # processes on this node (one per GPU)
+    print_every: int = 10,  # steps between progress lines
+) -> dict:
     "Run `finetune_job` in `nprocs` processes with torchrun (`scl_nb.jobs`); follow it; return the engine's summary."
     from scl_nb.jobs import Job, submit, follow
     from scl_nb.checkpoint import atomic_write
-    out = Path(job["out_dir"]); out.mkdir(parents=True, exist_ok=True)
+    out = Path(job["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
     path = atomic_write(out / "job.json", json.dumps(jsonable(job), indent=2))
-    handle = submit(Job(str(out), module="scl_nb.tasks", args=["--job", str(path)], nprocs=nprocs, resume=bool(job.get("resume", True))))
+    handle = submit(
+        Job(
+            str(out),
+            module="scl_nb.tasks",
+            args=["--job", str(path)],
+            nprocs=nprocs,
+            resume=bool(job.get("resume", True)),
+        )
+    )
     return follow(handle, print_every=print_every)
+
 
 def main(argv=None) -> int:
     "`python -m scl_nb.tasks --job job.json`: one process of a multi-process fine-tuning run."
     import argparse
-    p = argparse.ArgumentParser(prog="python -m scl_nb.tasks", description="One process of a task fine-tuning run (started by torchrun).")
+    p = argparse.ArgumentParser(
+        prog="python -m scl_nb.tasks", description="One process of a task fine-tuning run (started by torchrun)."
+    )
     p.add_argument("--job", required=True, help="job file written by launch_finetune")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint (whatever the job file says)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint (whatever the job file says)"
+    )
     args = p.parse_args(argv)
     job = json.loads(Path(args.job).read_text())
     finetune_job(job | ({"resume": True} if args.resume else {}))

@@ -41,7 +41,9 @@ class TowerSettings:
     data_seed: int = 15  # synthetic seed of the tower data; must differ from `evaluated_seed`
     n_images: int = 1000  # tower images (80 % train, 10 % val for the learning checks, 10 % unused)
     evaluated_seed: int = 0  # seed of the set the tiny runs train and evaluate on
-    evaluated: dict = field(default_factory=dict)  # extra `synthetic_for_config` params of that set; {} = the main job's
+    evaluated: dict = field(
+        default_factory=dict
+    )  # extra `synthetic_for_config` params of that set; {} = the main job's
     vision_steps: int = 150  # contrastive steps
     text_steps: int = 200  # MLM steps
     batch_size: int = 64  # pairs (vision) or captions (text) per step
@@ -82,12 +84,23 @@ def evaluated_set(s: TowerSettings,  # `evaluated_seed` and `evaluated` name the
 
 def manifest_texts(paths: dict) -> set[str]:
     "Every caption and question in the `.jsonl` manifests of `paths`."
-    return {r[k] for p in paths.values() if p.suffix == ".jsonl" for r in _rows(p) for k in ("caption", "question") if r.get(k)}
+    return {
+        r[k]
+        for p in paths.values()
+        if p.suffix == ".jsonl"
+        for r in _rows(p)
+        for k in ("caption", "question")
+        if r.get(k)
+    }
 
 def tower_data(s: TowerSettings, cache_dir=None) -> dict:
-    "Tower pairs `{train, val: [dict(media, caption, image_id)]}` with every evaluated text removed, and what was dropped."
+    """Tower pairs `{train, val: [dict(media, caption, image_id)]}` with every evaluated text removed, and what was
+    dropped."""
     if s.data_seed == s.evaluated_seed:
-        raise ValueError(f"TowerSettings.data_seed={s.data_seed} equals evaluated_seed: the towers would see the evaluated data; choose another seed")
+        raise ValueError(
+            f"TowerSettings.data_seed={s.data_seed} equals evaluated_seed: the towers would see the evaluated data; "
+            f"choose another seed"
+        )
     paths = make_synthetic(cache_dir, n_images=s.n_images, n_videos=0, n_pairs=0, questions_per_image=0,
                            image_size=s.vision["image_size"], seed=s.data_seed)
     banned = manifest_texts(evaluated_set(s, cache_dir))
@@ -95,7 +108,11 @@ def tower_data(s: TowerSettings, cache_dir=None) -> dict:
     for split in ("train", "val"):
         rows = _rows(paths[f"captions_{split}"])
         root = paths[f"captions_{split}"].parent
-        out[split] = [dict(media=str(root / r["media"]), caption=r["caption"], image_id=r["image_id"]) for r in rows if r["caption"] not in banned]
+        out[split] = [
+            dict(media=str(root / r["media"]), caption=r["caption"], image_id=r["image_id"])
+            for r in rows
+            if r["caption"] not in banned
+        ]
         out[f"{split}_dropped"] = len(rows) - len(out[split])
     return out
 
@@ -105,7 +122,14 @@ def _file_digest(path) -> str:
 
 def media_digests(paths: dict) -> set[str]:
     "SHA-1 of every image or video file the `.jsonl` manifests of `paths` name."
-    files = {Path(p).parent / r[k] for p in paths.values() if p.suffix == ".jsonl" for r in _rows(p) for k in ("media", "media2") if r.get(k)}
+    files = {
+        Path(p).parent / r[k]
+        for p in paths.values()
+        if p.suffix == ".jsonl"
+        for r in _rows(p)
+        for k in ("media", "media2")
+        if r.get(k)
+    }
     return {_file_digest(f) for f in files}
 
 def check_disjoint(data: dict,  # `tower_data(...)`
@@ -117,8 +141,11 @@ def check_disjoint(data: dict,  # `tower_data(...)`
     shared_images = tower_images & media_digests(evaluated)
     shared_texts = {p["caption"] for p in pairs} & manifest_texts(evaluated)
     if shared_images or shared_texts:
-        raise ValueError(f"tower data overlaps the evaluated set: {len(shared_images)} identical images, {len(shared_texts)} shared captions "
-                         f"(e.g. {sorted(shared_texts)[:2]})")
+        raise ValueError(
+            f"tower data overlaps the evaluated set: {len(shared_images)} identical images, {len(shared_texts)} "
+            f"shared captions "
+            f"(e.g. {sorted(shared_texts)[:2]})"
+        )
     return dict(images=len(tower_images), captions=len({p["caption"] for p in pairs}))
 
 # %% ../nbs/14_towers.ipynb #d6412120
@@ -170,23 +197,37 @@ def _optimizer(model: nn.Module, lr: float, wd: float, steps: int, warmup: float
     "AdamW (no decay on vectors) with linear warm-up and linear decay to 0."
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([dict(params=decay, weight_decay=wd), dict(params=rest, weight_decay=0.0)], lr=lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(
+        [dict(params=decay, weight_decay=wd), dict(params=rest, weight_decay=0.0)], lr=lr, betas=(0.9, 0.98)
+    )
     w = max(1, int(warmup * steps))
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min((i + 1) / w, max(0.0, (steps - i) / max(1, steps - w))))
+    return opt, torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min((i + 1) / w, max(0.0, (steps - i) / max(1, steps - w)))
+    )
 
 def clip_vision_config(s: TowerSettings):
     "The `transformers.CLIPVisionConfig` of the tower sizes in `s`."
     from transformers import CLIPVisionConfig
     v = s.vision
-    return CLIPVisionConfig(image_size=v["image_size"], patch_size=v["patch_size"], hidden_size=v["width"], num_hidden_layers=v["layers"],
-                            num_attention_heads=v["heads"], intermediate_size=v["mlp_dim"], hidden_act=v["act"],
-                            layer_norm_eps=v["layer_norm_eps"], projection_dim=s.proj_dim)
+    return CLIPVisionConfig(
+        image_size=v["image_size"],
+        patch_size=v["patch_size"],
+        hidden_size=v["width"],
+        num_hidden_layers=v["layers"],
+        num_attention_heads=v["heads"],
+        intermediate_size=v["mlp_dim"],
+        hidden_act=v["act"],
+        layer_norm_eps=v["layer_norm_eps"],
+        projection_dim=s.proj_dim,
+    )
 
 # %% ../nbs/14_towers.ipynb #6a4f3bea
 @torch.no_grad()
 def pair_retrieval(model: ContrastivePair, pixels, ids, mask, txt2img) -> dict:
-    "Retrieval R@K (percent) of `model` on images `[N, 3, H, W]` and captions `[M, L]`; `r1` = mean of TR and IR R@1, `chance_r1` likewise."
-    was = model.training; model.eval()
+    """Retrieval R@K (percent) of `model` on images `[N, 3, H, W]` and captions `[M, L]`; `r1` = mean of TR and IR
+    R@1, `chance_r1` likewise."""
+    was = model.training
+    model.eval()
     img = torch.cat([model.image_features(pixels[i:i + 256]) for i in range(0, len(pixels), 256)])  # [N, d]
     txt = torch.cat([model.text_features(ids[i:i + 256], mask[i:i + 256]) for i in range(0, len(ids), 256)])  # [M, d]
     model.train(was)
@@ -202,27 +243,41 @@ def train_vision_tower(s: TowerSettings, data: dict, tokenizer,
     "Train a `CLIPVisionModel` contrastively on `data['train']`; log held-out retrieval on `data['val']`."
     from transformers import CLIPVisionModel
     steps = s.vision_steps if steps is None else steps
-    companion = hf_text_config(TextConfig(vocab_size=s.text["vocab_size"], width=s.vision["width"], layers=s.companion_layers,
-                                          heads=s.vision["heads"], mlp_dim=s.vision["mlp_dim"],
-                                          max_position_embeddings=s.text["max_position_embeddings"], dropout=0.0))
+    companion = hf_text_config(
+        TextConfig(
+            vocab_size=s.text["vocab_size"],
+            width=s.vision["width"],
+            layers=s.companion_layers,
+            heads=s.vision["heads"],
+            mlp_dim=s.vision["mlp_dim"],
+            max_position_embeddings=s.text["max_position_embeddings"],
+            dropout=0.0,
+        )
+    )
     model = ContrastivePair(CLIPVisionModel(clip_vision_config(s)), companion, s.proj_dim)
     (tr_files, tr_t2i), (va_files, va_t2i) = _image_index(data["train"]), _image_index(data["val"])
     tr_pix, va_pix = load_pixels(tr_files), load_pixels(va_files)  # [N, 3, H, W]
     tr_ids, tr_mask = tokenize(tokenizer, [p["caption"] for p in data["train"]], s.text["max_len"])
     va_ids, va_mask = tokenize(tokenizer, [p["caption"] for p in data["val"]], s.text["max_len"])
     captions_of = [[] for _ in tr_files]
-    for j, i in enumerate(tr_t2i.tolist()): captions_of[i].append(j)
+    for j, i in enumerate(tr_t2i.tolist()):
+        captions_of[i].append(j)
     g = torch.Generator().manual_seed(s.init_seed + 1)
     opt, sched = _optimizer(model, s.vision_lr, s.weight_decay, steps, s.warmup)
     log = [dict(step=0, **pair_retrieval(model, va_pix, va_ids, va_mask, va_t2i))]
     B = min(s.batch_size, len(tr_files))
     perm, pos = torch.randperm(len(tr_files), generator=g), 0
     for step in range(1, steps + 1):
-        if pos + B > len(perm): perm, pos = torch.randperm(len(tr_files), generator=g), 0
-        imgs = perm[pos:pos + B].tolist(); pos += B
+        if pos + B > len(perm):
+            perm, pos = torch.randperm(len(tr_files), generator=g), 0
+        imgs = perm[pos:pos + B].tolist()
+        pos += B
         caps = torch.tensor([captions_of[i][int(torch.randint(len(captions_of[i]), (1,), generator=g))] for i in imgs])
         loss = model(tr_pix[imgs], tr_ids[caps], tr_mask[caps])
-        opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
         if step % log_every == 0 or step == steps:
             log.append(dict(step=step, loss=loss.item(), **pair_retrieval(model, va_pix, va_ids, va_mask, va_t2i)))
     return model.vision, log
@@ -240,14 +295,17 @@ def mask_tokens(ids: torch.Tensor,  # [B, L] token ids
     labels = torch.where(chosen, ids, torch.full_like(ids, -100))
     r = torch.rand(ids.shape, generator=generator)
     inputs = torch.where(chosen & (r < 0.8), torch.full_like(ids, tokenizer.mask_token_id), ids)
-    random_ids = torch.randint(4, len(tokenizer) - 1, ids.shape, generator=generator)  # ordinary tokens: after the 4 specials, before <mask>
+    random_ids = torch.randint(
+        4, len(tokenizer) - 1, ids.shape, generator=generator
+    )  # ordinary tokens: after the 4 specials, before <mask>
     return torch.where(chosen & (r >= 0.8) & (r < 0.9), random_ids, inputs), labels
 
 # %% ../nbs/14_towers.ipynb #33223051
 @torch.no_grad()
 def mlm_accuracy(model: nn.Module, ids, mask, tokenizer, prob: float, seed: int = 0) -> dict:
     "Masked-token accuracy (percent) and loss of a `RobertaForMaskedLM` on `ids` `[N, L]` under a fixed masking."
-    was = model.training; model.eval()
+    was = model.training
+    model.eval()
     inputs, labels = mask_tokens(ids, mask, tokenizer, prob, torch.Generator().manual_seed(seed))
     logits = model(input_ids=inputs, attention_mask=mask).logits  # [N, L, V]
     model.train(was)
@@ -258,8 +316,17 @@ def mlm_accuracy(model: nn.Module, ids, mask, tokenizer, prob: float, seed: int 
 def roberta_config(s: TowerSettings):
     "The `transformers.RobertaConfig` of the text tower sizes in `s` (no dropout)."
     t = s.text
-    return hf_text_config(TextConfig(vocab_size=t["vocab_size"], width=t["width"], layers=t["layers"], heads=t["heads"],
-                                     mlp_dim=t["mlp_dim"], max_position_embeddings=t["max_position_embeddings"], dropout=0.0))
+    return hf_text_config(
+        TextConfig(
+            vocab_size=t["vocab_size"],
+            width=t["width"],
+            layers=t["layers"],
+            heads=t["heads"],
+            mlp_dim=t["mlp_dim"],
+            max_position_embeddings=t["max_position_embeddings"],
+            dropout=0.0,
+        )
+    )
 
 def train_text_tower(s: TowerSettings, data: dict, tokenizer,
                      steps: Optional[int] = None,  # None = `s.text_steps`
@@ -281,7 +348,10 @@ def train_text_tower(s: TowerSettings, data: dict, tokenizer,
         h = model.roberta(input_ids=inputs, attention_mask=mask[b, :L]).last_hidden_state  # [B, L, D]
         sel = labels != -100
         loss = F.cross_entropy(model.lm_head(h[sel]), labels[sel])  # the vocabulary head on the chosen tokens only
-        opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
         if step % log_every == 0 or step == steps:
             log.append(dict(step=step, loss=loss.item(), **mlm_accuracy(model, va_ids, va_mask, tokenizer, s.mlm_prob)))
     return model, log
@@ -294,7 +364,8 @@ def _save_text_tower(mlm: nn.Module, tokenizer, folder: Path):
     missing, unexpected = enc.load_state_dict(mlm.roberta.state_dict(), strict=False)
     if unexpected or any(not k.startswith("pooler.") for k in missing):
         raise RuntimeError(f"MLM encoder does not fit RobertaModel: missing {missing}, unexpected {unexpected}")
-    enc.save_pretrained(str(folder)); tokenizer.save_pretrained(str(folder))
+    enc.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
 
 def build_towers(out_dir,  # folder to write `vision/`, `text/` and `report.json` into (created)
                  s: Optional[TowerSettings] = None,  # None = `tower_settings()`
@@ -305,23 +376,35 @@ def build_towers(out_dir,  # folder to write `vision/`, `text/` and `report.json
     s, out = s or tower_settings(), Path(out_dir)
     threads, verbosity = torch.get_num_threads(), hf_logging.get_verbosity()
     with torch.random.fork_rng(devices=[]):
-        torch.set_num_threads(1); hf_logging.set_verbosity_error()
+        torch.set_num_threads(1)
+        hf_logging.set_verbosity_error()
         try:
             torch.manual_seed(s.init_seed)
             t0 = time.time()
             data = tower_data(s, cache_dir)
             disjoint = check_disjoint(data, evaluated_set(s, cache_dir))
             tok = load_tokenizer(TextConfig(tokenizer=s.text["tokenizer"], vocab_size=s.text["vocab_size"]), cache_dir)
-            t1 = time.time(); vision, vlog = train_vision_tower(s, data, tok)
-            t2 = time.time(); mlm, tlog = train_text_tower(s, data, tok)
+            t1 = time.time()
+            vision, vlog = train_vision_tower(s, data, tok)
+            t2 = time.time()
+            mlm, tlog = train_text_tower(s, data, tok)
             t3 = time.time()
             out.mkdir(parents=True, exist_ok=True)
             vision.save_pretrained(str(out / "vision"))
             _save_text_tower(mlm, tok, out / "text")
-        finally: torch.set_num_threads(threads); hf_logging.set_verbosity(verbosity)
-    report = dict(settings=asdict(s), key=s.key(), builder=BUILDER_VERSION, vision_log=vlog, text_log=tlog,
-                  pairs=dict(train=len(data["train"]), val=len(data["val"]), dropped=data["train_dropped"] + data["val_dropped"]),
-                  disjoint=disjoint, seconds=dict(data=t1 - t0, vision=t2 - t1, text=t3 - t2, total=time.time() - t0))
+        finally:
+            torch.set_num_threads(threads)
+            hf_logging.set_verbosity(verbosity)
+    report = dict(
+        settings=asdict(s),
+        key=s.key(),
+        builder=BUILDER_VERSION,
+        vision_log=vlog,
+        text_log=tlog,
+        pairs=dict(train=len(data["train"]), val=len(data["val"]), dropped=data["train_dropped"] + data["val_dropped"]),
+        disjoint=disjoint,
+        seconds=dict(data=t1 - t0, vision=t2 - t1, text=t3 - t2, total=time.time() - t0),
+    )
     (out / "report.json").write_text(json.dumps(report, indent=1))
     return out
 
@@ -343,9 +426,11 @@ def tiny_towers(cache_dir=None,  # cache root (`cfg.data.cache_dir`); None = `$S
             build_towers(tmp, s, cache_dir)
             os.rename(tmp, final)  # atomic; fails when another process finished first
         except OSError:
-            if not (final / "report.json").exists(): raise
+            if not (final / "report.json").exists():
+                raise
         finally:
-            if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return dict(vision=final / "vision", text=final / "text", report=final / "report.json")
 
 # %% ../nbs/14_towers.ipynb #f9a3497a
@@ -353,6 +438,8 @@ def resolve_tower(name,  # "tiny-clip", "tiny-roberta", or any folder / hub id (
                   cache_dir=None,  # cache root; None = `default_cache_dir()`
                   s: Optional[TowerSettings] = None,  # None = `tower_settings()` (the tiny preset's sizes)
                  ):
-    "The folder behind a tower name: the cached tiny towers for `tiny-clip` / `tiny-roberta` (built if missing), else `name`."
-    if name not in (VISION_TOWER, TEXT_TOWER): return name
+    """The folder behind a tower name: the cached tiny towers for `tiny-clip` / `tiny-roberta` (built if missing),
+    else `name`."""
+    if name not in (VISION_TOWER, TEXT_TOWER):
+        return name
     return str(tiny_towers(cache_dir, s)["vision" if name == VISION_TOWER else "text"])

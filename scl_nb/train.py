@@ -74,7 +74,9 @@ def build(self: Trainer):
         enable_activation_checkpointing(self.model)
     if tcfg.parallel == "fsdp":  # before the optimizer: fully_shard replaces the parameters
         if self.precision == "fp16" and ctx.device.type == "cuda":
-            raise ConfigError("train.parallel=fsdp does not support train.precision=fp16 (loss scaling over shards); use bf16")
+            raise ConfigError(
+                "train.parallel=fsdp does not support train.precision=fp16 (loss scaling over shards); use bf16"
+            )
         if single_process_group(ctx.device):
             ctx.owns_group = True
         shard_model(self.model)
@@ -112,7 +114,9 @@ def begin(self: Trainer,
         record = run_record(self.cfg, ctx, self.precision, self.accum, self.micro) | {"resumed_from": self.start}
         atomic_write(self.out_dir / "run.json", json.dumps(record, indent=2))
     training = self.start < tcfg.steps
-    self.flops_per_step, self.peak, unused = self.step_cost(count_model_flops and training, ctx.world_size > 1 and training)
+    self.flops_per_step, self.peak, unused = self.step_cost(
+        count_model_flops and training, ctx.world_size > 1 and training
+    )
     self.train_model, self.stream = wrap(self.model, ctx, tcfg, unused), endless(self.data)
     self.bar = Progress(progress, self.start, end, ctx.is_main)
     self.done = self.snapshot(None)  # the last finished step
@@ -138,19 +142,26 @@ def snapshot(self: Trainer, gen: Optional[torch.Generator]) -> dict:
 def wrap(model, ctx, tcfg, unused: list) -> nn.Module:
     "The module the loop calls: compiled (in place), and DDP around it when there are several processes (not FSDP)."
     if tcfg.compile:
-        model.compile(mode=tcfg.compile_mode)  # PretrainTask: the whole step after its draws; other tasks: their forward
+        model.compile(
+            mode=tcfg.compile_mode
+        )  # PretrainTask: the whole step after its draws; other tasks: their forward
     if ctx.world_size == 1 or tcfg.parallel == "fsdp":
         return model
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=bool(unused))
 
 def skips_on_device(optimizer, scaler) -> bool:
-    "Whether a non-finite step can be skipped without a host read: fused AdamW's `found_inf` (not with fp16's GradScaler)."
+    """Whether a non-finite step can be skipped without a host read: fused AdamW's `found_inf` (not with fp16's
+    GradScaler)."""
     return scaler is None and bool(optimizer.defaults.get("fused"))
 
 # %% ../nbs/23_train.ipynb #25d44f35
 def as_tensor(v, device) -> torch.Tensor:  # [] float64, detached: a term stays on the device until the rows are read
-    return v.detach().reshape(()).double() if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64, device=device)
+    return (
+        v.detach().reshape(()).double()
+        if isinstance(v, torch.Tensor)
+        else torch.tensor(float(v), dtype=torch.float64, device=device)
+    )
 
 @patch
 def forward_backward(self: Trainer, gen: torch.Generator) -> dict:
@@ -225,7 +236,9 @@ def step(self: Trainer, step: int):
 @patch
 def drain(self: Trainer):
     "The rows since the last read, brought to the host in one transfer: counters, rows logged, the non-finite check."
-    host = torch.stack([torch.cat([p["values"], p["bad"].float()[None]]) for p in self.pending]).tolist()  # one transfer
+    host = torch.stack(
+        [torch.cat([p["values"], p["bad"].float()[None]]) for p in self.pending]
+    ).tolist()  # one transfer
     now = time.perf_counter()
     dt = (now - self.t_read) / len(self.pending)  # the interval's mean: the steps ran asynchronously
     self.t_read = now
@@ -365,24 +378,33 @@ def fit(self: Trainer) -> dict:
     return summary
 
 # %% ../nbs/23_train.ipynb #e0289704
-def train(cfg: SCLConfig,  # the run's configuration (`cfg.train` drives the loop)
-          out_dir,  # run folder: metrics.jsonl, run.json, checkpoints/, summary.json
-          resume: bool = True,  # continue from the newest checkpoint in `out_dir` if there is one
-          model_fn: Callable | None = None,  # cfg -> task module (forward(batch, generator) -> losses); default PretrainTask.from_config
-          data_fn: Callable | None = None,  # (cfg, rank, world_size, device) -> resumable loader (see above)
-          device: Optional[str] = None,  # "cpu" to stay on the CPU when a GPU exists; None = GPU if present
-          progress: bool | str = True,  # rank 0: True = a bar on a terminal, else a line every tenth of the run; "lines"; False
-          max_steps: Optional[int] = None,  # stop after this step (the schedule still follows cfg.train.steps)
-          count_model_flops: bool = True,  # count FLOPs of one step for MFU
-          overwrite: bool = False,  # with resume=False: replace a run already in `out_dir` (else that is an error)
-          allow_changed: Sequence[str] = (),  # on resume: settings (keys or sections) that may differ from the checkpoint's
-         ) -> dict:
+def train(
+    cfg: SCLConfig,  # the run's configuration (`cfg.train` drives the loop)
+    out_dir,  # run folder: metrics.jsonl, run.json, checkpoints/, summary.json
+    resume: bool = True,  # continue from the newest checkpoint in `out_dir` if there is one
+    model_fn: (
+        Callable | None
+    ) = None,  # cfg -> task module (forward(batch, generator) -> losses); default PretrainTask.from_config
+    data_fn: Callable | None = None,  # (cfg, rank, world_size, device) -> resumable loader (see above)
+    device: Optional[str] = None,  # "cpu" to stay on the CPU when a GPU exists; None = GPU if present
+    progress: (
+        bool | str
+    ) = True,  # rank 0: True = a bar on a terminal, else a line every tenth of the run; "lines"; False
+    max_steps: Optional[int] = None,  # stop after this step (the schedule still follows cfg.train.steps)
+    count_model_flops: bool = True,  # count FLOPs of one step for MFU
+    overwrite: bool = False,  # with resume=False: replace a run already in `out_dir` (else that is an error)
+    allow_changed: Sequence[str] = (),  # on resume: settings (keys or sections) that may differ from the checkpoint's
+) -> dict:
     "Train `cfg` into `out_dir`; return a summary dict (status, steps, final loss, throughput, MFU, bad input, paths)."
     ctx = init_dist(device)
     try:
-        with RunFolderLock(out_dir) if ctx.is_main else contextlib.nullcontext():  # one run per folder, from the first look
+        with (
+            RunFolderLock(out_dir) if ctx.is_main else contextlib.nullcontext()
+        ):  # one run per folder, from the first look
             run = Trainer(ctx, cfg, Path(out_dir), model_fn, data_fn)
-            ckpt, replace = resume_point(ctx, run.out_dir, resume, overwrite)  # refuses before anything is built or written
+            ckpt, replace = resume_point(
+                ctx, run.out_dir, resume, overwrite
+            )  # refuses before anything is built or written
             if ckpt is not None:
                 for line in check_resume_config(ckpt, cfg, allow_changed):  # or refuses
                     say(ctx, line)
@@ -399,8 +421,10 @@ def train(cfg: SCLConfig,  # the run's configuration (`cfg.train` drives the loo
         if ctx.owns_group:
             cleanup_distributed()  # also when the run ends by an exception
 
+
 def resume_point(ctx, out_dir: Path, resume: bool, overwrite: bool) -> tuple[Optional[Path], bool]:
-    "The checkpoint to continue from (None: step 0) and whether an earlier run is replaced; says which. Refuses to clobber a run."
+    """The checkpoint to continue from (None: step 0) and whether an earlier run is replaced; says which. Refuses to
+    clobber a run."""
     ckpt_dir, metrics = out_dir / "checkpoints", out_dir / "metrics.jsonl"
     logged = metrics.exists() and metrics.stat().st_size > 0
     ckpt = latest_checkpoint(ckpt_dir)
@@ -421,7 +445,8 @@ def resume_point(ctx, out_dir: Path, resume: bool, overwrite: bool) -> tuple[Opt
     return ckpt, False
 
 def open_folder(ctx, out_dir: Path, replace: bool):
-    "Rank 0 makes the run folder (first removing what a replaced run left that would not be overwritten); every rank waits."
+    """Rank 0 makes the run folder (first removing what a replaced run left that would not be overwritten); every
+    rank waits."""
     if ctx.is_main and replace:
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
         shutil.rmtree(out_dir / "tb", ignore_errors=True)
@@ -493,7 +518,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--objectives", default=None, help="comma-separated objectives to keep, e.g. mlm,itm,itc,scl,mltc")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out (without it, that is an error)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a run already in --out (without it, that is an error)"
+    )
     p.add_argument("--allow-changed", default="", metavar="KEY,...",
                    help="with --resume: settings (keys or sections) that may differ from the checkpoint's "
                         "although they change the training")
@@ -525,7 +552,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if s["status"] == "preempted":
-        print(f"stopped by a signal at step {s['step']}; checkpoint {s['checkpoint']}; rerun with --resume", file=sys.stderr)
+        print(
+            f"stopped by a signal at step {s['step']}; checkpoint {s['checkpoint']}; rerun with --resume",
+            file=sys.stderr,
+        )
         return EXIT_PREEMPTED
     if s.get("bad_input", {}).get("unusable"):
         print(f"bad input skipped: {s['bad_input']}", file=sys.stderr)

@@ -144,7 +144,14 @@ def style_problems(m: str, text: str) -> list:
     out = [f"{m}.py:{n}: more than one statement" for n, k in sorted(starts.items()) if k > 1]
     tokens = tokenize.generate_tokens(io.StringIO(text).readline)
     comments = {t.start[0]: t.start[1] for t in tokens if t.type == tokenize.COMMENT}
+    generated = set()  # nbdev writes the module docstring (the notebook's summary) and `__all__` itself
+    for i, node in enumerate(tree.body):
+        docstring = i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+        if docstring or (isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "__all__"):
+            generated.update(range(node.lineno, node.end_lineno + 1))
     for i, line in enumerate(text.splitlines(), 1):
+        if i in generated:
+            continue
         code = line[:comments[i]].rstrip() if i in comments else line
         if len(code) > MAX_LINE_CHARS:
             out.append(f"{m}.py:{i}: {len(code)} characters of code")

@@ -29,27 +29,43 @@ __all__ = ['FixedBatch', 'paper_structure', 'bench_step_counts', 'main', 'bench_
 # %% ../../nbs/25_bench.ipynb #0bc9a96d
 class FixedBatch:
     "The engine's loader contract at its smallest: an endless stream of one batch, with a trivial saved position."
-    def __init__(self, batch: dict): self.batch = batch
+    def __init__(self, batch: dict):
+        self.batch = batch
     def __iter__(self):
-        while True: yield self.batch
-    def state_dict(self) -> dict: return {}
-    def load_state_dict(self, d: dict): pass
+        while True:
+            yield self.batch
+    def state_dict(self) -> dict:
+        return {}
+    def load_state_dict(self, d: dict):
+        pass
 
 # %% ../../nbs/25_bench.ipynb #aa10e067
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m scl_nb.tools.bench", description="scl_nb benchmarks (speed and memory).")
+    p = argparse.ArgumentParser(
+        prog="python -m scl_nb.tools.bench", description="scl_nb benchmarks (speed and memory)."
+    )
     sub = p.add_subparsers(dest="command", required=True)
-    for name, help_ in (("pretrain-step", "shared vs reference pass schedule of one pre-training step"),
-                        ("train", "full training steps: pairs/s, step time, peak memory, MFU"),
-                        ("step-counts", "aten calls and host syncs per training step (the paper's structure at a small width by default)"),
-                        ("best-batch", "the largest per-device batch that fits, with pairs/s and MFU at each batch tried")):
+    for name, help_ in (
+        ("pretrain-step", "shared vs reference pass schedule of one pre-training step"),
+        ("train", "full training steps: pairs/s, step time, peak memory, MFU"),
+        (
+            "step-counts",
+            "aten calls and host syncs per training step (the paper's structure at a small width by default)",
+        ),
+        ("best-batch", "the largest per-device batch that fits, with pairs/s and MFU at each batch tried"),
+    ):
         s = sub.add_parser(name, help=help_)
-        s.add_argument("--preset", default=None if name == "step-counts" else "tiny",
-                       help="preset name or config file" + (" (default: the paper's structure at a small width)" if name == "step-counts" else ""))
+        s.add_argument(
+            "--preset",
+            default=None if name == "step-counts" else "tiny",
+            help="preset name or config file"
+            + (" (default: the paper's structure at a small width)" if name == "step-counts" else ""),
+        )
         s.add_argument("--steps", type=int, default=None, help="timed steps")
         s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
         s.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
-        if name == "best-batch": s.add_argument("--sizes", type=int, nargs="+", default=None, help="per-device batches to try, increasing")
+        if name == "best-batch":
+            s.add_argument("--sizes", type=int, nargs="+", default=None, help="per-device batches to try, increasing")
     r = sub.add_parser("rerank", help="retrieval re-ranking: pairs/s, bytes sent to the device and FLOPs per pair")
     r.add_argument("--preset", default="tiny", help="preset or config file of the (randomly initialised) model")
     r.add_argument("--images", type=int, default=64, help="images in the random evaluation set")
@@ -75,27 +91,54 @@ def _call(fn, **kw):
 
 # %% ../../nbs/25_bench.ipynb #d70882af
 def paper_structure(width: int = 96, batch_size: int = 8) -> SCLConfig:
-    "The `paper` preset's depths, heads, objectives and schedule at a small `width` (random towers, 64 px, 4 x 4 patches)."
-    small = {f"{part}.{k}": v for part in ("vision", "text", "fusion") for k, v in (("width", width), ("mlp_dim", 4 * width))}
-    return apply_overrides(preset("paper"), small | {
-        "vision.pretrained": None, "vision.image_size": 64, "text.pretrained": None, "text.tokenizer": "tiny-bpe",
-        "text.vocab_size": 1024, "text.max_len": 40, "objectives.itc_dim": width, "train.batch_size": batch_size,
-        "train.per_gpu_batch_size": batch_size, "train.precision": "fp32", "train.ckpt_every": 100, "data.num_workers": 0})
+    """The `paper` preset's depths, heads, objectives and schedule at a small `width` (random towers, 64 px, 4 x 4
+    patches)."""
+    small = {
+        f"{part}.{k}": v for part in ("vision", "text", "fusion") for k, v in (("width", width), ("mlp_dim", 4 * width))
+    }
+    return apply_overrides(
+        preset("paper"),
+        small
+        | {
+            "vision.pretrained": None,
+            "vision.image_size": 64,
+            "text.pretrained": None,
+            "text.tokenizer": "tiny-bpe",
+            "text.vocab_size": 1024,
+            "text.max_len": 40,
+            "objectives.itc_dim": width,
+            "train.batch_size": batch_size,
+            "train.per_gpu_batch_size": batch_size,
+            "train.precision": "fp32",
+            "train.ckpt_every": 100,
+            "data.num_workers": 0,
+        },
+    )
 
-def bench_step_counts(preset: Optional[str] = None,  # preset or config file; None = `paper_structure()`
-                      overrides: Sequence[str] = (),  # `key.sub=value` overrides
-                      device: Optional[str] = "cpu",
-                      interval: int = 10,  # steps per log interval (`train.log_every`): the counts are averaged over one
-                      quiet: bool = False,
-                     ) -> dict:  # aten_calls_per_step, host_syncs_per_step, syncs_by_op, top_calls
-    "Aten calls and host syncs per engine step, averaged over one log interval: a 2k-step run minus a k-step run, over k."
+
+def bench_step_counts(
+    preset: Optional[str] = None,  # preset or config file; None = `paper_structure()`
+    overrides: Sequence[str] = (),  # `key.sub=value` overrides
+    device: Optional[str] = "cpu",
+    interval: int = 10,  # steps per log interval (`train.log_every`): the counts are averaged over one
+    quiet: bool = False,
+) -> dict:  # aten_calls_per_step, host_syncs_per_step, syncs_by_op, top_calls
+    """Aten calls and host syncs per engine step, averaged over one log interval: a 2k-step run minus a k-step run,
+    over k."""
     cfg = apply_overrides(paper_structure() if preset is None else load_config(preset), overrides)
     batch = random_pretrain_batch(cfg, cfg.train.per_gpu_batch_size, generator=torch.Generator().manual_seed(0))
     counts, k = {}, interval
     for steps in (k, 2 * k):
         with tempfile.TemporaryDirectory() as d, OpCounter() as c:
-            train(apply_overrides(cfg, {"train.steps": steps, "train.log_every": k, "train.ckpt_every": 2 * k}), d, resume=False,
-                  device=device, progress=False, data_fn=lambda *a: FixedBatch(batch), count_model_flops=False)
+            train(
+                apply_overrides(cfg, {"train.steps": steps, "train.log_every": k, "train.ckpt_every": 2 * k}),
+                d,
+                resume=False,
+                device=device,
+                progress=False,
+                data_fn=lambda *a: FixedBatch(batch),
+                count_model_flops=False,
+            )
         counts[steps] = c
     per = lambda f: (f(counts[2 * k]) - f(counts[k])) / k
     calls = {op: (counts[2 * k].calls[op] - counts[k].calls[op]) / k for op in counts[2 * k].calls}
@@ -114,9 +157,11 @@ def bench_step_counts(preset: Optional[str] = None,  # preset or config file; No
 def main(argv: Optional[Sequence[str]] = None) -> int:
     "Entry point of `python -m scl_nb.tools.bench`."
     a = _parser().parse_args(argv)
-    try: _run(a)
+    try:
+        _run(a)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr); return 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 def _run(a):
@@ -143,14 +188,17 @@ def _saved_activation_bytes(fn, params) -> int:
     skip, seen = {p.untyped_storage().data_ptr() for p in params}, {}
     def pack(t):
         s = t.untyped_storage()
-        if s.data_ptr() not in skip: seen[s.data_ptr()] = s.nbytes()
+        if s.data_ptr() not in skip:
+            seen[s.data_ptr()] = s.nbytes()
         return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): fn()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
     return sum(seen.values())
 
 def _rss_mb() -> float:
     "Current resident set size of this process in MB (Linux)."
-    with open("/proc/self/statm") as f: return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 def _peak_rss_mb(fn, interval_s: float = 5e-4) -> float:
     "Highest resident set size (MB) seen while `fn()` runs, sampled by a background thread."
@@ -158,11 +206,15 @@ def _peak_rss_mb(fn, interval_s: float = 5e-4) -> float:
     peak, done = [_rss_mb()], threading.Event()
     def watch():
         while not done.is_set():
-            peak[0] = max(peak[0], _rss_mb()); time.sleep(interval_s)
+            peak[0] = max(peak[0], _rss_mb())
+            time.sleep(interval_s)
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    try: fn()
-    finally: done.set(); watcher.join()
+    try:
+        fn()
+    finally:
+        done.set()
+        watcher.join()
     return max(peak[0], _rss_mb())
 
 def _bench_setup(cfg: SCLConfig, batch_size: int, num_frames: int, device: str):
@@ -183,14 +235,19 @@ def _bench_memory(cfg: SCLConfig, schedule: str, batch_size: int, num_frames: in
     cuda = device.startswith("cuda")
     if cuda:
         step(schedule, 0)                                                    # warm-up (cuBLAS workspaces, ...)
-        torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
-        step(schedule, 1); torch.cuda.synchronize()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step(schedule, 1)
+        torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
     else:  # the first step of a fresh process: the allocator has no freed memory to reuse yet
         base = _rss_mb()
         peak = max(0.0, _peak_rss_mb(lambda: step(schedule, 0)) - base)
-    activation = _saved_activation_bytes(lambda: model(batch, torch.Generator(device).manual_seed(0), objectives=schedules[schedule]),
-                                         list(model.parameters()))
+    activation = _saved_activation_bytes(
+        lambda: model(batch, torch.Generator(device).manual_seed(0), objectives=schedules[schedule]),
+        list(model.parameters()),
+    )
     flops, _ = count_flops(step, schedule, 0)
     return dict(peak_mb=peak, activation_mb=activation / 2 ** 20, gflops=flops / 1e9)
 
@@ -201,10 +258,12 @@ def _bench_time(cfg: SCLConfig, batch_size: int, steps: int, warmup: int, num_fr
     times = {"shared": [], "reference": []}
     for i in range(warmup + steps):
         for schedule in (("shared", "reference") if i % 2 == 0 else ("reference", "shared")):
-            sync(); t0 = time.perf_counter()
+            sync()
+            t0 = time.perf_counter()
             step(schedule, i)
             sync()
-            if i >= warmup: times[schedule].append(time.perf_counter() - t0)
+            if i >= warmup:
+                times[schedule].append(time.perf_counter() - t0)
     return {k: float(torch.tensor(v).median()) for k, v in times.items()}
 
 # %% ../../nbs/25_bench.ipynb #af493637
@@ -226,7 +285,8 @@ def bench_pretrain_step(preset: str = "tiny",       # preset name or YAML/JSON c
                         fresh_process: bool = True, # measure each schedule's memory in its own spawned process
                         verbose: bool = True,       # print a table
                        ) -> dict:
-    "Time and memory of the pre-training step with the shared and the reference schedule on the same batch, and their ratios."
+    """Time and memory of the pre-training step with the shared and the reference schedule on the same batch, and
+    their ratios."""
     cfg = cfg or load_config(preset, overrides)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     memory = (lambda *a: _in_fresh_process(_bench_memory, *a)) if fresh_process else _bench_memory
@@ -234,16 +294,31 @@ def bench_pretrain_step(preset: str = "tiny",       # preset name or YAML/JSON c
     for s, seconds in _bench_time(cfg, batch_size, steps, warmup, num_frames, device).items():
         res[s].update(s_per_step=seconds, pairs_per_s=batch_size / seconds)
     sh, ref = res["shared"], res["reference"]
-    out = dict(preset=cfg.name, batch_size=batch_size, num_frames=num_frames, device=device, objectives=cfg.objectives.active,
-               shared=sh, reference=ref, time_ratio=sh["s_per_step"] / ref["s_per_step"],
-               peak_memory_ratio=sh["peak_mb"] / ref["peak_mb"] if ref["peak_mb"] > 0 else float("nan"),
-               activation_ratio=sh["activation_mb"] / ref["activation_mb"], flops_ratio=sh["gflops"] / ref["gflops"])
+    out = dict(
+        preset=cfg.name,
+        batch_size=batch_size,
+        num_frames=num_frames,
+        device=device,
+        objectives=cfg.objectives.active,
+        shared=sh,
+        reference=ref,
+        time_ratio=sh["s_per_step"] / ref["s_per_step"],
+        peak_memory_ratio=sh["peak_mb"] / ref["peak_mb"] if ref["peak_mb"] > 0 else float("nan"),
+        activation_ratio=sh["activation_mb"] / ref["activation_mb"],
+        flops_ratio=sh["gflops"] / ref["gflops"],
+    )
     if verbose:
-        print(f"pre-training step  preset={cfg.name}  batch={batch_size}  frames={num_frames}  device={device}  objectives={'+'.join(out['objectives'])}")
+        print(
+            f"pre-training step  preset={cfg.name}  batch={batch_size}  frames={num_frames}  device={device}  "
+            f"objectives={'+'.join(out['objectives'])}"
+        )
         print(f"{'schedule':<10} {'s/step':>9} {'pairs/s':>9} {'GFLOP':>9} {'peak MB':>9} {'activ. MB':>10}")
         for s in ("shared", "reference"):
             r = res[s]
-            print(f"{s:<10} {r['s_per_step']:>9.4f} {r['pairs_per_s']:>9.1f} {r['gflops']:>9.1f} {r['peak_mb']:>9.1f} {r['activation_mb']:>10.1f}")
+            print(
+                f"{s:<10} {r['s_per_step']:>9.4f} {r['pairs_per_s']:>9.1f} {r['gflops']:>9.1f} {r['peak_mb']:>9.1f} "
+                f"{r['activation_mb']:>10.1f}"
+            )
         print(f"shared/reference: time {out['time_ratio']:.2f}  FLOPs {out['flops_ratio']:.2f}  "
               f"peak memory {out['peak_memory_ratio']:.2f}  activations {out['activation_ratio']:.2f}")
     return out
@@ -256,19 +331,36 @@ def bench_train(preset: str = "tiny",  # preset or config file
                 quiet: bool = False,  # do not print the table
                 **train_kwargs) -> dict:
     "Time `steps` training steps of `preset`; return and print pairs/s, step time, peak memory and MFU."
-    cfg = apply_overrides(load_config(preset, {"train.steps": steps, "train.ckpt_every": steps + 1, "train.keep_last": 1}), overrides)
+    cfg = apply_overrides(
+        load_config(preset, {"train.steps": steps, "train.ckpt_every": steps + 1, "train.keep_last": 1}), overrides
+    )
     with tempfile.TemporaryDirectory() as d:
         s = train(cfg, d, resume=False, device=device, progress=False, **train_kwargs)
     mem = s.get("peak_memory_gb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    out = {"preset": preset, "device": str(init_dist(device).device), "precision": s["precision"], "world_size": s["world_size"],
-           "batch": cfg.train.batch_size, "micro_batch": s["micro_batch"], "pairs_per_s": s["pairs_per_s"],
-           "step_time_s": s["step_time_s"], "flops_per_pair": s["flops_per_pair"], "mfu": s["mfu"],
-           "peak_flops": s["peak_flops_per_device"], "peak_source": s["peak_source"], "peak_memory_gb": mem}
+    out = {
+        "preset": preset,
+        "device": str(init_dist(device).device),
+        "precision": s["precision"],
+        "world_size": s["world_size"],
+        "batch": cfg.train.batch_size,
+        "micro_batch": s["micro_batch"],
+        "pairs_per_s": s["pairs_per_s"],
+        "step_time_s": s["step_time_s"],
+        "flops_per_pair": s["flops_per_pair"],
+        "mfu": s["mfu"],
+        "peak_flops": s["peak_flops_per_device"],
+        "peak_source": s["peak_source"],
+        "peak_memory_gb": mem,
+    }
     if not quiet:
-        print(f"{preset} on {out['device']} ({out['precision']}, batch {out['batch']}, micro-batch {out['micro_batch']}): "
-              f"{out['pairs_per_s']:.1f} pairs/s, {out['step_time_s'] * 1e3:.1f} ms/step, "
-              f"{out['flops_per_pair'] / 1e9:.3f} GFLOP/pair, MFU {100 * out['mfu']:.1f} % of {out['peak_flops'] / 1e12:.2f} TFLOP/s "
-              f"({out['peak_source']}), peak memory {mem:.2f} GB")
+        print(
+            f"{preset} on {out['device']} ({out['precision']}, batch {out['batch']}, micro-batch "
+            f"{out['micro_batch']}): "
+            f"{out['pairs_per_s']:.1f} pairs/s, {out['step_time_s'] * 1e3:.1f} ms/step, "
+            f"{out['flops_per_pair'] / 1e9:.3f} GFLOP/pair, MFU {100 * out['mfu']:.1f} % of "
+            f"{out['peak_flops'] / 1e12:.2f} TFLOP/s "
+            f"({out['peak_source']}), peak memory {mem:.2f} GB"
+        )
     return out
 
 # %% ../../nbs/25_bench.ipynb #5bce3401
@@ -283,19 +375,29 @@ def bench_best_batch(preset: str = "paper",  # preset or config file
     "The largest per-device batch that fits, and the throughput at each size up to it."
     run, rows = run or bench_train, []
     for b in sizes:
-        try: r = run(preset, steps=steps, device=device, quiet=True,
+        try:
+            r = run(preset, steps=steps, device=device, quiet=True,
                      overrides=[*overrides, f"train.batch_size={b}", f"train.per_gpu_batch_size={b}"])
         except torch.OutOfMemoryError:
             rows.append(dict(batch=b, fits=False))
-            if torch.cuda.is_available(): torch.cuda.empty_cache()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
             break
-        rows.append(dict(batch=b, fits=True, pairs_per_s=r["pairs_per_s"], mfu=r["mfu"], peak_memory_gb=r["peak_memory_gb"]))
+        rows.append(
+            dict(batch=b, fits=True, pairs_per_s=r["pairs_per_s"], mfu=r["mfu"], peak_memory_gb=r["peak_memory_gb"])
+        )
     fits = [r for r in rows if r["fits"]]
     best = max(fits, key=lambda r: r["pairs_per_s"]) if fits else None
     if not quiet:
         for r in rows:
-            print(f"batch {r['batch']:>5}: " + (f"{r['pairs_per_s']:8.1f} pairs/s  MFU {100 * r['mfu']:5.1f} %  peak {r['peak_memory_gb']:.1f} GB"
-                                              if r["fits"] else "out of memory"))
+            print(
+                f"batch {r['batch']:>5}: "
+                + (
+                    f"{r['pairs_per_s']:8.1f} pairs/s  MFU {100 * r['mfu']:5.1f} %  peak {r['peak_memory_gb']:.1f} GB"
+                    if r["fits"]
+                    else "out of memory"
+                )
+            )
         print(f"largest that fits: {fits[-1]['batch'] if fits else None}; fastest: {best['batch'] if best else None}")
     return dict(preset=preset, rows=rows, largest=fits[-1]["batch"] if fits else None, best=best)
 
@@ -303,10 +405,13 @@ def bench_best_batch(preset: str = "paper",  # preset or config file
 def _timed(fn, n: int, sync=None) -> float:
     "Seconds for `n` calls of `fn` (after one warm-up call)."
     fn()
-    if sync: sync()
+    if sync:
+        sync()
     t0 = time.perf_counter()
-    for _ in range(n): fn()
-    if sync: sync()
+    for _ in range(n):
+        fn()
+    if sync:
+        sync()
     return time.perf_counter() - t0
 
 def bench_data(workers: Sequence[int] = (0, 2, 4),  # worker counts to measure
@@ -332,20 +437,41 @@ def bench_data(workers: Sequence[int] = (0, 2, 4),  # worker counts to measure
         frames = 1 if kind == "image" else num_frames
         for w in workers:
             ds = ManifestDataset(man, tok, "pretrain", "pretrain", size, num_frames, 50)
-            loader = ResumableLoader(ds, batch_size, Collator(tok, ObjectiveConfig()), num_workers=w, device=dev, min_reads=10**9)
+            loader = ResumableLoader(
+                ds, batch_size, Collator(tok, ObjectiveConfig()), num_workers=w, device=dev, min_reads=10**9
+            )
             it = iter(loader.loader)  # collated CPU batches, as the workers deliver them
             batch = next(it)
             dt = _timed(lambda: next(it), batches)
-            results.append(dict(stage="loader", kind=kind, size=size, frames=frames, workers=w, samples_per_s=batch_size * batches / dt))
+            results.append(
+                dict(
+                    stage="loader",
+                    kind=kind,
+                    size=size,
+                    frames=frames,
+                    workers=w,
+                    samples_per_s=batch_size * batches / dt,
+                )
+            )
             print_fn(f"{what}, loader with {w} workers: {batch_size * batches / dt:8.1f} samples/s")
             del it, loader
         b = to_device(batch, dev)
         tf = BatchTransform(size, "pretrain").to(dev)
         dt = _timed(lambda: tf(b["pixels"], b["boxes"], b["flip"]), batches, sync)
-        results.append(dict(stage="transform", kind=kind, size=size, frames=frames, device=str(dev), samples_per_s=batch_size * batches / dt))
+        results.append(
+            dict(
+                stage="transform",
+                kind=kind,
+                size=size,
+                frames=frames,
+                device=str(dev),
+                samples_per_s=batch_size * batches / dt,
+            )
+        )
         print_fn(f"{what}, transform on {dev}: {batch_size * batches / dt:8.1f} samples/s")
     return results
 
 # %% ../../nbs/25_bench.ipynb #e390fca4
 #| eval: false
-if __name__ == "__main__": sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -32,7 +32,8 @@ def signature_line(name: str,  # the name shown
                    width: int = 90,  # longer signatures get one parameter per line
                   ) -> str:
     "`name(a: int = 1, ...) -> T` for a signature, one parameter per line when it is long."
-    if sig is None: return name
+    if sig is None:
+        return name
     params = [str(p) for p in sig.parameters.values() if p.name != "self"]
     ret = "" if sig.return_annotation is sig.empty else f" -> {sig.replace(parameters=[]).__str__()[6:]}"
     line = f"{name}({', '.join(params)}){ret}"
@@ -45,15 +46,20 @@ class DocmentTableRenderer(BasicMarkdownRenderer):
         src = BasicMarkdownRenderer._repr_markdown_(self).split("\n\n")
         md += "".join(part + "\n\n" for part in src[1:] if part.startswith("[source]"))  # nbdev's source link
         md += f"{'#' * self.title_level} {self.nm}\n\n```python\n{signature_line(self.nm, self.sig)}\n```\n"
-        if self.docs: md += f"\n*{self.docs.strip()}*\n"
+        if self.docs:
+            md += f"\n*{self.docs.strip()}*\n"
         return md + (f"\n{tbl}\n" if (tbl := parameter_table(self.sym)) else "")
 
 def parameter_table(sym) -> str:
-    "The docments table of `sym`'s parameters (type, default, comment), also when none is commented; '' without parameters."
-    try: tbl = DocmentTbl(sym)
-    except (TypeError, ValueError): return ""
+    """The docments table of `sym`'s parameters (type, default, comment), also when none is commented; '' without
+    parameters."""
+    try:
+        tbl = DocmentTbl(sym)
+    except (TypeError, ValueError):
+        return ""
     rows = tbl.params_str
-    if not rows.strip(): return ""
+    if not rows.strip():
+        return ""
     return tbl.hdr_str + "\n" + rows + ("\n" + tbl.return_str if tbl.has_return else "")
 
 # %% ../../nbs/90_docs.ipynb #0ada4a23
@@ -86,10 +92,14 @@ def notebook_info(path) -> dict:
     nb = NBProcessor(path, procs=[FilterDefaults().procs()[0]], process=True).nb  # FrontmatterProc only
     fm = getattr(nb, "frontmatter_", {}) or {}
     name, num = page_name(path), re.match(r"^(\d+)_", path.stem)
-    if name in ("index", "method"): group = START
-    elif num: group = LAYERS.get(int(num.group(1)) // 10, OTHER)
-    elif is_papermill(nb): group = FIGURES if name in FIGURE_NOTEBOOKS else JOBS
-    else: group = OTHER
+    if name in ("index", "method"):
+        group = START
+    elif num:
+        group = LAYERS.get(int(num.group(1)) // 10, OTHER)
+    elif is_papermill(nb):
+        group = FIGURES if name in FIGURE_NOTEBOOKS else JOBS
+    else:
+        group = OTHER
     return dict(path=str(path), page=name, title=fm.get("title", name), summary=fm.get("description", ""),
                 group=group, papermill=is_papermill(nb))
 
@@ -99,14 +109,16 @@ def quarto_sidebar(infos: Sequence[dict]) -> str:
     out = ["website:", "  sidebar:", "    contents:", "      - index.ipynb"]
     for g in GROUP_ORDER:
         rows = [Path(i["path"]).name for i in in_group(infos, g)]
-        if rows: out += [f'      - section: "{g}"', "        contents:"] + [f"          - {r}" for r in rows]
+        if rows:
+            out += [f'      - section: "{g}"', "        contents:"] + [f"          - {r}" for r in rows]
     return "\n".join(out) + "\n"
 
 # %% ../../nbs/90_docs.ipynb #c7550804
 def skip_reason(cell, flags) -> Optional[str]:
     "Why `nbdev_test` would skip code `cell` (`eval: false` or one of the test `flags`), else None."
     direc = getattr(cell, "directives_", {}) or {}
-    if direc.get("eval:", [""])[0].lower() == "false": return "eval: false"
+    if direc.get("eval:", [""])[0].lower() == "false":
+        return "eval: false"
     hit = sorted(set(flags) & direc.keys())
     return hit[0] if hit else None
 
@@ -118,7 +130,8 @@ class exec_cells(exec_show_docs):
         self.k.run_cell("from nbdev.showdoc import show_doc")
 
     def __call__(self, cell):
-        if cell.cell_type != "code" or not cell.source.strip(): return
+        if cell.cell_type != "code" or not cell.source.strip():
+            return
         why = skip_reason(cell, self.flags)
         if why:
             cell.metadata.setdefault("scl_nb", {})["skipped"] = why
@@ -133,30 +146,41 @@ def with_flags(flags) -> type:
     return type("exec_cells", (exec_cells,), dict(flags=frozenset(flags)))
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-def strip_ansi_text(s: str) -> str: return _ANSI.sub("", s)
+def strip_ansi_text(s: str) -> str:
+    return _ANSI.sub("", s)
 
 # %% ../../nbs/90_docs.ipynb #1ea47d5d
-def _lines(v): return "".join(v) if isinstance(v, list) else (v or "")
+def _lines(v):
+    return "".join(v) if isinstance(v, list) else (v or "")
 
 def quarto_to_myst(cell):
     "What Quarto reads in a processed cell, said the way MyST-NB reads it; ANSI colours stripped."
-    if cell.cell_type != "code": return
+    if cell.cell_type != "code":
+        return
     src, opts = [], {}
     for line in _lines(cell.source).splitlines():  # directives nbdev added after extracting (`clean_show_doc`)
         m = re.match(r"^#\|\s*([\w-]+):?\s*(.*)$", line)
-        if m: opts[m.group(1)] = m.group(2).strip()
-        else: src.append(line)
-    for k, v in (getattr(cell, "directives_", {}) or {}).items(): opts.setdefault(k.rstrip(":"), " ".join(v))
+        if m:
+            opts[m.group(1)] = m.group(2).strip()
+        else:
+            src.append(line)
+    for k, v in (getattr(cell, "directives_", {}) or {}).items():
+        opts.setdefault(k.rstrip(":"), " ".join(v))
     cell.source = "\n".join(src).strip("\n")
     tags = list(cell.metadata.get("tags") or [])
     for opt, tag in (("echo", "remove-input"), ("output", "remove-output"), ("include", "remove-cell")):
-        if opts.get(opt, "").lower() == "false": tags.append(tag)
+        if opts.get(opt, "").lower() == "false":
+            tags.append(tag)
     why = (cell.metadata.get("scl_nb") or {}).get("skipped")
-    if why: cell.source = f"# not run for the docs ({why}); run it yourself to see its output\n" + cell.source
-    if tags: cell.metadata["tags"] = sorted(set(tags))
+    if why:
+        cell.source = f"# not run for the docs ({why}); run it yourself to see its output\n" + cell.source
+    if tags:
+        cell.metadata["tags"] = sorted(set(tags))
     for o in cell.get("outputs", []):
-        if "text" in o: o["text"] = strip_ansi_text(_lines(o["text"]))
-        if "traceback" in o: o["traceback"] = [strip_ansi_text(l) for l in o["traceback"]]
+        if "text" in o:
+            o["text"] = strip_ansi_text(_lines(o["text"]))
+        if "traceback" in o:
+            o["traceback"] = [strip_ansi_text(l) for l in o["traceback"]]
         md = (o.get("data") or {}).get("text/markdown")
         if md is not None and _lines(md).startswith("---\n"):  # a show_doc entry: nbdev's rule, marked for the site
             o["data"]["text/markdown"] = '<hr class="api-entry">\n' + _lines(md)[4:]
@@ -165,20 +189,28 @@ def squash_progress(cell):
     "Consecutive stream outputs as one, each line as a terminal shows it (text before a carriage return overwritten)."
     outs = []
     for o in cell.get("outputs", []):
-        if o.get("output_type") == "stream" and outs and outs[-1].get("output_type") == "stream" and outs[-1].get("name") == o.get("name"):
+        if (
+            o.get("output_type") == "stream"
+            and outs
+            and outs[-1].get("output_type") == "stream"
+            and outs[-1].get("name") == o.get("name")
+        ):
             outs[-1]["text"] = _lines(outs[-1]["text"]) + _lines(o["text"])
-        else: outs.append(o)
+        else:
+            outs.append(o)
     for o in outs:
         if o.get("output_type") == "stream":
             o["text"] = "\n".join(l.rstrip("\r").split("\r")[-1] for l in _lines(o["text"]).split("\n"))
-    if "outputs" in cell: cell["outputs"] = outs
+    if "outputs" in cell:
+        cell["outputs"] = outs
 
 def title_cell(nb):
     "The front matter nbdev moved into a raw cell, as a Markdown title and summary (MyST-NB reads no Quarto YAML)."
     fm = getattr(nb, "frontmatter_", {}) or {}
     nb.cells = [c for c in nb.cells if not (c.cell_type == "raw" and _lines(c.source).startswith("---"))]
     head = f"# {fm.get('title', 'Untitled')}\n"
-    if fm.get("description"): head += f"\n> {fm['description']}\n"
+    if fm.get("description"):
+        head += f"\n> {fm['description']}\n"
     nb.cells.insert(0, mk_cell(head, "markdown"))
 
 # %% ../../nbs/90_docs.ipynb #466c3b3d
@@ -186,17 +218,26 @@ def find_runs(runs_dir) -> dict:
     "{notebook stem: path of its chosen executed copy} for the papermill runs under `runs_dir`."
     found = {}
     for p in sorted(Path(runs_dir).rglob("*.ipynb")) if runs_dir and Path(runs_dir).is_dir() else []:
-        try: meta = json.loads(p.read_text()).get("metadata", {}).get("papermill") or {}
-        except (OSError, ValueError): continue
-        if not meta.get("input_path") or meta.get("exception") or not meta.get("end_time"): continue  # failed or still running
-        stem, top = Path(meta["input_path"]).stem, p.parent == Path(runs_dir) and p.stem == Path(meta["input_path"]).stem
+        try:
+            meta = json.loads(p.read_text()).get("metadata", {}).get("papermill") or {}
+        except (OSError, ValueError):
+            continue
+        if not meta.get("input_path") or meta.get("exception") or not meta.get("end_time"):
+            continue  # failed or still running
+        stem, top = (
+            Path(meta["input_path"]).stem,
+            p.parent == Path(runs_dir) and p.stem == Path(meta["input_path"]).stem,
+        )
         key = (top, meta.get("end_time") or "")
-        if stem not in found or key > found[stem][0]: found[stem] = (key, p)
+        if stem not in found or key > found[stem][0]:
+            found[stem] = (key, p)
     return {k: v[1] for k, v in found.items()}
 
 def _git(*args, cwd=".") -> Optional[str]:
-    try: return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError): return None
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 def _code_sources(nb: dict) -> list:
     return [_lines(c["source"]).strip() for c in nb["cells"]
@@ -211,8 +252,10 @@ def run_provenance(run_path, source_path, repo=".") -> dict:
     commit = _git("log", "-1", "--format=%H", f"--before={when}", "HEAD", cwd=repo) if start else None
     rel = os.path.relpath(Path(source_path).resolve(), Path(repo).resolve())
     old = _git("show", f"{commit}:{rel}", cwd=repo) if commit else None
-    try: same = old is not None and _code_sources(json.loads(old)) == _code_sources(run)
-    except ValueError: same = False
+    try:
+        same = old is not None and _code_sources(json.loads(old)) == _code_sources(run)
+    except ValueError:
+        same = False
     return dict(start=start, end=meta.get("end_time"), duration=meta.get("duration"), commit=commit,
                 matches_commit=same, parameters=meta.get("parameters") or {}, run=str(run_path))
 
@@ -225,13 +268,18 @@ def provenance_note(prov: Optional[dict], name: str, runs_dir) -> str:
                 + name + ".ipynb runs/" + name + ".ipynb`, then build the docs with `--runs runs`.\n```")
     when = (prov["start"] or "?")[:19].replace("T", " ") + " UTC"
     dur = f", {prov['duration'] / 60:.1f} min" if isinstance(prov.get("duration"), (int, float)) else ""
-    if prov["commit"] and prov["matches_commit"]: at = f"at commit `{prov['commit'][:10]}`"
-    elif prov["commit"]: at = (f"from code that is not committed: its cells differ from `nbs/{name}.ipynb` at `{prov['commit'][:10]}`, "
+    if prov["commit"] and prov["matches_commit"]:
+        at = f"at commit `{prov['commit'][:10]}`"
+    elif prov["commit"]:
+        at = (f"from code that is not committed: its cells differ from `nbs/{name}.ipynb` at `{prov['commit'][:10]}`, "
                                "the last commit before it ran")
-    else: at = "at an unknown commit (no git history here)"
+    else:
+        at = "at an unknown commit (no git history here)"
     params = ", ".join(f"`{k}={v!r}`" for k, v in prov["parameters"].items()) or "the defaults"
-    return (f"```{{note}}\n**Executed run** of `nbs/{name}.ipynb`, shown with its outputs: run by papermill on {when}{dur} "
-            f"{at}; parameters: {params}. File: `{prov['run']}`.\n```")
+    return (
+        f"```{{note}}\n**Executed run** of `nbs/{name}.ipynb`, shown with its outputs: run by papermill on {when}{dur} "
+        f"{at}; parameters: {params}. File: `{prov['run']}`.\n```"
+    )
 
 # %% ../../nbs/90_docs.ipynb #2910116e
 _IMAGE = re.compile(r"\.(png|jpe?g|gif|svg)$", re.I)
@@ -246,14 +294,17 @@ def readme_section(title: str,             # a `## ` heading of README.md
     path = Path(readme) if readme else Path(cfg.config_path) / "README.md"
     text = path.read_text()
     m = re.search(rf"^## {re.escape(title)}\s*$(.*?)(?=^## |\Z)", text, re.M | re.S)
-    if m is None: raise ValueError(f"{path}: no section '## {title}'; the home page (nbs/index.ipynb) quotes it")
+    if m is None:
+        raise ValueError(f"{path}: no section '## {title}'; the home page (nbs/index.ipynb) quotes it")
     body = m.group(1).strip()
     def link(target):
-        if re.match(r"^([a-z]+:|#|/)", target): return target
+        if re.match(r"^([a-z]+:|#|/)", target):
+            return target
         return "../" + target if _IMAGE.search(target) else f"{cfg.git_url.rstrip('/')}/blob/{cfg.branch}/{target}"
     body = re.sub(r"\]\(([^)\s]+)\)", lambda g: f"]({link(g.group(1))})", body)
     body = re.sub(r'src="([^"]+)"', lambda g: f'src="{link(g.group(1))}"', body)
-    if not headings: body = re.sub(r"^#{3,6}\s+(.+)$", r"**\1**", body, flags=re.M)
+    if not headings:
+        body = re.sub(r"^#{3,6}\s+(.+)$", r"**\1**", body, flags=re.M)
     return Markdown(body)
 
 # %% ../../nbs/90_docs.ipynb #70c2d48e
@@ -271,22 +322,34 @@ def process_notebook(src,               # a notebook of nbs/
     nb = read_nb(src)
     job = is_papermill(nb)
     if job and run:
-        nb = read_nb(run); nb.path_ = str(src)
+        nb = read_nb(run)
+        nb.path_ = str(src)
     procs = [with_flags(flags) if p is exec_show_docs else p for p in FilterDefaults().procs()]
-    if job: procs = [p for p in procs if p is not exec_show_docs and getattr(p, "__name__", "") != "exec_cells"]
+    if job:
+        procs = [p for p in procs if p is not exec_show_docs and getattr(p, "__name__", "") != "exec_cells"]
     os.environ["IN_TEST"] = "1"
-    old = os.getcwd(); os.chdir(src.parent)
-    try: NBProcessor(nb=nb, procs=procs + [quarto_to_myst, squash_progress], process=True)
-    finally: os.chdir(old); os.environ.pop("IN_TEST", None)
+    old = os.getcwd()
+    os.chdir(src.parent)
+    try:
+        NBProcessor(nb=nb, procs=procs + [quarto_to_myst, squash_progress], process=True)
+    finally:
+        os.chdir(old)
+        os.environ.pop("IN_TEST", None)
     title_cell(nb)
     if job:
         prov = run_provenance(run, src, cfg.config_path) if run else None
         nb.cells.insert(1, mk_cell(provenance_note(prov, src.stem, runs_dir), "markdown"))
     elif commit:
-        nb.cells.append(mk_cell(f"```{{note}}\nThe outputs on this page were computed while building these docs, on "
-                                f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC at commit `{commit}`.\n```", "markdown"))
+        nb.cells.append(
+            mk_cell(
+                f"```{{note}}\nThe outputs on this page were computed while building these docs, on "
+                f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC at commit `{commit}`.\n```",
+                "markdown",
+            )
+        )
     for c in nb.cells:  # what nbdev keeps on a cell for itself is not notebook JSON
-        for k in [k for k in c if k.endswith("_")]: del c[k]
+        for k in [k for k in c if k.endswith("_")]:
+            del c[k]
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     write_nb(nb, dst)
 
@@ -325,7 +388,8 @@ def nav_markdown(infos: Sequence[dict]) -> str:
     out = ["## All pages\n"]
     for g in GROUP_ORDER:
         rows = in_group(infos, g)
-        if not rows: continue
+        if not rows:
+            continue
         out.append(f"### {g}\n\n| page | what it holds |\n|---|---|")
         out += [f"| [{i['title']}]({i['page']}.ipynb) | {i['summary']} |" for i in rows]
         out.append("")
@@ -336,25 +400,35 @@ def toctrees(infos: Sequence[dict]) -> str:
     out = []
     for g in GROUP_ORDER:
         pages = [i["page"] for i in in_group(infos, g)]
-        if pages: out.append("```{toctree}\n:hidden:\n:caption: " + g + "\n\n" + "\n".join(pages) + "\n```")
+        if pages:
+            out.append("```{toctree}\n:hidden:\n:caption: " + g + "\n\n" + "\n".join(pages) + "\n```")
     return "\n\n".join(out)
 
 def failure_notebook(info: dict, error: str) -> dict:
     "The page of a notebook that failed in this build: its title, that it failed, and the error."
     body = (f"# {info['title']}\n\n```{{error}}\n**This page failed to render in this build**, so it shows no content "
             f"(and no older copy). Source: `{info['path']}`.\n```\n\n```text\n{error[-6000:]}\n```")
-    return {"nbformat": 4, "nbformat_minor": 5, "metadata": {"kernelspec": {"name": "python3", "display_name": "python3", "language": "python"}},
-            "cells": [{"cell_type": "markdown", "id": "failure", "metadata": {}, "source": body}]}
+    return {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "python3", "language": "python"}},
+        "cells": [{"cell_type": "markdown", "id": "failure", "metadata": {}, "source": body}],
+    }
 
 # %% ../../nbs/90_docs.ipynb #083c3c43
 def _process_in_subprocess(info, dst, run, flags, runs_dir, commit, timeout) -> Optional[str]:
     "Run `python -m scl_nb.tools.docs --process` for one notebook; None when it worked, else the error output."
     cmd = [sys.executable, "-m", "scl_nb.tools.docs", "--process", info["path"], str(dst), "--flags", *flags,
            *(["--run", str(run)] if run else []), *(["--runs", str(runs_dir)] if runs_dir else []), "--commit", commit]
-    try: r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired: return f"timed out after {timeout} s"
-    if r.returncode == 0 and Path(dst).exists(): return None
-    return f"exit status {r.returncode}\n{strip_ansi_text(r.stdout[-3000:])}\n{strip_ansi_text(r.stderr[-6000:])}".strip()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout} s"
+    if r.returncode == 0 and Path(dst).exists():
+        return None
+    return (
+        f"exit status {r.returncode}\n{strip_ansi_text(r.stdout[-3000:])}\n{strip_ansi_text(r.stderr[-6000:])}".strip()
+    )
 
 def link_pages(html_dir, doc_url: str):
     "nbdev's doc links (`doc_url` + `page.html#anchor`) as links between the built pages, to an anchor that exists."
@@ -362,23 +436,30 @@ def link_pages(html_dir, doc_url: str):
     ids = {p.name: set(re.findall(r'\sid="([^"]+)"', p.read_text())) for p in html_dir.glob("*.html")}
     def fix(m):
         page, anchor = m.group(1), m.group(2) or ""
-        if page not in ids: return m.group(0)
+        if page not in ids:
+            return m.group(0)
         a = anchor.lstrip("#")
         for cand in (a, a.lower(), re.sub(r"[^a-z0-9]+", "-", a.lower()).strip("-")):
-            if cand in ids[page]: return f'href="{page}#{cand}"'
+            if cand in ids[page]:
+                return f'href="{page}#{cand}"'
         return f'href="{page}"'
     pat = re.compile(r'href="' + re.escape(doc_url.rstrip("/") + "/") + r'([\w.-]+\.html)(#[^"]*)?"')
     for p in html_dir.glob("*.html"):
-        text = p.read_text(); new = pat.sub(fix, text)
-        if new != text: p.write_text(new)
+        text = p.read_text()
+        new = pat.sub(fix, text)
+        if new != text:
+            p.write_text(new)
 
 def _swap_in(built: Path, out: Path):
     "Replace `out` by `built` whole (no page of an older build survives)."
     old = out.with_name(f".{out.name}.old")
-    if old.exists(): shutil.rmtree(old)
-    if out.exists(): out.rename(old)
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        out.rename(old)
     built.rename(out)
-    if old.exists(): shutil.rmtree(old)
+    if old.exists():
+        shutil.rmtree(old)
 
 # %% ../../nbs/90_docs.ipynb #f4c5fbdf
 def build_site(notebooks: Optional[Sequence] = None,  # notebooks of nbs/; None = all (the home page is always built)
@@ -393,27 +474,41 @@ def build_site(notebooks: Optional[Sequence] = None,  # notebooks of nbs/; None 
     nbs, repo = Path(cfg.nbs_path), Path(cfg.config_path)
     skip = sorted(set(cfg.tst_flags.split()) - set(flags))
     paths = sorted(nbs.glob("*.ipynb")) if not notebooks else [Path(p) for p in notebooks]
-    if not any(page_name(p) == "index" for p in paths) and (nbs / "index.ipynb").exists(): paths.insert(0, nbs / "index.ipynb")
+    if not any(page_name(p) == "index" for p in paths) and (nbs / "index.ipynb").exists():
+        paths.insert(0, nbs / "index.ipynb")
     infos = [notebook_info(p) for p in paths]
     runs = find_runs(runs_dir)
-    commit = (_git("rev-parse", "--short=10", "HEAD", cwd=repo) or "unknown") + (" (with uncommitted changes)" if _git("status", "--porcelain", "--", "nbs", "scl_nb", cwd=repo) else "")
-    out = Path(out).resolve(); out.parent.mkdir(parents=True, exist_ok=True)
+    commit = (_git("rev-parse", "--short=10", "HEAD", cwd=repo) or "unknown") + (
+        " (with uncommitted changes)" if _git("status", "--porcelain", "--", "nbs", "scl_nb", cwd=repo) else ""
+    )
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}-build-", dir=out.parent))
-    src = stage / "nbs"; (src / "_static").mkdir(parents=True)
-    if (repo / "figures").is_dir(): shutil.copytree(repo / "figures", stage / "figures")  # the home page shows ../figures/*
+    src = stage / "nbs"
+    (src / "_static").mkdir(parents=True)
+    if (repo / "figures").is_dir():
+        shutil.copytree(repo / "figures", stage / "figures")  # the home page shows ../figures/*
     def one(info):
         t0, dst = time.time(), src / f"{info['page']}.ipynb"
         run = runs.get(Path(info["path"]).stem) if info["papermill"] else None
         stamp = "" if info["papermill"] or info["group"] == START else commit  # the library notebooks say when they ran
         err = _process_in_subprocess(info, dst, run, skip, runs_dir, stamp, timeout)
-        if err: dst.write_text(json.dumps(failure_notebook(info, err)))
+        if err:
+            dst.write_text(json.dumps(failure_notebook(info, err)))
         tag = "ok" if not err else "FAILED: " + err.strip().splitlines()[-1][:200]
-        print_fn(f"{Path(info['path']).name:28s} {time.time() - t0:6.1f} s  {'run ' + str(run) + ' ' if run else ''}{tag}")
+        print_fn(
+            f"{Path(info['path']).name:28s} {time.time() - t0:6.1f} s  {'run ' + str(run) + ' ' if run else ''}{tag}"
+        )
         return info["path"], err
     by_cost = sorted(infos, key=lambda i: (i["papermill"], -Path(i["path"]).stat().st_size))  # the long ones first
-    with ThreadPoolExecutor(max(1, workers)) as ex: results = dict(ex.map(one, by_cost))
+    with ThreadPoolExecutor(max(1, workers)) as ex:
+        results = dict(ex.map(one, by_cost))
     index = src / "index.ipynb"
-    nb = json.loads(index.read_text()) if index.exists() else failure_notebook(dict(title=cfg.title, path="nbs/index.ipynb"), "no nbs/index.ipynb")
+    nb = (
+        json.loads(index.read_text())
+        if index.exists()
+        else failure_notebook(dict(title=cfg.title, path="nbs/index.ipynb"), "no nbs/index.ipynb")
+    )
     nb["cells"] += [{"cell_type": "markdown", "id": f"nav{i}", "metadata": {}, "source": s}
                     for i, s in enumerate([nav_markdown(infos), toctrees(infos)])]
     index.write_text(json.dumps(nb))
@@ -427,12 +522,15 @@ def build_site(notebooks: Optional[Sequence] = None,  # notebooks of nbs/; None 
         raise RuntimeError(f"sphinx failed (exit status {r.returncode}):\n{r.stderr[-4000:]}")
     warnings = [l for l in r.stderr.splitlines() if "WARNING" in l]
     print_fn(f"{'sphinx':28s} {time.time() - t0:6.1f} s  {len(warnings)} warning(s)")
-    for w in warnings[:20]: print_fn("  " + w[-300:])
+    for w in warnings[:20]:
+        print_fn("  " + w[-300:])
     link_pages(stage / "html", cfg.doc_host.rstrip("/") + cfg.doc_baseurl.rstrip("/"))
     _swap_in(stage / "html", out)
     shutil.rmtree(stage, ignore_errors=True)
     failed = [k for k, v in results.items() if v]
-    print_fn(f"site: {out}/index.html, {len(results)} page(s), {len(failed)} failed, {time.time() - t_start:.0f} s in all")
+    print_fn(
+        f"site: {out}/index.html, {len(results)} page(s), {len(failed)} failed, {time.time() - t_start:.0f} s in all"
+    )
     return results
 
 # %% ../../nbs/90_docs.ipynb #ab24628c
@@ -441,7 +539,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m scl_nb.tools.docs", description=build_site.__doc__)
     p.add_argument("notebooks", nargs="*", help="notebooks of nbs/ (default: all)")
     p.add_argument("--out", default="_docs", help="site folder, replaced whole (default: _docs)")
-    p.add_argument("--runs", default=None, help="folder of executed papermill notebooks to render the jobs from (e.g. runs)")
+    p.add_argument(
+        "--runs", default=None, help="folder of executed papermill notebooks to render the jobs from (e.g. runs)"
+    )
     p.add_argument("--flags", nargs="*", default=[], help="test flags to run anyway (build) / to skip (--process)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--sidebar", action="store_true", help="write nbs/sidebar.yml (for nbdev_docs) and stop")
@@ -454,16 +554,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         (nbs / "sidebar.yml").write_text(quarto_sidebar([notebook_info(p) for p in sorted(nbs.glob("*.ipynb"))]))
         return 0
     if a.process:  # one notebook, in this fresh process
-        try: process_notebook(*a.process, run=a.run, flags=a.flags, runs_dir=a.runs, commit=a.commit)
+        try:
+            process_notebook(*a.process, run=a.run, flags=a.flags, runs_dir=a.runs, commit=a.commit)
         except Exception as e:
-            traceback.print_exc(); print(f"{a.process[0]}: {type(e).__name__}: {e}", file=sys.stderr); return 1
+            traceback.print_exc()
+            print(f"{a.process[0]}: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
         return 0
-    try: res = build_site(a.notebooks or None, a.out, a.runs, a.flags, a.workers)
-    except RuntimeError as e: print(f"docs: {e}", file=sys.stderr); return 1
+    try:
+        res = build_site(a.notebooks or None, a.out, a.runs, a.flags, a.workers)
+    except RuntimeError as e:
+        print(f"docs: {e}", file=sys.stderr)
+        return 1
     failed = [k for k, v in res.items() if v]
-    if failed: print(f"{len(failed)} page(s) failed to render: {failed}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} page(s) failed to render: {failed}", file=sys.stderr)
     return 1 if failed else 0
 
 # %% ../../nbs/90_docs.ipynb #5975be11
 #| eval: false
-if __name__ == "__main__": sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,15 +10,19 @@ from pathlib import Path
 __all__ = ['write_test_notebook', 'write_test_suite']
 
 # %% ../../nbs/62_fixtures.ipynb #99c9e553
-def write_test_notebook(path,
-                        sleep_s: float = 0.0,  # seconds per step (preemption tests need a slow run)
-                        seeded: bool = False,  # with a parameter `seed = 0`, added to `total` and written to the results
-                       ) -> Path:
+def write_test_notebook(
+    path,
+    sleep_s: float = 0.0,  # seconds per step (preemption tests need a slow run)
+    seeded: bool = False,  # with a parameter `seed = 0`, added to `total` and written to the results
+) -> Path:
     "Write a small resumable parameterized notebook to `path` (used by the tests of the launcher)."
     import nbformat
-    params = nbformat.v4.new_code_cell("out_dir = None\nsteps = 3\nresume = False\nscale = 1\ninputs = []\nfail = False" + "\nseed = 0" * seeded)
+    params = nbformat.v4.new_code_cell(
+        "out_dir = None\nsteps = 3\nresume = False\nscale = 1\ninputs = []\nfail = False" + "\nseed = 0" * seeded
+    )
     params.metadata["tags"] = ["parameters"]
-    body = nbformat.v4.new_code_cell(f"""import json, os, time
+    body = nbformat.v4.new_code_cell(
+        f"""import json, os, time
 from pathlib import Path
 out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
 ckpt = out / "ckpt.json"
@@ -29,18 +33,24 @@ for step in range(start, steps):
     tmp = out / "ckpt.tmp"; tmp.write_text(json.dumps({{"step": step + 1}})); os.replace(tmp, ckpt)
 upstream = [json.loads((Path(p) / "results.json").read_text())["total"] for p in inputs]
 res = {{"total": steps * scale + sum(upstream), "started_at": start, "upstream": upstream, "cwd": os.getcwd()}}
-""" + ("res |= {'total': res['total'] + seed, 'seed': seed}\n" if seeded else "") + """(out / "results.json").write_text(json.dumps(res))""")
+"""
+        + ("res |= {'total': res['total'] + seed, 'seed': seed}\n" if seeded else "")
+        + """(out / "results.json").write_text(json.dumps(res))"""
+    )
     nb = nbformat.v4.new_notebook(cells=[params, body])
     nb.metadata = {"kernelspec": {"display_name": "python3", "language": "python", "name": "python3"}}
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
     return path
 
 # %% ../../nbs/62_fixtures.ipynb #223ec4b5
 def write_test_suite(d: Path) -> Path:
-    "Write the test suite (`nbs/count.ipynb`, `experiments/pre.yaml` and `main.yaml`) into `d`; return its `experiments` folder."
+    """Write the test suite (`nbs/count.ipynb`, `experiments/pre.yaml` and `main.yaml`) into `d`; return its
+    `experiments` folder."""
     write_test_notebook(d / "nbs" / "count.ipynb")
-    ex = d / "experiments"; ex.mkdir()
+    ex = d / "experiments"
+    ex.mkdir()
     (ex / "pre.yaml").write_text("runs:\n  - {name: count, notebook: nbs/count.ipynb, parameters: {steps: 4}}\n"
                                  "  - {name: unused, notebook: nbs/count.ipynb}\n"
                                  "scales:\n  tiny: {defaults: {parameters: {steps: 2}}}\n")

@@ -9,7 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from .specs import (SpecError, Run, Spec, load_spec, notebook_parameters, problem_lines, run_dir, run_parameters)
+from scl_nb.tools.specs import (
+    SpecError,
+    Run,
+    Spec,
+    load_spec,
+    notebook_parameters,
+    problem_lines,
+    run_dir,
+    run_parameters,
+)
 from ..jobs import Job, is_finished, slurm_active, submit
 
 # %% auto #0
@@ -19,7 +28,8 @@ __all__ = ['DRIVER_PARAMETER', 'DRIVER_RESOURCES', 'PAYER_OPTIONS', 'Launched', 
 # %% ../../nbs/61_launch.ipynb #b2efdd92
 @dataclass
 class Launched:
-    "What happened to one run: `finished` (skipped), `submitted`, `running` (from an earlier launch), `failed`, `blocked` or `dry-run`."
+    """What happened to one run: `finished` (skipped), `submitted`, `running` (from an earlier launch), `failed`,
+    `blocked` or `dry-run`."""
     run: Run
     status: str
     out_dir: Path
@@ -31,16 +41,30 @@ class Launched:
     error: Optional[str] = None
     driver: bool = False  # its notebook submits its training as a job of its own (`DRIVER_PARAMETER`)
 
-def _job_name(run: Run) -> str: return f"scl:{run.id}"
+def _job_name(run: Run) -> str:
+    return f"scl:{run.id}"
 
 def notebook_job(rec: Launched, cluster: str, stamp: str, root: Path) -> Job:
     "The job of one run: its notebook, parameters and resources (one process on one node; a driver's are light)."
     r = driver_resources(rec.run.resources) if rec.driver and cluster == "slurm" else rec.run.resources
-    return Job(str(rec.out_dir), notebook=str(rec.run.notebook), parameters=rec.parameters, output=str(rec.output), cwd=str(root),
-               cluster=cluster, name=_job_name(rec.run), gpus_per_node=r["gpus_per_node"], cpus_per_task=r["cpus_per_task"],
-               mem_gb=r["mem_gb"], timeout_min=r["timeout_min"], partition=r["partition"], slurm_args=dict(r["slurm"]),
-               signal_delay_s=r["signal_delay_s"], after=list(rec.after),
-               submitit_dir=str(rec.out_dir / "submitit" / f"{stamp}_%j"))
+    return Job(
+        str(rec.out_dir),
+        notebook=str(rec.run.notebook),
+        parameters=rec.parameters,
+        output=str(rec.output),
+        cwd=str(root),
+        cluster=cluster,
+        name=_job_name(rec.run),
+        gpus_per_node=r["gpus_per_node"],
+        cpus_per_task=r["cpus_per_task"],
+        mem_gb=r["mem_gb"],
+        timeout_min=r["timeout_min"],
+        partition=r["partition"],
+        slurm_args=dict(r["slurm"]),
+        signal_delay_s=r["signal_delay_s"],
+        after=list(rec.after),
+        submitit_dir=str(rec.out_dir / "submitit" / f"{stamp}_%j"),
+    )
 
 # %% ../../nbs/61_launch.ipynb #23e81a37
 DRIVER_PARAMETER = "job_resources"  # a notebook with this parameter submits its training as a job of its own
@@ -68,35 +92,52 @@ def launch(spec: Spec | Sequence[Spec],  # one spec, or several (a run shared by
            log: Optional[Callable] = print,  # where the report lines go
            jobs: int = 1,  # "local": run up to this many runs at once, each as soon as its upstream runs finished
           ) -> dict:
-    "Submit the runs of `spec` (of several specs: each shared run once) through submitit (see above); return {run id: `Launched`}."
-    if cluster not in ("slurm", "local", "debug"): raise SpecError(f"cluster={cluster!r}; choose one of ['slurm', 'local', 'debug']")
+    """Submit the runs of `spec` (of several specs: each shared run once) through submitit (see above); return {run
+    id: `Launched`}."""
+    if cluster not in ("slurm", "local", "debug"):
+        raise SpecError(f"cluster={cluster!r}; choose one of ['slurm', 'local', 'debug']")
     _check_jobs(jobs, cluster)
     say = log or (lambda *a: None)
     stamp, done, roots = time.strftime("%Y%m%d-%H%M%S"), {}, {}
     for s in [spec] if isinstance(spec, Spec) else spec:
         for rec in _records(s, runs_dir, only, say, cluster):
-            if rec.run.id not in done: done[rec.run.id], roots[rec.run.id] = rec, s.root  # a shared run: its first spec's record
-    if jobs > 1: _schedule(list(done.values()), done, jobs, cluster, dry_run, stamp, roots, say); return done
+            if rec.run.id not in done:
+                done[rec.run.id], roots[rec.run.id] = rec, s.root  # a shared run: its first spec's record
+    if jobs > 1:
+        _schedule(list(done.values()), done, jobs, cluster, dry_run, stamp, roots, say)
+        return done
     for rec in done.values():
         if _must_run(rec, [done[d] for d in rec.run.depends_on], cluster):
-            if dry_run: rec.status = "dry-run"
+            if dry_run:
+                rec.status = "dry-run"
             else:
                 _submit(rec, cluster, stamp, roots[rec.run.id])
-                if cluster != "slurm": say(_report_line(rec, cluster)); _wait_here(rec)
+                if cluster != "slurm":
+                    say(_report_line(rec, cluster))
+                    _wait_here(rec)
         say(_report_line(rec, cluster))
     return done
 
 def _check_jobs(jobs, cluster: str):
     "`jobs` is a count >= 1, and above 1 only on the local cluster."
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1: raise ValueError(f"jobs={jobs!r} must be an integer >= 1")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r} must be an integer >= 1")
     if jobs > 1 and cluster != "local":
-        raise ValueError(f"jobs={jobs} needs cluster 'local': " + ("SLURM schedules the jobs itself (all are submitted at once, with their dependencies)"
-                         if cluster == "slurm" else "the debug cluster runs each job in this process, one after the other"))
+        raise ValueError(
+            f"jobs={jobs} needs cluster 'local': "
+            + (
+                "SLURM schedules the jobs itself (all are submitted at once, with their dependencies)"
+                if cluster == "slurm"
+                else "the debug cluster runs each job in this process, one after the other"
+            )
+        )
 
 def _records(spec: Spec, runs_dir, only, say, cluster: str = "slurm") -> list:
-    "A `Launched` record (status still empty) for every run of `spec` to launch, in order; report the runs the scale skips."
+    """A `Launched` record (status still empty) for every run of `spec` to launch, in order; report the runs the
+    scale skips."""
     runs = _needed(spec, only)
-    for rid in spec.skipped if not only else []: say(f"[skipped at scale {spec.scale}] {rid}")
+    for rid in spec.skipped if not only else []:
+        say(f"[skipped at scale {spec.scale}] {rid}")
     out_dirs = {r.id: run_dir(r, runs_dir, spec.scale) for r in runs}
     recs = []
     for run in runs:
@@ -114,7 +155,8 @@ def _records(spec: Spec, runs_dir, only, say, cluster: str = "slurm") -> list:
     return recs
 
 def _must_run(rec: Launched, ups: list, cluster: str) -> bool:
-    "Settle `rec` if it need not run (`finished`, `running` from an earlier launch, `blocked`); else set `after` and return True."
+    """Settle `rec` if it need not run (`finished`, `running` from an earlier launch, `blocked`); else set `after`
+    and return True."""
     out, run = rec.out_dir, rec.run
     if is_finished(out):
         rec.status = "finished"
@@ -134,36 +176,52 @@ def _must_run(rec: Launched, ups: list, cluster: str) -> bool:
 _POLL_S = 1.0  # how often `_schedule` looks at its running jobs
 
 def _schedule(recs: list, by_id: dict, jobs: int, cluster: str, dry_run: bool, stamp: str, roots: dict, say):
-    "local, `jobs` > 1: start each run when its upstream runs finished and fewer than `jobs` run; earlier runs of `recs` first."
+    """local, `jobs` > 1: start each run when its upstream runs finished and fewer than `jobs` run; earlier runs of
+    `recs` first."""
     pending, running = list(recs), []
     try:
         while pending or running:
             moved = False
             for rec in [r for r in running if r.job.done()]:
-                _wait_here(rec); running.remove(rec); say(_report_line(rec, cluster)); moved = True
+                _wait_here(rec)
+                running.remove(rec)
+                say(_report_line(rec, cluster))
+                moved = True
             for rec in list(pending):
                 ups = [by_id[d] for d in rec.run.depends_on]
-                if any(u.status in ("", "submitted") for u in ups): continue  # an upstream run is still to come or running
+                if any(u.status in ("", "submitted") for u in ups):
+                    continue  # an upstream run is still to come or running
                 if _must_run(rec, ups, cluster):
-                    if dry_run: rec.status = "dry-run"
-                    elif len(running) >= jobs: continue  # ready; waits for a free slot
+                    if dry_run:
+                        rec.status = "dry-run"
+                    elif len(running) >= jobs:
+                        continue  # ready; waits for a free slot
                     else:
-                        _submit(rec, cluster, stamp, roots[rec.run.id]); running.append(rec)
-                pending.remove(rec); say(_report_line(rec, cluster)); moved = True
+                        _submit(rec, cluster, stamp, roots[rec.run.id])
+                        running.append(rec)
+                pending.remove(rec)
+                say(_report_line(rec, cluster))
+                moved = True
             if not moved:
-                if not running: raise RuntimeError(f"runs wait on runs that are not launched: {[r.run.id for r in pending]}")
+                if not running:
+                    raise RuntimeError(f"runs wait on runs that are not launched: {[r.run.id for r in pending]}")
                 time.sleep(_POLL_S)
     except KeyboardInterrupt:
-        for rec in running: rec.job.cancel(check=False)  # the local jobs would outlive this process
+        for rec in running:
+            rec.job.cancel(check=False)  # the local jobs would outlive this process
         raise
 
 def _needed(spec: Spec, only) -> list:
-    "The runs of `spec` in order, restricted to `only` (a run of a seeded spec: all its seeds; `<run>@s<k>`: that one) and their upstream runs."
-    if not only: return list(spec.runs)
+    """The runs of `spec` in order, restricted to `only` (a run of a seeded spec: all its seeds; `<run>@s<k>`: that
+    one) and their upstream runs."""
+    if not only:
+        return list(spec.runs)
     keep, todo = set(), [r.id for n in only for r in ([spec.run(n)] if "@" in n else spec.copies(n))]
     while todo:
         n = todo.pop()
-        if n not in keep: keep.add(n); todo += spec.run(n).depends_on
+        if n not in keep:
+            keep.add(n)
+            todo += spec.run(n).depends_on
     return [r for r in spec.runs if r.id in keep]
 
 def _submit(rec: Launched, cluster: str, stamp: str, root: Path):
@@ -171,12 +229,17 @@ def _submit(rec: Launched, cluster: str, stamp: str, root: Path):
     rec.out_dir.mkdir(parents=True, exist_ok=True)
     rec.job = submit(notebook_job(rec, cluster, stamp, root)).job
     rec.job_id, rec.status = str(rec.job.job_id), "submitted"
-    (rec.out_dir / "launch.json").write_text(json.dumps({"cluster": cluster, "job_id": rec.job_id, "submitted": stamp, "after": rec.after}))
+    (rec.out_dir / "launch.json").write_text(
+        json.dumps({"cluster": cluster, "job_id": rec.job_id, "submitted": stamp, "after": rec.after})
+    )
 
 def _wait_here(rec: Launched):
     "local / debug: wait for the job; record how it ended."
-    try: rec.job.result(); rec.status = "finished"
-    except Exception as e: rec.status, rec.error = "failed", f"{_error_line(e)} (log: {rec.job.paths.stderr})"
+    try:
+        rec.job.result()
+        rec.status = "finished"
+    except Exception as e:
+        rec.status, rec.error = "failed", f"{_error_line(e)} (log: {rec.job.paths.stderr})"
 
 def _error_line(e: Exception) -> str:
     "The most telling line of a job's exception: the last `SomethingError: ...` line of its traceback text."
@@ -185,12 +248,25 @@ def _error_line(e: Exception) -> str:
     return named[-1] if named else f"{type(e).__name__}: {lines[-1] if lines else ''}"
 
 def _report_line(rec: Launched, cluster: str) -> str:
-    what = {"finished": "finished", "submitted": f"submitted job {rec.job_id}", "running": f"already queued as job {rec.job_id}",
-            "failed": "FAILED", "blocked": "blocked", "dry-run": "would run"}[rec.status]
-    line = f"[{what}] {rec.run.id}" + (f" (seed {rec.run.seed})" if rec.run.seed is not None else "") + f": {rec.run.notebook.name} -> {rec.output}"
-    if rec.after: line += f" (after job {', '.join(rec.after)})"
-    elif rec.run.depends_on and rec.status == "dry-run": line += f" (after {', '.join(rec.run.depends_on)})"
-    if rec.error: line += f"\n    {rec.error}"
+    what = {
+        "finished": "finished",
+        "submitted": f"submitted job {rec.job_id}",
+        "running": f"already queued as job {rec.job_id}",
+        "failed": "FAILED",
+        "blocked": "blocked",
+        "dry-run": "would run",
+    }[rec.status]
+    line = (
+        f"[{what}] {rec.run.id}"
+        + (f" (seed {rec.run.seed})" if rec.run.seed is not None else "")
+        + f": {rec.run.notebook.name} -> {rec.output}"
+    )
+    if rec.after:
+        line += f" (after job {', '.join(rec.after)})"
+    elif rec.run.depends_on and rec.status == "dry-run":
+        line += f" (after {', '.join(rec.run.depends_on)})"
+    if rec.error:
+        line += f"\n    {rec.error}"
     if rec.status == "dry-run":
         r, job = rec.run.resources, "resources"
         if rec.driver and cluster == "slurm":
@@ -198,14 +274,20 @@ def _report_line(rec: Launched, cluster: str) -> str:
             line += f"\n    driver: {d['gpus_per_node']} GPU, {d['cpus_per_task']} CPU, {d['mem_gb']} GB"
             line += " (follows its training job)"
             job = f"training job ({r['nodes']} node{'s' * (r['nodes'] > 1)})"
-        line += (f"\n    {job}: {r['gpus_per_node']} GPU, {r['cpus_per_task']} CPU, {r['mem_gb']} GB, {r['timeout_min']} min"
-                 + (f", partition {r['partition']}" if r["partition"] else "") + (f", sbatch {r['slurm']}" if r["slurm"] else "")
-                 + f"\n    parameters: {json.dumps(rec.parameters)}")
+        line += (
+            f"\n    {job}: {r['gpus_per_node']} GPU, {r['cpus_per_task']} CPU, {r['mem_gb']} GB, {r['timeout_min']} min"
+            + (f", partition {r['partition']}" if r["partition"] else "")
+            + (f", sbatch {r['slurm']}" if r["slurm"] else "")
+            + f"\n    parameters: {json.dumps(rec.parameters)}"
+        )
     return line
 
 # %% ../../nbs/61_launch.ipynb #05107f0e
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m scl_nb.tools.launch", description="Launch experiment specs (experiments/*.yaml) through submitit.")
+    p = argparse.ArgumentParser(
+        prog="python -m scl_nb.tools.launch",
+        description="Launch experiment specs (experiments/*.yaml) through submitit.",
+    )
     p.add_argument("specs", nargs="+", help="spec files")
     p.add_argument("--cluster", required=True, choices=["slurm", "local", "debug"], help="submitit cluster")
     p.add_argument("--scale", default=None, help="a scale of the specs, e.g. tiny (synthetic data, CPU)")
@@ -214,13 +296,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=".", help="folder that notebook paths are relative to (default: .)")
     p.add_argument("--only", nargs="*", default=None, help="launch only these runs (and the runs they need)")
     p.add_argument("--no-check", action="store_true", help="do not check notebooks and their parameters")
-    p.add_argument("--allow-missing-data", action="store_true",
-                   help="data paths that do not exist are notes, not errors (to see the plan of a suite whose data is elsewhere)")
+    p.add_argument(
+        "--allow-missing-data",
+        action="store_true",
+        help="data paths that do not exist are notes, not errors (to see the plan of a suite whose data is elsewhere)",
+    )
     p.add_argument("--wait", action="store_true", help="slurm: wait for the submitted jobs and report how they ended")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
-                   help="run the seeded specs over these seeds instead of their own (e.g. --seeds 0: one seed, the plain runs)")
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="local: run up to N runs at once, each when its upstream runs finished; a run shared by specs runs once (default: 1)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="S",
+        help="run the seeded specs over these seeds instead of their own (e.g. --seeds 0: one seed, the plain runs)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="local: run up to N runs at once, each when its upstream runs finished; a run shared by specs runs once "
+             "(default: 1)",
+    )
     return p
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -228,24 +325,43 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     specs, errors = [], []
     for s in args.specs:  # every file is checked, so that one message lists all problems
-        try: specs.append(load_spec(s, args.scale, args.root, check_notebooks=not args.no_check, allow_missing_data=args.allow_missing_data,
-                                    seeds=args.seeds))
-        except SpecError as e: errors.append(e)
+        try:
+            specs.append(
+                load_spec(
+                    s,
+                    args.scale,
+                    args.root,
+                    check_notebooks=not args.no_check,
+                    allow_missing_data=args.allow_missing_data,
+                    seeds=args.seeds,
+                )
+            )
+        except SpecError as e:
+            errors.append(e)
     if errors:
-        print(_spec_error_text(errors), file=sys.stderr); return 2
-    try: _check_jobs(args.jobs, args.cluster)
+        print(_spec_error_text(errors), file=sys.stderr)
+        return 2
+    try:
+        _check_jobs(args.jobs, args.cluster)
     except ValueError as e:
-        print(f"error: --jobs: {e}", file=sys.stderr); return 2
+        print(f"error: --jobs: {e}", file=sys.stderr)
+        return 2
     notes = problem_lines([n for s in specs for n in s.notes])
-    if notes: print("# note: planned although data is missing (--allow-missing-data):\n#   " + "\n#   ".join(notes))
-    try: return _launch_all(specs, args)
+    if notes:
+        print("# note: planned although data is missing (--allow-missing-data):\n#   " + "\n#   ".join(notes))
+    try:
+        return _launch_all(specs, args)
     except SpecError as e:  # e.g. `--only` names a run the specs do not have
-        print(f"spec error: {e}", file=sys.stderr); return 2
+        print(f"spec error: {e}", file=sys.stderr)
+        return 2
 
 def _spec_error_text(errors: list) -> str:
-    "One message for the `SpecError`s of several files: their problems once each (a shared run is checked by every file using it)."
+    """One message for the `SpecError`s of several files: their problems once each (a shared run is checked by every
+    file using it)."""
     problems = [p for e in errors for p in e.problems]
-    lines = list(dict.fromkeys(str(e) for e in errors if not e.problems)) + (problem_lines(problems) if problems else [])
+    lines = list(dict.fromkeys(str(e) for e in errors if not e.problems)) + (
+        problem_lines(problems) if problems else []
+    )
     n = len(lines) - any(p.missing for p in problems)
     return "spec error: " + (lines[0] if len(lines) == 1 else f"{n} problem{'s' * (n > 1)}:\n  " + "\n  ".join(lines))
 
@@ -253,8 +369,13 @@ def _launch_all(specs: list, args) -> int:
     "Launch (or plan) the specs as the command line asks; the exit code."
     failed, submitted = False, []
     for spec in specs:
-        print(f"# {spec.name}" + (f" (scale {spec.scale})" if spec.scale else "") + (f": {spec.description}" if spec.description else ""))
-        if args.jobs > 1: continue  # one scheduling loop for all specs, below
+        print(
+            f"# {spec.name}"
+            + (f" (scale {spec.scale})" if spec.scale else "")
+            + (f": {spec.description}" if spec.description else "")
+        )
+        if args.jobs > 1:
+            continue  # one scheduling loop for all specs, below
         res = launch(spec, args.cluster, args.runs_dir, args.dry_run, only=args.only, log=print)
         failed |= any(r.status in ("failed", "blocked") for r in res.values())
         submitted += [r for r in res.values() if r.status == "submitted"]
@@ -265,10 +386,12 @@ def _launch_all(specs: list, args) -> int:
     if args.wait and submitted:
         print(f"# waiting for {len(submitted)} job(s)")
         for rec in submitted:
-            _wait_here(rec); print(_report_line(rec, args.cluster))
+            _wait_here(rec)
+            print(_report_line(rec, args.cluster))
             failed |= rec.status == "failed"
     return 1 if failed else 0
 
 # %% ../../nbs/61_launch.ipynb #ca577e35
 #| eval: false
-if __name__ == "__main__": sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,7 +23,8 @@ __all__ = ['SPEC_KEYS', 'RUN_KEYS', 'SCALE_KEYS', 'OVERRIDE_KEYS', 'RESOURCE_DEF
 
 # %% ../../nbs/60_specs.ipynb #a3b6fecc
 class SpecError(ValueError):
-    "An experiment spec is malformed; the message names the file and the key (`problems`: the `Problem`s behind it, if any)."
+    """An experiment spec is malformed; the message names the file and the key (`problems`: the `Problem`s behind it,
+    if any)."""
     def __init__(self, msg: str, problems: Sequence = ()):
         super().__init__(msg)
         self.problems = list(problems)
@@ -40,9 +41,11 @@ _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 # %% ../../nbs/60_specs.ipynb #5d004955
 def _check_keys(d, allowed, where: str, src: str):
     "Raise `SpecError` if mapping `d` is not a mapping or has a key outside `allowed`."
-    if not isinstance(d, dict): raise SpecError(f"{src}: {where} must be a mapping, got {d!r}")
+    if not isinstance(d, dict):
+        raise SpecError(f"{src}: {where} must be a mapping, got {d!r}")
     unknown = sorted(set(d) - set(allowed), key=str)
-    if unknown: raise SpecError(f"{src}: unknown key {unknown[0]!r} in {where}; allowed keys: {list(allowed)}")
+    if unknown:
+        raise SpecError(f"{src}: unknown key {unknown[0]!r} in {where}; allowed keys: {list(allowed)}")
     return d
 
 # %% ../../nbs/60_specs.ipynb #90489bdd
@@ -52,12 +55,15 @@ def check_resources(res: dict, where: str, src: str) -> dict:
     for k in ("nodes", "gpus_per_node", "cpus_per_task", "timeout_min", "signal_delay_s"):
         v = res[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "gpus_per_node" else 1):
-            raise SpecError(f"{src}: resources.{k}={v!r} of {where} must be an integer >= {0 if k == 'gpus_per_node' else 1}")
+            raise SpecError(
+                f"{src}: resources.{k}={v!r} of {where} must be an integer >= {0 if k == 'gpus_per_node' else 1}"
+            )
     if isinstance(res["mem_gb"], bool) or not isinstance(res["mem_gb"], (int, float)) or res["mem_gb"] <= 0:
         raise SpecError(f"{src}: resources.mem_gb={res['mem_gb']!r} of {where} must be a positive number")
     if res["partition"] is not None and not isinstance(res["partition"], str):
         raise SpecError(f"{src}: resources.partition={res['partition']!r} of {where} must be a string or null")
-    if not isinstance(res["slurm"], dict): raise SpecError(f"{src}: resources.slurm of {where} must be a mapping of sbatch options")
+    if not isinstance(res["slurm"], dict):
+        raise SpecError(f"{src}: resources.slurm of {where} must be a mapping of sbatch options")
     return res
 
 # %% ../../nbs/60_specs.ipynb #0fb63219
@@ -66,9 +72,11 @@ def topo_order(deps: dict) -> list:
     order, done, position = [], set(), {n: i for i, n in enumerate(deps)}
     while len(order) < len(deps):
         ready = [n for n in deps if n not in done and all(d in done for d in deps[n])]
-        if not ready: raise SpecError(f"dependency cycle: {' -> '.join(_find_cycle(deps, done))}")
+        if not ready:
+            raise SpecError(f"dependency cycle: {' -> '.join(_find_cycle(deps, done))}")
         n = min(ready, key=position.get)
-        order.append(n); done.add(n)
+        order.append(n)
+        done.add(n)
     return order
 
 def _find_cycle(deps: dict, done: set) -> list:
@@ -81,13 +89,18 @@ def _find_cycle(deps: dict, done: set) -> list:
 
 # %% ../../nbs/60_specs.ipynb #3573672d
 _TEMPLATE = re.compile(r"\$\{([^}]*)\}")
-_REF = re.compile(r"^([A-Za-z0-9_\-]+(?:/[A-Za-z0-9_\-]+)?(?:@s\d+)?)\.out_dir$")  # `@s<k>`: a seeded copy (`expand_seeds`)
+_REF = re.compile(
+    r"^([A-Za-z0-9_\-]+(?:/[A-Za-z0-9_\-]+)?(?:@s\d+)?)\.out_dir$"
+)  # `@s<k>`: a seeded copy (`expand_seeds`)
 
 def _walk_strings(value, fn):
     "Apply `fn` to every string inside `value` (lists and mappings included); return the new value."
-    if isinstance(value, str): return fn(value)
-    if isinstance(value, list): return [_walk_strings(v, fn) for v in value]
-    if isinstance(value, dict): return {k: _walk_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, list):
+        return [_walk_strings(v, fn) for v in value]
+    if isinstance(value, dict):
+        return {k: _walk_strings(v, fn) for k, v in value.items()}
     return value
 
 def find_refs(value) -> list[str]:
@@ -96,7 +109,8 @@ def find_refs(value) -> list[str]:
     def scan(s):
         for m in _TEMPLATE.finditer(s):
             r = _REF.match(m.group(1).strip())
-            if not r: raise SpecError(f"template {m.group(0)!r}: only ${{<run>.out_dir}} is supported")
+            if not r:
+                raise SpecError(f"template {m.group(0)!r}: only ${{<run>.out_dir}} is supported")
             refs.append(r.group(1))
         return s
     _walk_strings(value, scan)
@@ -104,7 +118,9 @@ def find_refs(value) -> list[str]:
 
 def resolve_templates(value, out_dirs: dict):
     "Replace every `${<run>.out_dir}` in `value` by `out_dirs[<run>]` (a path)."
-    return _walk_strings(value, lambda s: _TEMPLATE.sub(lambda m: str(out_dirs[_REF.match(m.group(1).strip()).group(1)]), s))
+    return _walk_strings(
+        value, lambda s: _TEMPLATE.sub(lambda m: str(out_dirs[_REF.match(m.group(1).strip()).group(1)]), s)
+    )
 
 # %% ../../nbs/60_specs.ipynb #3da9dca0
 def notebook_parameters(path) -> dict:
@@ -112,10 +128,13 @@ def notebook_parameters(path) -> dict:
     import ast, nbformat
     nb = nbformat.read(str(path), as_version=4)
     cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
-    if not cells: return {}
+    if not cells:
+        return {}
     src = cells[0].source
-    try: tree = ast.parse(src)
-    except SyntaxError as e: raise SpecError(f"{path}: the parameters cell does not parse: {e}") from None
+    try:
+        tree = ast.parse(src)
+    except SyntaxError as e:
+        raise SpecError(f"{path}: the parameters cell does not parse: {e}") from None
     out = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
@@ -135,14 +154,19 @@ class Run:
     depends_on: list  # qualified ids of upstream runs
     description: str = ""
     where: str = ""  # "file:line" of the run in its spec
-    lines: dict = field(default_factory=dict)  # parameter -> "file:line" of the value in effect (after defaults and scale)
+    lines: dict = field(
+        default_factory=dict
+    )  # parameter -> "file:line" of the value in effect (after defaults and scale)
     seed: Optional[int] = None  # the seed of a copy made by `expand_seeds`; None: the spec has no seeds
     @property
-    def base_id(self) -> str: return self.id.split("@")[0]  # the id of the run in its spec, without the seed
+    def base_id(self) -> str:
+        return self.id.split("@")[0]  # the id of the run in its spec, without the seed
     @property
-    def spec(self) -> str: return self.id.split("/")[0]
+    def spec(self) -> str:
+        return self.id.split("/")[0]
     @property
-    def name(self) -> str: return self.id.split("/")[1]
+    def name(self) -> str:
+        return self.id.split("/")[1]
 
 @dataclass
 class Spec:
@@ -156,14 +180,18 @@ class Spec:
     figure: Optional[dict] = None
     root: Path = Path(".")  # notebooks and relative paths in parameters are relative to it; notebooks run in it
     skipped: list = field(default_factory=list)  # ids of runs the scale leaves out (their table cells stay empty)
-    notes: list = field(default_factory=list)  # `Problem`s let through: data paths that do not exist, with `allow_missing_data`
+    notes: list = field(
+        default_factory=list
+    )  # `Problem`s let through: data paths that do not exist, with `allow_missing_data`
     seeds: list = field(default_factory=list)  # the seeds its runs are run over at its scale ([]: none)
-    def qualify(self, name: str) -> str: return name if "/" in name else f"{self.name}/{name}"
+    def qualify(self, name: str) -> str:
+        return name if "/" in name else f"{self.name}/{name}"
     def run(self, name: str) -> Run:
         "The run `name` (`<run>` of this spec or `<spec>/<run>`)."
         qid = self.qualify(name)
         for r in self.runs:
-            if r.id == qid: return r
+            if r.id == qid:
+                return r
         raise SpecError(f"{self.path}: no run {name!r}; runs: {[r.id for r in self.runs]}")
     def copies(self, name: str) -> list:
         "The runs of `name` over the spec's seeds, in the order of `seeds`; [the run] if the spec has none."
@@ -172,13 +200,18 @@ class Spec:
 # %% ../../nbs/60_specs.ipynb #efa5db10
 def _show(path) -> str:
     "`path` relative to the working directory when it lies below it (shorter messages), else as it is."
-    try: return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError: return str(path)
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 def _read_yaml(path: Path) -> dict:
-    if not path.exists(): raise SpecError(f"spec {_show(path)} does not exist")
-    try: d = yaml.safe_load(path.read_bytes())  # bytes: a file that is not UTF-8 is a YAML reader error, not a traceback
-    except yaml.YAMLError as e: raise SpecError(_yaml_error(path, e)) from None
+    if not path.exists():
+        raise SpecError(f"spec {_show(path)} does not exist")
+    try:
+        d = yaml.safe_load(path.read_bytes())  # bytes: a file that is not UTF-8 is a YAML reader error, not a traceback
+    except yaml.YAMLError as e:
+        raise SpecError(_yaml_error(path, e)) from None
     return _check_keys(d or {}, SPEC_KEYS, "the spec", _show(path))
 
 def _yaml_error(path: Path, e: yaml.YAMLError) -> str:
@@ -187,12 +220,16 @@ def _yaml_error(path: Path, e: yaml.YAMLError) -> str:
     ctx, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
     where = f"{_show(path)}:{mark.line + 1}:{mark.column + 1}" if mark else _show(path)
     ctx = f" ({ctx} from line {cmark.line + 1})" if ctx and cmark else (f" ({ctx})" if ctx else "")
-    if isinstance(e, yaml.reader.ReaderError): return f"{where}: not UTF-8 text ({what} at byte {e.position}); save the spec as UTF-8"
-    return f"{where}: YAML syntax error: {what}{ctx}; check the indentation, brackets and quotes on that line and the lines before it"
+    if isinstance(e, yaml.reader.ReaderError):
+        return f"{where}: not UTF-8 text ({what} at byte {e.position}); save the spec as UTF-8"
+    fix = "check the indentation, brackets and quotes on that line and the lines before it"
+    return f"{where}: YAML syntax error: {what}{ctx}; {fix}"
 
 def _qualify(name: str, spec: str, src: str) -> str:
     if not isinstance(name, str) or not all(_NAME.match(p) for p in name.split("/")) or name.count("/") > 1:
-        raise SpecError(f"{src}: {name!r} is not a run name (letters, digits, '_', '-'; other files' runs as <spec>/<run>)")
+        raise SpecError(
+            f"{src}: {name!r} is not a run name (letters, digits, '_', '-'; other files' runs as <spec>/<run>)"
+        )
     return name if "/" in name else f"{spec}/{name}"
 
 # %% ../../nbs/60_specs.ipynb #d4cc0b6e
@@ -204,12 +241,15 @@ def yaml_line(node,  # a composed YAML node (`yaml.compose`)
     for k in keys:
         if isinstance(node, yaml.MappingNode):
             hit = _mapping_item(node, k)
-            if hit is None: return None
+            if hit is None:
+                return None
             key_node, node = hit
             line = key_node.start_mark.line + 1
         elif isinstance(node, yaml.SequenceNode) and isinstance(k, int) and 0 <= k < len(node.value):
-            node = node.value[k]; line = node.start_mark.line + 1
-        else: return None
+            node = node.value[k]
+            line = node.start_mark.line + 1
+        else:
+            return None
     return line
 
 def _place(path, *keys) -> str:
@@ -220,11 +260,13 @@ def _place(path, *keys) -> str:
 def _mapping_item(node: yaml.MappingNode, key):
     "(key node, value node) of `key` in a mapping node, looking into `<<` merges last, as YAML does."
     for k, v in node.value:
-        if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge" and k.value == str(key): return k, v
+        if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge" and k.value == str(key):
+            return k, v
     for k, v in node.value:
         if k.tag == "tag:yaml.org,2002:merge":
             for m in (v.value if isinstance(v, yaml.SequenceNode) else [v]):
-                if isinstance(m, yaml.MappingNode) and (hit := _mapping_item(m, key)): return hit
+                if isinstance(m, yaml.MappingNode) and (hit := _mapping_item(m, key)):
+                    return hit
     return None
 
 # %% ../../nbs/60_specs.ipynb #54055840
@@ -235,52 +277,107 @@ def _parse_runs(path: Path, d: dict, scale: Optional[str], root: Path) -> tuple[
         line = yaml_line(tree, keys)
         return f"{src}:{line}" if line else src
     runs = d.get("runs")
-    if not isinstance(runs, list) or not runs: raise SpecError(f"{loc('runs')}: 'runs' must be a non-empty list of runs")
+    if not isinstance(runs, list) or not runs:
+        raise SpecError(f"{loc('runs')}: 'runs' must be a non-empty list of runs")
     defaults = _check_keys(d.get("defaults") or {}, OVERRIDE_KEYS, "defaults", loc("defaults"))
     scales = d.get("scales") or {}
-    if not isinstance(scales, dict): raise SpecError(f"{loc('scales')}: scales must be a mapping of scale names")
+    if not isinstance(scales, dict):
+        raise SpecError(f"{loc('scales')}: scales must be a mapping of scale names")
     if scale is not None and scale not in scales:
         raise SpecError(f"{src}: no scale {scale!r}; scales: {sorted(scales)}")
     sc = _check_keys(scales.get(scale) or {}, SCALE_KEYS, f"scales.{scale}", loc("scales", scale)) if scale else {}
-    sc_defaults = _check_keys(sc.get("defaults") or {}, OVERRIDE_KEYS, f"scales.{scale}.defaults", loc("scales", scale, "defaults"))
-    sc_runs = _check_keys(sc.get("runs") or {}, [r.get("name") for r in runs if isinstance(r, dict)], f"scales.{scale}.runs", loc("scales", scale, "runs"))
+    sc_defaults = _check_keys(
+        sc.get("defaults") or {}, OVERRIDE_KEYS, f"scales.{scale}.defaults", loc("scales", scale, "defaults")
+    )
+    sc_runs = _check_keys(
+        sc.get("runs") or {},
+        [r.get("name") for r in runs if isinstance(r, dict)],
+        f"scales.{scale}.runs",
+        loc("scales", scale, "runs"),
+    )
     out, seen, skipped = [], set(), []
     for i, r in enumerate(runs):
         rsrc = loc("runs", i)  # errors about this run name its line
         _check_keys(r, RUN_KEYS, f"run #{i + 1}", rsrc)
         for k in ("name", "notebook"):
-            if not isinstance(r.get(k), str): raise SpecError(f"{rsrc}: run #{i + 1} needs a '{k}' string")
+            if not isinstance(r.get(k), str):
+                raise SpecError(f"{rsrc}: run #{i + 1} needs a '{k}' string")
         name = r["name"]
-        if not _NAME.match(name): raise SpecError(f"{rsrc}: run name {name!r} may only use letters, digits, '_' and '-'")
-        if name in seen: raise SpecError(f"{rsrc}: run {name!r} is defined twice")
+        if not _NAME.match(name):
+            raise SpecError(f"{rsrc}: run name {name!r} may only use letters, digits, '_' and '-'")
+        if name in seen:
+            raise SpecError(f"{rsrc}: run {name!r} is defined twice")
         seen.add(name)
         where = f"run {name!r}"
-        over = _check_keys(sc_runs.get(name) or {}, OVERRIDE_KEYS + ("skip",), f"scales.{scale}.runs.{name}", loc("scales", scale, "runs", name))
-        if over.get("skip", False) not in (True, False): raise SpecError(f"{rsrc}: scales.{scale}.runs.{name}.skip must be true or false")
-        if over.get("skip"): skipped.append(f"{spec}/{name}"); continue
+        over = _check_keys(
+            sc_runs.get(name) or {},
+            OVERRIDE_KEYS + ("skip",),
+            f"scales.{scale}.runs.{name}",
+            loc("scales", scale, "runs", name),
+        )
+        if over.get("skip", False) not in (True, False):
+            raise SpecError(f"{rsrc}: scales.{scale}.runs.{name}.skip must be true or false")
+        if over.get("skip"):
+            skipped.append(f"{spec}/{name}")
+            continue
         layers = [defaults, {k: r.get(k) or {} for k in OVERRIDE_KEYS}, sc_defaults, over]
-        layer_keys = [("defaults",), ("runs", i), ("scales", scale, "defaults"), ("scales", scale, "runs", name)]  # where each layer is written
+        layer_keys = [
+            ("defaults",),
+            ("runs", i),
+            ("scales", scale, "defaults"),
+            ("scales", scale, "runs", name),
+        ]  # where each layer is written
         for k in OVERRIDE_KEYS:
             for layer in layers:
-                if not isinstance(layer.get(k) or {}, dict): raise SpecError(f"{rsrc}: {k} of {where} must be a mapping")
+                if not isinstance(layer.get(k) or {}, dict):
+                    raise SpecError(f"{rsrc}: {k} of {where} must be a mapping")
         params, res = {}, {}
-        for layer in layers: params, res = deep_merge(params, layer.get("parameters") or {}), deep_merge(res, layer.get("resources") or {})
+        for layer in layers:
+            params, res = deep_merge(params, layer.get("parameters") or {}), deep_merge(
+                res, layer.get("resources") or {}
+            )
         for k in LAUNCHER_PARAMETERS:
-            if k in params: raise SpecError(f"{rsrc}: {where} sets parameter {k!r}; the launcher sets it (scl_nb.tools.launch)")
+            if k in params:
+                raise SpecError(f"{rsrc}: {where} sets parameter {k!r}; the launcher sets it (scl_nb.tools.launch)")
         deps = r.get("depends_on") or []
-        if not isinstance(deps, list): raise SpecError(f"{rsrc}: depends_on of {where} must be a list of run names")
+        if not isinstance(deps, list):
+            raise SpecError(f"{rsrc}: depends_on of {where} must be a list of run names")
         deps = [_qualify(x, spec, f"{rsrc}: depends_on of {where}") for x in deps]
-        try: refs = [_qualify(x, spec, src) for x in find_refs(params)]
-        except SpecError as e: raise SpecError(f"{rsrc}: parameters of {where}: {e}") from None
+        try:
+            refs = [_qualify(x, spec, src) for x in find_refs(params)]
+        except SpecError as e:
+            raise SpecError(f"{rsrc}: parameters of {where}: {e}") from None
         missing = sorted(set(refs) - set(deps))
-        if missing: raise SpecError(f"{rsrc}: {where} uses ${{{missing[0]}.out_dir}} but does not list {missing[0]!r} in depends_on")
-        params = _walk_strings(params, lambda s: _TEMPLATE.sub(lambda m: "${" + _qualify(_REF.match(m.group(1).strip()).group(1), spec, src) + ".out_dir}", s))
+        if missing:
+            raise SpecError(
+                f"{rsrc}: {where} uses ${{{missing[0]}.out_dir}} but does not list {missing[0]!r} in depends_on"
+            )
+        params = _walk_strings(
+            params,
+            lambda s: _TEMPLATE.sub(
+                lambda m: "${" + _qualify(_REF.match(m.group(1).strip()).group(1), spec, src) + ".out_dir}", s
+            ),
+        )
         lines = {}
         for k in params:  # the last layer that sets k wrote the value in effect
-            at = [yaml_line(tree, lk + ("parameters", k)) for lk, layer in zip(layer_keys, layers) if k in (layer.get("parameters") or {})]
+            at = [
+                yaml_line(tree, lk + ("parameters", k))
+                for lk, layer in zip(layer_keys, layers)
+                if k in (layer.get("parameters") or {})
+            ]
             lines[k] = f"{src}:{at[-1]}" if at and at[-1] else rsrc
-        out.append(Run(f"{spec}/{name}", (root / r["notebook"]).resolve(), params, check_resources(res, where, rsrc), deps,
-                       r.get("description") or "", rsrc, lines))
+        out.append(
+            Run(
+                f"{spec}/{name}",
+                (root / r["notebook"]).resolve(),
+                params,
+                check_resources(res, where, rsrc),
+                deps,
+                r.get("description") or "",
+                rsrc,
+                lines,
+            )
+        )
     return out, skipped
 
 # %% ../../nbs/60_specs.ipynb #c3640136
@@ -294,10 +391,16 @@ class Problem:
     fix: str
     missing: str = ""  # a data path that does not exist (reported once per path, see `format_problems`)
     def __str__(self):
-        return f"{self.where}: run {self.run}" + (f", parameter {self.parameter!r}" if self.parameter else "") + f": {self.what}; {self.fix}"
+        return (
+            f"{self.where}: run {self.run}"
+            + (f", parameter {self.parameter!r}" if self.parameter else "")
+            + f": {self.what}; {self.fix}"
+        )
 
-MISSING_DATA_FIX = ("write the data with `python -m scl_nb.importers` (experiments/README.md) or edit the paths in the spec; "
-                    "`--scale tiny` runs on synthetic data; `--allow-missing-data` shows the plan anyway")
+MISSING_DATA_FIX = (
+    "write the data with `python -m scl_nb.importers` (experiments/README.md) or edit the paths in the spec; "
+    "`--scale tiny` runs on synthetic data; `--allow-missing-data` shows the plan anyway"
+)
 PATH_PARAMETERS = ("data", "manifest", "answers", "checkpoint", "config")
 PATH_SUFFIXES = ("_manifest", "_path", "_file", "_checkpoint")
 
@@ -310,8 +413,10 @@ def notebook_defaults(path) -> dict:
     import ast
     out = {}
     for k, src in notebook_parameters(path).items():
-        try: out[k] = ast.literal_eval(src)
-        except (ValueError, SyntaxError): out[k] = ...
+        try:
+            out[k] = ast.literal_eval(src)
+        except (ValueError, SyntaxError):
+            out[k] = ...
     return out
 
 # %% ../../nbs/60_specs.ipynb #ea522af5
@@ -323,13 +428,19 @@ _FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 _TYPES = (bool, int, float, str)
 
 def parameter_spec(notebook) -> type:
-    "The dataclass of `notebook`'s parameters: its registered one, else one typed by the literal defaults of its parameters cell."
+    """The dataclass of `notebook`'s parameters: its registered one, else one typed by the literal defaults of its
+    parameters cell."""
     if (name := RUN_PARAMETERS.get(Path(notebook).name)) is not None:
         module, cls = name.rsplit(".", 1)
         return getattr(importlib.import_module(module), cls)
     typed = lambda v: type(v) if type(v) in _TYPES else Optional[object]
-    return make_dataclass(Path(notebook).stem + "_parameters",
-                          [(k, typed(v), field(default=None if v is ... or type(v) not in _TYPES else v)) for k, v in notebook_defaults(notebook).items()])
+    return make_dataclass(
+        Path(notebook).stem + "_parameters",
+        [
+            (k, typed(v), field(default=None if v is ... or type(v) not in _TYPES else v))
+            for k, v in notebook_defaults(notebook).items()
+        ],
+    )
 
 def _type_problem(value, spec: type, name: str) -> Optional[tuple]:
     "(what, fix) if `value` is not a value parameter `name` of `spec` takes; None if it is."
@@ -339,63 +450,126 @@ def _type_problem(value, spec: type, name: str) -> Optional[tuple]:
         mant, exp = re.split("[eE]", value)
         return (f"{value!r} is text: YAML reads e-notation as a number only with a dot and a signed exponent",
                 f"write {mant if '.' in mant else mant + '.0'}e{exp if exp[0] in '+-' else '+' + exp}")
-    try: check_value(spec, name, value)
-    except ConfigError as e: return (str(e), "give a value the notebook's parameters cell allows")
+    try:
+        check_value(spec, name, value)
+    except ConfigError as e:
+        return (str(e), "give a value the notebook's parameters cell allows")
     return None
 
 # %% ../../nbs/60_specs.ipynb #4af52181
-def _at_root(v: str, root: Path) -> Path: return Path(v) if Path(v).is_absolute() else Path(root) / v
+def _at_root(v: str, root: Path) -> Path:
+    return Path(v) if Path(v).is_absolute() else Path(root) / v
 
 def _preset_problem(v, root: Path) -> Optional[tuple]:
     from scl_nb.config import PRESETS
-    if isinstance(v, str) and (v in PRESETS or _at_root(v, root).is_file()): return None
-    return (f"{v!r} is neither a preset nor a config file", f"use one of {sorted(PRESETS)} or the path of a YAML/JSON config (relative to the root)")
+    if isinstance(v, str) and (v in PRESETS or _at_root(v, root).is_file()):
+        return None
+    return (
+        f"{v!r} is neither a preset nor a config file",
+        f"use one of {sorted(PRESETS)} or the path of a YAML/JSON config (relative to the root)",
+    )
 
 def _value_problem(name: str, v, params: dict, root: Path) -> Optional[tuple]:
     "(what, fix[, missing path]) if the value `v` of parameter `name` is not one the notebook can use; None if it is."
-    if v is None: return None
+    if v is None:
+        return None
     if name.endswith("objectives"):
         from scl_nb.config import ConfigError
         from scl_nb.config import objective_overrides
-        if not isinstance(v, str): return (f"{v!r} is not a comma-separated list", "write the objectives as text, e.g. 'mlm,itm,itc,scl'")
-        try: objective_overrides(v)
-        except ConfigError as e: return (str(e), "write the objectives separated by commas")
-    if name == "preset": return _preset_problem(v, root)
-    if name == "overrides" and isinstance(v, str) and v.strip() and not _preset_problem(params.get("preset", "tiny"), root):
+        if not isinstance(v, str):
+            return (f"{v!r} is not a comma-separated list", "write the objectives as text, e.g. 'mlm,itm,itc,scl'")
+        try:
+            objective_overrides(v)
+        except ConfigError as e:
+            return (str(e), "write the objectives separated by commas")
+    if name == "preset":
+        return _preset_problem(v, root)
+    if (
+        name == "overrides"
+        and isinstance(v, str)
+        and v.strip()
+        and not _preset_problem(params.get("preset", "tiny"), root)
+    ):
         from scl_nb.config import ConfigError, PRESETS, load_config
         pre = params.get("preset", "tiny")
-        try: load_config(pre if pre in PRESETS else _at_root(pre, root), v.split())
-        except ConfigError as e: return (f"{v!r}: {e}", "write key.sub=value settings of scl_nb.config, separated by spaces")
+        try:
+            load_config(pre if pre in PRESETS else _at_root(pre, root), v.split())
+        except ConfigError as e:
+            return (f"{v!r}: {e}", "write key.sub=value settings of scl_nb.config, separated by spaces")
     if name == "dataset":
         from scl_nb.tasks import TASK_SETTINGS
-        if v not in TASK_SETTINGS: return (f"{v!r} has no method §4 setting", f"choose one of {sorted(TASK_SETTINGS)}")
+        if v not in TASK_SETTINGS:
+            return (f"{v!r} has no method §4 setting", f"choose one of {sorted(TASK_SETTINGS)}")
     if is_path_parameter(name):
-        if not isinstance(v, str): return (f"{v!r} is not a path", "give a path (relative to the root) or 'synthetic'")
-        if v == "synthetic" or find_refs(v): return None  # generated, or made by an upstream run
-        if not _at_root(v, root).exists(): return (f"{v} does not exist", MISSING_DATA_FIX, _show(_at_root(v, root)))
+        if not isinstance(v, str):
+            return (f"{v!r} is not a path", "give a path (relative to the root) or 'synthetic'")
+        if v == "synthetic" or find_refs(v):
+            return None  # generated, or made by an upstream run
+        if not _at_root(v, root).exists():
+            return (f"{v} does not exist", MISSING_DATA_FIX, _show(_at_root(v, root)))
     return None
 
 def run_problems(run: Run, root) -> list:
     "Every `Problem` of `run` against its notebook: the notebook, parameter names, types, known values, data paths."
     nb, at = run.notebook, lambda k: run.lines.get(k) or run.where
-    if not nb.exists(): return [Problem(run.where, run.id, "", f"notebook {_show(nb)} does not exist", "fix the notebook path (relative to the root)")]
+    if not nb.exists():
+        return [
+            Problem(
+                run.where,
+                run.id,
+                "",
+                f"notebook {_show(nb)} does not exist",
+                "fix the notebook path (relative to the root)",
+            )
+        ]
     defaults = notebook_defaults(nb)
     if "out_dir" not in defaults:
-        return [Problem(run.where, run.id, "", f"notebook {nb.name} has no 'out_dir' parameter (cell tagged 'parameters')",
-                        "add one: the launcher gives every run its folder through it")]
-    out, params, spec = [], {**{k: v for k, v in defaults.items() if v is not ...}, **run.parameters}, parameter_spec(nb)
+        return [
+            Problem(
+                run.where,
+                run.id,
+                "",
+                f"notebook {nb.name} has no 'out_dir' parameter (cell tagged 'parameters')",
+                "add one: the launcher gives every run its folder through it",
+            )
+        ]
+    out, params, spec = (
+        [],
+        {**{k: v for k, v in defaults.items() if v is not ...}, **run.parameters},
+        parameter_spec(nb),
+    )
     if run.seed is not None and defaults.get("seed") != 0:  # seed 0 is the run with the notebook's default seed
-        out.append(Problem(run.where, run.base_id, "seed", f"its spec has seeds, but notebook {nb.name} has " + (
-            f"a 'seed' parameter defaulting to {defaults['seed']!r}, not 0" if "seed" in defaults else "no 'seed' parameter"),
-            "give the notebook a parameter `seed = 0` that seeds everything random, or remove `seeds` from the spec"))
+        out.append(
+            Problem(
+                run.where,
+                run.base_id,
+                "seed",
+                f"its spec has seeds, but notebook {nb.name} has "
+                + (
+                    f"a 'seed' parameter defaulting to {defaults['seed']!r}, not 0"
+                    if "seed" in defaults
+                    else "no 'seed' parameter"
+                ),
+                "give the notebook a parameter `seed = 0` that seeds everything random, or remove `seeds` from the "
+                "spec",
+            )
+        )
     for k, v in run.parameters.items():
         if k not in defaults:
             close = difflib.get_close_matches(k, list(defaults), n=1)
-            out.append(Problem(at(k), run.base_id, k, f"notebook {nb.name} has no such parameter",
-                               (f"did you mean {close[0]!r}? " if close else "") + f"its parameters: {sorted(defaults)}"))
+            out.append(
+                Problem(
+                    at(k),
+                    run.base_id,
+                    k,
+                    f"notebook {nb.name} has no such parameter",
+                    (f"did you mean {close[0]!r}? " if close else "") + f"its parameters: {sorted(defaults)}",
+                )
+            )
             continue
         bad = _type_problem(v, spec, k) or _value_problem(k, v, params, Path(root))
-        if bad: out.append(Problem(at(k), run.base_id, k, *bad))
+        if bad:
+            out.append(Problem(at(k), run.base_id, k, *bad))
     return out
 
 # %% ../../nbs/60_specs.ipynb #d27bace4
@@ -404,12 +578,17 @@ def problem_lines(problems: Sequence[Problem]) -> list:
     problems = list(dict.fromkeys(problems))
     lines, by_path = [str(p) for p in problems if not p.missing], {}
     for p in problems:
-        if p.missing: by_path.setdefault(p.missing, []).append(p)
+        if p.missing:
+            by_path.setdefault(p.missing, []).append(p)
     for path, ps in by_path.items():
         runs = list(dict.fromkeys(p.run for p in ps))
         used = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more runs" if len(runs) > 3 else "")
-        lines.append(f"{ps[0].where}: data path {path} does not exist (parameter {'/'.join(sorted({p.parameter for p in ps}))} of {used})")
-    if by_path: lines.append(f"fix: {MISSING_DATA_FIX}")
+        lines.append(
+            f"{ps[0].where}: data path {path} does not exist (parameter {'/'.join(sorted({p.parameter for p in ps}))} "
+            f"of {used})"
+        )
+    if by_path:
+        lines.append(f"fix: {MISSING_DATA_FIX}")
     return lines
 
 def format_problems(problems: Sequence[Problem]) -> str:
@@ -420,7 +599,8 @@ def format_problems(problems: Sequence[Problem]) -> str:
 
 # %% ../../nbs/60_specs.ipynb #a803d119
 def seeded_id(run_id: str, seed: int) -> str:
-    "The id of the copy of `run_id` with `seed`: the plain id for seed 0 (the notebooks' default seed), else `<id>@s<seed>`."
+    """The id of the copy of `run_id` with `seed`: the plain id for seed 0 (the notebooks' default seed), else
+    `<id>@s<seed>`."""
     return run_id if seed == 0 else f"{run_id}@s{seed}"
 
 def spec_seeds(path: Path, d: dict, scale: Optional[str]) -> list:
@@ -428,72 +608,116 @@ def spec_seeds(path: Path, d: dict, scale: Optional[str]) -> list:
     sc = (d.get("scales") or {}).get(scale) or {} if scale else {}
     keys, seeds = (("scales", scale, "seeds"), sc["seeds"]) if "seeds" in sc else (("seeds",), d.get("seeds", []))
     if not isinstance(seeds, list) or not all(type(s) is int and s >= 0 for s in seeds) or len(set(seeds)) < len(seeds):
-        raise SpecError(f"{_place(path, *keys)}: {'.'.join(keys)}={seeds!r} must be a list of distinct integers >= 0, e.g. [0, 1, 2]")
+        raise SpecError(
+            f"{_place(path, *keys)}: {'.'.join(keys)}={seeds!r} must be a list of distinct integers >= 0, e.g. [0, 1, "
+            f"2]"
+        )
     return seeds
 
 def expand_seeds(runs: dict, ids: Sequence[str], seeds: Sequence[int]) -> dict:
-    "{id: Run}: a copy of each of the runs `ids` of `runs` (dependency order) per seed, and of the runs it needs with the same seed, which its dependencies and templates name."
+    """{id: Run}: a copy of each of the runs `ids` of `runs` (dependency order) per seed, and of the runs it needs
+    with the same seed, which its dependencies and templates name."""
     out = {}
     def copy(rid: str, s: int) -> str:
         sid, r = seeded_id(rid, s), runs[rid]
-        if sid in out: return sid
-        if "seed" in r.parameters: raise SpecError(f"{r.lines.get('seed') or r.where}: run {rid!r} sets parameter 'seed', but it is run over seeds; remove it (`seeds` sets it)")
+        if sid in out:
+            return sid
+        if "seed" in r.parameters:
+            raise SpecError(
+                f"{r.lines.get('seed') or r.where}: run {rid!r} sets parameter 'seed', but it is run over seeds; "
+                f"remove it (`seeds` sets it)"
+            )
         deps = [copy(x, s) for x in r.depends_on]
         to_seed = lambda m: "${" + seeded_id(_REF.match(m.group(1).strip()).group(1), s) + ".out_dir}"
         params = _walk_strings(r.parameters, lambda t: _TEMPLATE.sub(to_seed, t)) | ({"seed": s} if s else {})
         out[sid] = replace(r, id=sid, parameters=params, depends_on=deps, seed=s)
         return sid
     for s in seeds:
-        for rid in ids: copy(rid, s)
+        for rid in ids:
+            copy(rid, s)
     return out
 
 # %% ../../nbs/60_specs.ipynb #b759b8dc
-def load_spec(path,  # the spec file (YAML)
-              scale: Optional[str] = None,  # a key of `scales` (e.g. "tiny"); None = full scale
-              root=None,  # folder that notebook paths are relative to; None = the current directory
-              check_notebooks: bool = True,  # notebooks must exist and every parameter be valid (`run_problems`)
-              allow_missing_data: bool = False,  # data paths that do not exist become `Spec.notes` instead of errors
-              seeds: Optional[Sequence[int]] = None,  # replace the spec's seeds at this scale (e.g. [0]: one seed); None = the spec's
-             ) -> Spec:
+def load_spec(
+    path,  # the spec file (YAML)
+    scale: Optional[str] = None,  # a key of `scales` (e.g. "tiny"); None = full scale
+    root=None,  # folder that notebook paths are relative to; None = the current directory
+    check_notebooks: bool = True,  # notebooks must exist and every parameter be valid (`run_problems`)
+    allow_missing_data: bool = False,  # data paths that do not exist become `Spec.notes` instead of errors
+    seeds: Optional[
+        Sequence[int]
+    ] = None,  # replace the spec's seeds at this scale (e.g. [0]: one seed); None = the spec's
+) -> Spec:
     "Read, validate and scale an experiment spec; runs of other files it depends on are included."
     path, root = Path(path).resolve(), Path(root or Path.cwd()).resolve()
     d = _read_yaml(path)
     runs, skipped, loaded, todo = {}, [], set(), [path]
     while todo:
         p = todo.pop()
-        if p.stem in loaded: continue
+        if p.stem in loaded:
+            continue
         loaded.add(p.stem)
         file_runs, file_skipped = _parse_runs(p, d if p == path else _read_yaml(p), scale, root)
-        runs |= {r.id: r for r in file_runs}; skipped += file_skipped
+        runs |= {r.id: r for r in file_runs}
+        skipped += file_skipped
         for r in list(runs.values()):
             for dep in r.depends_on:
                 other = path.parent / f"{dep.split('/')[0]}.yaml"
                 if dep.split("/")[0] not in loaded:
-                    if not other.exists(): raise SpecError(f"{r.where}: run {r.id!r} depends on {dep!r}, but {_show(other)} does not exist")
+                    if not other.exists():
+                        raise SpecError(
+                            f"{r.where}: run {r.id!r} depends on {dep!r}, but {_show(other)} does not exist"
+                        )
                     todo.append(other)
     for r in runs.values():
         cut = [x for x in r.depends_on if x in skipped]
-        if cut: raise SpecError(f"{r.where}: run {r.id!r} depends on {cut[0]!r}, which scale {scale!r} skips; skip {r.id!r} too")
+        if cut:
+            raise SpecError(
+                f"{r.where}: run {r.id!r} depends on {cut[0]!r}, which scale {scale!r} skips; skip {r.id!r} too"
+            )
         unknown = [x for x in r.depends_on if x not in runs]
-        if unknown: raise SpecError(f"{r.where}: run {r.id!r} depends on unknown run {unknown[0]!r}; runs: {sorted(runs)}")
+        if unknown:
+            raise SpecError(f"{r.where}: run {r.id!r} depends on unknown run {unknown[0]!r}; runs: {sorted(runs)}")
     keep, todo = set(), [k for k in runs if k.startswith(f"{path.stem}/")]  # this file's runs and what they need
     while todo:
         k = todo.pop()
-        if k not in keep: keep.add(k); todo += runs[k].depends_on
+        if k not in keep:
+            keep.add(k)
+            todo += runs[k].depends_on
     runs = {k: r for k, r in runs.items() if k in keep}
     skipped = [k for k in skipped if k.startswith(f"{path.stem}/")]
     order = topo_order({k: r.depends_on for k, r in runs.items()})
-    seeds = own if not (own := spec_seeds(path, d, scale)) or seeds is None else [] if list(seeds) == [0] else spec_seeds(path, {"seeds": list(seeds)}, None)
+    seeds = (
+        own
+        if not (own := spec_seeds(path, d, scale)) or seeds is None
+        else [] if list(seeds) == [0] else spec_seeds(path, {"seeds": list(seeds)}, None)
+    )
     if seeds:  # every run of this file once per seed, with the copies of the runs it needs
         runs = expand_seeds({k: runs[k] for k in order}, [k for k in order if k.startswith(f"{path.stem}/")], seeds)
         order = topo_order({k: r.depends_on for k, r in runs.items()})
     problems, notes = [], []
     for r in runs.values() if check_notebooks else []:
-        for pr in run_problems(r, root): (notes if pr.missing and allow_missing_data else problems).append(pr)
-    if problems: raise SpecError(format_problems(problems), problems)
-    spec = Spec(path.stem, path, scale, [runs[k] for k in order], d.get("description") or "", d.get("table"), d.get("figure"), root, skipped, notes, seeds)
-    if spec.table is not None: check_table(spec)
-    if spec.figure is not None: check_figure(spec)
+        for pr in run_problems(r, root):
+            (notes if pr.missing and allow_missing_data else problems).append(pr)
+    if problems:
+        raise SpecError(format_problems(problems), problems)
+    spec = Spec(
+        path.stem,
+        path,
+        scale,
+        [runs[k] for k in order],
+        d.get("description") or "",
+        d.get("table"),
+        d.get("figure"),
+        root,
+        skipped,
+        notes,
+        seeds,
+    )
+    if spec.table is not None:
+        check_table(spec)
+    if spec.figure is not None:
+        check_figure(spec)
     return spec
 
 # %% ../../nbs/60_specs.ipynb #94e722a1
@@ -502,8 +726,10 @@ ROW_KEYS = ("label", "values", "source")
 
 def _cell_ref(v):
     "(run, key) for a `run:key` cell, None for a number or null."
-    if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)): return None
-    if isinstance(v, str) and ":" in v: return tuple(v.split(":", 1))
+    if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+        return None
+    if isinstance(v, str) and ":" in v:
+        return tuple(v.split(":", 1))
     raise SpecError(f"table cell {v!r} must be a number, null or '<run>:<key>'")
 
 def check_table(spec: Spec) -> dict:
@@ -511,19 +737,29 @@ def check_table(spec: Spec) -> dict:
     src = _place(spec.path, "table")
     t = _check_keys(spec.table, TABLE_KEYS, "table", src)
     cols = t.get("columns")
-    if not isinstance(cols, list) or not cols or not all(isinstance(c, str) for c in cols): raise SpecError(f"{src}: table.columns must be a list of labels")
-    if not isinstance(t.get("rows"), list) or not t["rows"]: raise SpecError(f"{src}: table.rows must be a non-empty list")
+    if not isinstance(cols, list) or not cols or not all(isinstance(c, str) for c in cols):
+        raise SpecError(f"{src}: table.columns must be a list of labels")
+    if not isinstance(t.get("rows"), list) or not t["rows"]:
+        raise SpecError(f"{src}: table.rows must be a non-empty list")
     for i, row in enumerate(t["rows"]):
         _check_keys(row, ROW_KEYS, f"table row #{i + 1}", src)
         vals = row.get("values")
         if not isinstance(vals, list) or len(vals) != len(cols):
-            raise SpecError(f"{src}: table row {row.get('label', i + 1)!r} needs {len(cols)} values (one per column), got {vals!r}")
+            raise SpecError(
+                f"{src}: table row {row.get('label', i + 1)!r} needs {len(cols)} values (one per column), got {vals!r}"
+            )
         for v in vals:
-            try: ref = _cell_ref(v)
-            except SpecError as e: raise SpecError(f"{src}: table row {row.get('label')!r}: {e}") from None
-            if ref and spec.qualify(ref[0]) not in spec.skipped: spec.copies(ref[0])
+            try:
+                ref = _cell_ref(v)
+            except SpecError as e:
+                raise SpecError(f"{src}: table row {row.get('label')!r}: {e}") from None
+            if ref and spec.qualify(ref[0]) not in spec.skipped:
+                spec.copies(ref[0])
     if t.get("baseline") is not None and t["baseline"] not in [r.get("label") for r in t["rows"]]:
-        raise SpecError(f"{_place(spec.path, 'table', 'baseline')}: table.baseline {t['baseline']!r} is not the label of a row; rows: {[r.get('label') for r in t['rows']]}")
+        raise SpecError(
+            f"{_place(spec.path, 'table', 'baseline')}: table.baseline {t['baseline']!r} is not the label of a row; "
+            f"rows: {[r.get('label') for r in t['rows']]}"
+        )
     return t
 
 # %% ../../nbs/60_specs.ipynb #c41df822
@@ -533,11 +769,13 @@ def _lookup(d: dict, key: str):
         v = d
         for k in alt.strip().split("."):
             v = v.get(k) if isinstance(v, dict) else None
-        if v is not None: return v
+        if v is not None:
+            return v
     return None
 
 def collect_table(spec: Spec, runs_dir="runs"):
-    "The spec's table as a DataFrame (rows x columns, plus `source`); missing results are NaN; a seeded spec's cells: a tuple over its seeds."
+    """The spec's table as a DataFrame (rows x columns, plus `source`); missing results are NaN; a seeded spec's
+    cells: a tuple over its seeds."""
     import pandas as pd
     t = check_table(spec)
     def result(run, key):  # the number at `key` in the run's results.json, NaN if there is none
@@ -549,11 +787,16 @@ def collect_table(spec: Spec, runs_dir="runs"):
         vals, ours = [], False
         for v in row["values"]:
             ref = _cell_ref(v)
-            if ref is None: vals.append(float("nan") if v is None else float(v)); continue
-            ours, runs = True, [None] * max(len(spec.seeds), 1) if spec.qualify(ref[0]) in spec.skipped else spec.copies(ref[0])
+            if ref is None:
+                vals.append(float("nan") if v is None else float(v))
+                continue
+            ours, runs = True, (
+                [None] * max(len(spec.seeds), 1) if spec.qualify(ref[0]) in spec.skipped else spec.copies(ref[0])
+            )
             xs = tuple(float("nan") if r is None else result(r, ref[1]) for r in runs)
             vals.append(xs if spec.seeds else xs[0])
-        data.append(vals); sources.append(row.get("source") or ("ours" if ours else "paper"))
+        data.append(vals)
+        sources.append(row.get("source") or ("ours" if ours else "paper"))
     df = pd.DataFrame(data, index=[r["label"] for r in t["rows"]], columns=t["columns"])
     df.insert(0, "source", sources)
     return df
@@ -563,7 +806,9 @@ def table_markdown(df, digits: int = 2) -> str:
     from scl_nb.metrics import estimate_text
     cols, fmt = list(df.columns), lambda v: v if isinstance(v, str) else estimate_text(v, digits)
     lines = ["| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    lines += [f"| {idx} | " + " | ".join(fmt(v) for v in row) + " |" for idx, row in zip(df.index, df.itertuples(index=False))]
+    lines += [
+        f"| {idx} | " + " | ".join(fmt(v) for v in row) + " |" for idx, row in zip(df.index, df.itertuples(index=False))
+    ]
     return "\n".join(lines)
 
 # %% ../../nbs/60_specs.ipynb #f64c9e61
@@ -574,16 +819,25 @@ def check_figure(spec: Spec) -> dict:
     src = _place(spec.path, "figure")
     f = _check_keys(spec.figure, FIGURE_KEYS, "figure", src)
     files = f.get("files")
-    if not isinstance(files, list) or not files: raise SpecError(f"{src}: figure.files must be a non-empty list of '<run>:<path>'")
+    if not isinstance(files, list) or not files:
+        raise SpecError(f"{src}: figure.files must be a non-empty list of '<run>:<path>'")
     for v in files:
-        if not isinstance(v, str) or ":" not in v: raise SpecError(f"{src}: figure file {v!r} must look like '<run>:<path>'")
-        if spec.qualify(v.split(":", 1)[0]) not in spec.skipped: spec.copies(v.split(":", 1)[0])
+        if not isinstance(v, str) or ":" not in v:
+            raise SpecError(f"{src}: figure file {v!r} must look like '<run>:<path>'")
+        if spec.qualify(v.split(":", 1)[0]) not in spec.skipped:
+            spec.copies(v.split(":", 1)[0])
     return f
 
 def figure_files(spec: Spec, runs_dir="runs") -> list:
-    "[(run id, path)] of the files of `spec.figure` in their run folders (every seed's), for the runs the scale keeps (they may not exist yet)."
+    """[(run id, path)] of the files of `spec.figure` in their run folders (every seed's), for the runs the scale
+    keeps (they may not exist yet)."""
     files = [v.split(":", 1) for v in check_figure(spec)["files"]]
-    return [(r.id, run_dir(r, runs_dir, spec.scale) / rel) for run, rel in files if spec.qualify(run) not in spec.skipped for r in spec.copies(run)]
+    return [
+        (r.id, run_dir(r, runs_dir, spec.scale) / rel)
+        for run, rel in files
+        if spec.qualify(run) not in spec.skipped
+        for r in spec.copies(run)
+    ]
 
 # %% ../../nbs/60_specs.ipynb #564c6c1f
 def run_dir(run: Run, runs_dir="runs", scale: Optional[str] = None) -> Path:
@@ -592,7 +846,9 @@ def run_dir(run: Run, runs_dir="runs", scale: Optional[str] = None) -> Path:
     return (base / scale if scale else base) / run.spec / run.name
 
 def run_parameters(run: Run, out_dirs: dict, has_resume: bool = True) -> dict:
-    "The papermill parameters of `run`: templates resolved, `out_dir` set, `resume=True` unless the spec says otherwise."
+    """The papermill parameters of `run`: templates resolved, `out_dir` set, `resume=True` unless the spec says
+    otherwise."""
     p = resolve_templates(run.parameters, out_dirs) | {"out_dir": str(out_dirs[run.id])}
-    if has_resume: p.setdefault("resume", True)
+    if has_resume:
+        p.setdefault("resume", True)
     return p
