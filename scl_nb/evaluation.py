@@ -299,7 +299,7 @@ def retrieval_eval_rows(cfg, data: dict):
     return retrieval_subset(rows, data.get("eval_images"), one_caption=data.get("one_caption", False))
 
 def _eval_loader(model, rows, batch_size: int, rank: int = 0, world: int = 1):
-    from scl_nb.data import task_loader
+    from scl_nb.loaders import task_loader
     return task_loader(model.cfg, rows, "pretrain", train=False, rank=rank, world=world, batch_size=batch_size,
                        tokenizer=getattr(model.text, "tokenizer", None), device=_model_device(model))
 
@@ -383,7 +383,8 @@ if __name__ == "__main__":
 # %% ../nbs/42_evaluation.ipynb #66a9a1f9
 def pretrain_heldout(cfg, device=None, batch_size: int = 100):
     "The held-out pairs of a pre-training run: the synthetic `val` captions, or the `val` rows of its manifest (None)."
-    from scl_nb.data import ManifestError, task_loader
+    from scl_nb.data import ManifestError
+    from scl_nb.loaders import task_loader
     if cfg.data.source == "synthetic":
         from scl_nb.synthetic import synthetic_for_config
         rows = synthetic_for_config(cfg)["captions_val"]

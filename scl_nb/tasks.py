@@ -316,7 +316,7 @@ def task_data_fn(task: str, manifest, answers=None, tokenizer=None,
                 ) -> Callable:
     "The engine's `data_fn` for a task: the training `task_loader` of `manifest` on this rank."
     def data_fn(cfg, rank, world_size, device):
-        from scl_nb.data import task_loader
+        from scl_nb.loaders import task_loader
         from scl_nb.media import BatchTransform
         loader = task_loader(cfg, manifest, task, train=True, rank=rank, world=world_size, device=device,
                              tokenizer=tokenizer, answers=answers)
@@ -640,7 +640,7 @@ def pretrained_checkpoint(
         done = folder / "summary.json"
         if not (done.exists() and json.loads(done.read_text()).get("status") == "completed"):
             def data_fn(c, rank, world_size, dev):
-                from scl_nb.data import pretrain_loader
+                from scl_nb.loaders import pretrain_loader
                 return pretrain_loader(c, rank=rank, world=world_size, device=dev, synthetic=synthetic)
             train(pcfg, folder, resume=True, data_fn=data_fn, device=device, progress=progress, count_model_flops=False)
     return folder

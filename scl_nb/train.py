@@ -23,7 +23,8 @@ from .checkpoint import (CheckpointError, RunFolderError, RunFolderLock, atomic_
 from .perf import cpu_peak_flops, mfu, peak_flops
 from .objectives import PretrainTask, ranks_per_process
 from .jobs import EXIT_PREEMPTED
-from .data import ManifestError, TooManyBadSamples, pretrain_loader
+from .data import ManifestError, TooManyBadSamples
+from .loaders import pretrain_loader
 from .runtime import (StopFlag, MetricsLog, Progress, run_record, resolve_precision, autocast, make_scaler,
                             batch_layout, to_device, isolated_rng, EpochLoader, endless,
                             enable_activation_checkpointing, probe_step, bad_input_summary)
@@ -37,7 +38,7 @@ class NonFiniteLossError(RuntimeError):
     "Too many consecutive non-finite losses; the newest checkpoint is the last good state."
 
 def default_data_fn(cfg, rank, world_size, device):
-    "The pre-training loader of `cfg` (`scl_nb.data.pretrain_loader`)."
+    "The pre-training loader of `cfg` (`scl_nb.loaders.pretrain_loader`)."
     return pretrain_loader(cfg, rank=rank, world=world_size, device=device)
 
 class Trainer:

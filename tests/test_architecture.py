@@ -18,7 +18,8 @@ PKG = Path(__file__).resolve().parent.parent / "scl_nb"
 # docs) is the repository's tooling, which nothing in the method imports.
 LAYERS = {
     "config": ["config", "metrics", "masking", "distributed"],
-    "model parts": ["text", "vision", "fusion", "model", "towers", "synthetic", "media", "data", "downloads", "importers"],
+    "model parts": ["text", "vision", "fusion", "model", "towers", "synthetic", "media", "data", "loaders", "downloads",
+                    "importers"],
     "objectives": ["objectives"],
     "engine": ["optim", "checkpoint", "perf", "runtime", "train", "jobs"],
     "tasks": ["tasks", "evaluation", "official", "alignment"],

@@ -79,7 +79,7 @@ def test_eval_retrieval_official_checkpoint(official_ckpt, tmp_path):
     from scl_nb.official import load_official
     from scl_nb.tasks import task_run_config, task_config, task_manifest, retrieval_subset
     from scl_nb.evaluation import evaluate_retrieval
-    from scl_nb.data import task_loader
+    from scl_nb.loaders import task_loader
     model, ckpt = official_ckpt
     papermill.execute_notebook(str(NBS / "eval_retrieval.ipynb"), str(tmp_path / "eval_retrieval.ipynb"),
                                parameters=dict(out_dir=str(tmp_path), checkpoint=str(ckpt), eval_images=12, k=0, check_learning=False),
@@ -110,7 +110,7 @@ def test_finetune_vqa_evaluates_official_vqa_checkpoint(offline_cache, tmp_path)
     from official_writers import official_tiny_config, randomise_parameters, save_lightning_style_checkpoint
     from scl_nb.tasks import TaskModel, task_run_config, task_config, task_manifest
     from scl_nb.evaluation import evaluate_vqa
-    from scl_nb.data import task_loader
+    from scl_nb.loaders import task_loader
     run_cfg = task_run_config("vqa", "tiny", "synthetic", "vqav2")
     vocab = json.loads((task_manifest(run_cfg, "vqa", "train").parent / "vqa_answers.json").read_text())
     torch.manual_seed(0)

@@ -20,7 +20,8 @@ from ..runtime import to_device
 from ..text import load_tokenizer
 from ..synthetic import make_synthetic, synthetic_cache_root
 from ..media import BatchTransform
-from ..data import TASK_COLUMNS, Collator, ManifestDataset, ResumableLoader, load_manifest
+from ..data import TASK_COLUMNS, Collator, ManifestDataset, load_manifest
+from ..loaders import ResumableLoader
 
 # %% auto #0
 __all__ = ['FixedBatch', 'paper_structure', 'bench_step_counts', 'main', 'bench_pretrain_step', 'bench_train', 'bench_best_batch',
