@@ -50,7 +50,45 @@ def semicolons(src: str) -> int:
 
 
 def long_lines(src: str, width: int = WIDTH) -> list[int]:
-    return [i + 1 for i, line in enumerate(src.splitlines()) if len(line) > width]
+    "Lines whose code (the line less a trailing comment) passes `width`: a trailing comment may run past (docments)."
+    comments = {}
+    try:
+        for t in tokenize.generate_tokens(io.StringIO(src).readline):
+            if t.type == tokenize.COMMENT:
+                comments[t.start[0]] = t.start[1]
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    lines = src.splitlines()
+    return [i + 1 for i, line in enumerate(lines) if len(line[:comments.get(i + 1, len(line))].rstrip()) > width]
+
+
+def rejoin(src: str) -> str:
+    """Undo a three-line split `head(` / one line / `)` whose joined code fits in `WIDTH` (black splits a line long only
+    by its trailing comment that way, moving the comment inside the brackets)."""
+    lines = src.split("\n")
+    i = 0
+    while i + 2 < len(lines):
+        head, mid, tail = lines[i], lines[i + 1], lines[i + 2]
+        indent = _indent(head)
+        if head.rstrip().endswith(("(", "[", "{")) and tail.strip() in (")", "]", "}", "):", ")]", ")}") \
+                and _indent(tail) == indent and "#" not in head and len(_indent(mid)) > len(indent):
+            code, _, comment = mid.strip().partition("  #")
+            joined = head.rstrip() + code.strip().rstrip(",") + tail.strip()
+            if head.rstrip().endswith(" (") and tail.strip() in (")", "):"):  # brackets black added around one value
+                joined = head.rstrip()[:-1] + code.strip() + tail.strip()[1:]
+            if head.rstrip().endswith("(") and head.rstrip()[-2:-1] in (" ", "=") and code.strip().endswith(","):
+                i += 1
+                continue  # a one-element tuple
+            candidate = joined + (f"  #{comment}" if comment else "")
+            try:
+                ok = _same("\n".join(lines), "\n".join(lines[:i] + [candidate] + lines[i + 3:]))
+            except SyntaxError:
+                ok = False
+            if ok and len(joined) <= WIDTH:
+                lines[i:i + 3] = [candidate]
+                continue
+        i += 1
+    return "\n".join(lines)
 
 
 def _one_split(src: str):
@@ -215,7 +253,7 @@ def fix_source(src: str) -> str:
         ast.parse(src)
     except SyntaxError:
         return src
-    out = wrap_long(split_strings(wrap_docstrings(split_statements(src))))
+    out = wrap_long(split_strings(wrap_docstrings(split_statements(rejoin(src)))))
     if not out.endswith("\n") and src.endswith("\n") is False:
         out = out.rstrip("\n")
     return out if _same(src, out) else src

@@ -618,12 +618,8 @@ def save_figure(fig,                 # a matplotlib figure; closed after writing
 @dataclass
 class AlignmentRun:
     "The parameters of `nbs/eval_alignment.ipynb`."
-    checkpoint: Optional[str] = (
-        None  # model folder, engine checkpoint or pre-training run folder; None: random init of `preset`
-    )
-    data: str = (
-        "synthetic"  # "synthetic" (the synthetic test split), an ALIGN-BENCH folder (images/, pkls/) or an alignment JSONL
-    )
+    checkpoint: Optional[str] = None  # model folder, engine checkpoint or pre-training run folder; None: random init of `preset`
+    data: str = "synthetic"  # "synthetic" (the synthetic test split), an ALIGN-BENCH folder (images/, pkls/) or an alignment JSONL
     preset: str = "tiny"  # config preset or config file of the random model (a checkpoint brings its own configuration)
     gpus: int = num(0, 0, 1)  # 0: CPU; 1: the first GPU
     figures: int = num(4, 1)  # images drawn in attention_global.png / attention_local.png
@@ -631,9 +627,7 @@ class AlignmentRun:
         None, 1
     )  # images scored; None: all of ALIGN-BENCH / the JSONL, 200 synthetic test images
     words_per_image: int = num(6, 1)  # word maps drawn per image in attention_local.png
-    geometry: Literal["centre", "squash"] = (
-        "centre"  # how images become the square input (test transform, or GLSCL's scripts)
-    )
+    geometry: Literal["centre", "squash"] = "centre"  # how images become the square input (test transform, or GLSCL's scripts)
     out_dir: str = "runs/eval_alignment"  # run folder
     seed: int = num(0, 0)  # seed of the random model
 

@@ -61,9 +61,7 @@ class VisionConfig:
 class TextConfig:
     "Encoder-only text tower: RoBERTa by default, any BERT-family model works (method §1)."
     pretrained: Optional[str] = None  # HF encoder folder or hub id (e.g. "roberta-base"); None = random init
-    tokenizer: Optional[str] = (
-        None  # tokenizer folder or hub id; None = `pretrained`; "tiny-bpe" = built-in offline BPE
-    )
+    tokenizer: Optional[str] = None  # tokenizer folder or hub id; None = `pretrained`; "tiny-bpe" = built-in offline BPE
     model_type: Literal["roberta", "bert"] = "roberta"  # architecture used when building from these fields
     vocab_size: int = num(50265, 8)  # vocabulary size
     width: int = num(768, 8)  # hidden size
@@ -113,9 +111,7 @@ class ObjectiveConfig:
     scl_image_mask: float = num(0.8, 0.0, 1.0)  # fraction of patches dropped for MVSC
     scl_text_mask: float = num(0.4, 0.0, 1.0)  # fraction of non-special tokens masked for MLSC
     mltc_image_mask: float = num(0.3, 0.0, 1.0)  # fraction of patches replaced by the mask token for MLTC
-    text_mask_sampling: Literal["without_replacement", "with_replacement"] = (
-        "without_replacement"  # reference samples with replacement
-    )
+    text_mask_sampling: Literal["without_replacement", "with_replacement"] = "without_replacement"  # reference samples with replacement
     scl_tau: float = num(0.03, 1e-4, 10.0)  # SCL / MLTC temperature
     itc_dim: int = num(512, 1)  # ITC embedding size
     itc_tau: float = num(0.07, 1e-4, 10.0)  # initial ITC temperature (learnable)
@@ -167,12 +163,8 @@ class TrainConfig:
     param_groups: Literal["scl_nb", "official"] = "scl_nb"  # AdamW groups: method §3's or the official code's
     activation_checkpointing: bool = False  # recompute block activations in the backward pass
     compile: bool = False  # torch.compile the step whole (the pre-training task: everything after its random draws)
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = (
-        "default"  # torch.compile mode; "reduce-overhead" = CUDA graphs (use with data.static_shapes)
-    )
-    parallel: Literal["ddp", "fsdp"] = (
-        "ddp"  # across processes: DDP (weights replicated) or FSDP (weights, gradients and optimizer state sharded)
-    )
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # torch.compile mode; "reduce-overhead" = CUDA graphs (use with data.static_shapes)
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # across processes: DDP (weights replicated) or FSDP (weights, gradients and optimizer state sharded)
     ckpt_every: int = num(1000, 1)  # steps between checkpoints
     keep_last: int = num(3, 1)  # checkpoints kept
     log_every: int = num(10, 1)  # steps between log lines

@@ -294,7 +294,7 @@ def evaluate_retrieval(model: SCLModel,
 # %% ../nbs/42_evaluation.ipynb #1aacef71
 def retrieval_eval_rows(cfg, data: dict):
     "The evaluation rows `data` describes: its `table` and `split` of `cfg.data.source`, `eval_images`, `one_caption`."
-    from scl_nb.tasks import retrieval_subset, task_manifest
+    from scl_nb.task_runs import retrieval_subset, task_manifest
     rows = task_manifest(cfg, data["table"], data["split"], data.get("synthetic"))
     return retrieval_subset(rows, data.get("eval_images"), one_caption=data.get("one_caption", False))
 

@@ -45,9 +45,7 @@ class Job:
     slurm_args: dict = field(default_factory=dict)  # more sbatch options (submitit's `slurm_additional_parameters`)
     after: list = field(default_factory=list)  # SLURM job ids that must end well first (`afterok`)
     name: Optional[str] = None  # the job's name on the cluster
-    resume: bool = (
-        False  # continue the run (entry point: add `resume_arg`; notebook: `resume=True` if it has the parameter)
-    )
+    resume: bool = False  # continue the run (entry point: add `resume_arg`; notebook: `resume=True` if it has the parameter)
     resume_arg: Optional[str] = "--resume"  # the entry point's resume flag; None: it has none
     env: dict = field(default_factory=dict)  # extra environment variables of torchrun's workers
     submitit_dir: Optional[str] = None  # submitit's folder (with `%j`); None: `out_dir/submitit/%j`

@@ -144,9 +144,7 @@ class VisionOutput:
     "What `FlexibleVisionEncoder` returns."
     tokens: torch.Tensor  # [B, F*(1+N'), D] after ln_post: [CLS_1..CLS_F, patches of frame 1 .. patches of frame F]
     num_frames: int  # F
-    masked: Optional[torch.Tensor] = (
-        None  # [B, N] bool over the patch grid, True = dropped or replaced; None without masking
-    )
+    masked: Optional[torch.Tensor] = None  # [B, N] bool over the patch grid, True = dropped or replaced; None without masking
     keep_idx: Optional[torch.Tensor] = None  # [B, N'] sorted kept grid positions in drop mode, else None
     grid: tuple[int, int] = (0, 0)  # patch grid (rows, columns) of the input
 

@@ -77,7 +77,8 @@ def test_cli_convert_never_replaces_a_folder_unasked(official_ckpt, tmp_path):
 def test_eval_retrieval_official_checkpoint(official_ckpt, tmp_path):
     papermill = pytest.importorskip("papermill")
     from scl_nb.official import load_official
-    from scl_nb.tasks import task_run_config, task_config, task_manifest, retrieval_subset
+    from scl_nb.tasks import task_config
+    from scl_nb.task_runs import task_run_config, task_manifest, retrieval_subset
     from scl_nb.evaluation import evaluate_retrieval
     from scl_nb.loaders import task_loader
     model, ckpt = official_ckpt
@@ -108,7 +109,8 @@ def test_finetune_vqa_evaluates_official_vqa_checkpoint(offline_cache, tmp_path)
     from safetensors.torch import load_file
     from scl_nb.official import load_official
     from official_writers import official_tiny_config, randomise_parameters, save_lightning_style_checkpoint
-    from scl_nb.tasks import TaskModel, task_run_config, task_config, task_manifest
+    from scl_nb.tasks import TaskModel, task_config
+    from scl_nb.task_runs import task_run_config, task_manifest
     from scl_nb.evaluation import evaluate_vqa
     from scl_nb.loaders import task_loader
     run_cfg = task_run_config("vqa", "tiny", "synthetic", "vqav2")

@@ -12,7 +12,7 @@ os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFL
 
 def specs() -> dict:
     from scl_nb.train import PretrainRun
-    from scl_nb.tasks import VQARun, NLVR2Run, RetrievalRun, RetrievalEvalRun
+    from scl_nb.task_runs import VQARun, NLVR2Run, RetrievalRun, RetrievalEvalRun
     from scl_nb.alignment import AlignmentRun
     return {"pretrain.ipynb": PretrainRun, "finetune_vqa.ipynb": VQARun, "finetune_nlvr2.ipynb": NLVR2Run,
             "finetune_retrieval.ipynb": RetrievalRun, "eval_retrieval.ipynb": RetrievalEvalRun, "eval_alignment.ipynb": AlignmentRun}

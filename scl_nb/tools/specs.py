@@ -421,9 +421,13 @@ def notebook_defaults(path) -> dict:
 
 # %% ../../nbs/60_specs.ipynb #ea522af5
 RUN_PARAMETERS = {  # notebook -> the dataclass its parameters cell is checked with (`scl_nb.config.check_parameters`)
-    "pretrain.ipynb": "scl_nb.train.PretrainRun", "finetune_vqa.ipynb": "scl_nb.tasks.VQARun",
-    "finetune_nlvr2.ipynb": "scl_nb.tasks.NLVR2Run", "finetune_retrieval.ipynb": "scl_nb.tasks.RetrievalRun",
-    "eval_retrieval.ipynb": "scl_nb.tasks.RetrievalEvalRun", "eval_alignment.ipynb": "scl_nb.alignment.AlignmentRun"}
+    "pretrain.ipynb": "scl_nb.train.PretrainRun",
+    "finetune_vqa.ipynb": "scl_nb.task_runs.VQARun",
+    "finetune_nlvr2.ipynb": "scl_nb.task_runs.NLVR2Run",
+    "finetune_retrieval.ipynb": "scl_nb.task_runs.RetrievalRun",
+    "eval_retrieval.ipynb": "scl_nb.task_runs.RetrievalEvalRun",
+    "eval_alignment.ipynb": "scl_nb.alignment.AlignmentRun",
+}
 _FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 _TYPES = (bool, int, float, str)
 
