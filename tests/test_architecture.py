@@ -22,7 +22,7 @@ LAYERS = {
                     "importers"],
     "objectives": ["objectives"],
     "engine": ["optim", "checkpoint", "perf", "runtime", "train", "jobs"],
-    "tasks": ["tasks", "task_runs", "evaluation", "official", "alignment"],
+    "tasks": ["tasks", "task_runs", "evaluation", "official", "alignment", "plots"],
     "tools": ["tools.bench", "tools.rerank_bench", "tools.specs", "tools.launch", "tools.fixtures", "tools.figures_index",
               "tools.docs"],
 }
