@@ -13,123 +13,21 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from .metrics import vqa_vocab_key, vqa_soft_scores
 from .downloads import IMAGE_EXTS, ShardIndex, download_finder, index_media_files, index_media_files_by_name
+from .import_common import (ANNOTATION_DIRS, ImportStats, ManifestImportError, MediaFinder, caption_rows,
+                                  find_annotation, load_json, need, parse_label, split_files, split_filter)
+from .importers_arrow import import_arrow
 
 # %% auto #0
-__all__ = ['ANNOTATION_DIRS', 'SBU_IMAGE_DIRS', 'CC3M_FILES', 'LSMDC_FILES', 'VQA_QUESTIONS', 'VQA_IMAGES', 'NLVR2_FILES',
-           'ARROW_PREFIXES', 'MANIFEST_TYPES', 'IMPORTERS', 'ManifestImportError', 'ImportStats', 'find_annotation',
-           'load_json', 'need', 'MediaFinder', 'caption_row', 'import_coco', 'import_f30k', 'import_vg', 'import_sbu',
-           'import_cc3m', 'import_webvid', 'import_msrvtt', 'import_lsmdc', 'build_vqa_vocab', 'vqa_targets',
-           'import_vqav2', 'import_nlvr2', 'arrow_dataset_split', 'image_extension', 'rebuild_vqa_answers',
-           'import_arrow', 'write_manifest', 'run_import', 'main']
-
-# %% ../nbs/13_importers.ipynb #2cd89d3f
-class ManifestImportError(ValueError):
-    "An annotation file is missing, unreadable or lacks a field; the message names the file."
-
-@dataclass
-class ImportStats:
-    "What an import left out (per reason, with examples) and notes worth reporting."
-    skipped: Counter = field(default_factory=Counter)  # reason -> rows skipped
-    examples: dict = field(default_factory=dict)        # reason -> first few offending files / ids
-    notes: Counter = field(default_factory=Counter)     # informational counts (rows kept)
-    max_examples: int = 3
-
-    def skip(self, reason: str, example) -> None:
-        "Count one skipped row."
-        self.skipped[reason] += 1
-        ex = self.examples.setdefault(reason, [])
-        if len(ex) < self.max_examples:
-            ex.append(str(example))
-
-    def summary(self) -> str:
-        "One line per reason."
-        lines = [f"skipped {n} rows: {r} (e.g. {', '.join(self.examples[r])})" for r, n in self.skipped.items()]
-        return "\n".join(lines + [f"note: {n} rows {r}" for r, n in self.notes.items()]) or "nothing skipped"
-
-ANNOTATION_DIRS = ("", "annotations", "annotation", "data", "karpathy", "metadata", "msrvtt_data", "nlvr2/data",
-                   "meta_data", "Questions", "Annotations", "dataset")  # the last 3: VQA API layout, SBU tarball
-
-def find_annotation(src, name: str, dataset: str, dirs: Sequence[str] = ANNOTATION_DIRS) -> Path:
-    "Path of the annotation file `name` under `src` or its usual sub-folders; a clear error otherwise."
-    for d in dirs:
-        p = Path(src) / d / name
-        if p.is_file():
-            return p
-    raise ManifestImportError(f"{dataset}: annotation file '{name}' not found under {src} "
-                              f"(looked in: {', '.join(repr(d or '.') for d in dirs)})")
-
-def load_json(path: Path):
-    "Parse a JSON file; a `ManifestImportError` naming the file if it is not valid JSON."
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ManifestImportError(f"{path}: not valid JSON ({e})") from None
-    except UnicodeDecodeError as e:
-        raise ManifestImportError(f"{path}: not UTF-8 text (byte {e.start}); JSON annotation files are UTF-8") from None
-
-def need(obj, key, path, where: str = "entry"):
-    "`obj[key]`, or a `ManifestImportError` naming the file, the entry and the missing field."
-    try:
-        return obj[key]
-    except (KeyError, TypeError, IndexError):
-        raise ManifestImportError(f"{path}: {where} has no field '{key}'") from None
-
-# %% ../nbs/13_importers.ipynb #e821fa95
-class MediaFinder:
-    "First existing file among candidate paths under `root`; misses are counted in `stats`."
-    def __init__(self, root, stats: ImportStats):
-        self.root, self.stats, self.cache = Path(root).resolve(), stats, {}
-
-    def __call__(self, *candidates) -> Optional[str]:
-        key = tuple(str(c) for c in candidates)
-        if key not in self.cache:
-            self.cache[key] = next((str(self.root / c) for c in candidates if (self.root / c).is_file()), None)
-        if self.cache[key] is None:
-            self.stats.skip("missing media", self.root / candidates[0])
-        return self.cache[key]
-
-def caption_row(media: str, caption: str, split: str, image_id, dataset: str, media_type: str = "image") -> dict:
-    "A manifest row for a caption dataset (the manifest columns of `12_data`)."
-    return dict(
-        media=media, media_type=media_type, caption=caption, split=split, image_id=str(image_id), dataset=dataset
-    )
-
-def _caption_rows(stats, media, captions, split, image_id, dataset, media_type="image") -> Iterator[dict]:
-    "Rows for one media file, skipping empty captions."
-    for c in captions:
-        c = (c or "").strip()
-        if not c:
-            stats.skip("empty caption", f"{dataset} {image_id}")
-            continue
-        yield caption_row(media, c, split, image_id, dataset, media_type)
-
-def _split_filter(splits) -> Optional[set]:
-    "None (all) or a set of split names from a list or a comma-separated string."
-    if splits is None:
-        return None
-    return set(splits.split(",")) if isinstance(splits, str) else set(splits)
-
-def _split_files(src, files: dict, dataset: str, splits) -> dict:
-    "split -> annotation path: asked-for splits must exist; by default those present (at least one)."
-    keep = _split_filter(splits)
-    if keep is not None:
-        return {s: find_annotation(src, files[s], dataset) for s in files if s in keep}
-    found = {}
-    for s, name in files.items():
-        try:
-            found[s] = find_annotation(src, name, dataset)
-        except ManifestImportError:
-            pass
-    if not found:
-        raise ManifestImportError(f"{dataset}: none of {list(files.values())} found under {src}")
-    return found
+__all__ = ['SBU_IMAGE_DIRS', 'CC3M_FILES', 'LSMDC_FILES', 'VQA_QUESTIONS', 'VQA_IMAGES', 'NLVR2_FILES', 'MANIFEST_TYPES',
+           'IMPORTERS', 'import_coco', 'import_f30k', 'import_vg', 'import_sbu', 'import_cc3m', 'import_webvid',
+           'import_msrvtt', 'import_lsmdc', 'build_vqa_vocab', 'vqa_targets', 'import_vqav2', 'import_nlvr2',
+           'write_manifest', 'run_import', 'main']
 
 # %% ../nbs/13_importers.ipynb #39ca247d
 def _karpathy(src, stats, dataset, json_name, image_dirs, splits) -> Iterator[dict]:
     path = find_annotation(src, json_name, dataset)
     images = need(load_json(path), "images", path, "the top level")
-    find, keep = MediaFinder(src, stats), _split_filter(splits)
+    find, keep = MediaFinder(src, stats), split_filter(splits)
     for i, img in enumerate(images):
         where = f"images[{i}]"
         split = need(img, "split", path, where)
@@ -141,7 +39,7 @@ def _karpathy(src, stats, dataset, json_name, image_dirs, splits) -> Iterator[di
         if media is None:
             continue
         iid = img.get("cocoid", Path(name).stem)
-        yield from _caption_rows(
+        yield from caption_rows(
             stats,
             media,
             [need(s, "raw", path, f"{where}.sentences") for s in need(img, "sentences", path, where)],
@@ -197,7 +95,7 @@ def import_vg(src, stats: ImportStats, exclude_coco=None) -> Iterator[dict]:
         )
         if media is None:
             continue
-        yield from _caption_rows(
+        yield from caption_rows(
             stats, media, [need(r, "phrase", reg_path, f"entry {i} region") for r in regions], "train", iid, "vg"
         )
 
@@ -230,7 +128,7 @@ def import_sbu(src, stats: ImportStats, naming: str = "basename", index_base: in
         if media is None:
             stats.skip("missing media", f"line {i}: {url.strip()}")
             continue
-        yield from _caption_rows(stats, str(Path(media).resolve()), [cap], "train", Path(name).stem, "sbu")
+        yield from caption_rows(stats, str(Path(media).resolve()), [cap], "train", Path(name).stem, "sbu")
 
 # %% ../nbs/13_importers.ipynb #3263bde4
 CC3M_FILES = {"train": "Train_GCC-training.tsv", "val": "Validation_GCC-1.1.0-Validation.tsv"}
@@ -258,13 +156,13 @@ def import_cc3m(src, stats: ImportStats, splits=None, index_base: int = 0,
                 images_out=None,  # "shards" in webdataset tars: where their images are extracted
                ) -> Iterator[dict]:
     "Conceptual Captions 3M from the official TSVs, mapped to the downloaded images by URL hash, shard or row number."
-    for split, tsv in _split_files(src, CC3M_FILES, "cc3m", splits).items():
+    for split, tsv in split_files(src, CC3M_FILES, "cc3m", splits).items():
         urls = lambda: (u for _, u in _cc3m_rows(tsv))
         find = download_finder(_cc3m_image_root(src, split), naming, urls, index_base, images_out, stats.skip)
         for row, (caption, url) in enumerate(_cc3m_rows(tsv)):
             media = find(row, url)
             if media is not None:
-                yield from _caption_rows(stats, str(Path(media).resolve()), [caption], split, f"{split}-{row}", "cc3m")
+                yield from caption_rows(stats, str(Path(media).resolve()), [caption], split, f"{split}-{row}", "cc3m")
 
 # %% ../nbs/13_importers.ipynb #08beba4b
 def _read_csv(path: Path, required: Sequence[str], delimiter: str = ",") -> Iterator[dict]:
@@ -288,7 +186,7 @@ def _webvid_media(find: MediaFinder, shards: ShardIndex, r: dict, stats: ImportS
 
 def import_webvid(src, stats: ImportStats, splits=None, images_out=None) -> Iterator[dict]:
     "WebVid from its `results_*_{train,val}.csv` metadata: one row per video (video2dataset tars go to `images_out`)."
-    keep = _split_filter(splits)
+    keep = split_filter(splits)
     files = sorted({p for d in ANNOTATION_DIRS for p in (Path(src) / d).glob("results_*.csv")})
     if not files:
         raise ManifestImportError(f"webvid: no 'results_*_train.csv' / 'results_*_val.csv' under {src}")
@@ -300,12 +198,12 @@ def import_webvid(src, stats: ImportStats, splits=None, images_out=None) -> Iter
         for r in _read_csv(path, ("videoid", "name", "contentUrl") if len(shards) else ("videoid", "page_dir", "name")):
             media = _webvid_media(find, shards, r, stats)
             if media is not None:
-                yield from _caption_rows(stats, media, [r["name"]], split, r["videoid"].strip(), "webvid", "video")
+                yield from caption_rows(stats, media, [r["name"]], split, r["videoid"].strip(), "webvid", "video")
 
 # %% ../nbs/13_importers.ipynb #4c52f1d6
 def import_msrvtt(src, stats: ImportStats, splits=None, train_list: str = "MSRVTT_train.9k.csv") -> Iterator[dict]:
     "MSR-VTT 1k-A: train captions of the 9k list, and the 1,000 test pairs."
-    keep = _split_filter(splits)
+    keep = split_filter(splits)
     find = MediaFinder(src, stats)
     where = lambda v: (
         Path("videos/all") / f"{v}.mp4",
@@ -322,7 +220,7 @@ def import_msrvtt(src, stats: ImportStats, splits=None, train_list: str = "MSRVT
                 continue
             media = find(*where(v))
             if media is not None:
-                yield from _caption_rows(
+                yield from caption_rows(
                     stats, media, [need(s, "caption", data_path, f"sentences[{i}]")], "train", v, "msrvtt", "video"
                 )
     if keep is None or "test" in keep:
@@ -331,7 +229,7 @@ def import_msrvtt(src, stats: ImportStats, splits=None, train_list: str = "MSRVT
             v = r["video_id"].strip()
             media = find(*where(v))
             if media is not None:
-                yield from _caption_rows(stats, media, [r["sentence"]], "test", v, "msrvtt", "video")
+                yield from caption_rows(stats, media, [r["sentence"]], "test", v, "msrvtt", "video")
 
 # %% ../nbs/13_importers.ipynb #80985494
 LSMDC_FILES = {
@@ -343,7 +241,7 @@ LSMDC_FILES = {
 def import_lsmdc(src, stats: ImportStats, splits=None) -> Iterator[dict]:
     "LSMDC 2016 from the tab-separated annotation files: one row per clip."
     find = MediaFinder(src, stats)
-    for split, path in _split_files(src, LSMDC_FILES, "lsmdc", splits).items():
+    for split, path in split_files(src, LSMDC_FILES, "lsmdc", splits).items():
         for lineno, line in enumerate(_read_lines(path)):
             if not line.strip():
                 continue
@@ -356,7 +254,7 @@ def import_lsmdc(src, stats: ImportStats, splits=None) -> Iterator[dict]:
             movie = clip.rsplit("_", 1)[0]
             media = find(*[Path(d) / movie / f"{clip}{e}" for e in (".avi", ".mp4") for d in ("avi", "videos")])
             if media is not None:
-                yield from _caption_rows(stats, media, [parts[5]], split, clip, "lsmdc", "video")
+                yield from caption_rows(stats, media, [parts[5]], split, clip, "lsmdc", "video")
 
 # %% ../nbs/13_importers.ipynb #05e3e8f7
 VQA_QUESTIONS = {"train": "train2014", "val": "val2014", "test-dev": "test-dev2015", "test": "test2015"}
@@ -382,7 +280,7 @@ def _vqa_rest_val(image_ids, n: int, seed: int) -> set:
 def import_vqav2(src, stats: ImportStats, splits=None, min_answer_count: int = 9, rest_val_images: int = 1000,
                  seed: int = 0, vocab_out=None) -> Iterator[dict]:
     "VQAv2 questions with their ten answers; builds the answer vocabulary (written to `vocab_out`)."
-    keep = _split_filter(splits)
+    keep = split_filter(splits)
     anns = {}
     for s in ("train", "val"):
         p = find_annotation(src, f"v2_mscoco_{VQA_QUESTIONS[s]}_annotations.json", "vqav2")
@@ -397,7 +295,7 @@ def import_vqav2(src, stats: ImportStats, splits=None, min_answer_count: int = 9
         Path(vocab_out).write_text(json.dumps(vocab, ensure_ascii=False, indent=0))
     ans2label = {a: i for i, a in enumerate(vocab)}
     out_split = lambda s: {"val": ["val", "trainable_val", "rest_val"]}.get(s, [s])
-    files = _split_files(
+    files = split_files(
         src,
         {s: f"v2_OpenEnded_mscoco_{VQA_QUESTIONS[s]}_questions.json" for s in VQA_QUESTIONS},
         "vqav2",
@@ -433,17 +331,10 @@ def import_vqav2(src, stats: ImportStats, splits=None, min_answer_count: int = 9
 # %% ../nbs/13_importers.ipynb #855c4653
 NLVR2_FILES = {"train": "train.json", "dev": "dev.json", "test1": "test1.json"}
 
-def _parse_label(v, path, ident) -> int:
-    if isinstance(v, bool) or v in (0, 1):
-        return int(v)
-    if str(v).lower() in ("true", "false"):
-        return int(str(v).lower() == "true")
-    raise ManifestImportError(f"{path}: statement {ident} has label {v!r}, expected True/False")
-
 def import_nlvr2(src, stats: ImportStats, splits=None) -> Iterator[dict]:
     "NLVR2 statements with their two images: one row per statement."
     find = MediaFinder(src, stats)
-    for split, path in _split_files(src, NLVR2_FILES, "nlvr2", splits).items():
+    for split, path in split_files(src, NLVR2_FILES, "nlvr2", splits).items():
         for lineno, line in enumerate(_read_lines(path)):
             if not line.strip():
                 continue
@@ -469,159 +360,8 @@ def import_nlvr2(src, stats: ImportStats, splits=None) -> Iterator[dict]:
                 image_id=pair,
                 dataset="nlvr2",
                 media2=pics[1],
-                label=_parse_label(need(ex, "label", path, ident), path, ident),
+                label=parse_label(need(ex, "label", path, ident), path, ident),
             )
-
-# %% ../nbs/13_importers.ipynb #565e4e9b
-ARROW_PREFIXES = [
-    ("coco_caption_karpathy_", "coco"),
-    ("f30k_caption_karpathy_", "f30k"),
-    ("conceptual_caption_", "cc3m"),
-    ("sbu", "sbu"),
-    ("vg", "vg"),
-    ("vqav2_", "vqav2"),
-    ("nlvr2_", "nlvr2"),
-]
-_SCORE_COUNT = {0.3: 1, 0.6: 2, 0.9: 3, 1.0: 4}
-
-def arrow_dataset_split(stem: str) -> tuple[str, Optional[str]]:
-    "(dataset, split from the file name or None) for a ViLT arrow file stem."
-    for prefix, name in ARROW_PREFIXES:
-        if stem.startswith(prefix):
-            rest = stem[len(prefix):].strip("_")
-            if name == "cc3m":
-                rest = rest.split("_")[0]           # conceptual_caption_train_3 -> train
-            if name in ("sbu", "vg"):
-                rest = "train"
-            return name, rest or None
-    return stem, None
-
-def image_extension(data: bytes) -> str:
-    "File extension from the first bytes of an encoded image (JPEG, PNG, GIF, WebP, BMP; default .jpg)."
-    if data[:3] == b"\xff\xd8\xff":
-        return ".jpg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return ".png"
-    if data[:4] == b"GIF8":
-        return ".gif"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return ".webp"
-    if data[:2] == b"BM":
-        return ".bmp"
-    return ".jpg"
-
-def rebuild_vqa_answers(answers: Sequence[str], scores: Sequence[float]) -> list[str]:
-    "Human-answer list whose soft scores equal the stored ones (each answer repeated 1-4 times)."
-    out = []
-    for a, s in zip(answers, scores):
-        n = next((c for v, c in _SCORE_COUNT.items() if abs(s - v) < 1e-6), None)
-        if n is None:
-            raise ValueError(f"soft score {s} of answer {a!r} is not one of 0.3, 0.6, 0.9, 1")
-        out += [a] * n
-    return out
-
-# %% ../nbs/13_importers.ipynb #846f6f05
-def _save_image(data, folder: Path, name: str) -> Optional[str]:
-    if not data:
-        return None
-    if Path(name).suffix.lower() not in IMAGE_EXTS:
-        name = f"{name}{image_extension(data)}"
-    p = folder / Path(name).name
-    if not (p.is_file() and p.stat().st_size == len(data)):
-        part = p.with_name(p.name + ".part")
-        part.write_bytes(data)
-        part.replace(p)
-    return str(p.resolve())
-
-def _arrow_batches(path: Path):
-    import pyarrow as pa
-    try:
-        reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
-    except (pa.ArrowInvalid, OSError) as e:
-        raise ManifestImportError(f"{path}: not an Arrow IPC file ({e})") from None
-    for b in range(reader.num_record_batches):
-        batch = reader.get_batch(b)
-        yield batch.schema.names, batch
-
-def _arrow_files(src: Path, pattern: str) -> list:
-    "The arrow files to read; `*_val` files last (ViLT's `vqav2_val` repeats `trainable_val` and `rest_val`)."
-    files = [src] if src.is_file() else sorted(src.glob(pattern))
-    if not files:
-        raise ManifestImportError(f"arrow: no file matching '{pattern}' under {src}")
-    return sorted(files, key=lambda p: arrow_dataset_split(p.stem)[1] == "val")
-
-def _arrow_split(stats: ImportStats, path: Path, file_split: Optional[str], column_split: Optional[str]) -> str:
-    "The file name's split (ViLT writes `split='val'` in `vqav2_trainable_val`, `vqav2_rest_val`), else the column's."
-    if file_split is None:
-        return column_split or "train"
-    if column_split is not None and column_split != file_split:
-        stats.notes[f"of {path.name} labelled '{file_split}' by its file name (split column: '{column_split}')"] += 1
-    return file_split
-
-def _arrow_vqa_rows(stats: ImportStats, path: Path, row: dict, media: str, split: str, dataset: str,
-                    seen: dict) -> Iterator[dict]:  # seen: (dataset, question id) -> the file it came from
-    "One VQA arrow row (an image and its questions) as manifest rows; a question id already imported is skipped."
-    answers, scores = row["answers"] or [], row["answer_scores"] or []
-    for k, (qtext, qid) in enumerate(zip(row["questions"], row["question_id"])):
-        if (dataset, qid) in seen:
-            stats.skip(f"question already imported from {seen[dataset, qid]}", f"{path.name}: question {qid}")
-            continue
-        seen[dataset, qid] = path.name
-        ans = rebuild_vqa_answers(answers[k], scores[k]) if k < len(answers) else []
-        yield dict(media=media, media_type="image", caption="", split=split, image_id=str(row["image_id"]),
-                   dataset=dataset, question=qtext, question_id=str(qid), answers=ans)
-
-def import_arrow(src, stats: ImportStats, images_out=None, pattern: str = "*.arrow", splits=None) -> Iterator[dict]:
-    "ViLT/METER `.arrow` files: extract images and emit caption, VQA or NLVR2 rows."
-    files = _arrow_files(Path(src), pattern)
-    if images_out is None:
-        raise ValueError("arrow: `images_out` (where image files are written) is required")
-    keep, seen = _split_filter(splits), {}
-    for path in files:
-        dataset, file_split = arrow_dataset_split(path.stem)
-        folder = Path(images_out) / path.stem
-        folder.mkdir(parents=True, exist_ok=True)
-        for names, batch in _arrow_batches(path):
-            col = lambda c, i: batch.column(c)[i].as_py()
-            kind = (
-                "nlvr2"
-                if "image_0" in names
-                else "vqa" if "questions" in names else "caption" if "caption" in names else None
-            )
-            if kind is None:
-                raise ManifestImportError(
-                    f"{path}: unknown arrow schema {names} (expected ViLT caption, VQA or NLVR2 columns)"
-                )
-            required = {"nlvr2": ["image_0", "image_1", "questions", "answers", "identifier"],
-                        "vqa": ["image", "questions", "answers", "answer_scores", "image_id", "question_id"],
-                        "caption": ["image", "caption", "image_id"]}[kind]
-            missing = [c for c in required if c not in names]
-            if missing:
-                raise ManifestImportError(f"{path}: missing column(s) {missing}")
-            for i in range(batch.num_rows):
-                split = _arrow_split(stats, path, file_split, col("split", i) if "split" in names else None)
-                if keep is not None and split not in keep:
-                    continue
-                if kind == "nlvr2":
-                    ident = str(col("identifier", i))
-                    pics = [_save_image(col(f"image_{k}", i), folder, f"{ident}-img{k}") for k in (0, 1)]
-                    if None in pics:
-                        stats.skip("empty image bytes", f"{path.name}: {ident}")
-                        continue
-                    for sent, ans in zip(col("questions", i), col("answers", i)):
-                        yield dict(media=pics[0], media_type="image", caption=sent.strip(), split=split, image_id=ident,
-                                   dataset=dataset, media2=pics[1], label=_parse_label(ans, path, ident))
-                    continue
-                iid = str(col("image_id", i))
-                media = _save_image(col("image", i), folder, iid)
-                if media is None:
-                    stats.skip("empty image bytes", f"{path.name}: {iid}")
-                    continue
-                if kind == "caption":
-                    yield from _caption_rows(stats, media, col("caption", i) or [], split, Path(iid).stem, dataset)
-                    continue
-                row = {c: col(c, i) for c in ("questions", "question_id", "answers", "answer_scores", "image_id")}
-                yield from _arrow_vqa_rows(stats, path, row, media, split, dataset, seen)
 
 # %% ../nbs/13_importers.ipynb #f3ad0577
 MANIFEST_TYPES = {

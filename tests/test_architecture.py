@@ -19,7 +19,7 @@ PKG = Path(__file__).resolve().parent.parent / "scl_nb"
 LAYERS = {
     "config": ["config", "metrics", "masking", "distributed"],
     "model parts": ["text", "vision", "fusion", "model", "towers", "synthetic", "media", "data", "loaders", "downloads",
-                    "importers"],
+                    "import_common", "importers_arrow", "importers"],
     "objectives": ["objectives"],
     "engine": ["optim", "checkpoint", "perf", "runtime", "train", "jobs"],
     "tasks": ["tasks", "task_runs", "evaluation", "official", "alignment", "plots"],
