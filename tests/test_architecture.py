@@ -23,7 +23,7 @@ LAYERS = {
     "objectives": ["objectives"],
     "engine": ["optim", "checkpoint", "perf", "runtime", "train", "jobs"],
     "tasks": ["tasks", "task_runs", "evaluation", "official", "alignment", "plots"],
-    "tools": ["tools.bench", "tools.rerank_bench", "tools.specs", "tools.launch", "tools.fixtures", "tools.figures_index",
+    "tools": ["tools.bench", "tools.rerank_bench", "tools.spec_format", "tools.specs", "tools.launch", "tools.fixtures", "tools.figures_index",
               "tools.docs"],
 }
 RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}

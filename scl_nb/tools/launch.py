@@ -9,16 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from scl_nb.tools.specs import (
-    SpecError,
-    Run,
-    Spec,
-    load_spec,
-    notebook_parameters,
-    problem_lines,
-    run_dir,
-    run_parameters,
-)
+from .spec_format import Run, Spec, SpecError, notebook_parameters
+from .specs import load_spec, problem_lines, run_dir, run_parameters
 from ..jobs import Job, is_finished, slurm_active, submit
 
 # %% auto #0

@@ -12,373 +12,30 @@ from typing import Optional, Sequence
 import yaml
 
 from ..config import deep_merge
+from scl_nb.tools.spec_format import (
+    REF,
+    TEMPLATE,
+    Run,
+    Spec,
+    SpecError,
+    check_keys,
+    find_refs,
+    notebook_parameters,
+    parse_runs,
+    place_of,
+    read_yaml,
+    resolve_templates,
+    seeded_id,
+    show_path,
+    topo_order,
+    walk_strings,
+)
 
 # %% auto #0
-__all__ = ['SPEC_KEYS', 'RUN_KEYS', 'SCALE_KEYS', 'OVERRIDE_KEYS', 'RESOURCE_DEFAULTS', 'LAUNCHER_PARAMETERS', 'MISSING_DATA_FIX',
-           'PATH_PARAMETERS', 'PATH_SUFFIXES', 'RUN_PARAMETERS', 'TABLE_KEYS', 'ROW_KEYS', 'FIGURE_KEYS', 'SpecError',
-           'check_resources', 'topo_order', 'find_refs', 'resolve_templates', 'notebook_parameters', 'Run', 'Spec',
-           'yaml_line', 'Problem', 'is_path_parameter', 'notebook_defaults', 'parameter_spec', 'run_problems',
-           'problem_lines', 'format_problems', 'seeded_id', 'spec_seeds', 'expand_seeds', 'load_spec', 'check_table',
-           'collect_table', 'table_markdown', 'check_figure', 'figure_files', 'run_dir', 'run_parameters']
-
-# %% ../../nbs/60_specs.ipynb #a3b6fecc
-class SpecError(ValueError):
-    """An experiment spec is malformed; the message names the file and the key (`problems`: the `Problem`s behind it,
-    if any)."""
-    def __init__(self, msg: str, problems: Sequence = ()):
-        super().__init__(msg)
-        self.problems = list(problems)
-
-SPEC_KEYS = ("description", "defaults", "seeds", "runs", "scales", "table", "figure")
-RUN_KEYS = ("name", "notebook", "description", "depends_on", "parameters", "resources")
-SCALE_KEYS = ("defaults", "seeds", "runs")
-OVERRIDE_KEYS = ("parameters", "resources")
-RESOURCE_DEFAULTS = dict(nodes=1, gpus_per_node=0, cpus_per_task=1, mem_gb=4, timeout_min=60, partition=None, slurm={},
-                         signal_delay_s=120)
-LAUNCHER_PARAMETERS = ("out_dir", "job_resources")  # set by the launcher (job_resources: a driver's, `61_launch`)
-_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
-
-# %% ../../nbs/60_specs.ipynb #5d004955
-def _check_keys(d, allowed, where: str, src: str):
-    "Raise `SpecError` if mapping `d` is not a mapping or has a key outside `allowed`."
-    if not isinstance(d, dict):
-        raise SpecError(f"{src}: {where} must be a mapping, got {d!r}")
-    unknown = sorted(set(d) - set(allowed), key=str)
-    if unknown:
-        raise SpecError(f"{src}: unknown key {unknown[0]!r} in {where}; allowed keys: {list(allowed)}")
-    return d
-
-# %% ../../nbs/60_specs.ipynb #90489bdd
-def check_resources(res: dict, where: str, src: str) -> dict:
-    "Validate a run's resources (defaults filled in); raise `SpecError` naming the key."
-    res = {**RESOURCE_DEFAULTS, **_check_keys(res, RESOURCE_DEFAULTS, f"resources of {where}", src)}
-    for k in ("nodes", "gpus_per_node", "cpus_per_task", "timeout_min", "signal_delay_s"):
-        v = res[k]
-        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "gpus_per_node" else 1):
-            raise SpecError(
-                f"{src}: resources.{k}={v!r} of {where} must be an integer >= {0 if k == 'gpus_per_node' else 1}"
-            )
-    if isinstance(res["mem_gb"], bool) or not isinstance(res["mem_gb"], (int, float)) or res["mem_gb"] <= 0:
-        raise SpecError(f"{src}: resources.mem_gb={res['mem_gb']!r} of {where} must be a positive number")
-    if res["partition"] is not None and not isinstance(res["partition"], str):
-        raise SpecError(f"{src}: resources.partition={res['partition']!r} of {where} must be a string or null")
-    if not isinstance(res["slurm"], dict):
-        raise SpecError(f"{src}: resources.slurm of {where} must be a mapping of sbatch options")
-    return res
-
-# %% ../../nbs/60_specs.ipynb #0fb63219
-def topo_order(deps: dict) -> list:
-    "Order the keys of `deps` (name -> list of names) so each comes after its dependencies; `SpecError` on a cycle."
-    order, done, position = [], set(), {n: i for i, n in enumerate(deps)}
-    while len(order) < len(deps):
-        ready = [n for n in deps if n not in done and all(d in done for d in deps[n])]
-        if not ready:
-            raise SpecError(f"dependency cycle: {' -> '.join(_find_cycle(deps, done))}")
-        n = min(ready, key=position.get)
-        order.append(n)
-        done.add(n)
-    return order
-
-def _find_cycle(deps: dict, done: set) -> list:
-    "A path n0 -> n1 -> ... -> n0 among the runs not in `done` (all of which wait on a cycle)."
-    n, path = next(n for n in deps if n not in done), []
-    while n not in path:
-        path.append(n)
-        n = next(d for d in deps[n] if d not in done)
-    return path[path.index(n):] + [n]
-
-# %% ../../nbs/60_specs.ipynb #3573672d
-_TEMPLATE = re.compile(r"\$\{([^}]*)\}")
-_REF = re.compile(
-    r"^([A-Za-z0-9_\-]+(?:/[A-Za-z0-9_\-]+)?(?:@s\d+)?)\.out_dir$"
-)  # `@s<k>`: a seeded copy (`expand_seeds`)
-
-def _walk_strings(value, fn):
-    "Apply `fn` to every string inside `value` (lists and mappings included); return the new value."
-    if isinstance(value, str):
-        return fn(value)
-    if isinstance(value, list):
-        return [_walk_strings(v, fn) for v in value]
-    if isinstance(value, dict):
-        return {k: _walk_strings(v, fn) for k, v in value.items()}
-    return value
-
-def find_refs(value) -> list[str]:
-    "Run names referred to as `${<run>.out_dir}` anywhere in `value`; `SpecError` on any other `${...}`."
-    refs = []
-    def scan(s):
-        for m in _TEMPLATE.finditer(s):
-            r = _REF.match(m.group(1).strip())
-            if not r:
-                raise SpecError(f"template {m.group(0)!r}: only ${{<run>.out_dir}} is supported")
-            refs.append(r.group(1))
-        return s
-    _walk_strings(value, scan)
-    return refs
-
-def resolve_templates(value, out_dirs: dict):
-    "Replace every `${<run>.out_dir}` in `value` by `out_dirs[<run>]` (a path)."
-    return _walk_strings(
-        value, lambda s: _TEMPLATE.sub(lambda m: str(out_dirs[_REF.match(m.group(1).strip()).group(1)]), s)
-    )
-
-# %% ../../nbs/60_specs.ipynb #3da9dca0
-def notebook_parameters(path) -> dict:
-    "Names and default values (as source text) of the parameters cell of the notebook at `path`."
-    import ast, nbformat
-    nb = nbformat.read(str(path), as_version=4)
-    cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
-    if not cells:
-        return {}
-    src = cells[0].source
-    try:
-        tree = ast.parse(src)
-    except SyntaxError as e:
-        raise SpecError(f"{path}: the parameters cell does not parse: {e}") from None
-    out = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            out[node.targets[0].id] = ast.get_source_segment(src, node.value)
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
-            out[node.target.id] = ast.get_source_segment(src, node.value)
-    return out
-
-# %% ../../nbs/60_specs.ipynb #5358b90e
-@dataclass
-class Run:
-    "One papermill execution of a notebook, with everything the launcher needs."
-    id: str  # "<spec>/<run>"
-    notebook: Path  # absolute path of the notebook
-    parameters: dict  # papermill parameters, templates unresolved, `out_dir` not yet added
-    resources: dict  # see `check_resources`
-    depends_on: list  # qualified ids of upstream runs
-    description: str = ""
-    where: str = ""  # "file:line" of the run in its spec
-    lines: dict = field(
-        default_factory=dict
-    )  # parameter -> "file:line" of the value in effect (after defaults and scale)
-    seed: Optional[int] = None  # the seed of a copy made by `expand_seeds`; None: the spec has no seeds
-    @property
-    def base_id(self) -> str:
-        return self.id.split("@")[0]  # the id of the run in its spec, without the seed
-    @property
-    def spec(self) -> str:
-        return self.id.split("/")[0]
-    @property
-    def name(self) -> str:
-        return self.id.split("/")[1]
-
-@dataclass
-class Spec:
-    "A validated experiment spec: its runs (dependency order, other files' runs included), table and figure."
-    name: str
-    path: Path
-    scale: Optional[str]
-    runs: list  # [Run], dependency order
-    description: str = ""
-    table: Optional[dict] = None
-    figure: Optional[dict] = None
-    root: Path = Path(".")  # notebooks and relative paths in parameters are relative to it; notebooks run in it
-    skipped: list = field(default_factory=list)  # ids of runs the scale leaves out (their table cells stay empty)
-    notes: list = field(
-        default_factory=list
-    )  # `Problem`s let through: data paths that do not exist, with `allow_missing_data`
-    seeds: list = field(default_factory=list)  # the seeds its runs are run over at its scale ([]: none)
-    def qualify(self, name: str) -> str:
-        return name if "/" in name else f"{self.name}/{name}"
-    def run(self, name: str) -> Run:
-        "The run `name` (`<run>` of this spec or `<spec>/<run>`)."
-        qid = self.qualify(name)
-        for r in self.runs:
-            if r.id == qid:
-                return r
-        raise SpecError(f"{self.path}: no run {name!r}; runs: {[r.id for r in self.runs]}")
-    def copies(self, name: str) -> list:
-        "The runs of `name` over the spec's seeds, in the order of `seeds`; [the run] if the spec has none."
-        return [self.run(seeded_id(self.qualify(name), s)) for s in self.seeds] if self.seeds else [self.run(name)]
-
-# %% ../../nbs/60_specs.ipynb #efa5db10
-def _show(path) -> str:
-    "`path` relative to the working directory when it lies below it (shorter messages), else as it is."
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-def _read_yaml(path: Path) -> dict:
-    if not path.exists():
-        raise SpecError(f"spec {_show(path)} does not exist")
-    try:
-        d = yaml.safe_load(path.read_bytes())  # bytes: a file that is not UTF-8 is a YAML reader error, not a traceback
-    except yaml.YAMLError as e:
-        raise SpecError(_yaml_error(path, e)) from None
-    return _check_keys(d or {}, SPEC_KEYS, "the spec", _show(path))
-
-def _yaml_error(path: Path, e: yaml.YAMLError) -> str:
-    "One line for a YAML syntax error: `file:line:column: what (context)` and the fix."
-    mark, what = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e).splitlines()[0]
-    ctx, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
-    where = f"{_show(path)}:{mark.line + 1}:{mark.column + 1}" if mark else _show(path)
-    ctx = f" ({ctx} from line {cmark.line + 1})" if ctx and cmark else (f" ({ctx})" if ctx else "")
-    if isinstance(e, yaml.reader.ReaderError):
-        return f"{where}: not UTF-8 text ({what} at byte {e.position}); save the spec as UTF-8"
-    fix = "check the indentation, brackets and quotes on that line and the lines before it"
-    return f"{where}: YAML syntax error: {what}{ctx}; {fix}"
-
-def _qualify(name: str, spec: str, src: str) -> str:
-    if not isinstance(name, str) or not all(_NAME.match(p) for p in name.split("/")) or name.count("/") > 1:
-        raise SpecError(
-            f"{src}: {name!r} is not a run name (letters, digits, '_', '-'; other files' runs as <spec>/<run>)"
-        )
-    return name if "/" in name else f"{spec}/{name}"
-
-# %% ../../nbs/60_specs.ipynb #d4cc0b6e
-def yaml_line(node,  # a composed YAML node (`yaml.compose`)
-              keys: Sequence,  # mapping keys and list indices from `node` down
-             ) -> Optional[int]:
-    "1-based line of the last of `keys` below `node` (merge keys followed), or None if it is not there."
-    line = None
-    for k in keys:
-        if isinstance(node, yaml.MappingNode):
-            hit = _mapping_item(node, k)
-            if hit is None:
-                return None
-            key_node, node = hit
-            line = key_node.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode) and isinstance(k, int) and 0 <= k < len(node.value):
-            node = node.value[k]
-            line = node.start_mark.line + 1
-        else:
-            return None
-    return line
-
-def _place(path, *keys) -> str:
-    "'file:line' of `keys` in the YAML file at `path` ('file' alone if they are not there)."
-    line = yaml_line(yaml.compose(Path(path).read_text()), keys)
-    return f"{_show(path)}:{line}" if line else _show(path)
-
-def _mapping_item(node: yaml.MappingNode, key):
-    "(key node, value node) of `key` in a mapping node, looking into `<<` merges last, as YAML does."
-    for k, v in node.value:
-        if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge" and k.value == str(key):
-            return k, v
-    for k, v in node.value:
-        if k.tag == "tag:yaml.org,2002:merge":
-            for m in (v.value if isinstance(v, yaml.SequenceNode) else [v]):
-                if isinstance(m, yaml.MappingNode) and (hit := _mapping_item(m, key)):
-                    return hit
-    return None
-
-# %% ../../nbs/60_specs.ipynb #54055840
-def _parse_runs(path: Path, d: dict, scale: Optional[str], root: Path) -> tuple[list, list]:
-    "The runs of one file with defaults and scale applied (no cross-file checks yet), and the ids the scale skips."
-    src, spec, tree = _show(path), path.stem, yaml.compose(path.read_text())
-    def loc(*keys) -> str:  # "file:line" of a place in the file (the file alone if it is not there)
-        line = yaml_line(tree, keys)
-        return f"{src}:{line}" if line else src
-    runs = d.get("runs")
-    if not isinstance(runs, list) or not runs:
-        raise SpecError(f"{loc('runs')}: 'runs' must be a non-empty list of runs")
-    defaults = _check_keys(d.get("defaults") or {}, OVERRIDE_KEYS, "defaults", loc("defaults"))
-    scales = d.get("scales") or {}
-    if not isinstance(scales, dict):
-        raise SpecError(f"{loc('scales')}: scales must be a mapping of scale names")
-    if scale is not None and scale not in scales:
-        raise SpecError(f"{src}: no scale {scale!r}; scales: {sorted(scales)}")
-    sc = _check_keys(scales.get(scale) or {}, SCALE_KEYS, f"scales.{scale}", loc("scales", scale)) if scale else {}
-    sc_defaults = _check_keys(
-        sc.get("defaults") or {}, OVERRIDE_KEYS, f"scales.{scale}.defaults", loc("scales", scale, "defaults")
-    )
-    sc_runs = _check_keys(
-        sc.get("runs") or {},
-        [r.get("name") for r in runs if isinstance(r, dict)],
-        f"scales.{scale}.runs",
-        loc("scales", scale, "runs"),
-    )
-    out, seen, skipped = [], set(), []
-    for i, r in enumerate(runs):
-        rsrc = loc("runs", i)  # errors about this run name its line
-        _check_keys(r, RUN_KEYS, f"run #{i + 1}", rsrc)
-        for k in ("name", "notebook"):
-            if not isinstance(r.get(k), str):
-                raise SpecError(f"{rsrc}: run #{i + 1} needs a '{k}' string")
-        name = r["name"]
-        if not _NAME.match(name):
-            raise SpecError(f"{rsrc}: run name {name!r} may only use letters, digits, '_' and '-'")
-        if name in seen:
-            raise SpecError(f"{rsrc}: run {name!r} is defined twice")
-        seen.add(name)
-        where = f"run {name!r}"
-        over = _check_keys(
-            sc_runs.get(name) or {},
-            OVERRIDE_KEYS + ("skip",),
-            f"scales.{scale}.runs.{name}",
-            loc("scales", scale, "runs", name),
-        )
-        if over.get("skip", False) not in (True, False):
-            raise SpecError(f"{rsrc}: scales.{scale}.runs.{name}.skip must be true or false")
-        if over.get("skip"):
-            skipped.append(f"{spec}/{name}")
-            continue
-        layers = [defaults, {k: r.get(k) or {} for k in OVERRIDE_KEYS}, sc_defaults, over]
-        layer_keys = [
-            ("defaults",),
-            ("runs", i),
-            ("scales", scale, "defaults"),
-            ("scales", scale, "runs", name),
-        ]  # where each layer is written
-        for k in OVERRIDE_KEYS:
-            for layer in layers:
-                if not isinstance(layer.get(k) or {}, dict):
-                    raise SpecError(f"{rsrc}: {k} of {where} must be a mapping")
-        params, res = {}, {}
-        for layer in layers:
-            params, res = deep_merge(params, layer.get("parameters") or {}), deep_merge(
-                res, layer.get("resources") or {}
-            )
-        for k in LAUNCHER_PARAMETERS:
-            if k in params:
-                raise SpecError(f"{rsrc}: {where} sets parameter {k!r}; the launcher sets it (scl_nb.tools.launch)")
-        deps = r.get("depends_on") or []
-        if not isinstance(deps, list):
-            raise SpecError(f"{rsrc}: depends_on of {where} must be a list of run names")
-        deps = [_qualify(x, spec, f"{rsrc}: depends_on of {where}") for x in deps]
-        try:
-            refs = [_qualify(x, spec, src) for x in find_refs(params)]
-        except SpecError as e:
-            raise SpecError(f"{rsrc}: parameters of {where}: {e}") from None
-        missing = sorted(set(refs) - set(deps))
-        if missing:
-            raise SpecError(
-                f"{rsrc}: {where} uses ${{{missing[0]}.out_dir}} but does not list {missing[0]!r} in depends_on"
-            )
-        params = _walk_strings(
-            params,
-            lambda s: _TEMPLATE.sub(
-                lambda m: "${" + _qualify(_REF.match(m.group(1).strip()).group(1), spec, src) + ".out_dir}", s
-            ),
-        )
-        lines = {}
-        for k in params:  # the last layer that sets k wrote the value in effect
-            at = [
-                yaml_line(tree, lk + ("parameters", k))
-                for lk, layer in zip(layer_keys, layers)
-                if k in (layer.get("parameters") or {})
-            ]
-            lines[k] = f"{src}:{at[-1]}" if at and at[-1] else rsrc
-        out.append(
-            Run(
-                f"{spec}/{name}",
-                (root / r["notebook"]).resolve(),
-                params,
-                check_resources(res, where, rsrc),
-                deps,
-                r.get("description") or "",
-                rsrc,
-                lines,
-            )
-        )
-    return out, skipped
+__all__ = ['MISSING_DATA_FIX', 'PATH_PARAMETERS', 'PATH_SUFFIXES', 'RUN_PARAMETERS', 'TABLE_KEYS', 'ROW_KEYS', 'FIGURE_KEYS',
+           'Problem', 'is_path_parameter', 'notebook_defaults', 'parameter_spec', 'run_problems', 'problem_lines',
+           'format_problems', 'spec_seeds', 'expand_seeds', 'load_spec', 'check_table', 'collect_table',
+           'table_markdown', 'check_figure', 'figure_files', 'run_dir', 'run_parameters']
 
 # %% ../../nbs/60_specs.ipynb #c3640136
 @dataclass(frozen=True)
@@ -510,71 +167,43 @@ def _value_problem(name: str, v, params: dict, root: Path) -> Optional[tuple]:
         if v == "synthetic" or find_refs(v):
             return None  # generated, or made by an upstream run
         if not _at_root(v, root).exists():
-            return (f"{v} does not exist", MISSING_DATA_FIX, _show(_at_root(v, root)))
+            return (f"{v} does not exist", MISSING_DATA_FIX, show_path(_at_root(v, root)))
     return None
 
 def run_problems(run: Run, root) -> list:
     "Every `Problem` of `run` against its notebook: the notebook, parameter names, types, known values, data paths."
     nb, at = run.notebook, lambda k: run.lines.get(k) or run.where
     if not nb.exists():
-        return [
-            Problem(
-                run.where,
-                run.id,
-                "",
-                f"notebook {_show(nb)} does not exist",
-                "fix the notebook path (relative to the root)",
-            )
-        ]
+        fix = "fix the notebook path (relative to the root)"
+        return [Problem(run.where, run.id, "", f"notebook {show_path(nb)} does not exist", fix)]
     defaults = notebook_defaults(nb)
     if "out_dir" not in defaults:
-        return [
-            Problem(
-                run.where,
-                run.id,
-                "",
-                f"notebook {nb.name} has no 'out_dir' parameter (cell tagged 'parameters')",
-                "add one: the launcher gives every run its folder through it",
-            )
-        ]
-    out, params, spec = (
-        [],
-        {**{k: v for k, v in defaults.items() if v is not ...}, **run.parameters},
-        parameter_spec(nb),
-    )
-    if run.seed is not None and defaults.get("seed") != 0:  # seed 0 is the run with the notebook's default seed
-        out.append(
-            Problem(
-                run.where,
-                run.base_id,
-                "seed",
-                f"its spec has seeds, but notebook {nb.name} has "
-                + (
-                    f"a 'seed' parameter defaulting to {defaults['seed']!r}, not 0"
-                    if "seed" in defaults
-                    else "no 'seed' parameter"
-                ),
-                "give the notebook a parameter `seed = 0` that seeds everything random, or remove `seeds` from the "
-                "spec",
-            )
-        )
+        what = f"notebook {nb.name} has no 'out_dir' parameter (cell tagged 'parameters')"
+        return [Problem(run.where, run.id, "", what, "add one: the launcher gives every run its folder through it")]
+    params = {**{k: v for k, v in defaults.items() if v is not ...}, **run.parameters}
+    spec = parameter_spec(nb)
+    out = _seed_problems(run, defaults)
     for k, v in run.parameters.items():
         if k not in defaults:
             close = difflib.get_close_matches(k, list(defaults), n=1)
-            out.append(
-                Problem(
-                    at(k),
-                    run.base_id,
-                    k,
-                    f"notebook {nb.name} has no such parameter",
-                    (f"did you mean {close[0]!r}? " if close else "") + f"its parameters: {sorted(defaults)}",
-                )
-            )
+            fix = (f"did you mean {close[0]!r}? " if close else "") + f"its parameters: {sorted(defaults)}"
+            out.append(Problem(at(k), run.base_id, k, f"notebook {nb.name} has no such parameter", fix))
             continue
         bad = _type_problem(v, spec, k) or _value_problem(k, v, params, Path(root))
         if bad:
             out.append(Problem(at(k), run.base_id, k, *bad))
     return out
+
+def _seed_problems(run: Run, defaults: dict) -> list:
+    "A seeded run's notebook needs a `seed` parameter defaulting to 0 (seed 0 is the run with its default seed)."
+    if run.seed is None or defaults.get("seed") == 0:
+        return []
+    has = (
+        f"a 'seed' parameter defaulting to {defaults['seed']!r}, not 0" if "seed" in defaults else "no 'seed' parameter"
+    )
+    what = f"its spec has seeds, but notebook {run.notebook.name} has {has}"
+    fix = "give the notebook a parameter `seed = 0` that seeds everything random, or remove `seeds` from the spec"
+    return [Problem(run.where, run.base_id, "seed", what, fix)]
 
 # %% ../../nbs/60_specs.ipynb #d27bace4
 def problem_lines(problems: Sequence[Problem]) -> list:
@@ -602,18 +231,14 @@ def format_problems(problems: Sequence[Problem]) -> str:
     return lines[0] if len(lines) == 1 else f"{n} problem{'s' * (n > 1)}:\n  " + "\n  ".join(lines)
 
 # %% ../../nbs/60_specs.ipynb #a803d119
-def seeded_id(run_id: str, seed: int) -> str:
-    """The id of the copy of `run_id` with `seed`: the plain id for seed 0 (the notebooks' default seed), else
-    `<id>@s<seed>`."""
-    return run_id if seed == 0 else f"{run_id}@s{seed}"
-
 def spec_seeds(path: Path, d: dict, scale: Optional[str]) -> list:
     "The seeds of the spec `d` read from `path`: `scales.<scale>.seeds` if given, else `seeds`; [] if none."
     sc = (d.get("scales") or {}).get(scale) or {} if scale else {}
     keys, seeds = (("scales", scale, "seeds"), sc["seeds"]) if "seeds" in sc else (("seeds",), d.get("seeds", []))
     if not isinstance(seeds, list) or not all(type(s) is int and s >= 0 for s in seeds) or len(set(seeds)) < len(seeds):
         raise SpecError(
-            f"{_place(path, *keys)}: {'.'.join(keys)}={seeds!r} must be a list of distinct integers >= 0, e.g. [0, 1, "
+            f"{place_of(path, *keys)}: {'.'.join(keys)}={seeds!r} must be a list of distinct integers >= 0, e.g. [0, "
+            f"1, "
             f"2]"
         )
     return seeds
@@ -632,8 +257,8 @@ def expand_seeds(runs: dict, ids: Sequence[str], seeds: Sequence[int]) -> dict:
                 f"remove it (`seeds` sets it)"
             )
         deps = [copy(x, s) for x in r.depends_on]
-        to_seed = lambda m: "${" + seeded_id(_REF.match(m.group(1).strip()).group(1), s) + ".out_dir}"
-        params = _walk_strings(r.parameters, lambda t: _TEMPLATE.sub(to_seed, t)) | ({"seed": s} if s else {})
+        to_seed = lambda m: "${" + seeded_id(REF.match(m.group(1).strip()).group(1), s) + ".out_dir}"
+        params = walk_strings(r.parameters, lambda t: TEMPLATE.sub(to_seed, t)) | ({"seed": s} if s else {})
         out[sid] = replace(r, id=sid, parameters=params, depends_on=deps, seed=s)
         return sid
     for s in seeds:
@@ -642,87 +267,85 @@ def expand_seeds(runs: dict, ids: Sequence[str], seeds: Sequence[int]) -> dict:
     return out
 
 # %% ../../nbs/60_specs.ipynb #b759b8dc
-def load_spec(
-    path,  # the spec file (YAML)
-    scale: Optional[str] = None,  # a key of `scales` (e.g. "tiny"); None = full scale
-    root=None,  # folder that notebook paths are relative to; None = the current directory
-    check_notebooks: bool = True,  # notebooks must exist and every parameter be valid (`run_problems`)
-    allow_missing_data: bool = False,  # data paths that do not exist become `Spec.notes` instead of errors
-    seeds: Optional[
-        Sequence[int]
-    ] = None,  # replace the spec's seeds at this scale (e.g. [0]: one seed); None = the spec's
-) -> Spec:
+def load_spec(path,  # the spec file (YAML)
+              scale: Optional[str] = None,  # a key of `scales` (e.g. "tiny"); None = full scale
+              root=None,  # folder that notebook paths are relative to; None = the current directory
+              check_notebooks: bool = True,  # notebooks must exist and every parameter be valid (`run_problems`)
+              allow_missing_data: bool = False,  # data paths that do not exist become `Spec.notes` instead of errors
+              seeds: Optional[Sequence[int]] = None,  # replace the spec's seeds at this scale ([0]: one seed); None: its own
+             ) -> Spec:
     "Read, validate and scale an experiment spec; runs of other files it depends on are included."
     path, root = Path(path).resolve(), Path(root or Path.cwd()).resolve()
-    d = _read_yaml(path)
+    d = read_yaml(path)
+    runs, skipped = _read_runs(path, d, scale, root)
+    runs = _with_upstream(runs, [k for k in runs if k.startswith(f"{path.stem}/")])  # this file's runs, what they need
+    skipped = [k for k in skipped if k.startswith(f"{path.stem}/")]
+    order = topo_order({k: r.depends_on for k, r in runs.items()})
+    own = spec_seeds(path, d, scale)
+    if own and seeds is not None:
+        own = [] if list(seeds) == [0] else spec_seeds(path, {"seeds": list(seeds)}, None)
+    seeds = own
+    if seeds:  # every run of this file once per seed, with the copies of the runs it needs
+        runs = expand_seeds({k: runs[k] for k in order}, [k for k in order if k.startswith(f"{path.stem}/")], seeds)
+        order = topo_order({k: r.depends_on for k, r in runs.items()})
+    notes = _checked_notes(list(runs.values()) if check_notebooks else [], root, allow_missing_data)
+    spec = Spec(path.stem, path, scale, [runs[k] for k in order], d.get("description") or "", d.get("table"),
+                d.get("figure"), root, skipped, notes, seeds)
+    if spec.table is not None:
+        check_table(spec)
+    if spec.figure is not None:
+        check_figure(spec)
+    return spec
+
+def _read_runs(path: Path, d: dict, scale: Optional[str], root: Path) -> tuple[dict, list]:
+    "{id: Run} of `path` and of every file its runs depend on, each dependency checked; the ids the scale skips."
     runs, skipped, loaded, todo = {}, [], set(), [path]
     while todo:
         p = todo.pop()
         if p.stem in loaded:
             continue
         loaded.add(p.stem)
-        file_runs, file_skipped = _parse_runs(p, d if p == path else _read_yaml(p), scale, root)
+        file_runs, file_skipped = parse_runs(p, d if p == path else read_yaml(p), scale, root)
         runs |= {r.id: r for r in file_runs}
         skipped += file_skipped
         for r in list(runs.values()):
             for dep in r.depends_on:
                 other = path.parent / f"{dep.split('/')[0]}.yaml"
-                if dep.split("/")[0] not in loaded:
-                    if not other.exists():
-                        raise SpecError(
-                            f"{r.where}: run {r.id!r} depends on {dep!r}, but {_show(other)} does not exist"
-                        )
-                    todo.append(other)
+                if dep.split("/")[0] in loaded:
+                    continue
+                if not other.exists():
+                    raise SpecError(f"{r.where}: run {r.id!r} depends on {dep!r}, but {show_path(other)} does not "
+                                    f"exist")
+                todo.append(other)
     for r in runs.values():
         cut = [x for x in r.depends_on if x in skipped]
         if cut:
-            raise SpecError(
-                f"{r.where}: run {r.id!r} depends on {cut[0]!r}, which scale {scale!r} skips; skip {r.id!r} too"
-            )
+            raise SpecError(f"{r.where}: run {r.id!r} depends on {cut[0]!r}, which scale {scale!r} skips; "
+                            f"skip {r.id!r} too")
         unknown = [x for x in r.depends_on if x not in runs]
         if unknown:
             raise SpecError(f"{r.where}: run {r.id!r} depends on unknown run {unknown[0]!r}; runs: {sorted(runs)}")
-    keep, todo = set(), [k for k in runs if k.startswith(f"{path.stem}/")]  # this file's runs and what they need
+    return runs, skipped
+
+def _with_upstream(runs: dict, ids: list) -> dict:
+    "The runs `ids` and every run they depend on, directly or not."
+    keep, todo = set(), list(ids)
     while todo:
         k = todo.pop()
         if k not in keep:
             keep.add(k)
             todo += runs[k].depends_on
-    runs = {k: r for k, r in runs.items() if k in keep}
-    skipped = [k for k in skipped if k.startswith(f"{path.stem}/")]
-    order = topo_order({k: r.depends_on for k, r in runs.items()})
-    seeds = (
-        own
-        if not (own := spec_seeds(path, d, scale)) or seeds is None
-        else [] if list(seeds) == [0] else spec_seeds(path, {"seeds": list(seeds)}, None)
-    )
-    if seeds:  # every run of this file once per seed, with the copies of the runs it needs
-        runs = expand_seeds({k: runs[k] for k in order}, [k for k in order if k.startswith(f"{path.stem}/")], seeds)
-        order = topo_order({k: r.depends_on for k, r in runs.items()})
+    return {k: r for k, r in runs.items() if k in keep}
+
+def _checked_notes(runs: list, root: Path, allow_missing_data: bool) -> list:
+    "The `run_problems` of `runs`: missing data paths as notes when allowed; any other problem raises `SpecError`."
     problems, notes = [], []
-    for r in runs.values() if check_notebooks else []:
+    for r in runs:
         for pr in run_problems(r, root):
             (notes if pr.missing and allow_missing_data else problems).append(pr)
     if problems:
         raise SpecError(format_problems(problems), problems)
-    spec = Spec(
-        path.stem,
-        path,
-        scale,
-        [runs[k] for k in order],
-        d.get("description") or "",
-        d.get("table"),
-        d.get("figure"),
-        root,
-        skipped,
-        notes,
-        seeds,
-    )
-    if spec.table is not None:
-        check_table(spec)
-    if spec.figure is not None:
-        check_figure(spec)
-    return spec
+    return notes
 
 # %% ../../nbs/60_specs.ipynb #94e722a1
 TABLE_KEYS = ("title", "columns", "rows", "baseline", "notes")
@@ -738,15 +361,15 @@ def _cell_ref(v):
 
 def check_table(spec: Spec) -> dict:
     "Validate `spec.table`: keys, one value per column, references to runs of the spec."
-    src = _place(spec.path, "table")
-    t = _check_keys(spec.table, TABLE_KEYS, "table", src)
+    src = place_of(spec.path, "table")
+    t = check_keys(spec.table, TABLE_KEYS, "table", src)
     cols = t.get("columns")
     if not isinstance(cols, list) or not cols or not all(isinstance(c, str) for c in cols):
         raise SpecError(f"{src}: table.columns must be a list of labels")
     if not isinstance(t.get("rows"), list) or not t["rows"]:
         raise SpecError(f"{src}: table.rows must be a non-empty list")
     for i, row in enumerate(t["rows"]):
-        _check_keys(row, ROW_KEYS, f"table row #{i + 1}", src)
+        check_keys(row, ROW_KEYS, f"table row #{i + 1}", src)
         vals = row.get("values")
         if not isinstance(vals, list) or len(vals) != len(cols):
             raise SpecError(
@@ -761,7 +384,7 @@ def check_table(spec: Spec) -> dict:
                 spec.copies(ref[0])
     if t.get("baseline") is not None and t["baseline"] not in [r.get("label") for r in t["rows"]]:
         raise SpecError(
-            f"{_place(spec.path, 'table', 'baseline')}: table.baseline {t['baseline']!r} is not the label of a row; "
+            f"{place_of(spec.path, 'table', 'baseline')}: table.baseline {t['baseline']!r} is not the label of a row; "
             f"rows: {[r.get('label') for r in t['rows']]}"
         )
     return t
@@ -820,8 +443,8 @@ FIGURE_KEYS = ("title", "files", "notes")
 
 def check_figure(spec: Spec) -> dict:
     "Validate `spec.figure`: keys, and `run:path` entries naming runs of the spec."
-    src = _place(spec.path, "figure")
-    f = _check_keys(spec.figure, FIGURE_KEYS, "figure", src)
+    src = place_of(spec.path, "figure")
+    f = check_keys(spec.figure, FIGURE_KEYS, "figure", src)
     files = f.get("files")
     if not isinstance(files, list) or not files:
         raise SpecError(f"{src}: figure.files must be a non-empty list of '<run>:<path>'")
