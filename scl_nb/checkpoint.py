@@ -212,6 +212,29 @@ def _full_state_options(**kw):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
     return StateDictOptions(full_state_dict=True, **kw)
 
+def _states_to_save(plain: nn.Module, optimizer, rank: int) -> tuple:
+    "(weights, optimizer state): FSDP's full tensors (every rank gathers), else (None, the name-keyed state) on rank 0."
+    if is_fsdp(plain):  # collectives: every rank gathers, rank 0 receives the full (unsharded) tensors on the CPU
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+        weights = get_model_state_dict(plain, options=_full_state_options(cpu_offload=True))
+        return weights, get_optimizer_state_dict(plain, optimizer, options=_full_state_options(cpu_offload=True))
+    if rank == 0:
+        return None, optimizer_state_to_fqn(optimizer.state_dict(), _optimizer_names(plain, optimizer))
+    return None, None
+
+def _put_in_place(tmp: Path, final: Path, keep_last: int):
+    """The finished folder `tmp` renamed to `final` (replacing a re-run step), then all but the newest `keep_last`
+    removed."""
+    if final.is_symlink():
+        final.unlink()  # a re-run of a step replaces it (a link: not what it points to)
+    elif final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    for old in list_checkpoints(final.parent)[:-keep_last]:
+        if not old.is_symlink():
+            shutil.rmtree(old)  # a linked folder was put there by someone: it stays
+
 def save_checkpoint(ckpt_dir, step: int, model: nn.Module, optimizer, scheduler=None, scaler=None,
                     data_state: dict | None = None, cfg: SCLConfig | None = None, extra: dict | None = None,
                     generators: dict | None = None, rank: int = 0, keep_last: int = 3) -> Path:
@@ -220,12 +243,7 @@ def save_checkpoint(ckpt_dir, step: int, model: nn.Module, optimizer, scheduler=
     final = ckpt_dir / ckpt_name(step)
     tmp = ckpt_dir / f".tmp-{ckpt_name(step)}"
     plain = unwrap_model(model)
-    if is_fsdp(plain):  # collectives: every rank gathers, rank 0 receives the full (unsharded) tensors on the CPU
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-        weights = get_model_state_dict(plain, options=_full_state_options(cpu_offload=True))
-        optim_state = get_optimizer_state_dict(plain, optimizer, options=_full_state_options(cpu_offload=True))
-    elif rank == 0:
-        weights, optim_state = None, optimizer_state_to_fqn(optimizer.state_dict(), _optimizer_names(plain, optimizer))
+    weights, optim_state = _states_to_save(plain, optimizer, rank)
     if rank == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
@@ -258,15 +276,7 @@ def save_checkpoint(ckpt_dir, step: int, model: nn.Module, optimizer, scheduler=
             atomic_write(tmp / "state.pt", buf.getvalue())
             if cfg is not None:
                 atomic_write(tmp / "config.json", json.dumps(to_dict(cfg), indent=2))
-            if final.is_symlink():
-                final.unlink()  # a re-run of a step replaces it (a link: not what it points to)
-            elif final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(ckpt_dir)
-            for old in list_checkpoints(ckpt_dir)[:-keep_last]:
-                if not old.is_symlink():
-                    shutil.rmtree(old)  # a linked folder was put there by someone: it stays
+            _put_in_place(tmp, final, keep_last)
         except BaseException as e:  # a failed save (a full disk) leaves no half-written folder and frees its space
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(e, (OSError, SafetensorError)):

@@ -462,6 +462,28 @@ def _swap_in(built: Path, out: Path):
         shutil.rmtree(old)
 
 # %% ../../nbs/90_docs.ipynb #f4c5fbdf
+def _stage(out: Path, repo: Path) -> Path:
+    "A new build folder beside `out`, with `nbs/_static/` and a copy of the repository's `figures/`."
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}-build-", dir=out.parent))
+    (stage / "nbs" / "_static").mkdir(parents=True)
+    if (repo / "figures").is_dir():
+        shutil.copytree(repo / "figures", stage / "figures")  # the home page shows ../figures/*
+    return stage
+
+def _sphinx(stage: Path, print_fn=print):
+    "Sphinx's HTML build of `stage/nbs` into `stage/html`; its warnings printed (the first 20); a failure raises."
+    t0 = time.time()
+    cmd = [sys.executable, "-m", "sphinx", "-b", "html", "-q", "-j", "1", str(stage / "nbs"), str(stage / "html")]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise RuntimeError(f"sphinx failed (exit status {r.returncode}):\n{r.stderr[-4000:]}")
+    warnings = [l for l in r.stderr.splitlines() if "WARNING" in l]
+    print_fn(f"{'sphinx':28s} {time.time() - t0:6.1f} s  {len(warnings)} warning(s)")
+    for w in warnings[:20]:
+        print_fn("  " + w[-300:])
+
 def build_site(notebooks: Optional[Sequence] = None,  # notebooks of nbs/; None = all (the home page is always built)
                out="_docs",          # the site folder (replaced whole)
                runs_dir=None,        # a folder of executed papermill notebooks (e.g. `runs`)
@@ -482,12 +504,8 @@ def build_site(notebooks: Optional[Sequence] = None,  # notebooks of nbs/; None 
         " (with uncommitted changes)" if _git("status", "--porcelain", "--", "nbs", "scl_nb", cwd=repo) else ""
     )
     out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}-build-", dir=out.parent))
+    stage = _stage(out, repo)
     src = stage / "nbs"
-    (src / "_static").mkdir(parents=True)
-    if (repo / "figures").is_dir():
-        shutil.copytree(repo / "figures", stage / "figures")  # the home page shows ../figures/*
     def one(info):
         t0, dst = time.time(), src / f"{info['page']}.ipynb"
         run = runs.get(Path(info["path"]).stem) if info["papermill"] else None
@@ -514,16 +532,7 @@ def build_site(notebooks: Optional[Sequence] = None,  # notebooks of nbs/; None 
     index.write_text(json.dumps(nb))
     (src / "conf.py").write_text(SPHINX_CONF.format(title=cfg.title, author=cfg.author, copyright=cfg.copyright))
     (src / "_static" / "scl_nb.css").write_text(SITE_CSS)
-    t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "-q", "-j", "1", str(src), str(stage / "html")],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise RuntimeError(f"sphinx failed (exit status {r.returncode}):\n{r.stderr[-4000:]}")
-    warnings = [l for l in r.stderr.splitlines() if "WARNING" in l]
-    print_fn(f"{'sphinx':28s} {time.time() - t0:6.1f} s  {len(warnings)} warning(s)")
-    for w in warnings[:20]:
-        print_fn("  " + w[-300:])
+    _sphinx(stage, print_fn)
     link_pages(stage / "html", cfg.doc_host.rstrip("/") + cfg.doc_baseurl.rstrip("/"))
     _swap_in(stage / "html", out)
     shutil.rmtree(stage, ignore_errors=True)
