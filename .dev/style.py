@@ -63,33 +63,37 @@ def long_lines(src: str, width: int = WIDTH) -> list[int]:
 
 
 def rejoin(src: str) -> str:
-    """Undo a three-line split `head(` / one line / `)` whose joined code fits in `WIDTH` (black splits a line long only
-    by its trailing comment that way, moving the comment inside the brackets)."""
+    """Undo a three-line split `head(` / one line / `)...` whose joined code fits in `WIDTH` (black splits a line long
+    only by its trailing comment that way, moving the comment inside the brackets or after them)."""
     lines = src.split("\n")
+    closing = {"(": ")", "[": "]", "{": "}"}
     i = 0
     while i + 2 < len(lines):
         head, mid, tail = lines[i], lines[i + 1], lines[i + 2]
-        indent = _indent(head)
-        if head.rstrip().endswith(("(", "[", "{")) and tail.strip() in (")", "]", "}", "):", ")]", ")}") \
-                and _indent(tail) == indent and "#" not in head and len(_indent(mid)) > len(indent):
+        indent, opener = _indent(head), head.rstrip()[-1:]
+        ok = opener in closing and tail.strip().startswith(closing[opener]) and _indent(tail) == indent
+        ok = ok and "#" not in head and len(_indent(mid)) > len(indent) and "#" not in tail.partition("#")[0][1:]
+        if ok:
             code, _, comment = mid.strip().partition("  #")
-            joined = head.rstrip() + code.strip().rstrip(",") + tail.strip()
-            if head.rstrip().endswith(" (") and tail.strip() in (")", "):"):  # brackets black added around one value
-                joined = head.rstrip()[:-1] + code.strip() + tail.strip()[1:]
-            if head.rstrip().endswith("(") and head.rstrip()[-2:-1] in (" ", "=") and code.strip().endswith(","):
+            tail_code, _, tail_comment = tail.strip().partition("  #")
+            if tail.strip().startswith("#") or (comment and tail_comment):
                 i += 1
-                continue  # a one-element tuple
-            candidate = joined + (f"  #{comment}" if comment else "")
+                continue
+            inner = code.strip().rstrip(",")  # a one-element tuple loses its meaning: the AST check below keeps it
+            joined = head.rstrip() + inner + tail_code.strip()
+            if head.rstrip().endswith(" (") and tail_code.strip().startswith(")"):  # brackets around one value
+                joined = head.rstrip()[:-1] + inner + tail_code.strip()[1:]
+            note = comment or tail_comment
+            candidate = joined + (f"  #{note}" if note else "")
             try:
-                ok = _same("\n".join(lines), "\n".join(lines[:i] + [candidate] + lines[i + 3:]))
+                same = _same("\n".join(lines), "\n".join(lines[:i] + [candidate] + lines[i + 3:]))
             except SyntaxError:
-                ok = False
-            if ok and len(joined) <= WIDTH:
+                same = False
+            if same and len(joined) <= WIDTH:
                 lines[i:i + 3] = [candidate]
                 continue
         i += 1
     return "\n".join(lines)
-
 
 def _one_split(src: str):
     "`src` with the first shared line split, or None when there is none."

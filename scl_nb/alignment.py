@@ -539,9 +539,7 @@ class AlignmentRun:
     preset: str = "tiny"  # config preset or config file of the random model (a checkpoint brings its own configuration)
     gpus: int = num(0, 0, 1)  # 0: CPU; 1: the first GPU
     figures: int = num(4, 1)  # images drawn in attention_global.png / attention_local.png
-    limit: Optional[int] = num(
-        None, 1
-    )  # images scored; None: all of ALIGN-BENCH / the JSONL, 200 synthetic test images
+    limit: Optional[int] = num(None, 1)  # images scored; None: all of ALIGN-BENCH / the JSONL, 200 synthetic test images
     words_per_image: int = num(6, 1)  # word maps drawn per image in attention_local.png
     geometry: Literal["centre", "squash"] = "centre"  # how images become the square input (test transform, or GLSCL's scripts)
     out_dir: str = "runs/eval_alignment"  # run folder

@@ -303,9 +303,7 @@ def load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, scal
             load_model(plain, str(weights), strict=True, device=str(map_location))
     except (RuntimeError, KeyError) as e:
         raise CheckpointError(f"{weights}: does not fit the model ({_first_line(e)})") from None
-    if (
-        optimizer is not None
-    ):  # "fqn": keyed by parameter name (written since FSDP support); "index": optimizer.state_dict()
+    if optimizer is not None:  # "fqn": keyed by parameter name (written since FSDP support); "index": optimizer.state_dict()
         names, fqn = _optimizer_names(plain, optimizer), state.get("optimizer_format", "index") == "fqn"
         try:
             numbered = optimizer_state_from_fqn(state["optimizer"], names) if fqn else state["optimizer"]
@@ -315,9 +313,7 @@ def load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, scal
             set_optimizer_state_dict(
                 plain, optimizer, optimizer_state_to_fqn(numbered, names), options=_full_state_options()
             )
-            for g, saved in zip(
-                optimizer.param_groups, numbered["param_groups"]
-            ):  # hyper-parameters exactly as saved (betas stay a tuple)
+            for g, saved in zip(optimizer.param_groups, numbered["param_groups"]):  # hyper-parameters exactly as saved (betas stay a tuple)
                 g.update({k: v for k, v in saved.items() if k != "params"})
         else:
             optimizer.load_state_dict(numbered)

@@ -220,9 +220,7 @@ class ManifestDataset(Dataset):
         if task == "vqa" and answers is None:
             raise ValueError("task='vqa' needs the answer vocabulary `answers`")
         keep = [c for c in (*TASK_COLUMNS[task], "media_type", "image_id", "question_id") if c in manifest.columns]
-        self.m = Manifest(
-            manifest.table.select_columns(list(dict.fromkeys(keep))), manifest.path
-        )  # rows decode only what is used
+        self.m = Manifest(manifest.table.select_columns(list(dict.fromkeys(keep))), manifest.path)  # rows decode only what is used
         self.tok, self.task, self.mode = tokenizer, task, mode
         self.image_size, self.num_frames, self.max_len, self.seed = image_size, num_frames, max_len, seed
         self.flip_words, self.n_false_texts, self.max_tries = flip_words, n_false_texts, max_tries

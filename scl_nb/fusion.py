@@ -45,9 +45,7 @@ class FusionAttention(nn.Module):
         self,
         x: torch.Tensor,  # [B, Lq, D] queries (and the residual)
         context: torch.Tensor,  # [B, Lk, D] keys / values
-        context_mask: Optional[
-            torch.Tensor
-        ],  # [B, Lk] 1 = token, 0 = padding, or `key_mask`'s [B, 1, 1, Lk]; None = no padding
+        context_mask: Optional[torch.Tensor],  # [B, Lk] 1 = token, 0 = padding, or `key_mask`'s [B, 1, 1, Lk]; None = no padding
         output_attentions: bool = False,  # also return the probabilities [B, H, Lq, Lk]
     ):
         q, k, v = self._split(self.query(x)), self._split(self.key(context)), self._split(self.value(context))
@@ -98,9 +96,7 @@ class FusionOutput:
     image_frame_cls: torch.Tensor   # [B, F, D] fused frame class tokens
     text_pooled: torch.Tensor       # [B, D] tanh(Linear(text_cls))
     image_pooled: torch.Tensor      # [B, D] tanh(Linear(image_cls))
-    cls_feats: Optional[
-        torch.Tensor
-    ]  # [B, 2D] concat(text_pooled, image_pooled); None when the last layer kept different rows per stream
+    cls_feats: Optional[torch.Tensor]  # [B, 2D] concat(text_pooled, image_pooled); None when the last layer kept different rows per stream
     cross_attentions: Optional[list] = None  # per layer: (text->image [B,H,L,T], image->text [B,H,T,L])
 
 class Pooler(nn.Module):

@@ -261,9 +261,7 @@ class JobTask(_Checkpointable):
             dist_env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             os.environ.setdefault("LOCAL_RANK", str(dist_env.local_rank))
         argv = entry_argv(job, resume)
-        rc = run_entry_point(
-            job.module, argv, job.cwd, let_exit=lambda: self.requeued
-        )  # requeued: submitit's handler is leaving the process
+        rc = run_entry_point(job.module, argv, job.cwd, let_exit=lambda: self.requeued)  # requeued: submitit's handler is leaving the process
         if rc not in (0, EXIT_PREEMPTED):
             raise RuntimeError(f"python -m {job.module} {' '.join(argv)} exited with code {rc}")
         return {"exit_code": rc, "status": "completed" if rc == 0 else "preempted"}
@@ -289,9 +287,7 @@ class RunHandle:
             return self.proc.poll() is not None
         if self.cluster != "debug":
             return self.job.done(force_check=True)
-        if (
-            self._debug_rc is None
-        ):  # the debug cluster runs the job here, when first asked (and again on each call if it failed)
+        if self._debug_rc is None:  # the debug cluster runs the job here, when first asked (and again on each call if it failed)
             try:
                 self.job.results()
                 self._debug_rc = 0

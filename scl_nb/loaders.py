@@ -261,9 +261,7 @@ def pretrain_loader(
         images, videos = m.filter(lambda *c: not is_video(*c), cols), m.filter(is_video, cols)
         if len(images) == 0:
             images, videos = videos, None
-    unused = (
-        len(videos) if videos is not None and cfg.data.video_ratio == 0 and cfg.data.source != "synthetic" else 0
-    )  # the user's rows
+    unused = len(videos) if videos is not None and cfg.data.video_ratio == 0 and cfg.data.source != "synthetic" else 0  # the user's rows
     if unused:
         left_out["video_rows_unused_video_ratio_0"] = (unused, str(videos.path))
     if unused and rank == 0:

@@ -144,9 +144,7 @@ def scl_text_mask(input_ids: torch.Tensor,   # [B, L] token ids
         rank = keys.argsort(1).argsort(1)                                       # [B, L] random rank, special last
         masked = (rank < k[:, None]) & ~special
     elif sampling == "with_replacement":
-        k = torch.where(
-            (n > 0) & (ratio > 0), torch.floor(ratio * n.double()).long() + 1, 0
-        )  # [B] draws, as the reference
+        k = torch.where((n > 0) & (ratio > 0), torch.floor(ratio * n.double()).long() + 1, 0)  # [B] draws, as the reference
         positions = special.long().argsort(dim=1, stable=True)                      # [B, L] non-special positions first
         draw = (torch.rand(B, L, generator=generator, device=dev) * n[:, None]).long()  # [B, L] index among them
         picked = positions.gather(1, draw.clamp(max=L - 1))                     # [B, L]

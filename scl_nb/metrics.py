@@ -218,9 +218,7 @@ def nlvr2_accuracy(predictions,  # predicted labels (0/1 or bool), or logits `[N
     return 100.0 * (p == y).double().mean().item()
 
 # %% ../nbs/30_metrics.ipynb #533879b0
-def mean_sd(
-    values: Sequence[float],
-) -> tuple[float, float, int]:  # mean, sample standard deviation (nan for one value), n
+def mean_sd(values: Sequence[float]) -> tuple[float, float, int]:  # mean, sample standard deviation (nan for one value), n
     "Mean and sample standard deviation of per-seed values (NaNs dropped)."
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
     if len(v) == 0:

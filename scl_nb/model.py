@@ -64,9 +64,7 @@ def take_rows(t: torch.Tensor,  # [B, ...]
              ) -> torch.Tensor:  # [B', ...]
     "Rows `idx` of `t`; on the CPU by `index_select`, whose backward sums repeated rows in a fixed order."
     idx = torch.as_tensor(idx, dtype=torch.long, device=t.device)
-    return (
-        t.index_select(0, idx) if t.device.type == "cpu" else t[idx]
-    )  # CUDA: `t[idx]` backward sorts; index_add_ uses atomics
+    return t.index_select(0, idx) if t.device.type == "cpu" else t[idx]  # CUDA: `t[idx]` backward sorts; index_add_ uses atomics
 
 # %% ../nbs/04_model.ipynb #54fe0e1e
 @dataclass
@@ -281,18 +279,14 @@ def tied_or_buffer_names(self: SCLModel) -> set:
 @patch(cls_method=True)
 def from_pretrained_towers(
     cls: SCLModel,
-    vision: Optional[
-        str
-    ] = "openai/clip-vit-base-patch16",  # HF CLIPVisionModel folder, hub id or "tiny-clip"; None = random
+    vision: Optional[str] = "openai/clip-vit-base-patch16",  # HF CLIPVisionModel folder, hub id or "tiny-clip"; None = random
     text: Optional[str] = "roberta-base",  # HF encoder-only folder, hub id or "tiny-roberta"; None = random
     cfg: SCLConfig | str = "paper",  # base configuration (preset name or config)
     image_size: Optional[int] = None,  # resolution; None = the config's
     num_layers: Optional[int] = None,  # vision blocks used; None = the config's (default all but the last)
 ) -> SCLModel:
     "The SCL model with its towers loaded from Hugging Face checkpoints (the tiny towers of `scl_nb.towers` by name)."
-    from scl_nb.towers import (
-        resolve_tower,
-    )  # builds and caches "tiny-clip" / "tiny-roberta" on first use; other names pass through
+    from scl_nb.towers import resolve_tower  # "tiny-clip" / "tiny-roberta": built, trained and cached on first use
 
     cfg = load_config(cfg)
     d, where = to_dict(cfg), lambda name: resolve_tower(name, cfg.data.cache_dir)

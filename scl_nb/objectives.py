@@ -47,9 +47,7 @@ def nce(
 def _nce_over(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     "`nce` restricted to the entries `valid` (fixed shapes: the others are masked, not removed)."
     n = logits.shape[-1]
-    keep = valid[None, :] | torch.eye(
-        n, dtype=torch.bool, device=logits.device
-    )  # [N, N]; each row keeps its own column
+    keep = valid[None, :] | torch.eye(n, dtype=torch.bool, device=logits.device)  # [N, N]; each row keeps its own column
     target, w = torch.arange(n, device=logits.device), valid.to(logits.dtype)
     ce = lambda x: F.cross_entropy(x.masked_fill(~keep, float("-inf")), target, reduction="none")
     return ((ce(logits) + ce(logits.t())) * w).sum() / w.sum().clamp(min=1)
@@ -96,9 +94,7 @@ def itm_negatives(
     noise = noise.to(dev)
     other = image_ids[:, None] != image_ids[None, :]                        # [B, B] allowed (caption, image)
     possible = other.any(1)                                                 # [B]
-    rows = (
-        noise[0].masked_fill(~possible, 2.0).argsort()[: min(n, B)]
-    )  # [n] random captions, those with a candidate first
+    rows = noise[0].masked_fill(~possible, 2.0).argsort()[: min(n, B)]  # [n] random captions, those with a candidate first
     own = torch.eye(B, dtype=torch.bool, device=dev)[rows]  # no candidate: the caption keeps its own image
     allowed = torch.where(possible[rows, None], other[rows], own)           # [n, B]
     if mode == "random":
@@ -393,9 +389,7 @@ def _image_passes(m: SCLModel, pixels, o: ObjectiveConfig, noise: dict, needs: d
     if "A'" not in needs:
         return {"U": m.encode_image(pixels)}
     masked = _mask_token_positions(o, noise)
-    both = m.encode_image(
-        torch.cat([pixels, pixels]), masked=torch.cat([torch.zeros_like(masked), masked])
-    )  # [2B, T, D]
+    both = m.encode_image(torch.cat([pixels, pixels]), masked=torch.cat([torch.zeros_like(masked), masked]))  # [2B, T, D]
     B, F_ = len(pixels), both.num_frames
     return {"U": ImageEncoding(both.tokens[:B], F_), "A'": ImageEncoding(both.tokens[B:], F_, masked)}
 
@@ -496,9 +490,7 @@ class PretrainTask(SCLModel):
         self,
         batch: dict,  # see above
         generator: Optional[torch.Generator] = None,  # randomness of image masks and ITM negatives
-        objectives: Optional[
-            ObjectiveConfig
-        ] = None,  # weights, ratios, temperatures, schedule; None = `self.objectives`
+        objectives: Optional[ObjectiveConfig] = None,  # weights, ratios, temperatures, schedule; None = `self.objectives`
     ) -> dict:  # loss (weighted total), <name>_loss per active objective, accuracies
         "One pre-training forward pass: every active objective, weighted and summed."
         o = objectives or self.objectives
@@ -507,9 +499,7 @@ class PretrainTask(SCLModel):
         _check_batch(batch, o.active)
         H, W = batch["pixels"].shape[-2:]
         P = self.cfg.vision.patch_size
-        noise = step_noise(
-            len(batch["attention_mask"]), (H // P) * (W // P), generator, batch["pixels"].device
-        )  # eager: a generator cannot be traced
+        noise = step_noise(len(batch["attention_mask"]), (H // P) * (W // P), generator, batch["pixels"].device)  # eager: a generator cannot be traced
         return self.losses(batch, noise, o)
 
     def losses(self, batch: dict, noise: dict, objectives: ObjectiveConfig) -> dict:

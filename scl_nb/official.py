@@ -534,9 +534,7 @@ def prepare_checkpoint(
     if done.exists() and json.loads(done.read_text()).get("source") == str(checkpoint):
         return str(out)
     try:
-        convert_official(
-            checkpoint, out, task, overwrite=done.exists()
-        )  # an earlier conversion of another file: ours to replace
+        convert_official(checkpoint, out, task, overwrite=done.exists())  # an earlier conversion of another file: ours to replace
     except OfficialCheckpointError as e:
         raise ValueError(f"parameter error: checkpoint: {e}") from None
     return str(out)

@@ -298,9 +298,7 @@ def sample_video(rng: np.random.Generator, size: int, frames: int) -> list[dict]
     n = int(rng.integers(1, 3))
     horizontal = bool(rng.integers(2))  # axis of motion, shared when there are two shapes
     names, scale, objs = list(COLOURS), size / 64, []
-    colours = [
-        names[int(c)] for c in rng.choice(len(names), size=2 * n, replace=False)
-    ]  # colours[n + k]: object k's new colour
+    colours = [names[int(c)] for c in rng.choice(len(names), size=2 * n, replace=False)]  # colours[n + k]: object k's new colour
     for k in range(n):
         o = dict(colour=colours[k], shape=SHAPES[int(rng.integers(len(SHAPES)))])
         o["direction"] = str(rng.choice(["left", "right"] if horizontal else ["up", "down"]))

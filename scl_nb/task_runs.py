@@ -117,13 +117,9 @@ class RetrievalEvalRun(TaskRun):
     modality: Literal["image", "video"] = "image"
     dataset: Optional[str] = None  # method §4 setting: f30k, coco, msrvtt, lsmdc; None: f30k (image) / msrvtt (video)
     eval_split: str = "test"  # evaluation split
-    eval_images: Optional[int] = num(
-        None, 1
-    )  # evaluate on the captions of the first images only; None: all (tiny: its own)
+    eval_images: Optional[int] = num(None, 1)  # evaluate on the captions of the first images only; None: all (tiny: its own)
     one_caption_per_video: bool = False  # keep the first caption of each video (the MSR-VTT 1k-A protocol)
-    k: Optional[int] = num(
-        None, 0
-    )  # candidates re-ranked by ITM per query; None: the setting's (tiny: its own); 0: all
+    k: Optional[int] = num(None, 0)  # candidates re-ranked by ITM per query; None: the setting's (tiny: its own); 0: all
     eval_chunk: int = num(256, 1)  # pairs fused at once
     batch_size: Optional[int] = num(128, 1)  # encoding batch
     pretrain_steps: int = num(120, 0)
@@ -154,9 +150,7 @@ class RetrievalRun(FinetuneRun, RetrievalEvalRun):
     itc_weight: Optional[float] = num(None, 0.0)  # weight of the ITC term; None: the setting's (0.5 image, 1 video)
     eval_split: str = "test"
     batch_size: Optional[int] = num(None, 1)
-    pretrain_steps: int = num(
-        120, 0
-    )  # (a dataclass takes a field's default from the last base that declares it: FinetuneRun's)
+    pretrain_steps: int = num(120, 0)  # (a dataclass takes a field's default from the last base that declares it: FinetuneRun's)
     margin: float = num(20.0, 0.0)
     out_dir: str = "runs/finetune_retrieval"
 

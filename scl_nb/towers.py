@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_towers.ipynb #9de80bde
 from __future__ import annotations
-import hashlib, json, math, os, shutil, tempfile, time
+import hashlib, json, math, os, shutil, sys, tempfile, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import Optional
@@ -41,9 +41,7 @@ class TowerSettings:
     data_seed: int = 15  # synthetic seed of the tower data; must differ from `evaluated_seed`
     n_images: int = 1000  # tower images (80 % train, 10 % val for the learning checks, 10 % unused)
     evaluated_seed: int = 0  # seed of the set the tiny runs train and evaluate on
-    evaluated: dict = field(
-        default_factory=dict
-    )  # extra `synthetic_for_config` params of that set; {} = the main job's
+    evaluated: dict = field(default_factory=dict)  # extra `synthetic_for_config` params of that set; {} = the main job's
     vision_steps: int = 150  # contrastive steps
     text_steps: int = 200  # MLM steps
     batch_size: int = 64  # pairs (vision) or captions (text) per step
@@ -295,9 +293,7 @@ def mask_tokens(ids: torch.Tensor,  # [B, L] token ids
     labels = torch.where(chosen, ids, torch.full_like(ids, -100))
     r = torch.rand(ids.shape, generator=generator)
     inputs = torch.where(chosen & (r < 0.8), torch.full_like(ids, tokenizer.mask_token_id), ids)
-    random_ids = torch.randint(
-        4, len(tokenizer) - 1, ids.shape, generator=generator
-    )  # ordinary tokens: after the 4 specials, before <mask>
+    random_ids = torch.randint(4, len(tokenizer) - 1, ids.shape, generator=generator)  # ordinary tokens: after the 4 specials, before <mask>
     return torch.where(chosen & (r >= 0.8) & (r < 0.9), random_ids, inputs), labels
 
 # %% ../nbs/14_towers.ipynb #33223051
@@ -416,10 +412,13 @@ def towers_cache_root(cache_dir=None) -> Path:
 def tiny_towers(cache_dir=None,  # cache root (`cfg.data.cache_dir`); None = `$SCL_NB_CACHE` or ~/.cache/scl_nb
                 s: Optional[TowerSettings] = None,  # None = `tower_settings()` (the tiny preset's sizes)
                ) -> dict[str, Path]:
-    "The folders `{vision, text, report}` of the tiny towers of `s`, built on first use."
+    """The folders `{vision, text, report}` of the tiny towers of `s`. Missing, they are built here, once (they are
+    trained: about a minute on 2 cores at the default settings), and the build is said on stderr."""
     s = s or tower_settings()
     final = towers_cache_root(cache_dir) / f"tiny-{s.key()}"
     if not (final / "report.json").exists():
+        print(f"building the tiny towers {VISION_TOWER} / {TEXT_TOWER} into {final} (once; they are trained here)",
+              file=sys.stderr, flush=True)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-"))
         try:
@@ -438,8 +437,8 @@ def resolve_tower(name,  # "tiny-clip", "tiny-roberta", or any folder / hub id (
                   cache_dir=None,  # cache root; None = `default_cache_dir()`
                   s: Optional[TowerSettings] = None,  # None = `tower_settings()` (the tiny preset's sizes)
                  ):
-    """The folder behind a tower name: the cached tiny towers for `tiny-clip` / `tiny-roberta` (built if missing),
-    else `name`."""
+    """The folder behind a tower name: the cached tiny towers for `tiny-clip` / `tiny-roberta` (built and trained on
+    first use, which `tiny_towers` says on stderr), else `name`."""
     if name not in (VISION_TOWER, TEXT_TOWER):
         return name
     return str(tiny_towers(cache_dir, s)["vision" if name == VISION_TOWER else "text"])

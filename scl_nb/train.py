@@ -143,9 +143,7 @@ def snapshot(self: Trainer, gen: Optional[torch.Generator]) -> dict:
 def wrap(model, ctx, tcfg, unused: list) -> nn.Module:
     "The module the loop calls: compiled (in place), and DDP around it when there are several processes (not FSDP)."
     if tcfg.compile:
-        model.compile(
-            mode=tcfg.compile_mode
-        )  # PretrainTask: the whole step after its draws; other tasks: their forward
+        model.compile(mode=tcfg.compile_mode)  # PretrainTask: the whole step after its draws; other tasks: their forward
     if ctx.world_size == 1 or tcfg.parallel == "fsdp":
         return model
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
@@ -237,9 +235,7 @@ def step(self: Trainer, step: int):
 @patch
 def drain(self: Trainer):
     "The rows since the last read, brought to the host in one transfer: counters, rows logged, the non-finite check."
-    host = torch.stack(
-        [torch.cat([p["values"], p["bad"].float()[None]]) for p in self.pending]
-    ).tolist()  # one transfer
+    host = torch.stack([torch.cat([p["values"], p["bad"].float()[None]]) for p in self.pending]).tolist()  # one transfer
     now = time.perf_counter()
     dt = (now - self.t_read) / len(self.pending)  # the interval's mean: the steps ran asynchronously
     self.t_read = now
@@ -383,14 +379,10 @@ def train(
     cfg: SCLConfig,  # the run's configuration (`cfg.train` drives the loop)
     out_dir,  # run folder: metrics.jsonl, run.json, checkpoints/, summary.json
     resume: bool = True,  # continue from the newest checkpoint in `out_dir` if there is one
-    model_fn: (
-        Callable | None
-    ) = None,  # cfg -> task module (forward(batch, generator) -> losses); default PretrainTask.from_config
+    model_fn: Callable | None = None,  # cfg -> task module (forward(batch, generator) -> losses); default PretrainTask.from_config
     data_fn: Callable | None = None,  # (cfg, rank, world_size, device) -> resumable loader (see above)
     device: Optional[str] = None,  # "cpu" to stay on the CPU when a GPU exists; None = GPU if present
-    progress: (
-        bool | str
-    ) = True,  # rank 0: True = a bar on a terminal, else a line every tenth of the run; "lines"; False
+    progress: bool | str = True,  # rank 0: True = a bar on a terminal, else a line every tenth of the run; "lines"; False
     max_steps: Optional[int] = None,  # stop after this step (the schedule still follows cfg.train.steps)
     count_model_flops: bool = True,  # count FLOPs of one step for MFU
     overwrite: bool = False,  # with resume=False: replace a run already in `out_dir` (else that is an error)
@@ -399,13 +391,9 @@ def train(
     "Train `cfg` into `out_dir`; return a summary dict (status, steps, final loss, throughput, MFU, bad input, paths)."
     ctx = init_dist(device)
     try:
-        with (
-            RunFolderLock(out_dir) if ctx.is_main else contextlib.nullcontext()
-        ):  # one run per folder, from the first look
+        with RunFolderLock(out_dir) if ctx.is_main else contextlib.nullcontext():  # one run per folder, from the first look
             run = Trainer(ctx, cfg, Path(out_dir), model_fn, data_fn)
-            ckpt, replace = resume_point(
-                ctx, run.out_dir, resume, overwrite
-            )  # refuses before anything is built or written
+            ckpt, replace = resume_point(ctx, run.out_dir, resume, overwrite)  # refuses before anything is built or written
             if ckpt is not None:
                 for line in check_resume_config(ckpt, cfg, allow_changed):  # or refuses
                     say(ctx, line)

@@ -273,9 +273,7 @@ def embed(
     x = x + pos[1:] + time  # [B, F, N, D]
     cls = (self.class_embedding + pos[0] + time[:, 0]).expand(B, Fr, D)  # [B, F, D]
     if drop_ratio > 0:
-        masked, keep_idx = sample_masked_positions(
-            B, N, dropped_count(N, drop_ratio), generator, x.device, noise
-        )  # [B, N], [B, N']
+        masked, keep_idx = sample_masked_positions(B, N, dropped_count(N, drop_ratio), generator, x.device, noise)  # [B, N], [B, N']
         x = x.gather(2, keep_idx[:, None, :, None].expand(B, Fr, keep_idx.shape[1], D))  # [B, F, N', D]
     tokens = torch.cat([cls, x.flatten(1, 2)], dim=1)  # [B, F*(1+N'), D]
     return VisionOutput(tokens, Fr, masked, keep_idx, (rows, cols))

@@ -85,9 +85,7 @@ def _find_cycle(deps: dict, done: set) -> list:
 
 # %% ../../nbs/60_spec_format.ipynb #3573672d
 TEMPLATE = re.compile(r"\$\{([^}]*)\}")
-REF = re.compile(
-    r"^([A-Za-z0-9_\-]+(?:/[A-Za-z0-9_\-]+)?(?:@s\d+)?)\.out_dir$"
-)  # `@s<k>`: a seeded copy (`expand_seeds`)
+REF = re.compile(r"^([A-Za-z0-9_\-]+(?:/[A-Za-z0-9_\-]+)?(?:@s\d+)?)\.out_dir$")  # `@s<k>`: a seeded copy (`expand_seeds`)
 
 def walk_strings(value, fn):
     "Apply `fn` to every string inside `value` (lists and mappings included); return the new value."
@@ -155,9 +153,7 @@ class Run:
     depends_on: list  # qualified ids of upstream runs
     description: str = ""
     where: str = ""  # "file:line" of the run in its spec
-    lines: dict = field(
-        default_factory=dict
-    )  # parameter -> "file:line" of the value in effect (after defaults and scale)
+    lines: dict = field(default_factory=dict)  # parameter -> "file:line" of the value in effect (after defaults and scale)
     seed: Optional[int] = None  # the seed of a copy made by `expand_seeds`; None: the spec has no seeds
     @property
     def base_id(self) -> str:
@@ -181,9 +177,7 @@ class Spec:
     figure: Optional[dict] = None
     root: Path = Path(".")  # notebooks and relative paths in parameters are relative to it; notebooks run in it
     skipped: list = field(default_factory=list)  # ids of runs the scale leaves out (their table cells stay empty)
-    notes: list = field(
-        default_factory=list
-    )  # `Problem`s let through: data paths that do not exist, with `allow_missing_data`
+    notes: list = field(default_factory=list)  # `Problem`s let through: data paths that do not exist, with `allow_missing_data`
     seeds: list = field(default_factory=list)  # the seeds its runs are run over at its scale ([]: none)
     def qualify(self, name: str) -> str:
         return name if "/" in name else f"{self.name}/{name}"
