@@ -18,13 +18,34 @@ PKG = Path(__file__).resolve().parent.parent / "scl_nb"
 # docs) is the repository's tooling, which nothing in the method imports.
 LAYERS = {
     "config": ["config", "metrics", "masking", "distributed"],
-    "model parts": ["text", "vision", "fusion", "model", "towers", "synthetic", "media", "data", "loaders", "downloads",
-                    "import_common", "importers_arrow", "importers"],
+    "model parts": [
+        "text",
+        "vision",
+        "fusion",
+        "model",
+        "towers",
+        "synthetic",
+        "media",
+        "data",
+        "loaders",
+        "downloads",
+        "import_common",
+        "importers_arrow",
+        "importers",
+    ],
     "objectives": ["objectives"],
     "engine": ["optim", "checkpoint", "perf", "runtime", "train", "jobs"],
     "tasks": ["tasks", "task_runs", "evaluation", "official", "alignment", "plots"],
-    "tools": ["tools.bench", "tools.rerank_bench", "tools.spec_format", "tools.specs", "tools.launch", "tools.fixtures", "tools.figures_index",
-              "tools.docs"],
+    "tools": [
+        "tools.bench",
+        "tools.rerank_bench",
+        "tools.spec_format",
+        "tools.specs",
+        "tools.launch",
+        "tools.fixtures",
+        "tools.figures_index",
+        "tools.docs",
+    ],
 }
 RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}
 MAX_FUNCTION_LINES, MAX_MODULE_LINES, MAX_LINE_CHARS = 60, 600, 120
@@ -50,7 +71,11 @@ def imports(path: Path) -> list:
         if isinstance(node, ast.ImportFrom):
             mod = node.module or ""
             if node.level >= 1 or mod == "scl_nb" or mod.startswith("scl_nb."):
-                target = mod.split(".", 1)[1] if mod.startswith("scl_nb.") else _resolve(path, node.level, mod) if node.level else ""
+                target = (
+                    mod.split(".", 1)[1]
+                    if mod.startswith("scl_nb.")
+                    else _resolve(path, node.level, mod) if node.level else ""
+                )
                 names = [a.name for a in node.names]
                 if target and f"{target}.{names[0]}" not in modules():
                     out.append((target, names))
@@ -69,13 +94,18 @@ def find_cycle(g: dict):
     "One import cycle as a list of modules, or None."
     state, stack = {}, []
     def visit(m):
-        state[m] = "open"; stack.append(m)
+        state[m] = "open"
+        stack.append(m)
         for d in g.get(m, ()):
-            if state.get(d) == "open": return stack[stack.index(d):] + [d]
-            if d not in state and (c := visit(d)): return c
-        state[m] = "done"; stack.pop()
+            if state.get(d) == "open":
+                return stack[stack.index(d):] + [d]
+            if d not in state and (c := visit(d)):
+                return c
+        state[m] = "done"
+        stack.pop()
     for m in g:
-        if m not in state and (c := visit(m)): return c
+        if m not in state and (c := visit(m)):
+            return c
     return None
 
 
@@ -116,8 +146,13 @@ def test_no_methods_attached_by_assignment():
         for node in tree.body:
             if isinstance(node, ast.Assign):
                 targets = [e for t in node.targets for e in (t.elts if isinstance(t, ast.Tuple) else [t])]
-                bad += [f"{m}: {ast.unparse(t)} = ..." for t in targets
-                        if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id in classes | {"SCLModel"}]
+                bad += [
+                    f"{m}: {ast.unparse(t)} = ..."
+                    for t in targets
+                    if isinstance(t, ast.Attribute)
+                    and isinstance(t.value, ast.Name)
+                    and t.value.id in classes | {"SCLModel"}
+                ]
     assert not bad, "\n".join(bad)
 
 
@@ -125,12 +160,16 @@ def test_functions_and_modules_are_short():
     long_fns, long_mods = [], []
     for m, p in modules().items():
         text = p.read_text()
-        if len(text.splitlines()) > MAX_MODULE_LINES: long_mods.append(f"{m}.py: {len(text.splitlines())} lines")
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            long_mods.append(f"{m}.py: {len(text.splitlines())} lines")
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = node.end_lineno - node.lineno + 1
-                if n > MAX_FUNCTION_LINES: long_fns.append(f"{m}.{node.name}: {n} lines")
-    assert not (long_mods or long_fns), f"modules over {MAX_MODULE_LINES} lines: {long_mods}; functions over {MAX_FUNCTION_LINES} lines: {long_fns}"
+                if n > MAX_FUNCTION_LINES:
+                    long_fns.append(f"{m}.{node.name}: {n} lines")
+    assert not (
+        long_mods or long_fns
+    ), f"modules over {MAX_MODULE_LINES} lines: {long_mods}; functions over {MAX_FUNCTION_LINES} lines: {long_fns}"
 
 
 def test_tooling_lives_in_tools():
@@ -167,10 +206,13 @@ def test_one_statement_per_line_and_lines_within_width():
 
 @pytest.mark.parametrize("planted, check, expect", [
     ("x = 1; y = 2\n", "test_one_statement_per_line_and_lines_within_width", r"config.py:\d+: more than one statement"),
-    ("if True: z = 3\n", "test_one_statement_per_line_and_lines_within_width", r"config.py:\d+: more than one statement"),
-    ("w = '" + "x" * 130 + "'\n", "test_one_statement_per_line_and_lines_within_width", r"config.py:\d+: 136 characters"),
+    ("if True: z = 3\n", "test_one_statement_per_line_and_lines_within_width", r"config.py:\d+: more than one "
+                                                                               r"statement"),
+    ("w = '" + "x" * 130 + "'\n", "test_one_statement_per_line_and_lines_within_width", r"config.py:\d+: 136 "
+                                                                                        r"characters"),
     ("from .train import _say\n", "test_no_private_names_across_modules", "config imports _say from train"),
-    ("from scl_nb.tools.launch import main\n", "test_imports_run_one_way", r"config \(config\) imports tools.launch \(tools\)"),
+    ("from scl_nb.tools.launch import "
+     "main\n", "test_imports_run_one_way", r"config \(config\) imports tools.launch \(tools\)"),
     ("def f():\n" + "    x = 1\n" * 70, "test_functions_and_modules_are_short", "config.f: 71 lines"),
     ("ConfigError.describe = str\n", "test_no_methods_attached_by_assignment", "config: ConfigError.describe = ...")])
 def test_checks_catch_a_planted_violation(tmp_path, monkeypatch, planted, check, expect):
@@ -180,4 +222,5 @@ def test_checks_catch_a_planted_violation(tmp_path, monkeypatch, planted, check,
     shutil.copytree(PKG, copy)
     (copy / "config.py").write_text((copy / "config.py").read_text() + planted)
     monkeypatch.setattr(sys.modules[__name__], "PKG", copy)
-    with pytest.raises(AssertionError, match=expect): globals()[check]()
+    with pytest.raises(AssertionError, match=expect):
+        globals()[check]()
