@@ -10,6 +10,7 @@ same AST as the input, or the cell is left as it was. Comments and strings that 
 `check` for a person to shorten. `tests/test_architecture.py` checks the exported package with the same rules.
 """
 import ast, io, sys, tokenize
+from typing import Optional
 from pathlib import Path
 
 import nbformat
@@ -162,6 +163,77 @@ def wrap_long(src: str) -> str:
     return "\n".join("#|" + line[3:] if line.startswith("# | ") else line for line in out.split("\n"))  # nbdev's directives
 
 
+def _balanced(text: str) -> bool:
+    "Whether the brackets of one line of code close on it (strings and comments not looked into: none expected)."
+    depth = 0
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text + "\n").readline))
+    except (tokenize.TokenError, SyntaxError):
+        return False
+    for t in tokens:
+        if t.type == tokenize.OP and t.string in "([{":
+            depth += 1
+        elif t.type == tokenize.OP and t.string in ")]}":
+            depth -= 1
+            if depth < 0:
+                return False
+        elif t.type == tokenize.COMMENT:
+            return False
+    return depth == 0
+
+
+def _flow(prefix: str, items: list, suffix: str) -> Optional[list]:
+    "`prefix` + the items joined by ', ' + `suffix`, wrapped at `WIDTH` under the opening bracket; None if one cannot fit."
+    col, out, line = len(prefix), [], prefix
+    for k, item in enumerate(items):
+        piece = item + (", " if k < len(items) - 1 else suffix)
+        if len(line.rstrip()) + len(piece.rstrip()) > WIDTH and line.strip() and line != prefix:
+            out.append(line.rstrip())
+            line = " " * col
+        if len(line) + len(piece.rstrip()) > WIDTH:
+            return None
+        line += piece
+    out.append(line.rstrip())
+    return out
+
+
+def reflow(src: str) -> str:
+    """Black's one-item-per-line lists (imports, calls, literals, signatures without comments) flowed back under their
+    opening bracket, as many items a line as fit in `WIDTH`."""
+    closing = {"(": ")", "[": "]", "{": "}"}
+    lines = src.split("\n")
+    changed = True
+    while changed:
+        changed = False
+        for i, head in enumerate(lines):
+            opener = head.rstrip()[-1:]
+            if opener not in closing or "#" in head:
+                continue
+            indent, j, items = _indent(head), i + 1, []
+            while j < len(lines) and _indent(lines[j]) != indent and lines[j].strip():
+                items.append(lines[j].strip())
+                j += 1
+            if j >= len(lines) or not items or not lines[j].strip().startswith(closing[opener]) or len(items) < 2:
+                continue
+            if not all(_balanced(it) for it in items) or "#" in lines[j]:
+                continue
+            if len({_indent(lines[k]) for k in range(i + 1, j)}) != 1:
+                continue
+            items = [it.rstrip(",") for it in items]
+            flowed = _flow(head.rstrip(), items, lines[j].strip())
+            if flowed is None:
+                continue
+            candidate = lines[:i] + flowed + lines[j + 1:]
+            try:
+                same = _same("\n".join(lines), "\n".join(candidate))
+            except SyntaxError:
+                same = False
+            if same and len(flowed) < j - i + 1:
+                lines, changed = candidate, True
+                break
+    return "\n".join(lines)
+
+
 def _docstrings(tree):
     "The docstring nodes of the functions and classes in `tree`."
     for node in ast.walk(tree):
@@ -257,7 +329,7 @@ def fix_source(src: str) -> str:
         ast.parse(src)
     except SyntaxError:
         return src
-    out = wrap_long(split_strings(wrap_docstrings(split_statements(rejoin(src)))))
+    out = reflow(wrap_long(split_strings(wrap_docstrings(split_statements(rejoin(src))))))
     if not out.endswith("\n") and src.endswith("\n") is False:
         out = out.rstrip("\n")
     return out if _same(src, out) else src

@@ -246,25 +246,17 @@ def validate(cfg: SCLConfig) -> SCLConfig:
     "Check every field of `cfg` (types, choices, ranges, cross-field rules); raise `ConfigError` naming the key."
     _validate_node(cfg)
     v, t, f, o = cfg.vision, cfg.text, cfg.fusion, cfg.objectives
-    _require(
-        v.image_size % v.patch_size == 0,
-        f"vision.image_size={v.image_size} must be a multiple of vision.patch_size={v.patch_size}",
-    )
+    _require(v.image_size % v.patch_size == 0,
+             f"vision.image_size={v.image_size} must be a multiple of vision.patch_size={v.patch_size}")
     _require(v.width % v.heads == 0, f"vision.width={v.width} must be divisible by vision.heads={v.heads}")
-    _require(
-        v.num_layers is None or 1 <= v.num_layers <= v.layers,
-        f"vision.num_layers={v.num_layers} must be between 1 and vision.layers={v.layers}",
-    )
+    _require(v.num_layers is None or 1 <= v.num_layers <= v.layers,
+             f"vision.num_layers={v.num_layers} must be between 1 and vision.layers={v.layers}")
     _require(t.width % t.heads == 0, f"text.width={t.width} must be divisible by text.heads={t.heads}")
     _require(f.width % f.heads == 0, f"fusion.width={f.width} must be divisible by fusion.heads={f.heads}")
-    _require(
-        t.max_len <= t.max_position_embeddings,
-        f"text.max_len={t.max_len} exceeds text.max_position_embeddings={t.max_position_embeddings}",
-    )
-    _require(
-        cfg.data.num_frames <= v.max_frames,
-        f"data.num_frames={cfg.data.num_frames} exceeds vision.max_frames={v.max_frames}",
-    )
+    _require(t.max_len <= t.max_position_embeddings,
+             f"text.max_len={t.max_len} exceeds text.max_position_embeddings={t.max_position_embeddings}")
+    _require(cfg.data.num_frames <= v.max_frames,
+             f"data.num_frames={cfg.data.num_frames} exceeds vision.max_frames={v.max_frames}")
     _require(sum(getattr(o, k) for k in o.active) > 0, "objectives: every weight is 0; enable at least one objective")
     betas, cache = cfg.train.betas, cfg.data.cache_dir
     _require(all(0.0 <= b < 1.0 for b in betas), f"train.betas={list(betas)} must both lie in [0, 1)")
@@ -390,14 +382,10 @@ TINY_TASK_TRAIN = {
 def _tiny_towers() -> SCLConfig:
     "`tiny` on the pre-trained tiny towers of `scl_nb.towers`, with the paper's loss weights and learning-rate ratios."
     c = _tiny()
-    return replace(
-        c,
-        name="tiny-towers",
-        vision=replace(c.vision, pretrained="tiny-clip"),
-        text=replace(c.text, pretrained="tiny-roberta"),
-        objectives=replace(ObjectiveConfig(), itc_dim=c.objectives.itc_dim),
-        train=replace(c.train, lr=3e-4, head_lr_mult=5.0, cross_modal_lr_mult=5.0),
-    )
+    return replace(c, name="tiny-towers", vision=replace(c.vision, pretrained="tiny-clip"),
+                   text=replace(c.text, pretrained="tiny-roberta"),
+                   objectives=replace(ObjectiveConfig(), itc_dim=c.objectives.itc_dim),
+                   train=replace(c.train, lr=3e-4, head_lr_mult=5.0, cross_modal_lr_mult=5.0))
 
 OFFICIAL_SIGNAL = {  # the released GLSCL code's signal on its 8 GPUs, at any world size (method §7.1)
     "objectives.gather_grad": "local", "objectives.emulate_world_size": 8,

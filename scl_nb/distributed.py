@@ -62,13 +62,9 @@ def launcher_env(env: Optional[Mapping[str, str]] = None,  # environment to read
                     master_addr=env.get("MASTER_ADDR", "127.0.0.1"), master_port=int(env.get("MASTER_PORT", 29500)))
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         nodes = env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "127.0.0.1"))
-        return dict(
-            rank=int(env["SLURM_PROCID"]),
-            world_size=int(env["SLURM_NTASKS"]),
-            local_rank=int(env.get("SLURM_LOCALID", 0)),
-            master_addr=env.get("MASTER_ADDR", first_host(nodes)),
-            master_port=int(env.get("MASTER_PORT", 15000 + int(env.get("SLURM_JOB_ID", 0)) % 20000)),
-        )
+        return dict(rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
+                    local_rank=int(env.get("SLURM_LOCALID", 0)), master_addr=env.get("MASTER_ADDR", first_host(nodes)),
+                    master_port=int(env.get("MASTER_PORT", 15000 + int(env.get("SLURM_JOB_ID", 0)) % 20000)))
     return dict(rank=0, world_size=1, local_rank=0, master_addr="127.0.0.1", master_port=29500)
 
 def local_rank() -> int:
@@ -291,12 +287,9 @@ def run_local_processes(fn: Callable,          # called as fn(*args) in every pr
     "Run `fn` in `world_size` local gloo processes and return their results in rank order."
     with tempfile.TemporaryDirectory() as d:
         try:
-            mp.start_processes(
-                PickledByValue(_local_process_entry),
-                args=(PickledByValue(fn), tuple(args), world_size, free_port(), d),
-                nprocs=world_size,
-                start_method="spawn",
-            )
+            mp.start_processes(PickledByValue(_local_process_entry),
+                               args=(PickledByValue(fn), tuple(args), world_size, free_port(), d), nprocs=world_size,
+                               start_method="spawn")
             failed = None
         except mp.ProcessExitedException as e:
             failed = e

@@ -192,17 +192,10 @@ class CoAttentionFusion(nn.Module):
         frame_cls = v[:, :num_frames]                      # [B_v, F, D]
         text_cls, image_cls = t[:, 0], frame_cls.mean(1)   # [B_t, D], [B_v, D]
         text_pooled, image_pooled = self.text_pooler(text_cls), self.image_pooler(image_cls)
-        return FusionOutput(
-            text_tokens=t,
-            image_tokens=v,
-            text_cls=text_cls,
-            image_cls=image_cls,
-            image_frame_cls=frame_cls,
-            text_pooled=text_pooled,
-            image_pooled=image_pooled,
-            cls_feats=torch.cat([text_pooled, image_pooled], -1) if aligned else None,
-            cross_attentions=cross,
-        )
+        return FusionOutput(text_tokens=t, image_tokens=v, text_cls=text_cls, image_cls=image_cls,
+                            image_frame_cls=frame_cls, text_pooled=text_pooled, image_pooled=image_pooled,
+                            cls_feats=torch.cat([text_pooled, image_pooled], -1) if aligned else None,
+                            cross_attentions=cross)
 
     def grow_token_types(self, n: int):
         "Enlarge the token-type embedding to `n` rows (NLVR2); new rows are copies of row 1 (image)."

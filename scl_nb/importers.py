@@ -205,11 +205,8 @@ def import_msrvtt(src, stats: ImportStats, splits=None, train_list: str = "MSRVT
     "MSR-VTT 1k-A: train captions of the 9k list, and the 1,000 test pairs."
     keep = split_filter(splits)
     find = MediaFinder(src, stats)
-    where = lambda v: (
-        Path("videos/all") / f"{v}.mp4",
-        Path("videos") / f"{v}.mp4",
-        Path("MSRVTT/videos/all") / f"{v}.mp4",
-    )
+    where = lambda v: (Path("videos/all") / f"{v}.mp4", Path("videos") / f"{v}.mp4",
+                       Path("MSRVTT/videos/all") / f"{v}.mp4")
     if keep is None or "train" in keep:
         data_path = find_annotation(src, "MSRVTT_data.json", "msrvtt")
         list_path = find_annotation(src, train_list, "msrvtt")
@@ -232,11 +229,8 @@ def import_msrvtt(src, stats: ImportStats, splits=None, train_list: str = "MSRVT
                 yield from caption_rows(stats, media, [r["sentence"]], "test", v, "msrvtt", "video")
 
 # %% ../nbs/13_importers.ipynb #80985494
-LSMDC_FILES = {
-    "train": "LSMDC16_annos_training.csv",
-    "val": "LSMDC16_annos_val.csv",
-    "test": "LSMDC16_challenge_1000_publictect.csv",
-}
+LSMDC_FILES = {"train": "LSMDC16_annos_training.csv", "val": "LSMDC16_annos_val.csv",
+               "test": "LSMDC16_challenge_1000_publictect.csv"}
 
 def import_lsmdc(src, stats: ImportStats, splits=None) -> Iterator[dict]:
     "LSMDC 2016 from the tab-separated annotation files: one row per clip."
@@ -295,12 +289,8 @@ def import_vqav2(src, stats: ImportStats, splits=None, min_answer_count: int = 9
         Path(vocab_out).write_text(json.dumps(vocab, ensure_ascii=False, indent=0))
     ans2label = {a: i for i, a in enumerate(vocab)}
     out_split = lambda s: {"val": ["val", "trainable_val", "rest_val"]}.get(s, [s])
-    files = split_files(
-        src,
-        {s: f"v2_OpenEnded_mscoco_{VQA_QUESTIONS[s]}_questions.json" for s in VQA_QUESTIONS},
-        "vqav2",
-        None if keep is None else [s for s in VQA_QUESTIONS if set(out_split(s)) & keep],
-    )
+    files = split_files(src, {s: f"v2_OpenEnded_mscoco_{VQA_QUESTIONS[s]}_questions.json" for s in VQA_QUESTIONS},
+                        "vqav2", None if keep is None else [s for s in VQA_QUESTIONS if set(out_split(s)) & keep])
     find = MediaFinder(src, stats)
     for s, path in files.items():
         questions = need(load_json(path), "questions", path, "the top level")
@@ -352,31 +342,14 @@ def import_nlvr2(src, stats: ImportStats, splits=None) -> Iterator[dict]:
             pics = [find(*[d / f"{pair}-img{k}.png" for d in dirs]) for k in (0, 1)]
             if None in pics:
                 continue
-            yield dict(
-                media=pics[0],
-                media_type="image",
-                caption=need(ex, "sentence", path, f"line {lineno + 1}").strip(),
-                split=split,
-                image_id=pair,
-                dataset="nlvr2",
-                media2=pics[1],
-                label=parse_label(need(ex, "label", path, ident), path, ident),
-            )
+            yield dict(media=pics[0], media_type="image",
+                       caption=need(ex, "sentence", path, f"line {lineno + 1}").strip(), split=split, image_id=pair,
+                       dataset="nlvr2", media2=pics[1], label=parse_label(need(ex, "label", path, ident), path, ident))
 
 # %% ../nbs/13_importers.ipynb #f3ad0577
-MANIFEST_TYPES = {
-    "media": "string",
-    "media_type": "string",
-    "caption": "string",
-    "split": "string",
-    "image_id": "string",
-    "dataset": "string",
-    "question": "string",
-    "question_id": "string",
-    "answers": "list<string>",
-    "media2": "string",
-    "label": "int64",
-}
+MANIFEST_TYPES = {"media": "string", "media_type": "string", "caption": "string", "split": "string",
+                  "image_id": "string", "dataset": "string", "question": "string", "question_id": "string",
+                  "answers": "list<string>", "media2": "string", "label": "int64"}
 
 def _relative(row: dict, base: Path, absolute: bool) -> dict:
     if absolute:
@@ -443,19 +416,10 @@ def write_manifest(rows: Iterable[dict],   # manifest rows (absolute media paths
     return n
 
 # %% ../nbs/13_importers.ipynb #208f866b
-IMPORTERS: dict[str, Callable] = {
-    "coco": import_coco,
-    "f30k": import_f30k,
-    "vg": import_vg,
-    "sbu": import_sbu,
-    "cc3m": import_cc3m,
-    "webvid": import_webvid,
-    "msrvtt": import_msrvtt,
-    "lsmdc": import_lsmdc,
-    "vqav2": import_vqav2,
-    "nlvr2": import_nlvr2,
-    "arrow": import_arrow,
-}
+IMPORTERS: dict[str, Callable] = {"coco": import_coco, "f30k": import_f30k, "vg": import_vg, "sbu": import_sbu,
+                                  "cc3m": import_cc3m, "webvid": import_webvid, "msrvtt": import_msrvtt,
+                                  "lsmdc": import_lsmdc, "vqav2": import_vqav2, "nlvr2": import_nlvr2,
+                                  "arrow": import_arrow}
 
 def run_import(dataset: str,            # a key of `IMPORTERS`
                src,                     # folder with the original files
@@ -485,10 +449,8 @@ def run_import(dataset: str,            # a key of `IMPORTERS`
 # %% ../nbs/13_importers.ipynb #bcad894d
 def main(argv: Optional[Sequence[str]] = None) -> int:
     "Command line: `python -m scl_nb.importers <dataset> --src DIR --out manifest.jsonl [options]`."
-    p = argparse.ArgumentParser(
-        prog="python -m scl_nb.importers",
-        description="Convert original dataset annotation files into an scl_nb manifest.",
-    )
+    p = argparse.ArgumentParser(prog="python -m scl_nb.importers",
+                                description="Convert original dataset annotation files into an scl_nb manifest.")
     p.add_argument("dataset", choices=sorted(IMPORTERS), help="which dataset / file format")
     p.add_argument("--src", required=True, help="folder holding the original annotation and media files")
     p.add_argument("--out", required=True, help="manifest to write: .jsonl (default format), .csv or .parquet")
@@ -512,19 +474,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--images-out", help="arrow, cc3m/webvid tars: media folder (default <out folder>/images, /media)")
     p.add_argument("--pattern", help="arrow: glob of the arrow files under --src (default *.arrow)")
     a = p.parse_args(argv)
-    opts = dict(
-        splits=a.splits,
-        naming=a.naming,
-        index_base=a.index_base,
-        exclude_coco=a.exclude_coco,
-        train_list=a.train_list,
-        min_answer_count=a.min_answer_count,
-        rest_val_images=a.rest_val_images,
-        seed=a.seed,
-        vocab_out=a.vocab_out,
-        images_out=a.images_out,
-        pattern=a.pattern,
-    )
+    opts = dict(splits=a.splits, naming=a.naming, index_base=a.index_base, exclude_coco=a.exclude_coco,
+                train_list=a.train_list, min_answer_count=a.min_answer_count, rest_val_images=a.rest_val_images,
+                seed=a.seed, vocab_out=a.vocab_out, images_out=a.images_out, pattern=a.pattern)
     try:
         n, stats = run_import(a.dataset, a.src, a.out, a.absolute, **opts)
     except (ManifestImportError, ValueError) as e:

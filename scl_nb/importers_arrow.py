@@ -13,15 +13,9 @@ from .import_common import ImportStats, ManifestImportError, caption_rows, parse
 __all__ = ['ARROW_PREFIXES', 'arrow_dataset_split', 'image_extension', 'rebuild_vqa_answers', 'import_arrow']
 
 # %% ../nbs/13_importers_arrow.ipynb #565e4e9b
-ARROW_PREFIXES = [
-    ("coco_caption_karpathy_", "coco"),
-    ("f30k_caption_karpathy_", "f30k"),
-    ("conceptual_caption_", "cc3m"),
-    ("sbu", "sbu"),
-    ("vg", "vg"),
-    ("vqav2_", "vqav2"),
-    ("nlvr2_", "nlvr2"),
-]
+ARROW_PREFIXES = [("coco_caption_karpathy_", "coco"), ("f30k_caption_karpathy_", "f30k"),
+                  ("conceptual_caption_", "cc3m"), ("sbu", "sbu"), ("vg", "vg"), ("vqav2_", "vqav2"),
+                  ("nlvr2_", "nlvr2")]
 _SCORE_COUNT = {0.3: 1, 0.6: 2, 0.9: 3, 1.0: 4}
 
 def arrow_dataset_split(stem: str) -> tuple[str, Optional[str]]:

@@ -62,18 +62,12 @@ def check_job(job: Job) -> Job:
         v = getattr(job, k)
         need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{k}={v!r} must be an integer >= 1")
     need(job.nodes == 1 or job.cluster == "slurm", f"nodes={job.nodes} needs cluster='slurm'")
-    need(
-        job.notebook is None or job.cluster != "none",
-        "a notebook runs as a submitit job: cluster 'local', 'slurm' or 'debug'",
-    )
-    need(
-        job.notebook is None or job.nprocs == 1,
-        f"a notebook is one process (nprocs={job.nprocs}); it may start its own workers",
-    )
-    need(
-        job.cluster != "debug" or job.nprocs == 1,
-        f"the debug cluster runs one process, in this one (nprocs={job.nprocs})",
-    )
+    need(job.notebook is None or job.cluster != "none",
+         "a notebook runs as a submitit job: cluster 'local', 'slurm' or 'debug'")
+    need(job.notebook is None or job.nprocs == 1,
+         f"a notebook is one process (nprocs={job.nprocs}); it may start its own workers")
+    need(job.cluster != "debug" or job.nprocs == 1,
+         f"the debug cluster runs one process, in this one (nprocs={job.nprocs})")
     need(not job.after or job.cluster == "slurm", "after= (job dependencies) needs cluster='slurm'")
     return job
 
@@ -97,17 +91,8 @@ def job_parameters(job: Job, resume: bool) -> dict:
 # %% ../nbs/24_jobs.ipynb #6226ba4f
 def torchrun_command(job: Job) -> list:
     "The command that runs `job`'s entry point in `nprocs` processes on this node."
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes=1",
-        f"--nproc_per_node={job.nprocs}",
-        "-m",
-        job.module,
-        *entry_argv(job, resuming(job)),
-    ]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+            f"--nproc_per_node={job.nprocs}", "-m", job.module, *entry_argv(job, resuming(job))]
 
 def package_root() -> Path:
     "The folder holding the `scl_nb` package (the repository root of a checkout)."

@@ -11,16 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 from .media import BatchTransform
-from scl_nb.data import (
-    BadInputMonitor,
-    Collator,
-    Manifest,
-    ManifestDataset,
-    ManifestError,
-    TASK_COLUMNS,
-    load_manifest,
-    media_type,
-)
+from .data import (BadInputMonitor, Collator, Manifest, ManifestDataset, ManifestError, TASK_COLUMNS,
+                         load_manifest, media_type)
 
 # %% auto #0
 __all__ = ['PRETRAIN_SPLITS', 'ResumableSampler', 'ignore_interrupts', 'ResumableLoader', 'MixedLoader', 'select_splits',
@@ -34,14 +26,8 @@ class ResumableSampler(Sampler):
     ):
         if not 0 <= rank < world:
             raise ValueError(f"rank={rank} must be in [0, world={world})")
-        self.n, self.rank, self.world, self.shuffle, self.seed, self.drop_last = (
-            n,
-            rank,
-            world,
-            shuffle,
-            seed,
-            drop_last,
-        )
+        self.n, self.rank, self.world, self.shuffle, self.seed, self.drop_last = (n, rank, world, shuffle, seed,
+                                                                                  drop_last)
         self.epoch, self.index = 0, 0
 
     def order(self, epoch: int) -> list[int]:
@@ -189,16 +175,11 @@ class MixedLoader:
         "Unusable samples of the image and video loaders, and their totals."
         parts = {n: l.bad_input() for n, l in (("images", self.image), ("videos", self.video)) if l is not None}
         if self.left_out:
-            parts["left_out"] = {
-                "reads": 0,
-                "unusable": 0,
-                "rows_by_reason": {k: n for k, (n, _) in self.left_out.items()},
-                "examples": {k: [e] for k, (_, e) in self.left_out.items()},
-            }
-        return {
-            "reads": sum(p["reads"] for p in parts.values()),
-            "unusable": sum(p["unusable"] for p in parts.values()),
-        } | parts
+            parts["left_out"] = {"reads": 0, "unusable": 0,
+                                 "rows_by_reason": {k: n for k, (n, _) in self.left_out.items()},
+                                 "examples": {k: [e] for k, (_, e) in self.left_out.items()}}
+        return {"reads": sum(p["reads"] for p in parts.values()),
+                "unusable": sum(p["unusable"] for p in parts.values())} | parts
 
     def state_dict(self) -> dict:
         return dict(
@@ -303,15 +284,6 @@ def task_loader(cfg,                        # `SCLConfig`
         answers = json.loads(Path(answers).read_text())
     ds = ManifestDataset(m, tok, task, "finetune" if train else "test", cfg.vision.image_size, cfg.data.num_frames,
                          cfg.text.max_len, cfg.train.seed, answers=answers)
-    return ResumableLoader(
-        ds,
-        batch_size or cfg.train.per_gpu_batch_size,
-        Collator(tok, seed=cfg.train.seed),
-        rank,
-        world,
-        shuffle=train,
-        drop_last=train,
-        num_workers=cfg.data.num_workers,
-        device=device,
-        max_bad_fraction=cfg.data.max_bad_fraction,
-    )
+    return ResumableLoader(ds, batch_size or cfg.train.per_gpu_batch_size, Collator(tok, seed=cfg.train.seed), rank,
+                           world, shuffle=train, drop_last=train, num_workers=cfg.data.num_workers, device=device,
+                           max_bad_fraction=cfg.data.max_bad_fraction)

@@ -241,14 +241,8 @@ def paired_difference(variant: Sequence[float],   # per-seed values of the varia
     ]
     mean, sd, n = mean_sd(d)
     half = float(student_t.ppf((1 + level) / 2, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
-    return dict(
-        mean=mean,
-        sd=sd,
-        n=n,
-        lo=mean - half,
-        hi=mean + half,
-        excludes_zero=bool(n > 1 and (mean - half > 0 or mean + half < 0)),
-    )
+    return dict(mean=mean, sd=sd, n=n, lo=mean - half, hi=mean + half,
+                excludes_zero=bool(n > 1 and (mean - half > 0 or mean + half < 0)))
 
 # %% ../nbs/30_metrics.ipynb #e2e0af56
 def paired_differences(

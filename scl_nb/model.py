@@ -292,12 +292,9 @@ def from_pretrained_towers(
     d, where = to_dict(cfg), lambda name: resolve_tower(name, cfg.data.cache_dir)
     v = t = None
     if vision is not None:
-        v = FlexibleVisionEncoder.from_clip(
-            where(vision),
-            image_size=image_size or cfg.vision.image_size,
-            num_layers=num_layers if num_layers is not None else cfg.vision.num_layers,
-            max_frames=cfg.vision.max_frames,
-        )
+        v = FlexibleVisionEncoder.from_clip(where(vision), image_size=image_size or cfg.vision.image_size,
+                                            num_layers=num_layers if num_layers is not None else cfg.vision.num_layers,
+                                            max_frames=cfg.vision.max_frames)
         d["vision"] = to_dict(v.cfg) | {"pretrained": vision}
     if text is not None:
         t = TextEncoder.from_pretrained(where(text))

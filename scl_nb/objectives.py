@@ -301,13 +301,8 @@ def image_token_mask(image: ImageEncoding) -> torch.Tensor:  # [B, F*(1+N)] bool
 def _pass_needs(active: set) -> dict:
     "For each fused pass the active objectives use: (reads the text outputs, reads the image outputs)."
     scl_t, scl_v = bool(active & {"scl_text", "mltc_text"}), bool(active & {"scl_image", "mltc_image"})
-    needs = {
-        "mlm": (True, False),
-        "itm": (True, True),
-        "B": (scl_t, scl_v),
-        "A": (scl_t, "scl_image" in active),
-        "A'": (False, True),
-    }
+    needs = {"mlm": (True, False), "itm": (True, True), "B": (scl_t, scl_v), "A": (scl_t, "scl_image" in active),
+             "A'": (False, True)}
     used = {"mlm": "mlm" in active, "itm": "itm" in active, "B": scl_t or scl_v, "A": scl_t or "scl_image" in active,
             "A'": "mltc_image" in active}
     return {k: v for k, v in needs.items() if used[k]}
@@ -321,16 +316,9 @@ def _view(out: FusionOutput, text: Optional[slice], image: Optional[slice]) -> F
         if text is not None and image is not None
         else None
     )
-    return FusionOutput(
-        text_tokens=t(out.text_tokens),
-        image_tokens=v(out.image_tokens),
-        text_cls=t(out.text_cls),
-        image_cls=v(out.image_cls),
-        image_frame_cls=v(out.image_frame_cls),
-        text_pooled=t(out.text_pooled),
-        image_pooled=v(out.image_pooled),
-        cls_feats=cls,
-    )
+    return FusionOutput(text_tokens=t(out.text_tokens), image_tokens=v(out.image_tokens), text_cls=t(out.text_cls),
+                        image_cls=v(out.image_cls), image_frame_cls=v(out.image_frame_cls),
+                        text_pooled=t(out.text_pooled), image_pooled=v(out.image_pooled), cls_feats=cls)
 
 def _fuse_packed(m: SCLModel, pairs: dict, needs: dict) -> dict:
     """One fusion call for passes `pairs` {name: (image, text)} of equal shapes; the last layer skips the streams
@@ -410,12 +398,9 @@ def _shared_passes(m: SCLModel, batch: dict, o: ObjectiveConfig, noise: dict, ne
     images, texts = _image_passes(m, pixels, o, noise, needs), _text_passes(m, batch, needs)
     terms, logs, sim = _itc(m, images["U"], texts["U"], o, grad) if _needs_itc(o) else ({}, {}, None)
     pick, labels = _itm_pairs(batch, o, sim, noise) if "itm" in needs else (None, None)
-    inputs = {
-        "mlm": (images["U"], texts.get("mlm")),
-        "itm": (images["U"].index(pick) if pick is not None else None, texts["U"]),
-        "B": (images["U"], texts.get("B")),
-        "A'": (images.get("A'"), texts["U"]),
-    }
+    inputs = {"mlm": (images["U"], texts.get("mlm")),
+              "itm": (images["U"].index(pick) if pick is not None else None, texts["U"]),
+              "B": (images["U"], texts.get("B")), "A'": (images.get("A'"), texts["U"])}
     full = {k: inputs[k] for k in needs if k != "A"}
     passes = _fuse_packed(m, full, needs) if full else {}
     if "A" in needs:
@@ -540,14 +525,7 @@ def random_pretrain_batch(cfg: SCLConfig,       # model and objective settings (
     )
     scl_ids, scl_masked = scl_text_mask(ids, special, mask_id, o.scl_text_mask, o.text_mask_sampling, generator)
     shape = (batch_size, 3, size, size) if num_frames == 1 else (batch_size, num_frames, 3, size, size)
-    batch = dict(
-        pixels=torch.randn(shape, generator=generator),
-        input_ids=ids,
-        attention_mask=attn,
-        mlm_ids=mlm_ids,
-        mlm_labels=mlm_labels,
-        scl_text_ids=scl_ids,
-        scl_text_masked=scl_masked,
-        image_ids=torch.arange(batch_size),
-    )
+    batch = dict(pixels=torch.randn(shape, generator=generator), input_ids=ids, attention_mask=attn, mlm_ids=mlm_ids,
+                 mlm_labels=mlm_labels, scl_text_ids=scl_ids, scl_text_masked=scl_masked,
+                 image_ids=torch.arange(batch_size))
     return {k: v.to(device) for k, v in batch.items()} if device is not None else batch

@@ -125,28 +125,17 @@ VISION_NAMES = {"conv1.weight": "patch_embed.weight", "class_embedding": "class_
                 "positional_embedding": "pos_embed", "ln_pre.weight": "ln_pre.weight", "ln_pre.bias": "ln_pre.bias",
                 "ln_post.weight": "ln_post.weight", "ln_post.bias": "ln_post.bias",
                 "visual_mask_token": "mask_token", "temporal_embed": "temporal"}
-VISION_BLOCK_NAMES = {
-    "ln_1": "ln_1",
-    "ln_2": "ln_2",
-    "attn.out_proj": "attn.out_proj",
-    "mlp.c_fc": "mlp.fc1",
-    "mlp.c_proj": "mlp.fc2",
-}
-FUSION_LAYER_NAMES = {
-    "attention.self.query": "self_attention.query",
-    "attention.self.key": "self_attention.key",
-    "attention.self.value": "self_attention.value",
-    "attention.output.dense": "self_attention.out",
-    "attention.output.LayerNorm": "self_attention.norm",
-    "crossattention.self.query": "cross_attention.query",
-    "crossattention.self.key": "cross_attention.key",
-    "crossattention.self.value": "cross_attention.value",
-    "crossattention.output.dense": "cross_attention.out",
-    "crossattention.output.LayerNorm": "cross_attention.norm",
-    "intermediate.dense": "ffn_in",
-    "output.dense": "ffn_out",
-    "output.LayerNorm": "ffn_norm",
-}
+VISION_BLOCK_NAMES = {"ln_1": "ln_1", "ln_2": "ln_2", "attn.out_proj": "attn.out_proj", "mlp.c_fc": "mlp.fc1",
+                      "mlp.c_proj": "mlp.fc2"}
+FUSION_LAYER_NAMES = {"attention.self.query": "self_attention.query", "attention.self.key": "self_attention.key",
+                      "attention.self.value": "self_attention.value", "attention.output.dense": "self_attention.out",
+                      "attention.output.LayerNorm": "self_attention.norm",
+                      "crossattention.self.query": "cross_attention.query",
+                      "crossattention.self.key": "cross_attention.key",
+                      "crossattention.self.value": "cross_attention.value",
+                      "crossattention.output.dense": "cross_attention.out",
+                      "crossattention.output.LayerNorm": "cross_attention.norm", "intermediate.dense": "ffn_in",
+                      "output.dense": "ffn_out", "output.LayerNorm": "ffn_norm"}
 PREFIX_NAMES = {  # official module prefix -> ours; the parameter names below them are the same
     "text_transformer.embeddings.": "text.model.embeddings.", "text_transformer.encoder.": "text.model.encoder.",
     "cross_modal_text_transform.": "fusion.text_transform.", "cross_modal_image_transform.": "fusion.image_transform.",
@@ -481,18 +470,9 @@ def load_official(source,                         # .ckpt path, hf://OWNER/REPO/
             model.text.tokenizer = load_tokenizer(cfg.text)
         except Exception:
             notes.append(f"tokenizer {cfg.text.tokenizer!r} is not available here; it is loaded when the model is used")
-    report = OfficialConversion(
-        str(source),
-        layout,
-        task,
-        loaded=len(state) - len(renamed.ignored),
-        ignored=renamed.ignored,
-        initialised=missing,
-        hparams=hp,
-        notes=notes,
-        epoch=ckpt.get("epoch"),
-        global_step=ckpt.get("global_step"),
-    )
+    report = OfficialConversion(str(source), layout, task, loaded=len(state) - len(renamed.ignored),
+                                ignored=renamed.ignored, initialised=missing, hparams=hp, notes=notes,
+                                epoch=ckpt.get("epoch"), global_step=ckpt.get("global_step"))
     return model.eval(), report
 
 # %% ../nbs/41_official.ipynb #6d02b4c0
@@ -556,21 +536,13 @@ def main(argv=None) -> int:
     c.add_argument(
         "--task", default="auto", choices=["auto", "pretrain", *TASKS], help="head expected (default: the file's)"
     )
-    c.add_argument(
-        "--override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override, e.g. vision.image_size=384",
-    )
+    c.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. vision.image_size=384")
     c.add_argument(
         "--ignore", action="append", default=[], metavar="PREFIX", help="set aside official tensors with this prefix"
     )
-    c.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace OUT_DIR when it exists and is not empty (without it, that is an error)",
-    )
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace OUT_DIR when it exists and is not empty (without it, that is an error)")
     i = sub.add_parser("inspect", help="print what an official checkpoint holds and how it would load")
     i.add_argument("checkpoint")
     a = p.parse_args(argv)

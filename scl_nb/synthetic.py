@@ -217,11 +217,8 @@ def make_question(objects: list[dict], rng: np.random.Generator) -> tuple[str, s
         o = unique[int(rng.integers(len(unique)))]
         return f"what shape is the {o['colour']} object?", o["shape"], list(SHAPES)
     if kind == "count":
-        return (
-            str(rng.choice(["how many shapes are there?", "how many shapes are in the image?"])),
-            str(len(objects)),
-            COUNT_ANSWERS,
-        )
+        return (str(rng.choice(["how many shapes are there?", "how many shapes are in the image?"])), str(len(objects)),
+                COUNT_ANSWERS)
     if kind == "count_colour":
         c = str(rng.choice(list(COLOURS))) if rng.random() < 0.5 else o["colour"]
         return f"how many {c} shapes are there?", str(colours.count(c)), COUNT_ANSWERS
@@ -232,11 +229,8 @@ def make_question(objects: list[dict], rng: np.random.Generator) -> tuple[str, s
             c, s = str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES))
         present = any(x["colour"] == c and x["shape"] == s for x in objects)
         return f"is there a {c} {s}?", "yes" if present else "no", ["yes", "no"]
-    return (
-        f"where is the {o['colour']} {o['shape']}?",
-        CELL_NAMES[o["cell"][0]][o["cell"][1]],
-        [c for row in CELL_NAMES for c in row],
-    )
+    return (f"where is the {o['colour']} {o['shape']}?", CELL_NAMES[o["cell"][0]][o["cell"][1]],
+            [c for row in CELL_NAMES for c in row])
 
 def annotator_answers(correct: str, choices: list[str], rng: np.random.Generator, n: int = 10) -> list[str]:
     "`n` answers: all `correct`, except that 30 % of questions get 1-3 answers from other `choices`."

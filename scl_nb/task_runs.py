@@ -9,29 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 import torch
-from scl_nb.config import (
-    PRESETS,
-    TINY_TASK_TRAIN,
-    TINY_TASKS,
-    ConfigError,
-    SCLConfig,
-    apply_overrides,
-    run_config,
-    num,
-    objective_overrides,
-    to_dict,
-)
+from .config import (PRESETS, TINY_TASK_TRAIN, TINY_TASKS, ConfigError, SCLConfig, apply_overrides, run_config,
+                           num, objective_overrides, to_dict)
 from .checkpoint import jsonable
-from scl_nb.tasks import (
-    EPOCHS,
-    TASK_SETTINGS,
-    head_name,
-    build_task_model,
-    epochs_to_steps,
-    finetune,
-    resolve_checkpoint,
-    task_overrides,
-)
+from .tasks import (EPOCHS, TASK_SETTINGS, head_name, build_task_model, epochs_to_steps, finetune,
+                          resolve_checkpoint, task_overrides)
 
 # %% auto #0
 __all__ = ['SYNTHETIC_TABLE', 'TaskRun', 'FinetuneRun', 'VQARun', 'NLVR2Run', 'RetrievalEvalRun', 'RetrievalRun',
@@ -273,17 +255,9 @@ def pretrained_checkpoint(
     pcfg = apply_overrides(
         cfg,
         objective_overrides(objectives)
-        | {
-            "train.steps": steps,
-            "train.batch_size": batch_size,
-            "train.per_gpu_batch_size": batch_size,
-            "train.lr": lr,
-            "train.warmup": 0.1,
-            "train.head_lr_mult": 1.0,
-            "train.cross_modal_lr_mult": 1.0,
-            "train.ckpt_every": steps,
-            "train.keep_last": 1,
-        },
+        | {"train.steps": steps, "train.batch_size": batch_size, "train.per_gpu_batch_size": batch_size, "train.lr": lr,
+           "train.warmup": 0.1, "train.head_lr_mult": 1.0, "train.cross_modal_lr_mult": 1.0, "train.ckpt_every": steps,
+           "train.keep_last": 1},
     )
     key = hashlib.sha1(json.dumps([to_dict(pcfg), synthetic], sort_keys=True).encode()).hexdigest()[:12]
     folder = synthetic_cache_root(cfg.data.cache_dir).parent / "pretrained" / f"{cfg.name}-{steps}-{key}"
@@ -315,16 +289,8 @@ def finetune_job(job: dict) -> dict:
     model = build_task_model(
         cfg, job["task"], job.get("checkpoint"), job.get("num_answers", 0), job.get("itc_weight", 0.0)
     )
-    return finetune(
-        model,
-        job["out_dir"],
-        train_m,
-        job.get("answers"),
-        resume=job.get("resume", True),
-        device=job.get("device"),
-        progress=False,
-        randaugment=job.get("randaugment", True),
-    )
+    return finetune(model, job["out_dir"], train_m, job.get("answers"), resume=job.get("resume", True),
+                    device=job.get("device"), progress=False, randaugment=job.get("randaugment", True))
 
 
 def launch_finetune(
@@ -339,13 +305,8 @@ def launch_finetune(
     out.mkdir(parents=True, exist_ok=True)
     path = atomic_write(out / "job.json", json.dumps(jsonable(job), indent=2))
     handle = submit(
-        Job(
-            str(out),
-            module="scl_nb.task_runs",
-            args=["--job", str(path)],
-            nprocs=nprocs,
-            resume=bool(job.get("resume", True)),
-        )
+        Job(str(out), module="scl_nb.task_runs", args=["--job", str(path)], nprocs=nprocs,
+            resume=bool(job.get("resume", True)))
     )
     return follow(handle, print_every=print_every)
 

@@ -15,29 +15,10 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from scl_nb.config import (
-    PRESETS,
-    TINY_TASK_TRAIN,
-    TINY_TASKS,
-    ConfigError,
-    SCLConfig,
-    apply_overrides,
-    check_parameters,
-    load_config,
-    run_config,
-    num,
-    objective_overrides,
-    to_dict,
-)
-from scl_nb.model import (
-    SCLModel,
-    ImageEncoding,
-    TextEncoding,
-    vqa_head,
-    nlvr2_head,
-    rank_head_from_itm,
-    load_text_tower,
-)
+from .config import (PRESETS, TINY_TASK_TRAIN, TINY_TASKS, ConfigError, SCLConfig, apply_overrides,
+                           check_parameters, load_config, run_config, num, objective_overrides, to_dict)
+from .model import (SCLModel, ImageEncoding, TextEncoding, vqa_head, nlvr2_head, rank_head_from_itm,
+                          load_text_tower)
 from .metrics import retrieval_ranks, recall_at, vqa_accuracy, vqa_submission, nlvr2_accuracy
 from .objectives import itc_loss
 from .checkpoint import jsonable
@@ -199,12 +180,8 @@ def pad_to_length(x: torch.Tensor, L: int, value: int = 0) -> torch.Tensor:
 
 def candidate_texts(batch: dict, pad_id: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     "Ids and mask `[B*(1+N), L]` of each sample's caption followed by its N false captions."
-    ids, mask, fids, fmask = (
-        batch["input_ids"],
-        batch["attention_mask"],
-        batch["false_input_ids"],
-        batch["false_attention_mask"],
-    )
+    ids, mask, fids, fmask = (batch["input_ids"], batch["attention_mask"], batch["false_input_ids"],
+                              batch["false_attention_mask"])
     L = max(ids.shape[1], fids.shape[2])
     all_ids = torch.cat([pad_to_length(ids, L, pad_id)[:, None], pad_to_length(fids, L, pad_id)], 1)   # [B, 1+N, L]
     all_mask = torch.cat([pad_to_length(mask, L)[:, None], pad_to_length(fmask, L)], 1)              # [B, 1+N, L]
@@ -253,46 +230,14 @@ TASK_STEPS = {"vqa": vqa_step, "nlvr2": nlvr2_step, "retrieval": retrieval_step}
 TASK_SETTINGS = {  # method §4: batch, lr, head x, cross-modal x, resolution, warm-up; retrieval: ITC weight, re-rank k
     "vqav2": dict(batch_size=512, lr=5e-6, head_lr_mult=50, cross_modal_lr_mult=10, image_size=384, warmup=0.1),
     "nlvr2": dict(batch_size=256, lr=1e-5, head_lr_mult=10, cross_modal_lr_mult=10, image_size=288, warmup=0.1),
-    "f30k": dict(
-        batch_size=512,
-        lr=5e-6,
-        head_lr_mult=10,
-        cross_modal_lr_mult=10,
-        image_size=384,
-        warmup=0.1,
-        itc_weight=0.5,
-        k=128,
-    ),
-    "coco": dict(
-        batch_size=512,
-        lr=5e-6,
-        head_lr_mult=5,
-        cross_modal_lr_mult=5,
-        image_size=384,
-        warmup=0.1,
-        itc_weight=0.5,
-        k=256,
-    ),
-    "msrvtt": dict(
-        batch_size=256,
-        lr=5e-6,
-        head_lr_mult=5,
-        cross_modal_lr_mult=5,
-        image_size=224,
-        warmup=0.05,
-        itc_weight=1.0,
-        num_frames=4,
-    ),
-    "lsmdc": dict(
-        batch_size=256,
-        lr=5e-6,
-        head_lr_mult=5,
-        cross_modal_lr_mult=5,
-        image_size=224,
-        warmup=0.05,
-        itc_weight=1.0,
-        num_frames=4,
-    ),
+    "f30k": dict(batch_size=512, lr=5e-6, head_lr_mult=10, cross_modal_lr_mult=10, image_size=384, warmup=0.1,
+                 itc_weight=0.5, k=128),
+    "coco": dict(batch_size=512, lr=5e-6, head_lr_mult=5, cross_modal_lr_mult=5, image_size=384, warmup=0.1,
+                 itc_weight=0.5, k=256),
+    "msrvtt": dict(batch_size=256, lr=5e-6, head_lr_mult=5, cross_modal_lr_mult=5, image_size=224, warmup=0.05,
+                   itc_weight=1.0, num_frames=4),
+    "lsmdc": dict(batch_size=256, lr=5e-6, head_lr_mult=5, cross_modal_lr_mult=5, image_size=224, warmup=0.05,
+                  itc_weight=1.0, num_frames=4),
 }
 EPOCHS = 10  # every downstream task (method §4)
 

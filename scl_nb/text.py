@@ -12,15 +12,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 from tokenizers import AddedToken, ByteLevelBPETokenizer
-from transformers import (
-    AutoModel,
-    AutoTokenizer,
-    BertConfig,
-    BertModel,
-    RobertaConfig,
-    RobertaModel,
-    RobertaTokenizerFast,
-)
+from transformers import (AutoModel, AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel,
+                          RobertaTokenizerFast)
 
 from .config import ConfigError, TextConfig
 
@@ -61,14 +54,9 @@ TINY_CORPUS_WORDS = dict(
     "view shown displayed appears contains containing has have yes no answer question true false pair pairs",
 )
 
-TINY_CORPUS_TEMPLATES = (
-    "a {c} {s} is {r} the {c2} {s2}.",
-    "there are {n} {c} {s}s in the {p} of the image.",
-    "what colour is the {z} {s} {r} the {s2}?",
-    "how many {c} shapes are {m} to the {p}?",
-    "the {z} {c} {s} {m} {r} a {c2} {s2}.",
-    "is there a {c} {s} in the {p} corner? yes, there is.",
-)
+TINY_CORPUS_TEMPLATES = ("a {c} {s} is {r} the {c2} {s2}.", "there are {n} {c} {s}s in the {p} of the image.",
+                         "what colour is the {z} {s} {r} the {s2}?", "how many {c} shapes are {m} to the {p}?",
+                         "the {z} {c} {s} {m} {r} a {c2} {s2}.", "is there a {c} {s} in the {p} corner? yes, there is.")
 
 # %% ../nbs/02_text.ipynb #ee84ae5c
 def tiny_corpus() -> list[str]:
@@ -76,16 +64,8 @@ def tiny_corpus() -> list[str]:
     words = {k: v.split() for k, v in TINY_CORPUS_WORDS.items()}
     lines = [" ".join(v) for v in words.values()]
     colours, shapes, sizes = words["colours"][:10], words["shapes"][:10], words["sizes"][:8]
-    places, rels = words["positions"][:10], [
-        "above",
-        "below",
-        "left of",
-        "right of",
-        "next to",
-        "behind",
-        "inside",
-        "near",
-    ]
+    places, rels = words["positions"][:10], ["above", "below", "left of", "right of", "next to", "behind", "inside",
+                                             "near"]
     motion, counts = words["motion"][:12:2], words["counting"][1:8]
     for i in range(400):
         t = TINY_CORPUS_TEMPLATES[i % len(TINY_CORPUS_TEMPLATES)]

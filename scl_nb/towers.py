@@ -207,17 +207,10 @@ def clip_vision_config(s: TowerSettings):
     "The `transformers.CLIPVisionConfig` of the tower sizes in `s`."
     from transformers import CLIPVisionConfig
     v = s.vision
-    return CLIPVisionConfig(
-        image_size=v["image_size"],
-        patch_size=v["patch_size"],
-        hidden_size=v["width"],
-        num_hidden_layers=v["layers"],
-        num_attention_heads=v["heads"],
-        intermediate_size=v["mlp_dim"],
-        hidden_act=v["act"],
-        layer_norm_eps=v["layer_norm_eps"],
-        projection_dim=s.proj_dim,
-    )
+    return CLIPVisionConfig(image_size=v["image_size"], patch_size=v["patch_size"], hidden_size=v["width"],
+                            num_hidden_layers=v["layers"], num_attention_heads=v["heads"],
+                            intermediate_size=v["mlp_dim"], hidden_act=v["act"], layer_norm_eps=v["layer_norm_eps"],
+                            projection_dim=s.proj_dim)
 
 # %% ../nbs/14_towers.ipynb #6a4f3bea
 @torch.no_grad()
@@ -242,15 +235,9 @@ def train_vision_tower(s: TowerSettings, data: dict, tokenizer,
     from transformers import CLIPVisionModel
     steps = s.vision_steps if steps is None else steps
     companion = hf_text_config(
-        TextConfig(
-            vocab_size=s.text["vocab_size"],
-            width=s.vision["width"],
-            layers=s.companion_layers,
-            heads=s.vision["heads"],
-            mlp_dim=s.vision["mlp_dim"],
-            max_position_embeddings=s.text["max_position_embeddings"],
-            dropout=0.0,
-        )
+        TextConfig(vocab_size=s.text["vocab_size"], width=s.vision["width"], layers=s.companion_layers,
+                   heads=s.vision["heads"], mlp_dim=s.vision["mlp_dim"],
+                   max_position_embeddings=s.text["max_position_embeddings"], dropout=0.0)
     )
     model = ContrastivePair(CLIPVisionModel(clip_vision_config(s)), companion, s.proj_dim)
     (tr_files, tr_t2i), (va_files, va_t2i) = _image_index(data["train"]), _image_index(data["val"])
@@ -313,15 +300,8 @@ def roberta_config(s: TowerSettings):
     "The `transformers.RobertaConfig` of the text tower sizes in `s` (no dropout)."
     t = s.text
     return hf_text_config(
-        TextConfig(
-            vocab_size=t["vocab_size"],
-            width=t["width"],
-            layers=t["layers"],
-            heads=t["heads"],
-            mlp_dim=t["mlp_dim"],
-            max_position_embeddings=t["max_position_embeddings"],
-            dropout=0.0,
-        )
+        TextConfig(vocab_size=t["vocab_size"], width=t["width"], layers=t["layers"], heads=t["heads"],
+                   mlp_dim=t["mlp_dim"], max_position_embeddings=t["max_position_embeddings"], dropout=0.0)
     )
 
 def train_text_tower(s: TowerSettings, data: dict, tokenizer,

@@ -541,10 +541,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if s["status"] == "preempted":
-        print(
-            f"stopped by a signal at step {s['step']}; checkpoint {s['checkpoint']}; rerun with --resume",
-            file=sys.stderr,
-        )
+        print(f"stopped by a signal at step {s['step']}; checkpoint {s['checkpoint']}; rerun with --resume",
+              file=sys.stderr)
         return EXIT_PREEMPTED
     if s.get("bad_input", {}).get("unusable"):
         print(f"bad input skipped: {s['bad_input']}", file=sys.stderr)

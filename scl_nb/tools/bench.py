@@ -49,10 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_ in (
         ("pretrain-step", "shared vs reference pass schedule of one pre-training step"),
         ("train", "full training steps: pairs/s, step time, peak memory, MFU"),
-        (
-            "step-counts",
-            "aten calls and host syncs per training step (the paper's structure at a small width by default)",
-        ),
+        ("step-counts",
+         "aten calls and host syncs per training step (the paper's structure at a small width by default)"),
         ("best-batch", "the largest per-device batch that fits, with pairs/s and MFU at each batch tried"),
     ):
         s = sub.add_parser(name, help=help_)
@@ -100,20 +98,10 @@ def paper_structure(width: int = 96, batch_size: int = 8) -> SCLConfig:
     return apply_overrides(
         preset("paper"),
         small
-        | {
-            "vision.pretrained": None,
-            "vision.image_size": 64,
-            "text.pretrained": None,
-            "text.tokenizer": "tiny-bpe",
-            "text.vocab_size": 1024,
-            "text.max_len": 40,
-            "objectives.itc_dim": width,
-            "train.batch_size": batch_size,
-            "train.per_gpu_batch_size": batch_size,
-            "train.precision": "fp32",
-            "train.ckpt_every": 100,
-            "data.num_workers": 0,
-        },
+        | {"vision.pretrained": None, "vision.image_size": 64, "text.pretrained": None, "text.tokenizer": "tiny-bpe",
+           "text.vocab_size": 1024, "text.max_len": 40, "objectives.itc_dim": width, "train.batch_size": batch_size,
+           "train.per_gpu_batch_size": batch_size, "train.precision": "fp32", "train.ckpt_every": 100,
+           "data.num_workers": 0},
     )
 
 
@@ -131,15 +119,9 @@ def bench_step_counts(
     counts, k = {}, interval
     for steps in (k, 2 * k):
         with tempfile.TemporaryDirectory() as d, OpCounter() as c:
-            train(
-                apply_overrides(cfg, {"train.steps": steps, "train.log_every": k, "train.ckpt_every": 2 * k}),
-                d,
-                resume=False,
-                device=device,
-                progress=False,
-                data_fn=lambda *a: FixedBatch(batch),
-                count_model_flops=False,
-            )
+            train(apply_overrides(cfg, {"train.steps": steps, "train.log_every": k, "train.ckpt_every": 2 * k}), d,
+                  resume=False, device=device, progress=False, data_fn=lambda *a: FixedBatch(batch),
+                  count_model_flops=False)
         counts[steps] = c
     per = lambda f: (f(counts[2 * k]) - f(counts[k])) / k
     calls = {op: (counts[2 * k].calls[op] - counts[k].calls[op]) / k for op in counts[2 * k].calls}
@@ -295,19 +277,11 @@ def bench_pretrain_step(preset: str = "tiny",       # preset name or YAML/JSON c
     for s, seconds in _bench_time(cfg, batch_size, steps, warmup, num_frames, device).items():
         res[s].update(s_per_step=seconds, pairs_per_s=batch_size / seconds)
     sh, ref = res["shared"], res["reference"]
-    out = dict(
-        preset=cfg.name,
-        batch_size=batch_size,
-        num_frames=num_frames,
-        device=device,
-        objectives=cfg.objectives.active,
-        shared=sh,
-        reference=ref,
-        time_ratio=sh["s_per_step"] / ref["s_per_step"],
-        peak_memory_ratio=sh["peak_mb"] / ref["peak_mb"] if ref["peak_mb"] > 0 else float("nan"),
-        activation_ratio=sh["activation_mb"] / ref["activation_mb"],
-        flops_ratio=sh["gflops"] / ref["gflops"],
-    )
+    out = dict(preset=cfg.name, batch_size=batch_size, num_frames=num_frames, device=device,
+               objectives=cfg.objectives.active, shared=sh, reference=ref,
+               time_ratio=sh["s_per_step"] / ref["s_per_step"],
+               peak_memory_ratio=sh["peak_mb"] / ref["peak_mb"] if ref["peak_mb"] > 0 else float("nan"),
+               activation_ratio=sh["activation_mb"] / ref["activation_mb"], flops_ratio=sh["gflops"] / ref["gflops"])
     if verbose:
         print(
             f"pre-training step  preset={cfg.name}  batch={batch_size}  frames={num_frames}  device={device}  "
@@ -338,21 +312,11 @@ def bench_train(preset: str = "tiny",  # preset or config file
     with tempfile.TemporaryDirectory() as d:
         s = train(cfg, d, resume=False, device=device, progress=False, **train_kwargs)
     mem = s.get("peak_memory_gb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    out = {
-        "preset": preset,
-        "device": str(init_dist(device).device),
-        "precision": s["precision"],
-        "world_size": s["world_size"],
-        "batch": cfg.train.batch_size,
-        "micro_batch": s["micro_batch"],
-        "pairs_per_s": s["pairs_per_s"],
-        "step_time_s": s["step_time_s"],
-        "flops_per_pair": s["flops_per_pair"],
-        "mfu": s["mfu"],
-        "peak_flops": s["peak_flops_per_device"],
-        "peak_source": s["peak_source"],
-        "peak_memory_gb": mem,
-    }
+    out = {"preset": preset, "device": str(init_dist(device).device), "precision": s["precision"],
+           "world_size": s["world_size"], "batch": cfg.train.batch_size, "micro_batch": s["micro_batch"],
+           "pairs_per_s": s["pairs_per_s"], "step_time_s": s["step_time_s"], "flops_per_pair": s["flops_per_pair"],
+           "mfu": s["mfu"], "peak_flops": s["peak_flops_per_device"], "peak_source": s["peak_source"],
+           "peak_memory_gb": mem}
     if not quiet:
         print(
             f"{preset} on {out['device']} ({out['precision']}, batch {out['batch']}, micro-batch "
@@ -445,14 +409,8 @@ def bench_data(workers: Sequence[int] = (0, 2, 4),  # worker counts to measure
             batch = next(it)
             dt = _timed(lambda: next(it), batches)
             results.append(
-                dict(
-                    stage="loader",
-                    kind=kind,
-                    size=size,
-                    frames=frames,
-                    workers=w,
-                    samples_per_s=batch_size * batches / dt,
-                )
+                dict(stage="loader", kind=kind, size=size, frames=frames, workers=w,
+                     samples_per_s=batch_size * batches / dt)
             )
             print_fn(f"{what}, loader with {w} workers: {batch_size * batches / dt:8.1f} samples/s")
             del it, loader
@@ -460,14 +418,8 @@ def bench_data(workers: Sequence[int] = (0, 2, 4),  # worker counts to measure
         tf = BatchTransform(size, "pretrain").to(dev)
         dt = _timed(lambda: tf(b["pixels"], b["boxes"], b["flip"]), batches, sync)
         results.append(
-            dict(
-                stage="transform",
-                kind=kind,
-                size=size,
-                frames=frames,
-                device=str(dev),
-                samples_per_s=batch_size * batches / dt,
-            )
+            dict(stage="transform", kind=kind, size=size, frames=frames, device=str(dev),
+                 samples_per_s=batch_size * batches / dt)
         )
         print_fn(f"{what}, transform on {dev}: {batch_size * batches / dt:8.1f} samples/s")
     return results

@@ -224,10 +224,8 @@ def find_runs(runs_dir) -> dict:
             continue
         if not meta.get("input_path") or meta.get("exception") or not meta.get("end_time"):
             continue  # failed or still running
-        stem, top = (
-            Path(meta["input_path"]).stem,
-            p.parent == Path(runs_dir) and p.stem == Path(meta["input_path"]).stem,
-        )
+        stem, top = (Path(meta["input_path"]).stem,
+                     p.parent == Path(runs_dir) and p.stem == Path(meta["input_path"]).stem)
         key = (top, meta.get("end_time") or "")
         if stem not in found or key > found[stem][0]:
             found[stem] = (key, p)
@@ -408,12 +406,9 @@ def failure_notebook(info: dict, error: str) -> dict:
     "The page of a notebook that failed in this build: its title, that it failed, and the error."
     body = (f"# {info['title']}\n\n```{{error}}\n**This page failed to render in this build**, so it shows no content "
             f"(and no older copy). Source: `{info['path']}`.\n```\n\n```text\n{error[-6000:]}\n```")
-    return {
-        "nbformat": 4,
-        "nbformat_minor": 5,
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "python3", "language": "python"}},
-        "cells": [{"cell_type": "markdown", "id": "failure", "metadata": {}, "source": body}],
-    }
+    return {"nbformat": 4, "nbformat_minor": 5,
+            "metadata": {"kernelspec": {"name": "python3", "display_name": "python3", "language": "python"}},
+            "cells": [{"cell_type": "markdown", "id": "failure", "metadata": {}, "source": body}]}
 
 # %% ../../nbs/90_docs.ipynb #083c3c43
 def _process_in_subprocess(info, dst, run, flags, runs_dir, commit, timeout) -> Optional[str]:

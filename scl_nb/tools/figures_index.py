@@ -43,11 +43,8 @@ def _readme(index: dict, scale: Optional[str], left_out: dict) -> str:
         )
     gaps = {k: v for k, v in sorted(index.items()) if v.get("missing")}
     if gaps:
-        lines += [
-            "",
-            "Runs without results (not run, not finished, or skipped at this scale); their cells are empty:",
-            "",
-        ]
+        lines += ["", "Runs without results (not run, not finished, or skipped at this scale); their cells are empty:",
+                  ""]
         lines += [
             f"- {k}{' (not drawn)' if v.get('drawn') is False else ''}: " + ", ".join(f"`{r}`" for r in v["missing"])
             for k, v in gaps.items()

@@ -39,24 +39,11 @@ def _job_name(run: Run) -> str:
 def notebook_job(rec: Launched, cluster: str, stamp: str, root: Path) -> Job:
     "The job of one run: its notebook, parameters and resources (one process on one node; a driver's are light)."
     r = driver_resources(rec.run.resources) if rec.driver and cluster == "slurm" else rec.run.resources
-    return Job(
-        str(rec.out_dir),
-        notebook=str(rec.run.notebook),
-        parameters=rec.parameters,
-        output=str(rec.output),
-        cwd=str(root),
-        cluster=cluster,
-        name=_job_name(rec.run),
-        gpus_per_node=r["gpus_per_node"],
-        cpus_per_task=r["cpus_per_task"],
-        mem_gb=r["mem_gb"],
-        timeout_min=r["timeout_min"],
-        partition=r["partition"],
-        slurm_args=dict(r["slurm"]),
-        signal_delay_s=r["signal_delay_s"],
-        after=list(rec.after),
-        submitit_dir=str(rec.out_dir / "submitit" / f"{stamp}_%j"),
-    )
+    return Job(str(rec.out_dir), notebook=str(rec.run.notebook), parameters=rec.parameters, output=str(rec.output),
+               cwd=str(root), cluster=cluster, name=_job_name(rec.run), gpus_per_node=r["gpus_per_node"],
+               cpus_per_task=r["cpus_per_task"], mem_gb=r["mem_gb"], timeout_min=r["timeout_min"],
+               partition=r["partition"], slurm_args=dict(r["slurm"]), signal_delay_s=r["signal_delay_s"],
+               after=list(rec.after), submitit_dir=str(rec.out_dir / "submitit" / f"{stamp}_%j"))
 
 # %% ../../nbs/61_launch.ipynb #23e81a37
 DRIVER_PARAMETER = "job_resources"  # a notebook with this parameter submits its training as a job of its own
@@ -240,14 +227,9 @@ def _error_line(e: Exception) -> str:
     return named[-1] if named else f"{type(e).__name__}: {lines[-1] if lines else ''}"
 
 def _report_line(rec: Launched, cluster: str) -> str:
-    what = {
-        "finished": "finished",
-        "submitted": f"submitted job {rec.job_id}",
-        "running": f"already queued as job {rec.job_id}",
-        "failed": "FAILED",
-        "blocked": "blocked",
-        "dry-run": "would run",
-    }[rec.status]
+    what = {"finished": "finished", "submitted": f"submitted job {rec.job_id}",
+            "running": f"already queued as job {rec.job_id}", "failed": "FAILED", "blocked": "blocked",
+            "dry-run": "would run"}[rec.status]
     line = (
         f"[{what}] {rec.run.id}"
         + (f" (seed {rec.run.seed})" if rec.run.seed is not None else "")
@@ -276,10 +258,8 @@ def _report_line(rec: Launched, cluster: str) -> str:
 
 # %% ../../nbs/61_launch.ipynb #05107f0e
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m scl_nb.tools.launch",
-        description="Launch experiment specs (experiments/*.yaml) through submitit.",
-    )
+    p = argparse.ArgumentParser(prog="python -m scl_nb.tools.launch",
+                                description="Launch experiment specs (experiments/*.yaml) through submitit.")
     p.add_argument("specs", nargs="+", help="spec files")
     p.add_argument("--cluster", required=True, choices=["slurm", "local", "debug"], help="submitit cluster")
     p.add_argument("--scale", default=None, help="a scale of the specs, e.g. tiny (synthetic data, CPU)")
@@ -319,14 +299,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for s in args.specs:  # every file is checked, so that one message lists all problems
         try:
             specs.append(
-                load_spec(
-                    s,
-                    args.scale,
-                    args.root,
-                    check_notebooks=not args.no_check,
-                    allow_missing_data=args.allow_missing_data,
-                    seeds=args.seeds,
-                )
+                load_spec(s, args.scale, args.root, check_notebooks=not args.no_check,
+                          allow_missing_data=args.allow_missing_data, seeds=args.seeds)
             )
         except SpecError as e:
             errors.append(e)

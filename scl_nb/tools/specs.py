@@ -12,24 +12,9 @@ from typing import Optional, Sequence
 import yaml
 
 from ..config import deep_merge
-from scl_nb.tools.spec_format import (
-    REF,
-    TEMPLATE,
-    Run,
-    Spec,
-    SpecError,
-    check_keys,
-    find_refs,
-    notebook_parameters,
-    parse_runs,
-    place_of,
-    read_yaml,
-    resolve_templates,
-    seeded_id,
-    show_path,
-    topo_order,
-    walk_strings,
-)
+from .spec_format import (REF, TEMPLATE, Run, Spec, SpecError, check_keys, find_refs, notebook_parameters,
+                                      parse_runs, place_of, read_yaml, resolve_templates, seeded_id, show_path,
+                                      topo_order, walk_strings)
 
 # %% auto #0
 __all__ = ['MISSING_DATA_FIX', 'PATH_PARAMETERS', 'PATH_SUFFIXES', 'RUN_PARAMETERS', 'TABLE_KEYS', 'ROW_KEYS', 'FIGURE_KEYS',
@@ -125,10 +110,8 @@ def _preset_problem(v, root: Path) -> Optional[tuple]:
     from scl_nb.config import PRESETS
     if isinstance(v, str) and (v in PRESETS or _at_root(v, root).is_file()):
         return None
-    return (
-        f"{v!r} is neither a preset nor a config file",
-        f"use one of {sorted(PRESETS)} or the path of a YAML/JSON config (relative to the root)",
-    )
+    return (f"{v!r} is neither a preset nor a config file",
+            f"use one of {sorted(PRESETS)} or the path of a YAML/JSON config (relative to the root)")
 
 def _value_problem(name: str, v, params: dict, root: Path) -> Optional[tuple]:
     "(what, fix[, missing path]) if the value `v` of parameter `name` is not one the notebook can use; None if it is."
