@@ -93,6 +93,16 @@ def _select_units(unit: torch.Tensor,    # [B, L] long unit index per token, -1 
     return taken.gather(1, unit.clamp(min=0)) & (unit >= 0)
 
 # %% ../nbs/05_masking.ipynb #8d6c6c19
+def _budget_selection(special, word_start, prob: float, whole_word: bool, generator) -> torch.Tensor:  # [B, L] bool
+    "`round(prob * n)` units (words, or tokens) of each caption, at least one, drawn without replacement."
+    n = (~special).sum(1)  # [B]
+    budget = torch.round(prob * n.double()).long()
+    if prob > 0:
+        budget = torch.maximum(budget, (n > 0).long())
+    tokens = (~special).long().cumsum(1).sub(1).masked_fill(special, -1)
+    unit = _word_index(special, word_start) if whole_word else tokens
+    return _select_units(unit, budget, generator)
+
 def mlm_mask(input_ids: torch.Tensor,     # [B, L] token ids
              special: torch.Tensor,       # [B, L] bool, True at special tokens and padding (`special_mask`)
              word_start: torch.Tensor,    # [B, L] bool (`word_starts`)
@@ -102,17 +112,14 @@ def mlm_mask(input_ids: torch.Tensor,     # [B, L] token ids
              whole_word: bool = True,     # select words and mask all their pieces together
              generator: Optional[torch.Generator] = None,
              special_ids: Sequence[int] = (),  # ids never drawn as random replacements (the tokenizer's special ids)
+             selection: Literal["budget", "bernoulli"] = "budget",  # see below
             ) -> tuple[torch.Tensor, torch.Tensor]:  # masked ids [B, L], labels [B, L] (-100 where not selected)
     "BERT-style MLM corruption: select ~`prob` of the tokens (whole words), then 80 % `<mask>`, 10 % random, 10 % kept."
     dev = input_ids.device
-    n = (~special).sum(1)                                                       # [B]
-    budget = torch.round(prob * n.double()).long()
-    if prob > 0:
-        budget = torch.maximum(budget, (n > 0).long())
-    unit = (
-        _word_index(special, word_start) if whole_word else (~special).long().cumsum(1).sub(1).masked_fill(special, -1)
-    )
-    selected = _select_units(unit, budget, generator)                           # [B, L]
+    if selection == "bernoulli":  # each non-special token alone with probability `prob` (BERT's own rule)
+        selected = (torch.rand(input_ids.shape, generator=generator, device=dev) < prob) & ~special  # [B, L]
+    else:
+        selected = _budget_selection(special, word_start, prob, whole_word, generator)  # [B, L]
     labels = input_ids.masked_fill(~selected, -100)
     action = torch.rand(input_ids.shape, generator=generator, device=dev)  # [B, L]: <0.8 mask, <0.9 random, else keep
     allowed = torch.ones(vocab_size, dtype=torch.bool, device=dev)

@@ -20,11 +20,12 @@ from .text import default_cache_dir, load_tokenizer, tokenize, hf_text_config
 from .synthetic import GENERATOR_VERSION, make_synthetic, synthetic_for_config
 from .media import CLIP_MEAN, CLIP_STD
 from .metrics import retrieval_recall
+from .masking import mlm_mask
 
 # %% auto #0
 __all__ = ['BUILDER_VERSION', 'VISION_TOWER', 'TEXT_TOWER', 'VISION_FIELDS', 'TEXT_FIELDS', 'TowerSettings', 'tower_settings',
            'evaluated_set', 'manifest_texts', 'tower_data', 'media_digests', 'check_disjoint', 'ContrastivePair',
-           'load_pixels', 'clip_vision_config', 'pair_retrieval', 'train_vision_tower', 'mask_tokens', 'mlm_accuracy',
+           'load_pixels', 'clip_vision_config', 'pair_retrieval', 'train_vision_tower', 'mlm_accuracy',
            'roberta_config', 'train_text_tower', 'build_towers', 'towers_cache_root', 'tiny_towers', 'resolve_tower']
 
 # %% ../nbs/14_towers.ipynb #c17a7fa0
@@ -268,20 +269,16 @@ def train_vision_tower(s: TowerSettings, data: dict, tokenizer,
     return model.vision, log
 
 # %% ../nbs/14_towers.ipynb #5e12173a
-def mask_tokens(ids: torch.Tensor,  # [B, L] token ids
+def _mlm_inputs(ids: torch.Tensor,  # [B, L] token ids
                 mask: torch.Tensor,  # [B, L] 1 = token, 0 = padding
-                tokenizer,  # gives `cls/sep/mask_token_id` and the vocabulary size
+                tokenizer,  # gives `cls/sep/mask_token_id`, the special ids and the vocabulary size
                 prob: float,  # fraction of real tokens chosen
                 generator: torch.Generator,
                ) -> tuple[torch.Tensor, torch.Tensor]:  # inputs [B, L], labels [B, L] (-100 = not chosen)
-    "BERT masking: choose `prob` of the real tokens; 80 % `<mask>`, 10 % a random token, 10 % kept."
+    "BERT masking of the real tokens (not `<s>`, `</s>`, padding): `mlm_mask` choosing each token alone."
     special = (ids == tokenizer.cls_token_id) | (ids == tokenizer.sep_token_id) | (mask == 0)
-    chosen = (torch.rand(ids.shape, generator=generator) < prob) & ~special
-    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
-    r = torch.rand(ids.shape, generator=generator)
-    inputs = torch.where(chosen & (r < 0.8), torch.full_like(ids, tokenizer.mask_token_id), ids)
-    random_ids = torch.randint(4, len(tokenizer) - 1, ids.shape, generator=generator)  # ordinary tokens: after the 4 specials, before <mask>
-    return torch.where(chosen & (r >= 0.8) & (r < 0.9), random_ids, inputs), labels
+    return mlm_mask(ids, special, None, len(tokenizer), tokenizer.mask_token_id, prob, generator=generator,
+                    special_ids=tokenizer.all_special_ids, selection="bernoulli")
 
 # %% ../nbs/14_towers.ipynb #33223051
 @torch.no_grad()
@@ -289,7 +286,7 @@ def mlm_accuracy(model: nn.Module, ids, mask, tokenizer, prob: float, seed: int 
     "Masked-token accuracy (percent) and loss of a `RobertaForMaskedLM` on `ids` `[N, L]` under a fixed masking."
     was = model.training
     model.eval()
-    inputs, labels = mask_tokens(ids, mask, tokenizer, prob, torch.Generator().manual_seed(seed))
+    inputs, labels = _mlm_inputs(ids, mask, tokenizer, prob, torch.Generator().manual_seed(seed))
     logits = model(input_ids=inputs, attention_mask=mask).logits  # [N, L, V]
     model.train(was)
     sel = labels != -100
@@ -320,7 +317,7 @@ def train_text_tower(s: TowerSettings, data: dict, tokenizer,
     for step in range(1, steps + 1):
         b = torch.randint(len(ids), (s.batch_size,), generator=g)
         L = int(mask[b].sum(1).max())
-        inputs, labels = mask_tokens(ids[b, :L], mask[b, :L], tokenizer, s.mlm_prob, g)
+        inputs, labels = _mlm_inputs(ids[b, :L], mask[b, :L], tokenizer, s.mlm_prob, g)
         h = model.roberta(input_ids=inputs, attention_mask=mask[b, :L]).last_hidden_state  # [B, L, D]
         sel = labels != -100
         loss = F.cross_entropy(model.lm_head(h[sel]), labels[sel])  # the vocabulary head on the chosen tokens only
