@@ -14,7 +14,8 @@ PKG = Path(__file__).resolve().parent.parent / "scl_nb"
 # config -> model parts -> objectives -> engine -> tasks -> launch (a module may import its own layer or lower ones)
 LAYERS = {
     "config": ["config", "metrics", "masking", "distributed"],
-    "model parts": ["text", "vision", "fusion", "model", "towers", "synthetic", "media", "data", "downloads", "importers"],
+    "model parts": ["text", "vision", "fusion", "model", "towers", "synthetic", "media", "containers", "data", "downloads",
+                    "importers"],
     "objectives": ["objectives"],
     "engine": ["optim", "checkpoint", "perf", "train", "jobs", "bench"],
     "tasks": ["tasks", "evaluation", "rerank_bench", "official", "alignment"],
