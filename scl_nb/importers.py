@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from .metrics import vqa_vocab_key, vqa_soft_scores
 from .downloads import IMAGE_EXTS, ShardIndex, download_finder, index_media_files, index_media_files_by_name
+from .containers import arrow_ref, shard_rows, write_shards
 
 # %% auto #0
 __all__ = ['ANNOTATION_DIRS', 'SBU_IMAGE_DIRS', 'CC3M_FILES', 'LSMDC_FILES', 'VQA_QUESTIONS', 'VQA_IMAGES', 'NLVR2_FILES',
@@ -20,7 +21,7 @@ __all__ = ['ANNOTATION_DIRS', 'SBU_IMAGE_DIRS', 'CC3M_FILES', 'LSMDC_FILES', 'VQ
            'load_json', 'need', 'MediaFinder', 'caption_row', 'import_coco', 'import_f30k', 'import_vg', 'import_sbu',
            'import_cc3m', 'import_webvid', 'import_msrvtt', 'import_lsmdc', 'build_vqa_vocab', 'vqa_targets',
            'import_vqav2', 'import_nlvr2', 'arrow_dataset_split', 'image_extension', 'rebuild_vqa_answers',
-           'import_arrow', 'write_manifest', 'run_import', 'main']
+           'import_arrow', 'import_webdataset', 'import_to_shards', 'write_manifest', 'run_import', 'main']
 
 # %% ../nbs/13_importers.ipynb #2cd89d3f
 class ManifestImportError(ValueError):
@@ -412,6 +413,17 @@ def _save_image(data, folder: Path, name: str) -> Optional[str]:
         part = p.with_name(p.name + ".part"); part.write_bytes(data); part.replace(p)
     return str(p.resolve())
 
+def _arrow_image(path: Path, batch, first: int, column: str, i: int, folder: Optional[Path],
+                 name: str) -> Optional[str]:
+    "Row `i`'s image: a reference read in place (`folder` None) or a file extracted into `folder`; None when empty."
+    cell = batch.column(column)[i]
+    if folder is not None:
+        return _save_image(cell.as_py(), folder, name)
+    data = cell.as_buffer()  # no copy: only its size is looked at
+    if data is None or data.size == 0:
+        return None
+    return arrow_ref(path.resolve(), first + i, column)
+
 def _arrow_batches(path: Path):
     import pyarrow as pa
     try: reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
@@ -448,15 +460,17 @@ def _arrow_vqa_rows(stats: ImportStats, path: Path, row: dict, media: str, split
                    dataset=dataset, question=qtext, question_id=str(qid), answers=ans)
 
 def import_arrow(src, stats: ImportStats, images_out=None, pattern: str = "*.arrow", splits=None) -> Iterator[dict]:
-    "ViLT/METER `.arrow` files: extract images and emit caption, VQA or NLVR2 rows."
+    "ViLT/METER `.arrow` files: caption, VQA or NLVR2 rows, images read in place (or extracted into `images_out`)."
     files = _arrow_files(Path(src), pattern)
-    if images_out is None: raise ValueError("arrow: `images_out` (where image files are written) is required")
     keep, seen = _split_filter(splits), {}
     for path in files:
         dataset, file_split = arrow_dataset_split(path.stem)
-        folder = Path(images_out) / path.stem
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = None if images_out is None else Path(images_out) / path.stem
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        start = 0
         for names, batch in _arrow_batches(path):
+            first, start = start, start + batch.num_rows  # the file's row number of the batch's first row
             col = lambda c, i: batch.column(c)[i].as_py()
             kind = "nlvr2" if "image_0" in names else "vqa" if "questions" in names else "caption" if "caption" in names else None
             if kind is None: raise ManifestImportError(f"{path}: unknown arrow schema {names} (expected ViLT caption, VQA or NLVR2 columns)")
@@ -470,20 +484,36 @@ def import_arrow(src, stats: ImportStats, images_out=None, pattern: str = "*.arr
                 if keep is not None and split not in keep: continue
                 if kind == "nlvr2":
                     ident = str(col("identifier", i))
-                    pics = [_save_image(col(f"image_{k}", i), folder, f"{ident}-img{k}") for k in (0, 1)]
+                    pics = [_arrow_image(path, batch, first, f"image_{k}", i, folder, f"{ident}-img{k}")
+                            for k in (0, 1)]
                     if None in pics: stats.skip("empty image bytes", f"{path.name}: {ident}"); continue
                     for sent, ans in zip(col("questions", i), col("answers", i)):
                         yield dict(media=pics[0], media_type="image", caption=sent.strip(), split=split, image_id=ident,
                                    dataset=dataset, media2=pics[1], label=_parse_label(ans, path, ident))
                     continue
                 iid = str(col("image_id", i))
-                media = _save_image(col("image", i), folder, iid)
+                media = _arrow_image(path, batch, first, "image", i, folder, iid)
                 if media is None: stats.skip("empty image bytes", f"{path.name}: {iid}"); continue
                 if kind == "caption":
                     yield from _caption_rows(stats, media, col("caption", i) or [], split, Path(iid).stem, dataset)
                     continue
                 row = {c: col(c, i) for c in ("questions", "question_id", "answers", "answer_scores", "image_id")}
                 yield from _arrow_vqa_rows(stats, path, row, media, split, dataset, seen)
+
+# %% ../nbs/13_importers.ipynb #11a01b7a
+def import_webdataset(src, stats: ImportStats, splits=None) -> Iterator[dict]:
+    "WebDataset shards (img2dataset / video2dataset `webdataset` output): one row per sample, read in place."
+    return shard_rows(src, stats.skip, _split_filter(splits))
+
+def import_to_shards(src, stats: ImportStats, images_out=None, samples_per_shard: int = 1000) -> Iterator[dict]:
+    "The rows of a manifest of loose files (`src`), their media written into WebDataset shards in `images_out`."
+    import tempfile
+    from scl_nb.data import load_manifest
+    if images_out is None:
+        raise ValueError("to-shards: `images_out` (where the shards go) is required")
+    with tempfile.TemporaryDirectory() as cache:  # the manifest's Arrow cache, gone afterwards
+        m = load_manifest(src, cache_dir=cache)
+        yield from write_shards((m.row(i) for i in range(len(m))), m.root, images_out, samples_per_shard, stats.skip)
 
 # %% ../nbs/13_importers.ipynb #f3ad0577
 MANIFEST_TYPES = {"media": "string", "media_type": "string", "caption": "string", "split": "string", "image_id": "string",
@@ -543,7 +573,8 @@ def write_manifest(rows: Iterable[dict],   # manifest rows (absolute media paths
 # %% ../nbs/13_importers.ipynb #208f866b
 IMPORTERS: dict[str, Callable] = {"coco": import_coco, "f30k": import_f30k, "vg": import_vg, "sbu": import_sbu, "cc3m": import_cc3m,
                                   "webvid": import_webvid, "msrvtt": import_msrvtt, "lsmdc": import_lsmdc, "vqav2": import_vqav2,
-                                  "nlvr2": import_nlvr2, "arrow": import_arrow}
+                                  "nlvr2": import_nlvr2, "arrow": import_arrow, "webdataset": import_webdataset,
+                                  "to-shards": import_to_shards}
 
 def run_import(dataset: str,            # a key of `IMPORTERS`
                src,                     # folder with the original files
@@ -560,8 +591,8 @@ def run_import(dataset: str,            # a key of `IMPORTERS`
     if not Path(src).exists(): raise ManifestImportError(f"{dataset}: source folder '{src}' does not exist")
     out = Path(out)
     if dataset == "vqav2" and options.get("vocab_out") is None: options["vocab_out"] = out.with_name(out.stem + "_answers.json")
-    if dataset in ("arrow", "cc3m", "webvid") and options.get("images_out") is None:
-        options["images_out"] = out.parent / ("images" if dataset == "arrow" else "media")
+    if dataset == "to-shards" and options.get("images_out") is None:
+        options["images_out"] = out.parent / "shards"
     stats = ImportStats()
     n = write_manifest(fn(src, stats, **{k: v for k, v in options.items() if v is not None}), out, absolute)
     return n, stats
@@ -584,12 +615,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--rest-val-images", type=int, help="vqav2: val images held out as rest_val (default 1000; 0 = keep 'val')")
     p.add_argument("--seed", type=int, help="vqav2: seed of the rest_val draw (default 0)")
     p.add_argument("--vocab-out", help="vqav2: answer vocabulary JSON (default <out stem>_answers.json)")
-    p.add_argument("--images-out", help="arrow, cc3m/webvid tars: media folder (default <out folder>/images, /media)")
+    p.add_argument("--images-out", help="arrow, cc3m/webvid tars: extract the media into this folder (default: read "
+                   "them in place); to-shards: where the shards go (default <out folder>/shards)")
+    p.add_argument("--samples-per-shard", type=int, help="to-shards: media files per shard (default 1000)")
     p.add_argument("--pattern", help="arrow: glob of the arrow files under --src (default *.arrow)")
     a = p.parse_args(argv)
     opts = dict(splits=a.splits, naming=a.naming, index_base=a.index_base, exclude_coco=a.exclude_coco, train_list=a.train_list,
                 min_answer_count=a.min_answer_count, rest_val_images=a.rest_val_images, seed=a.seed, vocab_out=a.vocab_out,
-                images_out=a.images_out, pattern=a.pattern)
+                images_out=a.images_out, pattern=a.pattern, samples_per_shard=a.samples_per_shard)
     try: n, stats = run_import(a.dataset, a.src, a.out, a.absolute, **opts)
     except (ManifestImportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr); return 2
