@@ -6,8 +6,8 @@ importers and the loader, in processes of their own.
   ViLT arrow file (`image`, `caption`, `image_id`, `split`, two record batches, written as ViLT's scripts write
   it) are imported in place (`python -m scl_nb.importers webdataset` / `arrow`) and load: one epoch reads every
   row once;
-- resume: a process reads two batches and saves the loader's state; a new process restores it and reads on; rows
-  and pixels equal an uninterrupted run's bitwise, through the epoch boundary;
+- resume: the test process reads two batches and takes the loader's state; a new process restores it and reads
+  on; rows, pixels and masked ids equal an uninterrupted run's bitwise, through the epoch boundary;
 - two processes (ranks 0 and 1 of 2) read disjoint halves whose union is every row;
 - a corrupt member (garbage bytes where a JPEG was) and a shard cut short after the manifest was written are
   counted by reason (`corrupt_image`, `truncated_shard`), their rows replaced, and nothing hangs;
@@ -130,44 +130,64 @@ def _first_part(manifest, tok_dir):
     return _take(loader, 2), loader.state_dict()
 
 
-def _second_part(manifest, tok_dir, state):
-    "The restarted job: the state restored, the rest of the epoch and two batches of the next."
-    loader = _loader(manifest, tok_dir)
-    loader.load_state_dict(state)
-    return _take(loader, 100) + _take(loader, 2)
+def _fork_workers():
+    "DataLoader workers forked, as in a process torchrun starts (a spawned test process would spawn them: slow)."
+    import multiprocessing
+    multiprocessing.set_start_method("fork", force=True)
 
 
-def _rank_epoch(manifest, tok_dir):
-    "One epoch of this process's share (rank and world from the environment the runner sets)."
+def _second_parts(jobs: list) -> list:
+    "The restarted jobs, one (manifest, tokenizer, state) each: the rest of the epoch and two batches of the next."
+    _fork_workers()
+    out = []
+    for manifest, tok_dir, state in jobs:
+        loader = _loader(manifest, tok_dir)
+        loader.load_state_dict(state)
+        out.append(_take(loader, 100) + _take(loader, 2))
+    return out
+
+
+def _rank_epochs(manifests: list, tok_dir) -> list:
+    "One epoch of this process's share of each manifest (rank and world from the environment the runner sets)."
     from scl_nb.distributed import rank, world_size
-    loader = _loader(manifest, tok_dir, rank(), world_size())
-    return [i for rows, _, _ in _take(loader, 100) for i in rows], loader.monitor.counts
+    _fork_workers()
+    out = []
+    for manifest in manifests:
+        loader = _loader(manifest, tok_dir, rank(), world_size())
+        out.append(([i for rows, _, _ in _take(loader, 100) for i in rows], loader.monitor.counts))
+    return out
 
 
-@pytest.mark.parametrize("holding", ["cc3m", "webvid", "coco"])
-def test_load_resume_and_shard_across_processes(corpus, holding):
+HOLDINGS = {"cc3m": 32, "webvid": 16, "coco": 80}  # img2dataset shards, video2dataset shards, a ViLT arrow file: rows
+
+
+def test_load_resume_and_shard_across_processes(corpus):
+    "Each holding: every row once per epoch; resume bitwise in a new process; 2 processes, disjoint halves."
     from scl_nb.containers import parse_media_ref
     from scl_nb.data import load_manifest
     from scl_nb.distributed import run_local_processes
-    manifest, tok = corpus[holding], corpus["tok"]
-    m = load_manifest(manifest, cache_dir=corpus["dir"] / "hf")
-    n = len(m)
-    assert n == {"cc3m": 32, "webvid": 16, "coco": 80}[holding]
-    assert all(parse_media_ref(m.row(i)["media"]) is not None for i in range(n))  # in place: nothing extracted
+    tok, refs, jobs = corpus["tok"], {}, []
+    for holding, n in HOLDINGS.items():
+        m = load_manifest(corpus[holding], cache_dir=corpus["dir"] / "hf")
+        assert len(m) == n
+        assert all(parse_media_ref(m.row(i)["media"]) is not None for i in range(n))  # in place: nothing extracted
+        whole = _loader(corpus[holding], tok)
+        refs[holding] = _take(whole, 100) + _take(whole, 2)
+        assert sorted(i for rows, _, _ in refs[holding][:-2] for i in rows) == list(range(n))  # each row once
+        assert whole.monitor.counts == {}
+        first, state = _first_part(corpus[holding], tok)  # this process stops after two batches ...
+        assert state["sampler"]["index"] == 2 * BATCH
+        jobs.append((corpus[holding], tok, state))
+        refs[holding + " first"] = first
     assert not any(p.suffix in (".jpg", ".mp4") for p in corpus["dir"].rglob("*") if "syn" not in p.parts)
-    whole = _loader(manifest, tok)
-    ref = _take(whole, 100) + _take(whole, 2)
-    assert sorted(i for rows, _, _ in ref[:-2] for i in rows) == list(range(n))  # every row once per epoch
-    assert whole.monitor.counts == {}
-    (first, state), = run_local_processes(_first_part, 1, (manifest, tok))
-    (rest,) = run_local_processes(_second_part, 1, (manifest, tok, state))
-    assert state["sampler"]["index"] == 2 * BATCH
-    assert first + rest == ref  # rows, pixels and masks, bitwise, across a restart of the process
-    halves = run_local_processes(_rank_epoch, 2, (manifest, tok))
-    (rows0, counts0), (rows1, counts1) = halves
-    assert len(rows0) == len(rows1) == n // 2
-    assert not set(rows0) & set(rows1) and sorted(rows0 + rows1) == list(range(n))
-    assert counts0 == counts1 == {}
+    (rests,) = run_local_processes(_second_parts, 1, (jobs,))  # ... and a new process goes on
+    for holding, rest in zip(HOLDINGS, rests):
+        assert refs[holding + " first"] + rest == refs[holding], holding  # rows, pixels, masks: bitwise
+    halves = run_local_processes(_rank_epochs, 2, (list(corpus[h] for h in HOLDINGS), tok))
+    for (rows0, counts0), (rows1, counts1), n in zip(*halves, HOLDINGS.values()):
+        assert len(rows0) == len(rows1) == n // 2
+        assert not set(rows0) & set(rows1) and sorted(rows0 + rows1) == list(range(n))
+        assert counts0 == counts1 == {}
 
 
 def test_corrupt_member_and_cut_shard_are_counted(corpus, tmp_path):
