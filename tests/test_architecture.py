@@ -17,7 +17,7 @@ LAYERS = {
     "model parts": ["text", "vision", "fusion", "model", "towers", "synthetic", "media", "containers", "data", "downloads",
                     "importers"],
     "objectives": ["objectives"],
-    "engine": ["optim", "checkpoint", "perf", "train", "jobs", "bench"],
+    "engine": ["optim", "checkpoint", "perf", "train", "jobs", "bench", "data_bench"],
     "tasks": ["tasks", "evaluation", "rerank_bench", "official", "alignment"],
     "launch": ["specs", "launch", "fixtures", "figures_index", "docs"],
 }
