@@ -73,7 +73,9 @@ def read_image(path, short: int = 10_000,
     path = Path(path)
     _check_bytes(path, data)
     try:
-        with Image.open(path if data is None else io.BytesIO(data)) as im: im.load(); img = _to_rgb(im, path)
+        with Image.open(path if data is None else io.BytesIO(data)) as im:
+            im.load()
+            img = _to_rgb(im, path)
     except Image.DecompressionBombError: raise BadSample("image_too_large", path) from None  # PIL's pixel limit
     except UnidentifiedImageError: raise BadSample("corrupt_image", path) from None
     except OSError as e: raise BadSample("truncated_image" if "truncated" in str(e) else "corrupt_image", path) from None
