@@ -23,15 +23,15 @@ if [ "$scale" = "tiny-seeds" ]; then scale=tiny; specs=(experiments/ablation_obj
 if [ "$scale" = "towers" ]; then specs=(experiments/ablation_objectives.yaml); seeds=(); fi
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi; fi
-"$PY" -c "import scl_nb.launch, papermill" || { echo "error: $PY cannot import scl_nb and papermill; install them (README) or set PYTHON" >&2; exit 2; }
+"$PY" -c "import scl_nb.tools.launch, papermill" || { echo "error: $PY cannot import scl_nb and papermill; install them (README) or set PYTHON" >&2; exit 2; }
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 start=$(date +%s); rc=0
 if [ "$scale" = "tiny" ] || [ "$scale" = "towers" ]; then
   export OMP_NUM_THREADS=1  # one thread per run; --jobs runs several at once
-  "$PY" -m scl_nb.launch "${specs[@]}" --cluster local --scale "$scale" --jobs "${JOBS:-2}" ${seeds[@]+"${seeds[@]}"} ${@+"$@"} || rc=$?
+  "$PY" -m scl_nb.tools.launch "${specs[@]}" --cluster local --scale "$scale" --jobs "${JOBS:-2}" ${seeds[@]+"${seeds[@]}"} ${@+"$@"} || rc=$?
   scale_arg=$scale; out=figures; [ "$scale" = "towers" ] && out=figures/towers
 else
-  "$PY" -m scl_nb.launch experiments/*.yaml ${@+"$@"} || rc=$?
+  "$PY" -m scl_nb.tools.launch experiments/*.yaml ${@+"$@"} || rc=$?
   scale_arg=None; out=figures/full
   case " $* " in
     *" --cluster slurm "*) case " $* " in *" --wait "*) ;; *) echo "submitted; run this again with --wait (or once the jobs are done) to draw"; exit $rc;; esac;;

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 torch.set_num_threads(1)
 
 from scl_nb.config import load_config
-from scl_nb.data import pretrain_loader, task_loader
+from scl_nb.loaders import pretrain_loader, task_loader
 from scl_nb.objectives import PretrainTask
 from scl_nb.synthetic import synthetic_for_config
 

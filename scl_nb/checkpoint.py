@@ -4,7 +4,7 @@
 
 # %% ../nbs/21_checkpoint.ipynb #5a89f2d2
 from __future__ import annotations
-import contextlib, io, json, math, os, random, re, shutil, tempfile
+import contextlib, io, json, math, os, random, re, shutil, tempfile, time
 from pathlib import Path
 from typing import Optional
 
@@ -12,15 +12,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from safetensors import SafetensorError
 from safetensors.torch import save_model, load_model, save_file, load_file
 
-from .config import SCLConfig, to_dict
+from .config import ConfigError, SCLConfig, to_dict
 from .distributed import unwrap_model, is_fsdp, barrier
 
 # %% auto #0
-__all__ = ['step_seed', 'seed_step', 'rng_state', 'set_rng_state', 'atomic_write', 'ckpt_name', 'list_checkpoints',
-           'latest_checkpoint', 'jsonable', 'optimizer_state_to_fqn', 'optimizer_state_from_fqn', 'save_checkpoint',
-           'load_checkpoint']
+__all__ = ['RESUME_MAY_CHANGE', 'step_seed', 'seed_step', 'rng_state', 'set_rng_state', 'atomic_write', 'ckpt_name',
+           'list_checkpoints', 'latest_checkpoint', 'jsonable', 'CheckpointError', 'read_pt', 'check_weights_file',
+           'optimizer_state_to_fqn', 'optimizer_state_from_fqn', 'save_checkpoint', 'load_checkpoint', 'config_changes',
+           'check_resume_config', 'RunFolderError', 'RunFolderLock', 'refuse_to_replace', 'append_line', 'step_rows']
 
 # %% ../nbs/21_checkpoint.ipynb #ad4c94b6
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
@@ -30,7 +32,9 @@ def step_seed(seed: int, step: int, rank: int = 0) -> int:
 def seed_step(seed: int, step: int, rank: int = 0, device: str = "cpu") -> torch.Generator:
     "Reseed Python, NumPy and torch for step `step`; return a generator for the step's random masks."
     s = step_seed(seed, step, rank)
-    random.seed(s); np.random.seed(s % 2**32); torch.manual_seed(s)  # torch.manual_seed also seeds CUDA
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)  # torch.manual_seed also seeds CUDA
     return torch.Generator(device).manual_seed(s)
 
 def rng_state(generators: dict | None = None) -> dict:
@@ -40,7 +44,8 @@ def rng_state(generators: dict | None = None) -> dict:
            "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                      "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
            "torch": torch.get_rng_state()}
-    if torch.cuda.is_available(): out["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
     out["generators"] = {k: g.get_state() for k, g in (generators or {}).items()}
     return out
 
@@ -50,40 +55,62 @@ def set_rng_state(state: dict, generators: dict | None = None):
     n = state["numpy"]
     np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
     for k, g in (generators or {}).items():
-        if k in state.get("generators", {}): g.set_state(state["generators"][k])
+        if k in state.get("generators", {}):
+            g.set_state(state["generators"][k])
 
 # %% ../nbs/21_checkpoint.ipynb #65608f96
 def _fsync_dir(path: Path):
     fd = os.open(path, os.O_RDONLY)
-    try: os.fsync(fd)
-    finally: os.close(fd)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+def _new_temp_file(path: Path) -> tuple[int, str]:
+    "A new file beside `path`, open for writing, created 0666 less the umask, as `open` would (`mkstemp` makes 0600)."
+    while True:
+        tmp = str(path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
 
 def atomic_write(path, data: bytes | str) -> Path:
-    "Write `data` to `path` atomically (temp file + fsync + os.replace)."
+    "Write `data` to `path` atomically (temp file + fsync + os.replace); the file's mode honours the umask."
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _new_temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
-            f.flush(); os.fsync(f.fileno())
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # say which file
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
     return path
 
 def _fsync_file(path: Path):
-    with open(path, "rb") as f: os.fsync(f.fileno())
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
-def ckpt_name(step: int) -> str: return f"step_{step:07d}"
+def ckpt_name(step: int) -> str:
+    return f"step_{step:07d}"
 
 def list_checkpoints(ckpt_dir) -> list[Path]:
     "Complete checkpoint folders, oldest first (temporary folders are ignored)."
     d = Path(ckpt_dir)
-    if not d.exists(): return []
-    return sorted(p for p in d.iterdir() if p.is_dir() and re.fullmatch(r"step_\d{7}", p.name) and (p / "state.pt").exists())
+    if not d.exists():
+        return []
+    return sorted(
+        p for p in d.iterdir() if p.is_dir() and re.fullmatch(r"step_\d{7}", p.name) and (p / "state.pt").exists()
+    )
 
 def latest_checkpoint(ckpt_dir) -> Optional[Path]:
     "The newest complete checkpoint folder, or None."
@@ -92,27 +119,84 @@ def latest_checkpoint(ckpt_dir) -> Optional[Path]:
 
 # %% ../nbs/21_checkpoint.ipynb #0fda2295
 def jsonable(x):
-    "`x` as plain JSON values: mappings and sequences recursively, tensors as lists, NaN/inf as None, other objects as strings."
-    if isinstance(x, dict): return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return [jsonable(v) for v in x]
-    if isinstance(x, torch.Tensor): return jsonable(x.tolist())
-    if isinstance(x, float) and not math.isfinite(x): return None
+    """`x` as plain JSON values: mappings and sequences recursively, tensors as lists, NaN/inf as None, other objects
+    as strings."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return jsonable(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
     return x if isinstance(x, (str, int, float, bool)) or x is None else str(x)
+
+# %% ../nbs/21_checkpoint.ipynb #8c746f18
+class CheckpointError(ValueError):
+    "A checkpoint file is damaged, altered, or does not fit the model; the message names the file."
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+def read_pt(file: Path, map_location="cpu"):
+    "A `state.pt` / `rng_N.pt` file read with `weights_only=True`; `CheckpointError` naming it when it cannot be."
+    import pickle
+    try:
+        return torch.load(file, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing; the checkpoint folder is incomplete") from None
+    except pickle.UnpicklingError:  # torch's message suggests turning the safety check off: never
+        raise CheckpointError(f"{file}: refused: it holds Python objects, which no checkpoint holds") from None
+    except Exception as e:
+        raise CheckpointError(f"{file}: damaged or not a checkpoint file ({_first_line(e)})") from None
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                       "BOOL": torch.bool}
+
+def check_weights_file(file: Path, model: nn.Module):
+    "Refuse a safetensors file whose tensors differ from the model's in dtype or shape (a relabelled header)."
+    from safetensors import safe_open
+    own = {k: (v.dtype, tuple(v.shape)) for k, v in model.state_dict().items()}
+    try:
+        with safe_open(str(file), "pt") as f:
+            saved = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing; the checkpoint folder is incomplete") from None
+    except Exception as e:
+        raise CheckpointError(f"{file}: damaged or not a safetensors file ({_first_line(e)})") from None
+    for k, (dtype, shape) in saved.items():
+        if k not in own:
+            continue  # unexpected names: the strict load names them
+        if _SAFETENSORS_DTYPES.get(dtype) != own[k][0]:
+            raise CheckpointError(f"{file}: tensor {k} is stored as {dtype}, the model holds {own[k][0]}: "
+                                  "the file was altered or is another model's")
+        if shape != own[k][1]:
+            raise CheckpointError(f"{file}: tensor {k} has shape {list(shape)}, the model's is {list(own[k][1])}: "
+                                  "the checkpoint is another model's")
 
 # %% ../nbs/21_checkpoint.ipynb #007f1a19
 def _optimizer_names(model: nn.Module, optimizer) -> list[list[str]]:
     "Per parameter group of `optimizer`: the names of its parameters in `model`."
     names = {id(p): n for n, p in unwrap_model(model).named_parameters()}
-    try: return [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
-    except KeyError: raise ValueError("the optimizer holds a parameter that is not in the model") from None
+    try:
+        return [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+    except KeyError:
+        raise ValueError("the optimizer holds a parameter that is not in the model") from None
 
 def optimizer_state_to_fqn(sd: dict, names: list[list[str]]) -> dict:
-    "`optimizer.state_dict()` (parameters numbered) -> the name-keyed layout of `torch.distributed.checkpoint`'s full state dict."
+    """`optimizer.state_dict()` (parameters numbered) -> the name-keyed layout of `torch.distributed.checkpoint`'s
+    full state dict."""
     flat = [n for g in names for n in g]
     if [len(g["params"]) for g in sd["param_groups"]] != [len(g) for g in names]:
         raise ValueError("optimizer state: its parameter groups do not match the model's")
-    return {"state": {flat[i]: s for i, s in sd["state"].items()},
-            "param_groups": [{k: v for k, v in g.items() if k != "params"} | {"params": list(n)} for g, n in zip(sd["param_groups"], names)]}
+    return {
+        "state": {flat[i]: s for i, s in sd["state"].items()},
+        "param_groups": [
+            {k: v for k, v in g.items() if k != "params"} | {"params": list(n)}
+            for g, n in zip(sd["param_groups"], names)
+        ],
+    }
 
 def optimizer_state_from_fqn(sd: dict, names: list[list[str]]) -> dict:
     "The name-keyed layout -> `optimizer.state_dict()`'s numbered one for an optimizer over `names`."
@@ -128,61 +212,266 @@ def _full_state_options(**kw):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
     return StateDictOptions(full_state_dict=True, **kw)
 
+def _states_to_save(plain: nn.Module, optimizer, rank: int) -> tuple:
+    "(weights, optimizer state): FSDP's full tensors (every rank gathers), else (None, the name-keyed state) on rank 0."
+    if is_fsdp(plain):  # collectives: every rank gathers, rank 0 receives the full (unsharded) tensors on the CPU
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+        weights = get_model_state_dict(plain, options=_full_state_options(cpu_offload=True))
+        return weights, get_optimizer_state_dict(plain, optimizer, options=_full_state_options(cpu_offload=True))
+    if rank == 0:
+        return None, optimizer_state_to_fqn(optimizer.state_dict(), _optimizer_names(plain, optimizer))
+    return None, None
+
+def _put_in_place(tmp: Path, final: Path, keep_last: int):
+    """The finished folder `tmp` renamed to `final` (replacing a re-run step), then all but the newest `keep_last`
+    removed."""
+    if final.is_symlink():
+        final.unlink()  # a re-run of a step replaces it (a link: not what it points to)
+    elif final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    for old in list_checkpoints(final.parent)[:-keep_last]:
+        if not old.is_symlink():
+            shutil.rmtree(old)  # a linked folder was put there by someone: it stays
+
 def save_checkpoint(ckpt_dir, step: int, model: nn.Module, optimizer, scheduler=None, scaler=None,
                     data_state: dict | None = None, cfg: SCLConfig | None = None, extra: dict | None = None,
                     generators: dict | None = None, rank: int = 0, keep_last: int = 3) -> Path:
     "Write checkpoint `step_XXXXXXX/` atomically (all ranks call this); keep the newest `keep_last`."
-    ckpt_dir = Path(ckpt_dir); final = ckpt_dir / ckpt_name(step); tmp = ckpt_dir / f".tmp-{ckpt_name(step)}"
+    ckpt_dir = Path(ckpt_dir)
+    final = ckpt_dir / ckpt_name(step)
+    tmp = ckpt_dir / f".tmp-{ckpt_name(step)}"
     plain = unwrap_model(model)
-    if is_fsdp(plain):  # collectives: every rank gathers, rank 0 receives the full (unsharded) tensors on the CPU
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-        weights = get_model_state_dict(plain, options=_full_state_options(cpu_offload=True))
-        optim_state = get_optimizer_state_dict(plain, optimizer, options=_full_state_options(cpu_offload=True))
-    elif rank == 0: weights, optim_state = None, optimizer_state_to_fqn(optimizer.state_dict(), _optimizer_names(plain, optimizer))
+    weights, optim_state = _states_to_save(plain, optimizer, rank)
     if rank == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if tmp.exists(): shutil.rmtree(tmp)
+        if tmp.exists():
+            shutil.rmtree(tmp)
         tmp.mkdir()
     barrier()
-    buf = io.BytesIO(); torch.save(rng_state(generators), buf)
-    atomic_write(tmp / f"rng_{rank}.pt", buf.getvalue())
+    buf = io.BytesIO()
+    torch.save(rng_state(generators), buf)
+    try:
+        atomic_write(tmp / f"rng_{rank}.pt", buf.getvalue())
+    except OSError:  # a full disk: nothing half-written is left (the other ranks fail at the next barrier)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     barrier()
     if rank == 0:
-        if weights is None: save_model(plain, str(tmp / "model.safetensors"))
-        else: save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        _fsync_file(tmp / "model.safetensors")
-        state = {"step": step, "optimizer": optim_state, "optimizer_format": "fqn",
-                 "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                 "scaler": scaler.state_dict() if scaler is not None else {},
-                 "data": data_state or {}, "extra": extra or {},
-                 "config": json.dumps(to_dict(cfg)) if cfg is not None else ""}
-        buf = io.BytesIO(); torch.save(state, buf); atomic_write(tmp / "state.pt", buf.getvalue())
-        if cfg is not None: atomic_write(tmp / "config.json", json.dumps(to_dict(cfg), indent=2))
-        if final.exists(): shutil.rmtree(final)  # a re-run of the same step replaces it
-        os.replace(tmp, final); _fsync_dir(ckpt_dir)
-        for old in list_checkpoints(ckpt_dir)[:-keep_last]: shutil.rmtree(old)
+        try:
+            if weights is None:
+                save_model(plain, str(tmp / "model.safetensors"))
+            else:
+                save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"),
+                            metadata={"format": "pt"})
+            _fsync_file(tmp / "model.safetensors")
+            state = {"step": step, "optimizer": optim_state, "optimizer_format": "fqn",
+                     "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                     "scaler": scaler.state_dict() if scaler is not None else {},
+                     "data": data_state or {}, "extra": extra or {},
+                     "config": json.dumps(to_dict(cfg)) if cfg is not None else ""}
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            atomic_write(tmp / "state.pt", buf.getvalue())
+            if cfg is not None:
+                atomic_write(tmp / "config.json", json.dumps(to_dict(cfg), indent=2))
+            _put_in_place(tmp, final, keep_last)
+        except BaseException as e:  # a failed save (a full disk) leaves no half-written folder and frees its space
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, (OSError, SafetensorError)):
+                raise OSError(f"could not write the checkpoint of step {step} in {ckpt_dir} ({_first_line(e)})")
+            raise
     barrier()
     return final
 
 def load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, scaler=None,
                     generators: dict | None = None, rank: int = 0, map_location="cpu") -> dict:
-    "Load a checkpoint folder into the given objects (plain, DDP or FSDP2: all ranks call this); restore this rank's RNG states; return `state.pt`."
-    path = Path(path); plain = unwrap_model(model); fsdp = is_fsdp(plain)
-    state = torch.load(path / "state.pt", map_location="cpu" if fsdp else map_location, weights_only=True)
-    if fsdp:  # every rank reads the full tensors and keeps its shards
-        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-        set_model_state_dict(plain, load_file(str(path / "model.safetensors")), options=_full_state_options(strict=True))
-    else: load_model(plain, str(path / "model.safetensors"), strict=True, device=str(map_location))
+    """Load a checkpoint folder into the given objects (plain, DDP or FSDP2: all ranks call this); restore this
+    rank's RNG states; return `state.pt`."""
+    path = Path(path)
+    plain = unwrap_model(model)
+    fsdp = is_fsdp(plain)
+    state = read_pt(path / "state.pt", map_location="cpu" if fsdp else map_location)
+    weights = path / "model.safetensors"
+    check_weights_file(weights, plain)
+    try:
+        if fsdp:  # every rank reads the full tensors and keeps its shards
+            from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+            set_model_state_dict(plain, load_file(str(weights)), options=_full_state_options(strict=True))
+        else:
+            load_model(plain, str(weights), strict=True, device=str(map_location))
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{weights}: does not fit the model ({_first_line(e)})") from None
     if optimizer is not None:  # "fqn": keyed by parameter name (written since FSDP support); "index": optimizer.state_dict()
         names, fqn = _optimizer_names(plain, optimizer), state.get("optimizer_format", "index") == "fqn"
-        numbered = optimizer_state_from_fqn(state["optimizer"], names) if fqn else state["optimizer"]  # checks the names
+        try:
+            numbered = optimizer_state_from_fqn(state["optimizer"], names) if fqn else state["optimizer"]
+        except ValueError as e:
+            raise CheckpointError(f"{path / 'state.pt'}: {e}") from None
         if fsdp:
-            set_optimizer_state_dict(plain, optimizer, optimizer_state_to_fqn(numbered, names), options=_full_state_options())
+            set_optimizer_state_dict(
+                plain, optimizer, optimizer_state_to_fqn(numbered, names), options=_full_state_options()
+            )
             for g, saved in zip(optimizer.param_groups, numbered["param_groups"]):  # hyper-parameters exactly as saved (betas stay a tuple)
                 g.update({k: v for k, v in saved.items() if k != "params"})
-        else: optimizer.load_state_dict(numbered)
-    if scheduler is not None and state["scheduler"]: scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state["scaler"]: scaler.load_state_dict(state["scaler"])
+        else:
+            optimizer.load_state_dict(numbered)
+    if scheduler is not None and state["scheduler"]:
+        scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
     rng_file = path / f"rng_{rank}.pt"
-    if rng_file.exists(): set_rng_state(torch.load(rng_file, weights_only=True), generators)
+    if rng_file.exists():
+        set_rng_state(read_pt(rng_file), generators)
     return state
+
+# %% ../nbs/21_checkpoint.ipynb #9b710c22
+RESUME_MAY_CHANGE = ("name", "train.steps", "train.per_gpu_batch_size", "train.parallel",
+                     "train.activation_checkpointing", "train.compile", "train.compile_mode",
+                     "train.ckpt_every", "train.keep_last", "train.log_every",
+                     "train.max_nonfinite", "data.num_workers", "data.max_bad_fraction", "data.cache_dir")
+
+def _leaves(d: dict, prefix: str = "") -> dict:
+    "A nested mapping as {dotted key: value}."
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _leaves(v, f"{prefix}{k}.")
+        else:
+            out[prefix + k] = v
+    return out
+
+def config_changes(saved: dict,  # a config as nested dictionaries (a checkpoint's `config.json`)
+                   cfg: SCLConfig) -> list[tuple]:
+    "(key, saved value, new value) for every setting of `cfg` that differs from `saved`."
+    old, new = _leaves(saved), _leaves(to_dict(cfg))
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k, ...) != new.get(k, ...))
+    return [(k, old.get(k, "(none)"), new.get(k, "(none)")) for k in keys]
+
+# %% ../nbs/21_checkpoint.ipynb #818bc522
+def check_resume_config(ckpt,  # the checkpoint folder a run continues from
+                        cfg: SCLConfig,  # the settings of the run that continues it
+                        allow_changed=(),  # keys or sections that may differ although they change the training
+                       ) -> list[str]:
+    "Refuse (`ConfigError`, one line) settings that differ from the checkpoint's and change training; note the others."
+    file = Path(ckpt) / "config.json"
+    if not file.exists():
+        return [f"{file} is missing: the settings were not compared with the checkpoint's"]
+    try:
+        saved = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: damaged ({_first_line(e)})") from None
+    keys = set(_leaves(to_dict(cfg)))
+    for a in allow_changed:
+        if a not in keys and not any(k.startswith(a + ".") for k in keys):
+            raise ConfigError(f"allow_changed: {a!r} is not a key or section of the configuration")
+    allowed = lambda k: k in RESUME_MAY_CHANGE or any(k == a or k.startswith(a + ".") for a in allow_changed)
+    changes = config_changes(saved, cfg)
+    refused = [c for c in changes if not allowed(c[0])]
+    listing = lambda cs: ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in cs)
+    if refused:
+        keys = ",".join(k for k, _, _ in refused)
+        raise ConfigError(f"{ckpt} was trained with other settings: {listing(refused)}; "
+                          "resuming would change the training. "
+                          f"Allow them with --allow-changed {keys} (train(allow_changed=...)) or use another folder")
+    return [f"resuming with changed settings: {listing(changes)}"] if changes else []
+
+# %% ../nbs/21_checkpoint.ipynb #53ce5846
+class RunFolderError(ValueError):
+    "The run folder holds a run nobody asked to resume or replace, another process uses it, or it cannot be written."
+
+class RunFolderLock:
+    "An exclusive lock on `<out_dir>/.lock` while a run uses the folder (a context manager); `RunFolderError` if held."
+    def __init__(self, out_dir):
+        self.dir, self.fd, self.created = Path(out_dir), None, False
+
+    @staticmethod
+    def _holder(fd: int, wait: float = 2.0) -> str:
+        """Who holds the lock, as its holder wrote it; the holder writes just after locking, so wait up to `wait` s
+        for it."""
+        deadline = time.monotonic() + wait
+        while True:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            if holder or time.monotonic() > deadline:
+                return holder
+            time.sleep(0.01)
+
+    def _open_locked(self) -> int:
+        "The lock file, opened and locked; the same file the folder holds (not one removed meanwhile)."
+        import fcntl
+        path = self.dir / ".lock"
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # EACCES / EAGAIN: held by another process
+                holder = self._holder(fd)
+                os.close(fd)
+                who = holder or "its process id not yet written"
+                raise RunFolderError(f"{self.dir} is in use by another run ({who}); "
+                                     "wait for it to end, or choose another folder") from None
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            os.close(fd)
+
+    def __enter__(self):
+        import socket
+        try:
+            self.created = not self.dir.exists()
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.fd = self._open_locked()
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
+        except OSError as e:
+            raise RunFolderError(f"{self.dir}: cannot be used as a run folder ({e.strerror})") from None
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        "Release the lock; after an error, remove the folder if this lock made it and nothing else was written there."
+        if self.fd is None:
+            return
+        if exc_type is not None and self.created and [p.name for p in self.dir.iterdir()] == [".lock"]:
+            (self.dir / ".lock").unlink()  # still locked: nobody is in between
+            self.dir.rmdir()
+        os.close(self.fd)
+        self.fd = None
+
+# %% ../nbs/21_checkpoint.ipynb #16244d40
+def refuse_to_replace(path, overwrite: bool = False, how: str = "--overwrite (overwrite=True)") -> Path:
+    "`path`; unless `overwrite`, `RunFolderError` (naming it and `how` to replace it) for a file or a non-empty folder."
+    path = Path(path)
+    if not overwrite and (path.is_file() or (path.is_dir() and any(path.iterdir()))):
+        raise RunFolderError(f"{path} already exists and is not empty; choose another folder, or replace it with {how}")
+    return path
+
+# %% ../nbs/21_checkpoint.ipynb #dbd37df3
+def append_line(f, line: str, path) -> None:
+    "Append `line` to the unbuffered binary file `f` (its name: `path`); on an error the part written is removed again."
+    data, at = line.encode(), f.tell()
+    try:
+        done = 0
+        while done < len(data):
+            done += f.write(data[done:])
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.ftruncate(f.fileno(), at)
+        raise OSError(e.errno, e.strerror, str(path)) from None
+
+def step_rows(path, step: int) -> list[str]:
+    "Lines of a JSONL file of per-step rows up to `step`; a torn last line is dropped, another bad line refused."
+    lines = Path(path).read_text(errors="replace").splitlines()
+    keep = []
+    for n, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line) if line.strip() else {"step": 0}
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            if n == len(lines):
+                break
+            raise RunFolderError(f"{path}, line {n}: not a row of this run's log; fix or remove that line, then resume")
+        if line.strip() and row["step"] <= step:
+            keep.append(line)
+    return keep

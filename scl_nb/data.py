@@ -15,14 +15,14 @@ from fastcore.basics import patch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .media import (
-    BAD_REASONS, BadSample, BatchTransform, CROP_SCALE, CropMode, FlipWords,
+    BAD_REASONS, BadSample, BatchTransform, CROP_SCALE, CropMode, FlipWords, check_row,
     centre_box, random_resized_box, read_image, read_video, swap_left_right)
 from .metrics import vqa_soft_scores
+from .containers import ContainerReader
 
 # %% auto #0
 __all__ = ['TASK_COLUMNS', 'VIDEO_EXTENSIONS', 'ManifestError', 'Manifest', 'media_type', 'load_manifest', 'TooManyBadSamples',
-           'BadInputMonitor', 'stable_id', 'ManifestDataset', 'pad_media', 'pad_ids', 'Collator', 'ResumableSampler',
-           'ignore_interrupts', 'ResumableLoader', 'MixedLoader', 'pretrain_loader', 'task_loader', 'bench_data']
+           'BadInputMonitor', 'stable_id', 'ManifestDataset', 'pad_media', 'pad_ids', 'Collator']
 
 # %% ../nbs/12_data.ipynb #cfbbd2c7
 class ManifestError(ValueError):
@@ -35,14 +35,18 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 
 class Manifest:
     "A manifest table (memory-mapped Arrow) and the folder its relative media paths start from."
-    def __init__(self, table, path: Path): self.table, self.path, self.root = table, Path(path), Path(path).parent
-    def __len__(self): return len(self.table)
+    def __init__(self, table, path: Path):
+        self.table, self.path, self.root = table, Path(path), Path(path).parent
+    def __len__(self):
+        return len(self.table)
     @property
-    def columns(self) -> list[str]: return self.table.column_names
+    def columns(self) -> list[str]:
+        return self.table.column_names
     def row(self, i: int) -> dict:
         "Row `i` as a dictionary, with `answers` decoded when stored as JSON text."
         r = self.table[int(i)]
-        if isinstance(r.get("answers"), str): r["answers"] = json.loads(r["answers"])
+        if isinstance(r.get("answers"), str):
+            r["answers"] = json.loads(r["answers"])
         return r
     def media_path(self, p: str) -> Path:
         "`p` resolved against the manifest's folder (absolute paths are kept)."
@@ -56,7 +60,8 @@ class Manifest:
 def media_type(row: dict) -> str:
     "`image` or `video`: the `media_type` column when present, else the file extension."
     t = row.get("media_type")
-    if t: return t
+    if t:
+        return t
     return "video" if str(row["media"]).lower().endswith(VIDEO_EXTENSIONS) else "image"
 
 # %% ../nbs/12_data.ipynb #0dac541a
@@ -65,10 +70,14 @@ def _first_bad_line(path: Path, fmt: str) -> Optional[tuple[int, str]]:
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         if fmt == "json":
             for n, line in enumerate(f, 1):
-                if not line.strip(): continue
-                try: row = json.loads(line.rstrip("\r\n"))
-                except json.JSONDecodeError as e: return n, f"not valid JSON ({e.msg} at column {e.colno})"
-                if not isinstance(row, dict): return n, f"a JSON {type(row).__name__}, not an object with named columns"
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line.rstrip("\r\n"))
+                except json.JSONDecodeError as e:
+                    return n, f"not valid JSON ({e.msg} at column {e.colno})"
+                if not isinstance(row, dict):
+                    return n, f"a JSON {type(row).__name__}, not an object with named columns"
         elif fmt == "csv":  # pandas (under `datasets`) refuses rows with more fields than the header
             rows = csv.reader(f)
             try:
@@ -76,15 +85,19 @@ def _first_bad_line(path: Path, fmt: str) -> Optional[tuple[int, str]]:
                 for row in rows:
                     if header is not None and len(row) > len(header):
                         return rows.line_num, f"{len(row)} fields where the header has {len(header)}"
-            except csv.Error as e: return rows.line_num, str(e)
+            except csv.Error as e:
+                return rows.line_num, str(e)
     return None
 
 def _unreadable_manifest(path: Path, fmt: str, e: Exception) -> str:
     "A one-line message for a manifest `datasets` could not read."
     bad = _first_bad_line(path, fmt) if fmt in ("json", "csv") else None
-    if bad is not None: return f"{path}, line {bad[0]}: {bad[1]}; fix or remove that line"
+    if bad is not None:
+        return f"{path}, line {bad[0]}: {bad[1]}; fix or remove that line"
     cause, seen = e, {id(e)}
-    while (nxt := cause.__cause__ or cause.__context__) is not None and id(nxt) not in seen: cause = nxt; seen.add(id(nxt))
+    while (nxt := cause.__cause__ or cause.__context__) is not None and id(nxt) not in seen:
+        cause = nxt
+        seen.add(id(nxt))
     lines = str(cause).strip().splitlines()
     return f"{path}: cannot be read as {fmt} ({type(cause).__name__}: {lines[-1] if lines else 'no details'})"
 
@@ -97,21 +110,30 @@ def load_manifest(path,                       # JSONL / CSV / Parquet file
     import datasets
     path = Path(path)
     fmt = _FORMATS.get(path.suffix.lower())
-    if fmt is None: raise ManifestError(f"{path}: unknown manifest format {path.suffix!r}; use one of {sorted(_FORMATS)}")
-    if not path.is_file(): raise ManifestError(f"{path}: manifest file not found")
+    if fmt is None:
+        raise ManifestError(f"{path}: unknown manifest format {path.suffix!r}; use one of {sorted(_FORMATS)}")
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest file not found")
     bars, verbosity = not datasets.are_progress_bars_disabled(), datasets.logging.get_verbosity()
-    if bars: datasets.disable_progress_bars()  # no "Generating train split" bars in logs and executed notebooks
+    if bars:
+        datasets.disable_progress_bars()  # no "Generating train split" bars in logs and executed notebooks
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a failure gets our one-line message instead
-    try: table = datasets.load_dataset(fmt, data_files=str(path), split="train",
+    try:
+        table = datasets.load_dataset(fmt, data_files=str(path), split="train",
                                        cache_dir=None if cache_dir is None else str(cache_dir))
     except Exception as e:  # `datasets` buries the line in a long chain; find it ourselves
         raise ManifestError(_unreadable_manifest(path, fmt, e)) from None
     finally:
         datasets.logging.set_verbosity(verbosity)
-        if bars: datasets.enable_progress_bars()
+        if bars:
+            datasets.enable_progress_bars()
     missing = [c for c in required if c not in table.column_names]
-    if split is not None and "split" not in table.column_names: missing.append("split")
-    if missing: raise ManifestError(f"{path}: missing column {missing[0]!r} (required: {list(required)}; found: {table.column_names})")
+    if split is not None and "split" not in table.column_names:
+        missing.append("split")
+    if missing:
+        raise ManifestError(
+            f"{path}: missing column {missing[0]!r} (required: {list(required)}; found: {table.column_names})"
+        )
     m = Manifest(table, path)
     return m.filter(lambda s: s == split, ["split"]) if split is not None else m
 
@@ -130,7 +152,8 @@ class BadInputMonitor:
         "Count the events of `batch` (its `bad` list and batch size); raise when the bad fraction is exceeded."
         events = batch.get("bad", [])
         for reason, row, path in events:
-            if row not in self.rows[reason] and len(self.examples[reason]) < self.n_examples: self.examples[reason].append(path)
+            if row not in self.rows[reason] and len(self.examples[reason]) < self.n_examples:
+                self.examples[reason].append(path)
             self.rows[reason].add(row)
         bad = sum(1 for e in events if e[0] in BAD_REASONS)
         self.bad_reads += bad
@@ -144,7 +167,8 @@ class BadInputMonitor:
         return {k: len(v) for k, v in sorted(self.rows.items())}
 
     @property
-    def bad_fraction(self) -> float: return self.bad_reads / max(self.reads, 1)
+    def bad_fraction(self) -> float:
+        return self.bad_reads / max(self.reads, 1)
 
     def report(self) -> str:
         "One line per reason: distinct rows and example files."
@@ -162,11 +186,13 @@ class BadInputMonitor:
             raise TooManyBadSamples(f"{self.bad_fraction:.1%} of the samples read are unusable, more than "
                                     f"data.max_bad_fraction={self.max_bad_fraction}\n{self.report()}")
 
-    def state_dict(self): return dict(rows={k: sorted(v) for k, v in self.rows.items()}, examples=dict(self.examples),
+    def state_dict(self):
+        return dict(rows={k: sorted(v) for k, v in self.rows.items()}, examples=dict(self.examples),
                                       reads=self.reads, bad_reads=self.bad_reads)
     def load_state_dict(self, d):
         self.rows = defaultdict(set, {k: set(v) for k, v in d["rows"].items()})
-        self.examples = defaultdict(list, d["examples"]); self.reads, self.bad_reads = d["reads"], d["bad_reads"]
+        self.examples = defaultdict(list, d["examples"])
+        self.reads, self.bad_reads = d["reads"], d["bad_reads"]
 
 # %% ../nbs/12_data.ipynb #dc932a23
 def stable_id(s) -> int:
@@ -187,10 +213,13 @@ class ManifestDataset(Dataset):
                  answers: Optional[Sequence[str]] = None,  # VQA answer vocabulary
                  n_false_texts: int = 15,         # retrieval: negative captions per sample
                  max_tries: int = 50):            # replacements before giving up
-        if task not in TASK_COLUMNS: raise ValueError(f"task={task!r}; choose one of {sorted(TASK_COLUMNS)}")
+        if task not in TASK_COLUMNS:
+            raise ValueError(f"task={task!r}; choose one of {sorted(TASK_COLUMNS)}")
         missing = [c for c in TASK_COLUMNS[task] if c not in manifest.columns]
-        if missing: raise ManifestError(f"{manifest.path}: missing column {missing[0]!r} for task {task!r}")
-        if task == "vqa" and answers is None: raise ValueError("task='vqa' needs the answer vocabulary `answers`")
+        if missing:
+            raise ManifestError(f"{manifest.path}: missing column {missing[0]!r} for task {task!r}")
+        if task == "vqa" and answers is None:
+            raise ValueError("task='vqa' needs the answer vocabulary `answers`")
         keep = [c for c in (*TASK_COLUMNS[task], "media_type", "image_id", "question_id") if c in manifest.columns]
         self.m = Manifest(manifest.table.select_columns(list(dict.fromkeys(keep))), manifest.path)  # rows decode only what is used
         self.tok, self.task, self.mode = tokenizer, task, mode
@@ -199,29 +228,36 @@ class ManifestDataset(Dataset):
         self.answer_index = {a: i for i, a in enumerate(answers or [])}
         self.n_answers = len(answers or [])
         self._texts = self.m.table.select_columns(["image_id", "caption"]) if task == "retrieval" else None
+        self.containers = ContainerReader()  # arrow files and shards that media point into, opened once per worker
 
-    def __len__(self): return len(self.m)
+    def __len__(self):
+        return len(self.m)
 
-    def rng(self, *key) -> np.random.Generator: return np.random.default_rng([self.seed, *key])
+    def rng(self, *key) -> np.random.Generator:
+        return np.random.default_rng([self.seed, *key])
 
 # %% ../nbs/12_data.ipynb #1c34935e
 @patch
 def _media(self: ManifestDataset, path, kind, rng):
-    "Frames `[F, H, W, 3]` uint8 of one media file."
-    if kind == "video": return read_video(path, self.num_frames, self.mode != "test", rng, short=self.image_size)
-    return read_image(path, short=self.image_size)
+    "Frames `[F, H, W, 3]` uint8 of one media file, or of a member of an arrow file or a shard (`scl_nb.containers`)."
+    data = self.containers.read(path)  # None for a loose file: the reader opens it
+    if kind == "video":
+        return read_video(path, self.num_frames, self.mode != "test", rng, short=self.image_size, data=data)
+    return read_image(path, short=self.image_size, data=data)
 
 @patch
 def _box(self: ManifestDataset, frames, rng):
     h, w = frames.shape[1:3]
-    if self.mode == "test": return centre_box(h, w)
+    if self.mode == "test":
+        return centre_box(h, w)
     return random_resized_box(h, w, CROP_SCALE[self.mode], rng=rng)
 
 @patch
 def _tokens(self: ManifestDataset, text, events, row):
     "Token ids (truncated to `max_len`, the closing special token kept); raises on empty text."
     where = f"{self.m.path} row {row}"
-    if text is None or not str(text).strip(): raise BadSample("empty_caption", where)
+    if text is None or not str(text).strip():
+        raise BadSample("empty_caption", where)
     ids = self.tok(str(text), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
     if len(ids) > self.max_len:
         events.append(("caption_truncated", row, where))
@@ -230,9 +266,11 @@ def _tokens(self: ManifestDataset, text, events, row):
 
 @patch
 def _vqa_targets(self: ManifestDataset, answers, path):
-    "Soft scores over the vocabulary: the raw human answers that are vocabulary entries (the reference rule, method §4)."
+    """Soft scores over the vocabulary: the raw human answers that are vocabulary entries (the reference rule, method
+    §4)."""
     targets = torch.zeros(self.n_answers)
-    for i, score in vqa_soft_scores(answers or [], self.answer_index).items(): targets[i] = score
+    for i, score in vqa_soft_scores(answers or [], self.answer_index).items():
+        targets[i] = score
     if not targets.any() and self.mode != "test":  # training skips it; evaluation keeps it (test-dev has no answers)
         raise BadSample("unknown_answer", path)  # the media file, to find the question
     return targets
@@ -243,32 +281,49 @@ def _false_texts(self: ManifestDataset, row: int, image_id, epoch: int) -> list[
     "Token ids of `n_false_texts` captions of other images (retrieval fine-tuning)."
     rng, out = self.rng(epoch, row, 1), []
     for _ in range(self.n_false_texts * 20):
-        if len(out) == self.n_false_texts: break
+        if len(out) == self.n_false_texts:
+            break
         r = self._texts[int(rng.integers(len(self.m)))]  # two columns only: cheap
-        if r["image_id"] == image_id or not (r["caption"] or "").strip(): continue
+        if r["image_id"] == image_id or not (r["caption"] or "").strip():
+            continue
         out.append(self.tok(r["caption"], truncation=True, max_length=self.max_len)["input_ids"])
-    if len(out) < self.n_false_texts: raise ValueError(f"{self.m.path}: too few captions of other images for {self.n_false_texts} false texts")
+    if len(out) < self.n_false_texts:
+        raise ValueError(f"{self.m.path}: too few captions of other images for {self.n_false_texts} false texts")
     return out
 
 @patch
+def _row(self: ManifestDataset, row: int) -> dict:
+    "Row `row`, its fields checked (`check_row`); a row whose bytes are not UTF-8 is `malformed_row` too."
+    try:
+        return check_row(self.m.row(row), f"{self.m.path} row {row}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadSample("malformed_row", f"{self.m.path} row {row}: {type(e).__name__}") from None
+
+@patch
 def _load(self: ManifestDataset, row: int, epoch: int, events: list) -> dict:
-    r, rng = self.m.row(row), self.rng(epoch, row)
+    r, rng = self._row(row), self.rng(epoch, row)
     path = self.m.media_path(r["media"])
     text = r["question"] if self.task == "vqa" else r.get("caption")
     out = dict(index=row)
-    if self.task == "vqa": out["vqa_targets"] = self._vqa_targets(r["answers"], path)
+    if self.task == "vqa":
+        out["vqa_targets"] = self._vqa_targets(r["answers"], path)
     frames = self._media(path, media_type(r), rng)
     out["pixels"], out["box"] = frames, self._box(frames, rng)
-    flip = self.mode == "pretrain" and self.flip_words != "no_flip" and self.task == "pretrain" and bool(rng.integers(2))
-    if flip and self.flip_words == "swap" and text: text = swap_left_right(text)
+    flip = (
+        self.mode == "pretrain" and self.flip_words != "no_flip" and self.task == "pretrain" and bool(rng.integers(2))
+    )
+    if flip and self.flip_words == "swap" and text:
+        text = swap_left_right(text)
     out["flip"] = flip
     out["input_ids"] = self._tokens(text, events, row)
     out["image_id"] = stable_id(r.get("image_id") or r["media"])
-    if self.task == "retrieval": out["false_ids"] = self._false_texts(row, r["image_id"], epoch)
+    if self.task == "retrieval":
+        out["false_ids"] = self._false_texts(row, r["image_id"], epoch)
     if self.task == "nlvr2":
         frames2 = self._media(self.m.media_path(r["media2"]), media_type(dict(media=r["media2"])), rng)
         out["pixels2"], out["box2"], out["label"] = frames2, self._box(frames2, rng), int(r["label"])
-    if self.task == "vqa": out["question_id"] = str(r.get("question_id", row))
+    if self.task == "vqa":
+        out["question_id"] = str(r.get("question_id", row))
     return out
 
 @patch
@@ -290,7 +345,10 @@ def __getitem__(self: ManifestDataset, key) -> dict:
 def pad_media(items: list[np.ndarray]) -> torch.Tensor:  # [B, F, 3, H, W] uint8
     "Stack `[F, H, W, 3]` arrays of different sizes, zero-padded at the right and bottom."
     Fs = {a.shape[0] for a in items}
-    if len(Fs) > 1: raise ValueError(f"a batch mixes clips of {sorted(Fs)} frames (images and videos); use MixedLoader to alternate them")
+    if len(Fs) > 1:
+        raise ValueError(
+            f"a batch mixes clips of {sorted(Fs)} frames (images and videos); use MixedLoader to alternate them"
+        )
     H, W = max(a.shape[1] for a in items), max(a.shape[2] for a in items)
     out = torch.zeros(len(items), Fs.pop(), 3, H, W, dtype=torch.uint8)
     for b, a in enumerate(items):
@@ -304,15 +362,21 @@ def pad_ids(seqs: list[list[int]], pad_id: int,
     L = max(max(len(s) for s in seqs), length or 0)
     ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), L), dtype=torch.long)
-    for i, s in enumerate(seqs): ids[i, :len(s)] = torch.tensor(s); mask[i, :len(s)] = 1
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
     return ids, mask
 
 # %% ../nbs/12_data.ipynb #9b6849bd
 class Collator:
     "Batch samples of `ManifestDataset`: padded media and ids, masked ids for MLM / SCL, task fields."
-    def __init__(self, tokenizer, objectives=None,  # `ObjectiveConfig`; None = no masked ids
-                 seed: int = 0,
-                 pad_to: Optional[int] = None):  # pad captions to this length (static shapes); None = the batch's longest
+    def __init__(
+        self,
+        tokenizer,
+        objectives=None,  # `ObjectiveConfig`; None = no masked ids
+        seed: int = 0,
+        pad_to: Optional[int] = None,
+    ):  # pad captions to this length (static shapes); None = the batch's longest
         self.tok, self.objectives, self.seed, self.pad_to = tokenizer, objectives, seed, pad_to
 
     def mask_text(self, ids: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> dict:
@@ -341,7 +405,9 @@ class Collator:
         if "false_ids" in items[0]:
             ids, mask = pad_ids([f for s in items for f in s["false_ids"]], pad)
             n = len(items[0]["false_ids"])
-            out["false_input_ids"], out["false_attention_mask"] = ids.view(len(items), n, -1), mask.view(len(items), n, -1)
+            out["false_input_ids"], out["false_attention_mask"] = ids.view(len(items), n, -1), mask.view(
+                len(items), n, -1
+            )
         if "vqa_targets" in items[0]:
             out["vqa_targets"] = torch.stack([s["vqa_targets"] for s in items])
             out["question_ids"] = [s["question_id"] for s in items]
@@ -350,235 +416,3 @@ class Collator:
             out["boxes2"] = torch.tensor([s["box2"] for s in items], dtype=torch.float32)
             out["labels"] = torch.tensor([s["label"] for s in items], dtype=torch.long)
         return out
-
-# %% ../nbs/12_data.ipynb #fd580de4
-class ResumableSampler(Sampler):
-    "Rank-aware, seeded, per-epoch shuffling sampler whose position can be saved and restored."
-    def __init__(self, n: int, rank: int = 0, world: int = 1, shuffle: bool = True, seed: int = 0, drop_last: bool = False):
-        if not 0 <= rank < world: raise ValueError(f"rank={rank} must be in [0, world={world})")
-        self.n, self.rank, self.world, self.shuffle, self.seed, self.drop_last = n, rank, world, shuffle, seed, drop_last
-        self.epoch, self.index = 0, 0
-
-    def order(self, epoch: int) -> list[int]:
-        "This rank's rows for `epoch`."
-        idx = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist() if self.shuffle else list(range(self.n))
-        per = self.n // self.world if self.drop_last else math.ceil(self.n / self.world)
-        total = per * self.world
-        idx = idx[:total] if self.drop_last else (idx * math.ceil(total / max(self.n, 1)))[:total]
-        return idx[self.rank:total:self.world]
-
-    def __iter__(self):
-        e = self.epoch
-        return iter([(i, e) for i in self.order(e)[self.index:]])
-
-    def __len__(self): return len(self.order(self.epoch)) - self.index
-    def set_epoch(self, epoch: int): self.epoch, self.index = epoch, 0
-    def advance(self, n: int): self.index += n
-    def state_dict(self) -> dict: return dict(epoch=self.epoch, index=self.index, seed=self.seed, n=self.n, world=self.world)
-    def load_state_dict(self, d: dict):
-        if (d["n"], d["world"]) != (self.n, self.world):
-            raise ValueError(f"sampler state is for {d['n']} rows on {d['world']} ranks, not {self.n} rows on {self.world}")
-        self.epoch, self.index, self.seed = d["epoch"], d["index"], d["seed"]
-
-# %% ../nbs/12_data.ipynb #8a2e7384
-def _to_device(batch: dict, device, non_blocking: bool) -> dict:
-    return {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-def ignore_interrupts(worker_id: int):
-    "DataLoader workers leave Ctrl-C to the training process, which finishes its step and checkpoints."
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-class ResumableLoader:
-    "DataLoader + ResumableSampler + device transform + bad-input monitor."
-    def __init__(self, dataset: ManifestDataset, batch_size: int,
-                 collator: Optional[Collator] = None,  # None = `Collator(dataset.tok, seed=dataset.seed)`
-                 rank: int = 0, world: int = 1, shuffle: bool = True, drop_last: bool = True,
-                 num_workers: int = 2,              # `cfg.data.num_workers`
-                 device=None,                       # where batches go; None = CPU
-                 transform: Optional[BatchTransform] = None,  # None = `BatchTransform(dataset.image_size, dataset.mode)`
-                 max_bad_fraction: float = 0.01,    # `cfg.data.max_bad_fraction`
-                 min_reads: int = 200,              # reads before the bad fraction is checked
-                 prefetch_factor: int = 4):         # batches prefetched per worker
-        self.dataset, self.batch_size = dataset, batch_size
-        self.sampler = ResumableSampler(len(dataset), rank, world, shuffle, dataset.seed, drop_last=False)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.transform = (transform or BatchTransform(dataset.image_size, dataset.mode)).to(self.device)
-        self.monitor = BadInputMonitor(max_bad_fraction, min_reads)
-        pin = self.device.type == "cuda"
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, drop_last=drop_last,
-                                 collate_fn=collator or Collator(dataset.tok, seed=dataset.seed),
-                                 num_workers=num_workers, pin_memory=pin, persistent_workers=num_workers > 0,
-                                 prefetch_factor=prefetch_factor if num_workers > 0 else None,
-                                 worker_init_fn=ignore_interrupts if num_workers > 0 else None)
-
-    def __len__(self): return len(self.loader)
-
-    def __iter__(self):
-        "The remaining batches of the current epoch; afterwards the sampler moves to the next epoch."
-        for batch in self.loader:
-            self.sampler.advance(len(batch["index"]))
-            self.monitor.update(batch)
-            yield self.prepare(batch)
-        self.sampler.set_epoch(self.sampler.epoch + 1)
-
-    def prepare(self, batch: dict) -> dict:
-        "Move to the device and apply the transform (`pixels`, `pixels2`)."
-        b = _to_device(batch, self.device, non_blocking=True)
-        b["pixels"] = self.transform(b["pixels"], b.pop("boxes"), b.pop("flip"))
-        if "pixels2" in b: b["pixels2"] = self.transform(b["pixels2"], b.pop("boxes2"))
-        return b
-
-    def bad_input(self) -> dict: return self.monitor.summary()
-    def state_dict(self) -> dict: return dict(sampler=self.sampler.state_dict(), bad=self.monitor.state_dict())
-    def load_state_dict(self, d: dict): self.sampler.load_state_dict(d["sampler"]); self.monitor.load_state_dict(d["bad"])
-
-# %% ../nbs/12_data.ipynb #a7df813e
-class MixedLoader:
-    "Endless alternation of image and video batches at `video_ratio`; resumable."
-    def __init__(self, image: ResumableLoader, video: Optional[ResumableLoader], video_ratio: float):
-        self.image, self.video, self.ratio, self.step = image, video, video_ratio if video is not None else 0.0, 0
-        self._its = {}
-
-    def is_video_step(self, k: int) -> bool: return math.floor((k + 1) * self.ratio) > math.floor(k * self.ratio)
-
-    def _next(self, name: str) -> dict:
-        loader = getattr(self, name)
-        while True:
-            if name not in self._its: self._its[name] = iter(loader)
-            try: return next(self._its[name])
-            except StopIteration: del self._its[name]
-
-    def __iter__(self):
-        while True:
-            b = self._next("video" if self.is_video_step(self.step) else "image")
-            self.step += 1
-            yield b
-
-    @property
-    def monitors(self) -> list[BadInputMonitor]: return [l.monitor for l in (self.image, self.video) if l is not None]
-    def report(self) -> str:
-        "The bad-input report of the image loader and, when there is one, the video loader."
-        return "\n".join(f"{n}: {l.monitor.report()}" for n, l in (("images", self.image), ("videos", self.video)) if l is not None)
-
-    def bad_input(self) -> dict:
-        "Unusable samples of the image and video loaders, and their totals."
-        parts = {n: l.bad_input() for n, l in (("images", self.image), ("videos", self.video)) if l is not None}
-        return {"reads": sum(p["reads"] for p in parts.values()), "unusable": sum(p["unusable"] for p in parts.values())} | parts
-
-    def state_dict(self) -> dict:
-        return dict(step=self.step, image=self.image.state_dict(), video=self.video.state_dict() if self.video else None)
-    def load_state_dict(self, d: dict):
-        self.step, self._its = d["step"], {}
-        self.image.load_state_dict(d["image"])
-        if self.video is not None and d["video"] is not None: self.video.load_state_dict(d["video"])
-
-# %% ../nbs/12_data.ipynb #d75a7276
-def _hf_cache(cfg):
-    "Arrow cache of `datasets` under the configured cache folder, when there is one."
-    return Path(cfg.data.cache_dir) / "hf_datasets" if cfg.data.cache_dir else None
-
-def pretrain_loader(cfg,                   # `SCLConfig`
-                    rank: int = 0, world: int = 1,
-                    device=None,           # where batches go
-                    tokenizer=None,        # None = `load_tokenizer(cfg.text, cfg.data.cache_dir)`
-                    split: Optional[str] = "train",  # rows of this split (manifest sources)
-                    hf_cache_dir=None,     # Arrow cache for `datasets`; None = `<cfg.data.cache_dir>/hf_datasets` or the `datasets` default
-                    synthetic: Optional[dict] = None,  # `SyntheticParams` fields for the synthetic source (sizes, seed)
-                   ) -> MixedLoader:
-    "The pre-training loader of `cfg`: image batches, alternating with video batches at `cfg.data.video_ratio`."
-    from scl_nb.text import load_tokenizer
-    tok = tokenizer or load_tokenizer(cfg.text, cfg.data.cache_dir)
-    hf_cache_dir = hf_cache_dir or _hf_cache(cfg)
-    if cfg.data.source == "synthetic":
-        from scl_nb.synthetic import synthetic_for_config
-        paths = synthetic_for_config(cfg, **(synthetic or {}))
-        images = load_manifest(paths["captions_train"], TASK_COLUMNS["pretrain"], cache_dir=hf_cache_dir)
-        videos = load_manifest(paths["video_captions_train"], TASK_COLUMNS["pretrain"], cache_dir=hf_cache_dir) if "video_captions_train" in paths else None
-    else:
-        m = load_manifest(cfg.data.source, TASK_COLUMNS["pretrain"], cache_dir=hf_cache_dir)
-        if split is not None and "split" in m.columns: m = m.filter(lambda s: s == split, ["split"])
-        cols = ["media", "media_type"] if "media_type" in m.columns else ["media"]
-        is_video = lambda p, t=None: media_type(dict(media=p, media_type=t)) == "video"
-        images, videos = m.filter(lambda *c: not is_video(*c), cols), m.filter(is_video, cols)
-        if len(images) == 0: images, videos = videos, None
-    if videos is not None and (len(videos) == 0 or cfg.data.video_ratio == 0): videos = None
-    bs, d = cfg.train.per_gpu_batch_size, cfg.data
-    make = lambda man: ResumableLoader(
-        ManifestDataset(man, tok, "pretrain", "pretrain", cfg.vision.image_size, d.num_frames, cfg.text.max_len, cfg.train.seed),
-        bs, Collator(tok, cfg.objectives, cfg.train.seed, cfg.text.max_len if d.static_shapes else None), rank, world, num_workers=d.num_workers, device=device,
-        max_bad_fraction=d.max_bad_fraction)
-    return MixedLoader(make(images), make(videos) if videos is not None else None, d.video_ratio)
-
-# %% ../nbs/12_data.ipynb #1d569d80
-def task_loader(cfg,                        # `SCLConfig`
-                manifest,                   # a `Manifest` or a manifest file
-                task: str,                  # retrieval / vqa / nlvr2 / pretrain (zero-shot retrieval evaluation)
-                train: bool,                # fine-tuning (augmented, shuffled) or evaluation
-                rank: int = 0, world: int = 1, device=None, tokenizer=None,
-                split: Optional[str] = None,  # keep only this split of a manifest file
-                answers=None,               # VQA answer vocabulary: a list or a JSON file holding one
-                batch_size: Optional[int] = None,  # None = `cfg.train.per_gpu_batch_size`
-                hf_cache_dir=None,          # None = `<cfg.data.cache_dir>/hf_datasets` or the `datasets` default
-               ) -> ResumableLoader:
-    "A fine-tuning or evaluation loader for a downstream task."
-    from scl_nb.text import load_tokenizer
-    tok = tokenizer or load_tokenizer(cfg.text, cfg.data.cache_dir)
-    m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest, TASK_COLUMNS[task], split=split,
-                                                                      cache_dir=hf_cache_dir or _hf_cache(cfg))
-    if isinstance(answers, (str, Path)): answers = json.loads(Path(answers).read_text())
-    ds = ManifestDataset(m, tok, task, "finetune" if train else "test", cfg.vision.image_size, cfg.data.num_frames,
-                         cfg.text.max_len, cfg.train.seed, answers=answers)
-    return ResumableLoader(ds, batch_size or cfg.train.per_gpu_batch_size, Collator(tok, seed=cfg.train.seed), rank, world,
-                           shuffle=train, drop_last=train, num_workers=cfg.data.num_workers, device=device,
-                           max_bad_fraction=cfg.data.max_bad_fraction)
-
-# %% ../nbs/12_data.ipynb #8e18b2eb
-def _timed(fn, n: int, sync=None) -> float:
-    "Seconds for `n` calls of `fn` (after one warm-up call)."
-    fn()
-    if sync: sync()
-    t0 = time.perf_counter()
-    for _ in range(n): fn()
-    if sync: sync()
-    return time.perf_counter() - t0
-
-def bench_data(workers: Sequence[int] = (0, 2, 4),  # worker counts to measure
-               batch_size: int = 32,
-               batches: int = 20,                  # timed batches per setting (after warm-up)
-               image_size: int = 288, video_size: int = 224, num_frames: int = 4,
-               device=None,                        # where the transform runs; None = CPU
-               cache_dir=None,                     # where the benchmark data is generated
-               tokenizer=None,                     # None = the tiny BPE tokenizer
-               print_fn=print) -> list[dict]:
-    "Print and return throughput (samples/s) of the DataLoader side per worker count, and of the device transform."
-    from scl_nb.config import ObjectiveConfig, TextConfig
-    from scl_nb.synthetic import make_synthetic, synthetic_cache_root
-    from scl_nb.text import load_tokenizer
-    n = batch_size * (batches + 2)
-    paths = make_synthetic(cache_dir, n_images=n // 4 + 2, n_videos=n // 4 + 2, n_pairs=10,
-                           image_size=image_size, video_size=video_size, video_frames=max(8, num_frames))
-    tok = tokenizer or load_tokenizer(TextConfig(tokenizer="tiny-bpe", vocab_size=1024), cache_dir)
-    hf_cache = synthetic_cache_root(cache_dir) / "hf_datasets"
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    sync = torch.cuda.synchronize if dev.type == "cuda" else None
-    results = []
-    for kind, name, size in (("image", "captions_train", image_size), ("video", "video_captions_train", video_size)):
-        man = load_manifest(paths[name], TASK_COLUMNS["pretrain"], cache_dir=hf_cache)
-        what = f"{kind:5s} {size} px" + ("" if kind == "image" else f" x {num_frames} frames")
-        frames = 1 if kind == "image" else num_frames
-        for w in workers:
-            ds = ManifestDataset(man, tok, "pretrain", "pretrain", size, num_frames, 50)
-            loader = ResumableLoader(ds, batch_size, Collator(tok, ObjectiveConfig()), num_workers=w, device=dev, min_reads=10**9)
-            it = iter(loader.loader)  # collated CPU batches, as the workers deliver them
-            batch = next(it)
-            dt = _timed(lambda: next(it), batches)
-            results.append(dict(stage="loader", kind=kind, size=size, frames=frames, workers=w, samples_per_s=batch_size * batches / dt))
-            print_fn(f"{what}, loader with {w} workers: {batch_size * batches / dt:8.1f} samples/s")
-            del it, loader
-        b = _to_device(batch, dev, non_blocking=False)
-        tf = BatchTransform(size, "pretrain").to(dev)
-        dt = _timed(lambda: tf(b["pixels"], b["boxes"], b["flip"]), batches, sync)
-        results.append(dict(stage="transform", kind=kind, size=size, frames=frames, device=str(dev), samples_per_s=batch_size * batches / dt))
-        print_fn(f"{what}, transform on {dev}: {batch_size * batches / dt:8.1f} samples/s")
-    return results

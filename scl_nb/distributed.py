@@ -41,13 +41,15 @@ def is_main() -> bool:
 
 def barrier():
     "Wait for every process; a no-op when not distributed."
-    if is_distributed(): dist.barrier()
+    if is_distributed():
+        dist.barrier()
 
 # %% ../nbs/06_distributed.ipynb #d58f572a
 def first_host(nodelist: str) -> str:
     "First host name of a SLURM node list such as `gpu[07-09,12],cpu3` (-> `gpu07`)."
     m = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
-    if m is None: raise ValueError(f"cannot parse SLURM node list {nodelist!r}")
+    if m is None:
+        raise ValueError(f"cannot parse SLURM node list {nodelist!r}")
     prefix, ranges = m.groups()
     return prefix if ranges is None else prefix + ranges.split(",")[0].split("-")[0]
 
@@ -60,8 +62,8 @@ def launcher_env(env: Optional[Mapping[str, str]] = None,  # environment to read
                     master_addr=env.get("MASTER_ADDR", "127.0.0.1"), master_port=int(env.get("MASTER_PORT", 29500)))
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         nodes = env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "127.0.0.1"))
-        return dict(rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]), local_rank=int(env.get("SLURM_LOCALID", 0)),
-                    master_addr=env.get("MASTER_ADDR", first_host(nodes)),
+        return dict(rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
+                    local_rank=int(env.get("SLURM_LOCALID", 0)), master_addr=env.get("MASTER_ADDR", first_host(nodes)),
                     master_port=int(env.get("MASTER_PORT", 15000 + int(env.get("SLURM_JOB_ID", 0)) % 20000)))
     return dict(rank=0, world_size=1, local_rank=0, master_addr="127.0.0.1", master_port=29500)
 
@@ -74,18 +76,22 @@ def init_distributed(backend: Optional[str] = None,  # "nccl" / "gloo"; None = n
                      timeout_s: float = 1800,         # collective timeout
                     ) -> bool:                        # True when running with more than one process
     "Initialise the default process group from torchrun / SLURM variables; a no-op for a single process."
-    if is_distributed(): return True
+    if is_distributed():
+        return True
     where = launcher_env()
-    if where["world_size"] <= 1: return False
+    if where["world_size"] <= 1:
+        return False
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    if backend == "nccl": torch.cuda.set_device(where["local_rank"])
+    if backend == "nccl":
+        torch.cuda.set_device(where["local_rank"])
     dist.init_process_group(backend, init_method=f"tcp://{where['master_addr']}:{where['master_port']}",
                             rank=where["rank"], world_size=where["world_size"], timeout=timedelta(seconds=timeout_s))
     return True
 
 def cleanup_distributed():
     "Destroy the default process group if there is one."
-    if is_distributed(): dist.destroy_process_group()
+    if is_distributed():
+        dist.destroy_process_group()
 
 # %% ../nbs/06_distributed.ipynb #b1dce86e
 @dataclass
@@ -97,7 +103,8 @@ class DistContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     owns_group: bool = False  # this context created the process group (and destroys it)
     @property
-    def is_main(self) -> bool: return self.rank == 0
+    def is_main(self) -> bool:
+        return self.rank == 0
 
 def init_dist(device: Optional[str] = None) -> DistContext:
     "Initialise the process group when several processes run; choose the device (`'cpu'` forces the CPU)."
@@ -106,13 +113,15 @@ def init_dist(device: Optional[str] = None) -> DistContext:
     init_distributed(backend=None if cuda else "gloo")
     local = local_rank() if world_size() > 1 else 0
     dev = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
-    if cuda: torch.cuda.set_device(dev)
+    if cuda:
+        torch.cuda.set_device(dev)
     return DistContext(rank(), world_size(), local, dev, owns_group=world_size() > 1 and not existed)
 
 def any_rank(flag: bool, device) -> bool:
     "True when `flag` is true on any rank (so every rank takes the same branch)."
     if world_size() > 1:
-        t = torch.tensor([float(flag)], device=device); dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        t = torch.tensor([float(flag)], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
     return flag
 
@@ -120,18 +129,24 @@ def any_rank(flag: bool, device) -> bool:
 def unwrap_model(model: nn.Module) -> nn.Module:
     "The model inside DDP / `torch.compile` wrappers (an FSDP2 root, `fully_shard`-ed in place, is its own model)."
     while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel): model = model.module
-        elif hasattr(model, "_orig_mod"): model = model._orig_mod
-        else: return model
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
 
 def is_fsdp(model: nn.Module) -> bool:
     "True for a module `torch.distributed.fsdp.fully_shard` was applied to (FSDP2)."
-    try: from torch.distributed.fsdp import FSDPModule
-    except ImportError: return False
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
     return isinstance(model, FSDPModule)
 
 # %% ../nbs/06_distributed.ipynb #66f88907
-def _group(group): return group if group is not None else dist.group.WORLD
+def _group(group):
+    return group if group is not None else dist.group.WORLD
 
 def _gather_counts(n: int, device, group=None) -> list[int]:
     "Number of rows on every rank."
@@ -141,17 +156,27 @@ def _gather_counts(n: int, device, group=None) -> list[int]:
 
 def all_gather_with_grad(x: torch.Tensor,  # [B_r, ...] this rank's rows (B_r may differ between ranks)
                          group=None,       # process group; None = all processes
+                         grad: str = "sum",  # backward: "sum" over the ranks (exact), or "local": own slice only
                         ) -> torch.Tensor: # [sum_r B_r, ...] rows of rank 0, then rank 1, ...
     "Concatenate `x` from every rank along dim 0, differentiably (identity when not distributed)."
-    if not is_distributed() or dist.get_world_size(group) == 1: return x
+    if grad not in ("sum", "local"):
+        raise ValueError(f"grad={grad!r}; choose 'sum' or 'local'")
+    if not is_distributed() or dist.get_world_size(group) == 1:
+        return x
     counts = _gather_counts(x.shape[0], x.device, group)
     most = max(counts)
-    if most == 0: return x  # nothing anywhere: the empty local tensor is the empty global one
+    if most == 0:
+        return x  # nothing anywhere: the empty local tensor is the empty global one
     padded = x if x.shape[0] == most else torch.cat([x, x.new_zeros((most - x.shape[0], *x.shape[1:]))])
+    if grad == "local":
+        padded = padded.detach()
     out = funcol.wait_tensor(funcol.all_gather_single_autograd(padded.contiguous(), 0, _group(group)))  # [W*most, ...]
-    if len(set(counts)) == 1: return out
-    keep = torch.cat([torch.arange(c, device=x.device) + r * most for r, c in enumerate(counts)])
-    return out[keep]
+    if len(set(counts)) > 1:
+        out = out[torch.cat([torch.arange(c, device=x.device) + r * most for r, c in enumerate(counts)])]
+    if grad == "sum":
+        return out
+    start = sum(counts[:dist.get_rank(group)])
+    return torch.cat([out[:start], x, out[start + x.shape[0]:]])  # only this rank's own rows carry a gradient
 
 # %% ../nbs/06_distributed.ipynb #8d033220
 def all_reduce_mean(x: Union[torch.Tensor, float],  # a value to log
@@ -159,8 +184,10 @@ def all_reduce_mean(x: Union[torch.Tensor, float],  # a value to log
                    ) -> torch.Tensor:               # detached mean over ranks
     "Mean of `x` over all ranks, for logging (no gradient); `x` itself when not distributed."
     t = x.detach().clone() if isinstance(x, torch.Tensor) else torch.tensor(float(x))
-    if not is_distributed(): return t
-    if dist.get_backend(group) == "nccl" and not t.is_cuda: t = t.cuda()
+    if not is_distributed():
+        return t
+    if dist.get_backend(group) == "nccl" and not t.is_cuda:
+        t = t.cuda()
     t = t.float() if not t.is_floating_point() else t
     dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
     return t / dist.get_world_size(group)
@@ -174,10 +201,16 @@ def shard_model(model: nn.Module,  # the plain model, already on its device
     "Shard `model` in place with FSDP2: every transformer block, then the root (which takes the other parameters)."
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.device_mesh import init_device_mesh
-    if mesh is None: mesh = init_device_mesh(next(model.parameters()).device.type, (dist.get_world_size(),))
-    blocks = [(f"{name}.{i}", block) for name, m in model.named_modules()
-              if isinstance(m, nn.ModuleList) and name.rsplit(".", 1)[-1].endswith(BLOCK_LIST_SUFFIXES) for i, block in enumerate(m)]
-    for _, block in reversed(blocks): fully_shard(block, mesh=mesh)  # inner blocks of nested lists first
+    if mesh is None:
+        mesh = init_device_mesh(next(model.parameters()).device.type, (dist.get_world_size(),))
+    blocks = [
+        (f"{name}.{i}", block)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.ModuleList) and name.rsplit(".", 1)[-1].endswith(BLOCK_LIST_SUFFIXES)
+        for i, block in enumerate(m)
+    ]
+    for _, block in reversed(blocks):
+        fully_shard(block, mesh=mesh)  # inner blocks of nested lists first
     scalars = {p for p in model.parameters() if p.dim() == 0}  # fully_shard cannot shard 0-d tensors: replicated
     fully_shard(model, mesh=mesh, ignored_params=scalars or None)
     return [n for n, _ in blocks]
@@ -186,19 +219,26 @@ def sync_replicated_grads(model: nn.Module):
     "Average over the processes the gradients of the parameters FSDP left replicated (plain tensors, e.g. 0-d ones)."
     from torch.distributed.tensor import DTensor
     params = [p for p in model.parameters() if p.requires_grad and not isinstance(p, DTensor)]
-    if not params or not dist.is_initialized() or dist.get_world_size() == 1: return
+    if not params or not dist.is_initialized() or dist.get_world_size() == 1:
+        return
     used = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
     dist.all_reduce(used, op=dist.ReduceOp.MAX)  # a parameter used on any rank gets a gradient on every rank
     params = [p for p, u in zip(params, used.tolist()) if u]
-    if not params: return
+    if not params:
+        return
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params])
-    dist.all_reduce(flat); flat /= dist.get_world_size()
-    for p, g in zip(params, flat.split([p.numel() for p in params])): p.grad = g.view_as(p).to(p.dtype)
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for p, g in zip(params, flat.split([p.numel() for p in params])):
+        p.grad = g.view_as(p).to(p.dtype)
 
 def single_process_group(device: torch.device) -> bool:
     "Create a 1-process group when none exists (FSDP needs one even alone); True when it was created here."
-    if dist.is_initialized(): return False
-    dist.init_process_group("gloo" if device.type == "cpu" else "cpu:gloo,cuda:nccl", store=dist.HashStore(), rank=0, world_size=1)
+    if dist.is_initialized():
+        return False
+    dist.init_process_group(
+        "gloo" if device.type == "cpu" else "cpu:gloo,cuda:nccl", store=dist.HashStore(), rank=0, world_size=1
+    )
     return True
 
 # %% ../nbs/06_distributed.ipynb #7f277504
@@ -210,14 +250,18 @@ def free_port() -> int:
 
 class PickledByValue:
     "Pickles as `cloudpickle.loads(payload)`: the wrapped object travels by value, even from a notebook's `__main__`."
-    def __init__(self, obj): self.payload = cloudpickle.dumps(obj)
-    def __reduce__(self): return cloudpickle.loads, (self.payload,)
+    def __init__(self, obj):
+        self.payload = cloudpickle.dumps(obj)
+    def __reduce__(self):
+        return cloudpickle.loads, (self.payload,)
 
 def _local_process_entry(local: int, fn: Callable, args: tuple, world: int, port: int, out_dir: str):
     "Body of one spawned process: join the group, run `fn`, save its result or traceback, leave without finalization."
     import sys, traceback
     torch.set_num_threads(1)
-    os.environ.update(RANK=str(local), LOCAL_RANK=str(local), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(local), LOCAL_RANK=str(local), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     status = 1
     try:
         init_distributed("gloo", timeout_s=120)
@@ -226,11 +270,14 @@ def _local_process_entry(local: int, fn: Callable, args: tuple, world: int, port
         torch.save(result, os.path.join(out_dir, f"{local}.pt"))
         status = 0
     except BaseException:
-        with open(os.path.join(out_dir, f"{local}.err"), "w") as f: f.write(traceback.format_exc())
+        with open(os.path.join(out_dir, f"{local}.err"), "w") as f:
+            f.write(traceback.format_exc())
     finally:
-        try: cleanup_distributed()
+        try:
+            cleanup_distributed()
         finally:
-            sys.stdout.flush(); sys.stderr.flush()
+            sys.stdout.flush()
+            sys.stderr.flush()
             os._exit(status)
 
 def run_local_processes(fn: Callable,          # called as fn(*args) in every process; its return value is collected
@@ -240,11 +287,19 @@ def run_local_processes(fn: Callable,          # called as fn(*args) in every pr
     "Run `fn` in `world_size` local gloo processes and return their results in rank order."
     with tempfile.TemporaryDirectory() as d:
         try:
-            mp.start_processes(PickledByValue(_local_process_entry), args=(PickledByValue(fn), tuple(args), world_size, free_port(), d),
-                               nprocs=world_size, start_method="spawn")
+            mp.start_processes(PickledByValue(_local_process_entry),
+                               args=(PickledByValue(fn), tuple(args), world_size, free_port(), d), nprocs=world_size,
+                               start_method="spawn")
             failed = None
-        except mp.ProcessExitedException as e: failed = e
-        errors = [(r, open(os.path.join(d, f"{r}.err")).read()) for r in range(world_size) if os.path.exists(os.path.join(d, f"{r}.err"))]
-        if errors: raise RuntimeError("\n".join(f"process {r} of {world_size} failed:\n{tb}" for r, tb in errors))
-        if failed is not None: raise failed
+        except mp.ProcessExitedException as e:
+            failed = e
+        errors = [
+            (r, open(os.path.join(d, f"{r}.err")).read())
+            for r in range(world_size)
+            if os.path.exists(os.path.join(d, f"{r}.err"))
+        ]
+        if errors:
+            raise RuntimeError("\n".join(f"process {r} of {world_size} failed:\n{tb}" for r, tb in errors))
+        if failed is not None:
+            raise failed
         return [torch.load(os.path.join(d, f"{r}.pt"), weights_only=False) for r in range(world_size)]

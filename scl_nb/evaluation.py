@@ -6,6 +6,7 @@
 from __future__ import annotations
 import json, time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -16,14 +17,15 @@ from . import distributed
 from .distributed import unwrap_model
 from .model import SCLModel, ImageEncoding, TextEncoding
 from .metrics import retrieval_ranks, recall_at, vqa_accuracy, vqa_submission, nlvr2_accuracy
-from .train import to_device
+from .runtime import autocast, resolve_precision, to_device
 from .tasks import TaskModel, candidate_texts, nlvr2_logits, pad_to_length, retrieval_forward, vqa_logits
 
 # %% auto #0
-__all__ = ['chance_r1', 'evaluate_itc_retrieval', 'RetrievalSet', 'encode_retrieval_set', 'itc_similarity', 'topk_masks',
-           'rank_slice', 'pair_score', 'score_pairs', 'sum_over_ranks', 'rerank', 'retrieval_metrics',
-           'retrieval_scores', 'evaluate_retrieval', 'gather_rows', 'numeric_question_id', 'evaluate_vqa',
-           'evaluate_nlvr2']
+__all__ = ['chance_r1', 'evaluate_itc_retrieval', 'RetrievalSet', 'eval_precision', 'encode_retrieval_set', 'itc_similarity',
+           'topk_masks', 'rank_slice', 'pair_score', 'score_pairs', 'sum_over_ranks', 'rerank', 'retrieval_metrics',
+           'retrieval_scores', 'evaluate_retrieval', 'retrieval_eval_rows', 'RetrievalEval', 'retrieval_eval_job',
+           'launch_retrieval_eval', 'main', 'pretrain_heldout', 'heldout_eval_job', 'launch_heldout_eval',
+           'gather_rows', 'numeric_question_id', 'evaluate_vqa', 'evaluate_nlvr2']
 
 # %% ../nbs/42_evaluation.ipynb #0c540ae8
 def chance_r1(txt2img: torch.Tensor) -> float:
@@ -36,7 +38,9 @@ def chance_r1(txt2img: torch.Tensor) -> float:
 def evaluate_itc_retrieval(model, loader, device=None) -> dict:
     "Zero-shot ITC retrieval on the pairs of `loader` (batches with pixels, input_ids, attention_mask, image_ids)."
     from scl_nb.metrics import retrieval_recall
-    model = unwrap_model(model); was_training = model.training; model.eval()
+    model = unwrap_model(model)
+    was_training = model.training
+    model.eval()
     device = device or next(model.parameters()).device
     img, txt, ids = {}, [], []
     for b in loader:
@@ -55,63 +59,124 @@ def evaluate_itc_retrieval(model, loader, device=None) -> dict:
     return out | {"r1": (out["tr_r1"] + out["ir_r1"]) / 2, "chance_r1": chance_r1(txt2img),
                   "images": len(img), "texts": len(ids)}
 
-# %% ../nbs/42_evaluation.ipynb #b430e374
+# %% ../nbs/42_evaluation.ipynb #e33d86f1
 @dataclass
 class RetrievalSet:
-    "Unimodal encodings of an evaluation set: what ITC and the ITM re-ranking need."
-    image_tokens: torch.Tensor  # [n_img, T, D] after the modality transform
+    "Unimodal encodings of an evaluation set as one process holds them: what ITC and the ITM re-ranking need."
+    image_tokens: torch.Tensor  # [n_own, F*T, D] this process's images after the modality transform (model's device)
+    own_images: torch.Tensor    # [n_own] the index of each of them among all images (all of them with one process)
     num_frames: int             # F (video frames; 1 for images)
-    text_tokens: torch.Tensor   # [n_txt, L, D] after the modality transform
+    text_tokens: torch.Tensor   # [n_txt, L, D] every text after the modality transform (model's device)
     text_mask: torch.Tensor     # [n_txt, L] 1 = token
-    image_emb: torch.Tensor     # [n_img, E] L2-normalised ITC embeddings
+    image_emb: torch.Tensor     # [n_img, E] L2-normalised ITC embeddings of every image (float32)
     text_emb: torch.Tensor      # [n_txt, E]
     txt2img: torch.Tensor       # [n_txt] image index of each text
     image_ids: list             # [n_img] dataset ids of the images
 
-    def image(self, idx, device=None) -> ImageEncoding:
-        return ImageEncoding(self.image_tokens[idx].to(device), self.num_frames)
-    def text(self, idx, device=None) -> TextEncoding:
-        return TextEncoding(self.text_tokens[idx].to(device), self.text_mask[idx].to(device))
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
 
-def _model_device(model) -> torch.device: return next(model.parameters()).device
+def eval_precision(model, precision: Optional[str] = None) -> str:
+    "The precision of an evaluation: `precision`, else the run's (`cfg.train.precision`), resolved as the engine does."
+    return resolve_precision(precision or unwrap_model(model).cfg.train.precision, _model_device(model))
+
+# %% ../nbs/42_evaluation.ipynb #d83da1d0
+_EVAL_KEYS = ("pixels", "input_ids", "attention_mask", "image_ids", "index")
+
+def _to_device(x: torch.Tensor, dev, sent: list) -> torch.Tensor:
+    "`x` on the model's device; its bytes are added to `sent[0]` (what the evaluation sends there)."
+    sent[0] += x.numel() * x.element_size()
+    return x.to(dev, non_blocking=True)
+
+@torch.no_grad()
+def _encode_rows(model, batches, precision: str, sent: list) -> dict:
+    "This process's rows: tokens and ITC embeddings of every text, and of each image the first time it appears."
+    dev, seen, frames, n = _model_device(model), set(), 1, 0
+    out = {k: [] for k in ("row", "txt_img", "txt_tok", "txt_mask", "txt_emb", "img_id", "img_tok", "img_emb")}
+    for b in batches:
+        ids = b["image_ids"].tolist()
+        new = [i for i, k in enumerate(ids) if k not in seen and k not in ids[:i]]  # images new to this process
+        keys = [k for k in _EVAL_KEYS if torch.is_tensor(b.get(k))]
+        b = {k: _to_device(b[k][new] if k == "pixels" else b[k], dev, sent) for k in keys}
+        with autocast(dev, precision):
+            if new:
+                enc = model.encode_image(b["pixels"])  # [b', F*T, D]
+                frames = enc.num_frames
+                out["img_id"].append(b["image_ids"][new])
+                out["img_tok"].append(enc.tokens)
+                out["img_emb"].append(model.itc_image(enc).float())
+                seen.update(ids[i] for i in new)
+            t = model.encode_text(b["input_ids"], b["attention_mask"])  # [b, L, D]
+            out["txt_emb"].append(model.itc_text(t).float())
+        out["row"].append(b["index"] if "index" in b else torch.arange(n, n + len(ids), device=dev))
+        out["txt_img"].append(b["image_ids"])
+        out["txt_tok"].append(t.tokens)
+        out["txt_mask"].append(t.attention_mask)
+        n += len(ids)
+    L = max(t.shape[1] for t in out["txt_tok"])
+    out["txt_tok"] = [F.pad(t, (0, 0, 0, L - t.shape[1])) for t in out["txt_tok"]]
+    out["txt_mask"] = [pad_to_length(m, L) for m in out["txt_mask"]]
+    return {k: torch.cat(v) for k, v in out.items()} | {"frames": frames}
+
+# %% ../nbs/42_evaluation.ipynb #bfed70c4
+def _gather(x: torch.Tensor) -> torch.Tensor:  # [n_r, ...] -> [sum_r n_r, ...], rank 0's rows first
+    return distributed.all_gather_with_grad(x.contiguous()) if distributed.is_distributed() else x
+
+def _first_of_each(keys: torch.Tensor) -> torch.Tensor:
+    "Positions of the first occurrence of each distinct key, ordered by key."
+    order = torch.argsort(keys, stable=True)
+    k = keys[order]
+    return order[torch.cat([torch.ones(1, dtype=torch.bool, device=keys.device), k[1:] != k[:-1]])]
+
+def _assemble(share: dict) -> RetrievalSet:
+    "Every process's `_encode_rows` share -> this process's `RetrievalSet`."
+    L = torch.tensor([share["txt_tok"].shape[1]], device=share["txt_tok"].device)
+    if distributed.is_distributed():
+        dist.all_reduce(L, op=dist.ReduceOp.MAX)  # the longest text over all processes
+    L, me = int(L), distributed.rank()
+    keep = _first_of_each(_gather(share["row"]))  # one copy of each row, in row order
+    txt_img = _gather(share["txt_img"])[keep].tolist()
+    img_ids, owner = _gather(share["img_id"]), _gather(torch.full_like(share["img_id"], me))
+    first = {}
+    for pos, i in enumerate(img_ids.tolist()):
+        first.setdefault(i, pos)  # the entry of the lowest rank that encoded image i
+    image_ids = list(dict.fromkeys(txt_img))  # images in order of their first row
+    pos = torch.tensor([first[i] for i in image_ids], device=img_ids.device)
+    mine = (owner[pos] == me).nonzero()[:, 0]  # indices of this process's images
+    offset = int((owner < me).sum())  # where this process's entries start in the gathered list
+    index = {i: n for n, i in enumerate(image_ids)}
+    txt_tok = _gather(F.pad(share["txt_tok"], (0, 0, 0, L - share["txt_tok"].shape[1])))[keep]
+    txt_mask = _gather(pad_to_length(share["txt_mask"], L))[keep]
+    return RetrievalSet(share["img_tok"][pos[mine] - offset], mine.cpu(), share["frames"], txt_tok, txt_mask,
+                        _gather(share["img_emb"])[pos], _gather(share["txt_emb"])[keep],
+                        torch.tensor([index[i] for i in txt_img]), image_ids)
 
 @torch.no_grad()
 def encode_retrieval_set(model: SCLModel,  # `SCLModel` or `TaskModel`
-                         batches,          # iterable of dicts: pixels [B,F,3,S,S], input_ids, attention_mask, image_ids [B]
-                         store="cpu",      # where the encodings are kept
+                         batches,          # this process's rows: pixels [B,F,3,S,S], input_ids, attention_mask, ...
+                         precision: Optional[str] = None,  # None: the run's (`eval_precision`)
+                         sent: Optional[list] = None,       # a one-item list the bytes sent to the device are added to
                         ) -> RetrievalSet:
-    "Encode each distinct image once and every text once (one caption = one batch row)."
-    was_training = model.training; model.eval()
-    dev = _model_device(model)
-    img_index, img_tok, img_emb, txt_tok, txt_mask, txt_emb, txt2img, F_ = {}, [], [], [], [], [], [], 1
-    for b in batches:
-        ids = b["image_ids"].tolist()
-        new = [i for i, k in enumerate(ids) if k not in img_index and k not in ids[:i]]
-        if new:
-            enc = model.encode_image(b["pixels"][new].to(dev))
-            F_ = enc.num_frames
-            img_tok.append(enc.tokens.to(store)); img_emb.append(model.itc_image(enc).float().to(store))
-            for i in new: img_index[ids[i]] = len(img_index)
-        t = model.encode_text(b["input_ids"].to(dev), b["attention_mask"].to(dev))
-        txt_tok.append(t.tokens.to(store)); txt_mask.append(t.attention_mask.to(store)); txt_emb.append(model.itc_text(t).float().to(store))
-        txt2img += [img_index[k] for k in ids]
+    "Encode this process's rows (each text once, each image once) and gather what every process needs."
+    was_training = model.training
+    model.eval()
+    rs = _assemble(_encode_rows(model, batches, eval_precision(model, precision), sent if sent is not None else [0]))
     model.train(was_training)
-    L = max(t.shape[1] for t in txt_tok)
-    return RetrievalSet(torch.cat(img_tok), F_, torch.cat([F.pad(t, (0, 0, 0, L - t.shape[1])) for t in txt_tok]),
-                        torch.cat([pad_to_length(m, L) for m in txt_mask]), torch.cat(img_emb), torch.cat(txt_emb),
-                        torch.tensor(txt2img), list(img_index))
+    return rs
 
-# %% ../nbs/42_evaluation.ipynb #bfeea56d
-def itc_similarity(rs: RetrievalSet, chunk: int = 4096) -> torch.Tensor:  # [n_img, n_txt]
+# %% ../nbs/42_evaluation.ipynb #9faf4ef8
+def itc_similarity(rs: RetrievalSet, chunk: int = 4096) -> torch.Tensor:  # [n_img, n_txt], on the CPU
     "Cosine similarity of every image with every text, computed `chunk` images at a time."
-    return torch.cat([rs.image_emb[a:a + chunk] @ rs.text_emb.T for a in range(0, len(rs.image_emb), chunk)])
+    img, txt = rs.image_emb.cpu(), rs.text_emb.cpu()
+    return torch.cat([img[a:a + chunk] @ txt.T for a in range(0, len(img), chunk)])
 
 def topk_masks(sim: torch.Tensor,     # [n_img, n_txt] ITC similarity
                k: Optional[int] = None,  # candidates per query; None (or >= the set size) = all
               ) -> tuple[torch.Tensor, torch.Tensor]:
     "Boolean masks `[n_img, n_txt]`: each image's top-k texts (rows), each text's top-k images (columns)."
     n_img, n_txt = sim.shape
-    rows = torch.zeros_like(sim, dtype=torch.bool); cols = torch.zeros_like(sim, dtype=torch.bool)
+    rows = torch.zeros_like(sim, dtype=torch.bool)
+    cols = torch.zeros_like(sim, dtype=torch.bool)
     rows.scatter_(1, sim.topk(min(k or n_txt, n_txt), dim=1).indices, True)
     cols.scatter_(0, sim.topk(min(k or n_img, n_img), dim=0).indices, True)
     return rows, cols
@@ -120,7 +185,7 @@ def rank_slice(n: int, rank: int, world: int) -> slice:
     "Rank `rank`'s contiguous share of `n` items (shares differ by at most one item)."
     return slice(n * rank // world, n * (rank + 1) // world)
 
-# %% ../nbs/42_evaluation.ipynb #3e33c431
+# %% ../nbs/42_evaluation.ipynb #af4d7235
 def pair_score(model: SCLModel, cls_feats: torch.Tensor) -> torch.Tensor:  # [B, 2D] -> [B]
     "Rank-head score, or the ITM 'match' logit for a model without a rank head."
     head = getattr(model, "rank_head", None)
@@ -128,25 +193,35 @@ def pair_score(model: SCLModel, cls_feats: torch.Tensor) -> torch.Tensor:  # [B,
 
 @torch.no_grad()
 def score_pairs(model: SCLModel, rs: RetrievalSet,
-                pairs: torch.Tensor,    # [P, 2] (image index, text index)
+                pairs: torch.Tensor,    # [P, 2] (image index, text index), image-major
                 chunk: int = 256,       # pairs fused at once: bounds activation memory
-                rank: int = 0, world: int = 1,  # this process's block of pairs
-               ) -> torch.Tensor:       # [P] float32: scores of this rank's block, 0 elsewhere
-    "ITM scores of this rank's share of `pairs`, fused `chunk` pairs at a time."
-    was_training = model.training; model.eval()
-    dev = _model_device(model)
-    out = torch.zeros(len(pairs), dtype=torch.float32)
-    mine = rank_slice(len(pairs), rank, world)
-    for a in range(mine.start, mine.stop, chunk):
-        p = pairs[a:min(a + chunk, mine.stop)]
-        fused = model.fuse(rs.image(p[:, 0], dev), rs.text(p[:, 1], dev))
-        out[a:a + len(p)] = pair_score(model, fused.cls_feats).float().cpu()
+                precision: Optional[str] = None,  # None: the run's (`eval_precision`)
+                sent: Optional[list] = None,      # bytes sent to the device are added to `sent[0]`
+               ) -> torch.Tensor:       # [P] float32 on the CPU: the pairs of this process's images scored, 0 elsewhere
+    "ITM scores of the pairs whose image this process holds, `chunk` pairs at a time, tokens gathered on the device."
+    was_training = model.training
+    model.eval()
+    dev, precision, sent = _model_device(model), eval_precision(model, precision), sent if sent is not None else [0]
+    local = torch.full((len(rs.image_emb),), -1, dtype=torch.long)
+    local[rs.own_images] = torch.arange(len(rs.own_images))
+    at = (local[pairs[:, 0]] >= 0).nonzero()[:, 0]            # positions of this process's pairs
+    mine = torch.stack([local[pairs[at, 0]], pairs[at, 1]], 1)  # [P_r, 2] (local image row, text index)
+    out = torch.zeros(len(at), dtype=torch.float32, device=dev)
+    for a in range(0, len(at), chunk):
+        p = _to_device(mine[a:a + chunk], dev, sent)  # [c, 2]
+        image = ImageEncoding(rs.image_tokens[p[:, 0]], rs.num_frames)  # [c, F*T, D], gathered on the device
+        text = TextEncoding(rs.text_tokens[p[:, 1]], rs.text_mask[p[:, 1]])  # [c, L, D]
+        with autocast(dev, precision):
+            out[a:a + len(p)] = pair_score(model, model.fuse(image, text).cls_feats).float()
     model.train(was_training)
-    return out
+    scores = torch.zeros(len(pairs), dtype=torch.float32)
+    scores[at] = out.cpu()
+    return scores
 
 def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
     "Element-wise sum of `x` over all processes (`x` itself when not distributed)."
-    if not distributed.is_distributed(): return x
+    if not distributed.is_distributed():
+        return x
     y = x.to("cuda") if dist.get_backend() == "nccl" else x.clone()
     dist.all_reduce(y, op=dist.ReduceOp.SUM)
     return y.cpu()
@@ -162,7 +237,7 @@ def rerank(sim: torch.Tensor,          # [n_img, n_txt] ITC similarity
     below = sim.float() - sim.max() + scores.min() - 1.0   # < every ITM score, same order as ITC
     return torch.where(rows, itm, below), torch.where(cols, itm, below)
 
-# %% ../nbs/42_evaluation.ipynb #38d3fc2b
+# %% ../nbs/42_evaluation.ipynb #679acf6d
 def retrieval_metrics(i2t: torch.Tensor, t2i: torch.Tensor,  # [n_img, n_txt] score matrices (may be the same)
                       txt2img: torch.Tensor,                  # [n_txt] image index of each text
                       video: bool = False,                    # video key names and median / mean rank
@@ -181,39 +256,188 @@ def retrieval_metrics(i2t: torch.Tensor, t2i: torch.Tensor,  # [n_img, n_txt] sc
         out[f"{name}_meanr"] = float((r + 1).double().mean())
     return out
 
-# %% ../nbs/42_evaluation.ipynb #720e9508
+# %% ../nbs/42_evaluation.ipynb #0bf3933f
 def retrieval_scores(model: SCLModel, rs: RetrievalSet,
                      k: Optional[int] = None,   # re-ranked candidates per query; None = all (the full ITM matrix)
                      chunk: int = 256,          # pairs fused at once
-                     rank: Optional[int] = None, world: Optional[int] = None,  # None = this process in the default group
+                     precision: Optional[str] = None,  # None: the run's
+                     sent: Optional[list] = None,      # bytes sent to the device are added to `sent[0]`
                     ) -> dict:
-    "ITC similarity, the re-ranked `i2t` / `t2i` matrices, the number of fused pairs and the time taken."
-    rank = distributed.rank() if rank is None else rank
-    world = distributed.world_size() if world is None else world
+    "ITC similarity, the re-ranked `i2t` / `t2i` matrices (all processes' pairs), the fused pairs and the time taken."
     t0 = time.perf_counter()
     sim = itc_similarity(rs)
     rows, cols = topk_masks(sim, k)
     pairs = (rows | cols).nonzero()                          # [P, 2], image-major
-    scores = score_pairs(model, rs, pairs, chunk, rank, world)
-    if world > 1: scores = sum_over_ranks(scores)
+    scores = sum_over_ranks(score_pairs(model, rs, pairs, chunk, precision, sent))
     i2t, t2i = rerank(sim, pairs, scores, rows, cols)
     return dict(itc=sim, i2t=i2t, t2i=t2i, pairs=len(pairs), seconds=time.perf_counter() - t0)
 
 def evaluate_retrieval(model: SCLModel,
-                       batches,                 # see `encode_retrieval_set` (e.g. a `task_loader(..., "pretrain", train=False)`)
+                       batches,                 # this process's rows, e.g. `task_loader(..., rank, world)`
                        k: Optional[int] = None, # re-ranked candidates; None = all
                        chunk: int = 256,        # pairs fused at once
                        video: bool = False,     # report v2t / t2v
+                       precision: Optional[str] = None,  # None: the run's (bf16 autocast on GPUs)
                       ) -> dict:
-    "Zero-shot or fine-tuned retrieval: ITC-only metrics, ITC + ITM re-ranked metrics, sizes and timings."
-    t0 = time.perf_counter()
-    rs = encode_retrieval_set(model, batches)
+    "Zero-shot or fine-tuned retrieval: ITC and ITC + ITM re-ranked metrics, sizes, timings, bytes sent to the device."
+    t0, sent = time.perf_counter(), [0]
+    rs = encode_retrieval_set(model, batches, precision, sent)
     t_enc = time.perf_counter() - t0
-    s = retrieval_scores(model, rs, k, chunk)
+    s = retrieval_scores(model, rs, k, chunk, precision, sent)
+    device_bytes = sum_over_ranks(torch.tensor([float(sent[0])], dtype=torch.float64))
     return dict(itc=retrieval_metrics(s["itc"], s["itc"], rs.txt2img, video),
                 itm=retrieval_metrics(s["i2t"], s["t2i"], rs.txt2img, video),
                 n_images=len(rs.image_ids), n_texts=len(rs.txt2img), k=k, fused_pairs=s["pairs"],
-                encode_s=t_enc, rerank_s=s["seconds"])
+                encode_s=t_enc, rerank_s=s["seconds"], precision=eval_precision(model, precision),
+                processes=distributed.world_size(), device_bytes=int(device_bytes.item()))
+
+# %% ../nbs/42_evaluation.ipynb #1aacef71
+def retrieval_eval_rows(cfg, data: dict):
+    "The evaluation rows `data` describes: its `table` and `split` of `cfg.data.source`, `eval_images`, `one_caption`."
+    from scl_nb.task_runs import retrieval_subset, task_manifest
+    rows = task_manifest(cfg, data["table"], data["split"], data.get("synthetic"))
+    return retrieval_subset(rows, data.get("eval_images"), one_caption=data.get("one_caption", False))
+
+def _eval_loader(model, rows, batch_size: int, rank: int = 0, world: int = 1):
+    from scl_nb.loaders import task_loader
+    return task_loader(model.cfg, rows, "pretrain", train=False, rank=rank, world=world, batch_size=batch_size,
+                       tokenizer=getattr(model.text, "tokenizer", None), device=_model_device(model))
+
+@dataclass
+class RetrievalEval:
+    "One retrieval evaluation of a task notebook: its rows, its re-ranking and the processes it runs in."
+    data: dict                    # `retrieval_eval_rows`: table, split, eval_images, one_caption, synthetic
+    k: Optional[int] = None       # re-ranked candidates per query; None = all
+    chunk: int = 256              # pairs fused at once
+    video: bool = False           # v2t / t2v metrics
+    batch_size: int = 128         # encoding batch per process
+    nprocs: int = 1               # processes (one per GPU); 1: in this process
+    device: Optional[str] = None  # "cpu": CPU workers; None: the GPUs
+    out_dir: str = "runs/eval"    # where the jobs' files go (`eval_<name>/`)
+
+    def run(self, model, name: str,  # the model evaluated here, or rebuilt in each process
+            checkpoint=None,         # what the processes load (`build_task_model`); None: random weights from `seed`
+            seed: int = 0) -> dict:
+        "`evaluate_retrieval` of `model` on the rows, in this process or in `nprocs` processes."
+        if self.nprocs == 1:
+            rows = retrieval_eval_rows(model.cfg, self.data)
+            return evaluate_retrieval(model, _eval_loader(model, rows, self.batch_size), self.k, self.chunk, self.video)
+        from scl_nb.config import to_dict
+        folder = Path(self.out_dir) / f"eval_{name}"
+        job = dict(cfg=to_dict(model.cfg), checkpoint=checkpoint and str(checkpoint), seed=seed, data=self.data,
+                   k=self.k, chunk=self.chunk, video=self.video, batch_size=self.batch_size, device=self.device,
+                   out=str(folder / "metrics.json"))
+        return launch_retrieval_eval(job, self.nprocs, folder)
+
+# %% ../nbs/42_evaluation.ipynb #0dcddbdc
+def retrieval_eval_job(job: dict) -> dict:
+    "One process of a multi-process evaluation (`RetrievalEval.run`): the model and this process's rows, evaluated."
+    from scl_nb.config import from_dict
+    from scl_nb.tasks import build_task_model
+    from scl_nb.checkpoint import atomic_write, jsonable
+    ctx = distributed.init_dist(job.get("device"))
+    cfg = from_dict(job["cfg"])
+    torch.manual_seed(job.get("seed", 0))
+    model = build_task_model(cfg, "retrieval", job.get("checkpoint")).to(ctx.device)
+    rows = retrieval_eval_rows(model.cfg, job["data"])
+    loader = _eval_loader(model, rows, job["batch_size"], ctx.rank, ctx.world_size)
+    out = evaluate_retrieval(model, loader, job["k"], job["chunk"], job["video"])
+    if ctx.is_main:
+        atomic_write(job["out"], json.dumps(jsonable(out), indent=1))
+    distributed.barrier()
+    return out
+
+def launch_retrieval_eval(job: dict, nprocs: int, out_dir) -> dict:
+    "Run `retrieval_eval_job` in `nprocs` processes on this node (torchrun); the metrics rank 0 wrote."
+    from scl_nb.jobs import Job, submit
+    from scl_nb.checkpoint import atomic_write, jsonable
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    Path(job["out"]).unlink(missing_ok=True)
+    path = atomic_write(out / "job.json", json.dumps(jsonable(job), indent=1))
+    handle = submit(Job(str(out), module="scl_nb.evaluation", args=["--job", str(path)], nprocs=nprocs,
+                        resume_arg=None))
+    if handle.wait() != 0 or not Path(job["out"]).exists():
+        raise RuntimeError(f"retrieval evaluation in {out} failed (exit code {handle.returncode}):\n"
+                           f"{handle.log_tail()}")
+    return json.loads(Path(job["out"]).read_text())
+
+def main(argv=None) -> int:
+    "`python -m scl_nb.evaluation --job job.json`: a process of a retrieval evaluation (torchrun), or a held-out one."
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m scl_nb.evaluation", description="One process of a retrieval evaluation")
+    p.add_argument("--job", required=True, help="job file written by launch_retrieval_eval or launch_heldout_eval")
+    job = json.loads(Path(p.parse_args(argv).job).read_text())
+    if job.get("kind") == "heldout":
+        heldout_eval_job(job)
+    else:
+        retrieval_eval_job(job)
+    return 0
+
+# %% ../nbs/42_evaluation.ipynb #99857961
+#| eval: false
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())
+
+# %% ../nbs/42_evaluation.ipynb #66a9a1f9
+def pretrain_heldout(cfg, device=None, batch_size: int = 100):
+    "The held-out pairs of a pre-training run: the synthetic `val` captions, or the `val` rows of its manifest (None)."
+    from scl_nb.data import ManifestError
+    from scl_nb.loaders import task_loader
+    if cfg.data.source == "synthetic":
+        from scl_nb.synthetic import synthetic_for_config
+        rows = synthetic_for_config(cfg)["captions_val"]
+        return task_loader(cfg, rows, "pretrain", train=False, batch_size=batch_size, device=device)
+    try:
+        return task_loader(cfg, cfg.data.source, "pretrain", train=False, split="val", batch_size=batch_size,
+                           device=device)
+    except (ManifestError, ValueError) as e:
+        print(f"no held-out split in {cfg.data.source} ({e}); retrieval is skipped")
+        return None
+
+def heldout_eval_job(job: dict) -> dict:
+    "Held-out ITC retrieval of the run's seeded initialisation (`before`) and of `job['checkpoint']` (`after`)."
+    from safetensors.torch import load_model
+    from scl_nb.config import from_dict
+    from scl_nb.checkpoint import atomic_write, jsonable
+    ctx = distributed.init_dist(job.get("device"))
+    cfg = from_dict(job["cfg"])
+    loader, out = pretrain_heldout(cfg, ctx.device), {}
+    if loader is not None:
+        torch.manual_seed(cfg.train.seed)
+        model = SCLModel.from_config(cfg).to(ctx.device)  # the run's starting point, as the notebook builds it
+        out["before"] = evaluate_itc_retrieval(model, loader)
+        load_model(model, str(Path(job["checkpoint"]) / "model.safetensors"), device=str(ctx.device))
+        out["after"] = evaluate_itc_retrieval(model, loader)
+    atomic_write(job["out"], json.dumps(jsonable(out), indent=1))
+    return out
+
+def launch_heldout_eval(cfg, out_dir, checkpoint,
+                        cluster: str,                  # "local" or "slurm": the training job's cluster
+                        device: Optional[str] = None,  # "cpu" for a CPU run
+                        resources: Optional[dict] = None,  # the training job's resources (a spec's)
+                       ) -> dict:
+    "`heldout_eval_job` as one process on the training job's cluster and resources; its `before` / `after` metrics."
+    from scl_nb.config import to_dict
+    from scl_nb.checkpoint import atomic_write, jsonable
+    from scl_nb.jobs import Job, job_fields, submit_once
+    folder = Path(out_dir) / "heldout_eval"
+    result = folder / "heldout.json"
+    job = dict(kind="heldout", cfg=to_dict(cfg), checkpoint=str(checkpoint), device=device, out=str(result))
+    folder.mkdir(parents=True, exist_ok=True)
+    if result.exists() and json.loads((folder / "job.json").read_text()) == jsonable(job):
+        return json.loads(result.read_text())  # done by an earlier run of the driver
+    path = atomic_write(folder / "job.json", json.dumps(jsonable(job), indent=1))
+    fields = job_fields(resources)
+    share = max(1, fields.get("gpus_per_node") or 1)  # this job takes one GPU of a node: its share of the memory
+    fields |= dict(nodes=1, gpus_per_node=0 if device == "cpu" else 1, signal_delay_s=None)
+    fields["mem_gb"] = fields["mem_gb"] / share if fields.get("mem_gb") else None
+    name = f"scl-heldout:{Path(out_dir).resolve().name}"
+    handle = submit_once(Job(str(folder), module="scl_nb.evaluation", args=["--job", str(path)], cluster=cluster,
+                             device=device, resume_arg=None, name=name, **fields), record="eval_job")
+    handle.wait()
+    return json.loads(result.read_text())
 
 # %% ../nbs/42_evaluation.ipynb #6513756c
 def gather_rows(rows: list) -> list:
@@ -223,7 +447,8 @@ def gather_rows(rows: list) -> list:
         dist.all_gather_object(parts, rows)
         rows = [r for p in parts for r in p]
     first = {}
-    for r in rows: first.setdefault(r["index"], r)
+    for r in rows:
+        first.setdefault(r["index"], r)
     return [first[i] for i in sorted(first)]
 
 def _answers_of(row: dict) -> list:
@@ -240,7 +465,8 @@ def evaluate_vqa(model: TaskModel, loader,  # a `task_loader(..., "vqa", train=F
                  answers: Sequence[str],       # the answer vocabulary (class index -> answer)
                 ) -> dict:
     "Official VQA accuracy, VQA score, and the EvalAI prediction list of the loader's questions."
-    was_training = model.training; model.eval()
+    was_training = model.training
+    model.eval()
     dev, rows = _model_device(model), []
     for b in loader:
         logits = vqa_logits(model, {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in b.items()})
@@ -252,19 +478,25 @@ def evaluate_vqa(model: TaskModel, loader,  # a `task_loader(..., "vqa", train=F
     rows = gather_rows(rows)
     human = [_answers_of(loader.dataset.m.row(r["index"])) for r in rows]
     scored = [(r["answer"], h) for r, h in zip(rows, human) if h]
-    return dict(accuracy=vqa_accuracy([p for p, _ in scored], [h for _, h in scored]) if scored else float("nan"),
-                vqa_score=100.0 * sum(r["soft"] for r in rows) / max(len(rows), 1),
-                questions=len(rows), manifest_rows=len(loader.dataset),
-                predictions=vqa_submission([numeric_question_id(r["question_id"]) for r in rows], [r["answer"] for r in rows]))
+    return dict(
+        accuracy=vqa_accuracy([p for p, _ in scored], [h for _, h in scored]) if scored else float("nan"),
+        vqa_score=100.0 * sum(r["soft"] for r in rows) / max(len(rows), 1),
+        questions=len(rows),
+        manifest_rows=len(loader.dataset),
+        predictions=vqa_submission([numeric_question_id(r["question_id"]) for r in rows], [r["answer"] for r in rows]),
+    )
 
 @torch.no_grad()
 def evaluate_nlvr2(model: TaskModel, loader) -> dict:
     "NLVR2 accuracy (percent) over the loader's statements."
-    was_training = model.training; model.eval()
+    was_training = model.training
+    model.eval()
     dev, rows = _model_device(model), []
     for b in loader:
         pred = nlvr2_logits(model, {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in b.items()}).argmax(-1)
-        rows += [dict(index=i, pred=p, label=l) for i, p, l in zip(b["index"].tolist(), pred.tolist(), b["labels"].tolist())]
+        rows += [
+            dict(index=i, pred=p, label=l) for i, p, l in zip(b["index"].tolist(), pred.tolist(), b["labels"].tolist())
+        ]
     model.train(was_training)
     rows = gather_rows(rows)
     return dict(accuracy=nlvr2_accuracy([r["pred"] for r in rows], [r["label"] for r in rows]), statements=len(rows))

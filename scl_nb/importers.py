@@ -12,118 +12,42 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from .metrics import vqa_vocab_key, vqa_soft_scores
+from .containers import shard_rows, write_shards
+from .downloads import IMAGE_EXTS, ShardIndex, download_finder, index_media_files, index_media_files_by_name
+from .import_common import (ANNOTATION_DIRS, ImportStats, ManifestImportError, MediaFinder, caption_rows,
+                                  find_annotation, load_json, need, parse_label, split_files, split_filter)
+from .importers_arrow import import_arrow
 
 # %% auto #0
-__all__ = ['ANNOTATION_DIRS', 'IMAGE_EXTS', 'CC3M_FILES', 'LSMDC_FILES', 'VQA_QUESTIONS', 'VQA_IMAGES', 'NLVR2_FILES',
-           'ARROW_PREFIXES', 'MANIFEST_TYPES', 'IMPORTERS', 'ManifestImportError', 'ImportStats', 'find_annotation',
-           'load_json', 'need', 'MediaFinder', 'caption_row', 'import_coco', 'import_f30k', 'import_vg',
-           'index_media_files', 'index_media_files_by_name', 'import_sbu', 'import_cc3m', 'import_webvid',
+__all__ = ['SBU_IMAGE_DIRS', 'CC3M_FILES', 'LSMDC_FILES', 'VQA_QUESTIONS', 'VQA_IMAGES', 'NLVR2_FILES', 'MANIFEST_TYPES',
+           'IMPORTERS', 'import_coco', 'import_f30k', 'import_vg', 'import_sbu', 'import_cc3m', 'import_webvid',
            'import_msrvtt', 'import_lsmdc', 'build_vqa_vocab', 'vqa_targets', 'import_vqav2', 'import_nlvr2',
-           'arrow_dataset_split', 'image_extension', 'rebuild_vqa_answers', 'import_arrow', 'write_manifest',
-           'run_import', 'main']
-
-# %% ../nbs/13_importers.ipynb #2cd89d3f
-class ManifestImportError(ValueError):
-    "An annotation file is missing, unreadable or lacks a field; the message names the file."
-
-@dataclass
-class ImportStats:
-    "What an import left out (per reason, with examples) and notes worth reporting."
-    skipped: Counter = field(default_factory=Counter)  # reason -> rows skipped
-    examples: dict = field(default_factory=dict)        # reason -> first few offending files / ids
-    notes: Counter = field(default_factory=Counter)     # informational counts (rows kept)
-    max_examples: int = 3
-
-    def skip(self, reason: str, example) -> None:
-        "Count one skipped row."
-        self.skipped[reason] += 1
-        ex = self.examples.setdefault(reason, [])
-        if len(ex) < self.max_examples: ex.append(str(example))
-
-    def summary(self) -> str:
-        "One line per reason."
-        lines = [f"skipped {n} rows: {r} (e.g. {', '.join(self.examples[r])})" for r, n in self.skipped.items()]
-        return "\n".join(lines + [f"note: {n} rows {r}" for r, n in self.notes.items()]) or "nothing skipped"
-
-ANNOTATION_DIRS = ("", "annotations", "annotation", "data", "karpathy", "metadata", "msrvtt_data", "nlvr2/data", "meta_data")
-
-def find_annotation(src, name: str, dataset: str, dirs: Sequence[str] = ANNOTATION_DIRS) -> Path:
-    "Path of the annotation file `name` under `src` or its usual sub-folders; a clear error otherwise."
-    for d in dirs:
-        p = Path(src) / d / name
-        if p.is_file(): return p
-    raise ManifestImportError(f"{dataset}: annotation file '{name}' not found under {src} "
-                              f"(looked in: {', '.join(repr(d or '.') for d in dirs)})")
-
-def load_json(path: Path):
-    "Parse a JSON file; a `ManifestImportError` naming the file if it is not valid JSON."
-    try:
-        with open(path, encoding="utf-8") as f: return json.load(f)
-    except json.JSONDecodeError as e: raise ManifestImportError(f"{path}: not valid JSON ({e})") from None
-
-def need(obj, key, path, where: str = "entry"):
-    "`obj[key]`, or a `ManifestImportError` naming the file, the entry and the missing field."
-    try: return obj[key]
-    except (KeyError, TypeError, IndexError): raise ManifestImportError(f"{path}: {where} has no field '{key}'") from None
-
-# %% ../nbs/13_importers.ipynb #e821fa95
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
-
-class MediaFinder:
-    "First existing file among candidate paths under `root`; misses are counted in `stats`."
-    def __init__(self, root, stats: ImportStats):
-        self.root, self.stats, self.cache = Path(root).resolve(), stats, {}
-
-    def __call__(self, *candidates) -> Optional[str]:
-        key = tuple(str(c) for c in candidates)
-        if key not in self.cache:
-            self.cache[key] = next((str(self.root / c) for c in candidates if (self.root / c).is_file()), None)
-        if self.cache[key] is None: self.stats.skip("missing media", self.root / candidates[0])
-        return self.cache[key]
-
-def caption_row(media: str, caption: str, split: str, image_id, dataset: str, media_type: str = "image") -> dict:
-    "A manifest row for a caption dataset (the manifest columns of `12_data`)."
-    return dict(media=media, media_type=media_type, caption=caption, split=split, image_id=str(image_id), dataset=dataset)
-
-def _caption_rows(stats, media, captions, split, image_id, dataset, media_type="image") -> Iterator[dict]:
-    "Rows for one media file, skipping empty captions."
-    for c in captions:
-        c = (c or "").strip()
-        if not c: stats.skip("empty caption", f"{dataset} {image_id}"); continue
-        yield caption_row(media, c, split, image_id, dataset, media_type)
-
-def _split_filter(splits) -> Optional[set]:
-    "None (all) or a set of split names from a list or a comma-separated string."
-    if splits is None: return None
-    return set(splits.split(",")) if isinstance(splits, str) else set(splits)
-
-def _split_files(src, files: dict, dataset: str, splits) -> dict:
-    "split -> annotation path: asked-for splits must exist; by default those present (at least one)."
-    keep = _split_filter(splits)
-    if keep is not None: return {s: find_annotation(src, files[s], dataset) for s in files if s in keep}
-    found = {}
-    for s, name in files.items():
-        try: found[s] = find_annotation(src, name, dataset)
-        except ManifestImportError: pass
-    if not found: raise ManifestImportError(f"{dataset}: none of {list(files.values())} found under {src}")
-    return found
+           'import_webdataset', 'import_to_shards', 'write_manifest', 'run_import', 'main']
 
 # %% ../nbs/13_importers.ipynb #39ca247d
 def _karpathy(src, stats, dataset, json_name, image_dirs, splits) -> Iterator[dict]:
     path = find_annotation(src, json_name, dataset)
     images = need(load_json(path), "images", path, "the top level")
-    find, keep = MediaFinder(src, stats), _split_filter(splits)
+    find, keep = MediaFinder(src, stats), split_filter(splits)
     for i, img in enumerate(images):
         where = f"images[{i}]"
         split = need(img, "split", path, where)
-        if keep is not None and split not in keep: continue
+        if keep is not None and split not in keep:
+            continue
         name = need(img, "filename", path, where)
         sub = img.get("filepath", "")
         media = find(*[Path(d) / sub / name for d in image_dirs])
-        if media is None: continue
+        if media is None:
+            continue
         iid = img.get("cocoid", Path(name).stem)
-        yield from _caption_rows(stats, media, [need(s, "raw", path, f"{where}.sentences") for s in need(img, "sentences", path, where)],
-                                 split, iid, dataset)
+        yield from caption_rows(
+            stats,
+            media,
+            [need(s, "raw", path, f"{where}.sentences") for s in need(img, "sentences", path, where)],
+            split,
+            iid,
+            dataset,
+        )
 
 def import_coco(src, stats: ImportStats, splits=None) -> Iterator[dict]:
     "COCO Karpathy splits from `dataset_coco.json`: one row per caption."
@@ -136,89 +60,110 @@ def import_f30k(src, stats: ImportStats, splits=None) -> Iterator[dict]:
 # %% ../nbs/13_importers.ipynb #8238dcd6
 def import_vg(src, stats: ImportStats, exclude_coco=None) -> Iterator[dict]:
     "Visual Genome region descriptions: one row per region phrase."
-    reg_path, img_path = find_annotation(src, "region_descriptions.json", "vg"), find_annotation(src, "image_data.json", "vg")
+    reg_path, img_path = find_annotation(src, "region_descriptions.json", "vg"), find_annotation(
+        src, "image_data.json", "vg"
+    )
     info = {}
     for i, d in enumerate(load_json(img_path)):
         iid = d.get("image_id", d.get("id")) if isinstance(d, dict) else None
-        if iid is None: raise ManifestImportError(f"{img_path}: entry {i} has no field 'image_id'")
+        if iid is None:
+            raise ManifestImportError(f"{img_path}: entry {i} has no field 'image_id'")
         info[iid] = d
     banned = set()
     if exclude_coco is not None:
         kp = Path(exclude_coco)
-        if not kp.is_file(): raise ManifestImportError(f"vg: --exclude-coco file '{kp}' not found")
-        banned = {im.get("cocoid") for im in need(load_json(kp), "images", kp, "the top level") if im.get("split") in ("val", "test")}
+        if not kp.is_file():
+            raise ManifestImportError(f"vg: --exclude-coco file '{kp}' not found")
+        banned = {
+            im.get("cocoid")
+            for im in need(load_json(kp), "images", kp, "the top level")
+            if im.get("split") in ("val", "test")
+        }
     find = MediaFinder(src, stats)
     for i, entry in enumerate(load_json(reg_path)):
         regions = need(entry, "regions", reg_path, f"entry {i}")
         iid = entry.get("id", entry.get("image_id", regions[0].get("image_id") if regions else None))
-        if iid not in info: stats.skip("image not in image_data.json", iid); continue
-        if banned and info[iid].get("coco_id") in banned: stats.skip("COCO Karpathy val/test image (excluded)", iid); continue
+        if iid not in info:
+            stats.skip("image not in image_data.json", iid)
+            continue
+        if banned and info[iid].get("coco_id") in banned:
+            stats.skip("COCO Karpathy val/test image (excluded)", iid)
+            continue
         folder = info[iid].get("url", "").rstrip("/").split("/")[-2:-1] or ["VG_100K"]
         name = f"{iid}.jpg"
-        media = find(Path(folder[0]) / name, Path("images") / folder[0] / name, Path("VG_100K") / name, Path("VG_100K_2") / name)
-        if media is None: continue
-        yield from _caption_rows(stats, media, [need(r, "phrase", reg_path, f"entry {i} region") for r in regions], "train", iid, "vg")
+        media = find(
+            Path(folder[0]) / name, Path("images") / folder[0] / name, Path("VG_100K") / name, Path("VG_100K_2") / name
+        )
+        if media is None:
+            continue
+        yield from caption_rows(
+            stats, media, [need(r, "phrase", reg_path, f"entry {i} region") for r in regions], "train", iid, "vg"
+        )
 
 # %% ../nbs/13_importers.ipynb #49a1814d
-def index_media_files(root: Path) -> dict:
-    "Map int(file stem) -> path for image files (or extension-less files) whose stem is all digits, under `root`."
-    out = {}
-    for d, _, files in os.walk(root):
-        for f in files:
-            stem, ext = os.path.splitext(f)
-            if stem.isdigit() and (ext.lower() in IMAGE_EXTS or ext == ""): out.setdefault(int(stem), os.path.join(d, f))
-    return out
-
-def index_media_files_by_name(root: Path) -> dict:
-    "Map file name -> path for the files under `root` (first one wins)."
-    out = {}
-    for d, _, files in os.walk(root):
-        for f in files: out.setdefault(f, os.path.join(d, f))
-    return out
+SBU_IMAGE_DIRS = ("images", "sbu_images", "dataset/sbu_images")  # ours, then SBU_Captions_Dataset_Download's
 
 def _read_lines(path: Path) -> Iterator[str]:
     "Lines of a text file without their line ends, streamed (CC3M and WebVid files are large)."
     with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f: yield line.rstrip("\r\n")
+        for line in f:
+            yield line.rstrip("\r\n")
 
 def import_sbu(src, stats: ImportStats, naming: str = "basename", index_base: int = 0) -> Iterator[dict]:
     "SBU Captions from the official caption and URL lists, mapped to downloaded images."
     caps_path = find_annotation(src, "SBU_captioned_photo_dataset_captions.txt", "sbu")
     urls_path = find_annotation(src, "SBU_captioned_photo_dataset_urls.txt", "sbu")
-    root = Path(src) / "images"
-    if not root.is_dir(): raise ManifestImportError(f"sbu: image folder '{root}' not found")
-    if naming not in ("basename", "index"): raise ValueError(f"naming must be 'basename' or 'index', got {naming!r}")
+    root = next((Path(src) / d for d in SBU_IMAGE_DIRS if (Path(src) / d).is_dir()), None)
+    if root is None:
+        raise ManifestImportError(f"sbu: no image folder under {src} (looked for {', '.join(SBU_IMAGE_DIRS)})")
+    if naming not in ("basename", "index"):
+        raise ValueError(f"naming must be 'basename' or 'index', got {naming!r}")
     files = index_media_files(root) if naming == "index" else index_media_files_by_name(root)
     for i, (cap, url) in enumerate(zip_longest(_read_lines(caps_path), _read_lines(urls_path))):
-        if cap is None or url is None: raise ManifestImportError(f"{caps_path} and {urls_path} have different numbers of lines (from line {i + 1})")
+        if cap is None or url is None:
+            raise ManifestImportError(
+                f"{caps_path} and {urls_path} have different numbers of lines (from line {i + 1})"
+            )
         name = url.strip().rsplit("/", 1)[-1]
         media = files.get(i + index_base if naming == "index" else name)
-        if media is None: stats.skip("missing media", f"line {i}: {url.strip()}"); continue
-        yield from _caption_rows(stats, str(Path(media).resolve()), [cap], "train", Path(name).stem, "sbu")
+        if media is None:
+            stats.skip("missing media", f"line {i}: {url.strip()}")
+            continue
+        yield from caption_rows(stats, str(Path(media).resolve()), [cap], "train", Path(name).stem, "sbu")
 
 # %% ../nbs/13_importers.ipynb #3263bde4
 CC3M_FILES = {"train": "Train_GCC-training.tsv", "val": "Validation_GCC-1.1.0-Validation.tsv"}
 
 def _cc3m_image_root(src, split) -> Path:
-    names = [f"images/{split}", f"images_{split}", split] + (["images/validation", "validation"] if split == "val" else [])
+    full = {"train": "training", "val": "validation"}[split]  # DownloadConceptualCaptions' folders
+    names = [f"images/{split}", f"images_{split}", split, full, f"images/{full}"]
     for n in names:
-        if (Path(src) / n).is_dir(): return Path(src) / n
+        if (Path(src) / n).is_dir():
+            return Path(src) / n
     raise ManifestImportError(f"cc3m: no image folder for split '{split}' under {src} (looked for {', '.join(names)})")
 
-def import_cc3m(src, stats: ImportStats, splits=None, index_base: int = 0) -> Iterator[dict]:
-    "Conceptual Captions 3M from the official TSVs, mapped to images named by TSV row number."
-    found = _split_files(src, CC3M_FILES, "cc3m", splits)
-    for split in found:
-        files = index_media_files(_cc3m_image_root(src, split))
-        row = 0
-        for lineno, line in enumerate(_read_lines(found[split])):
-            if lineno == 0 and line.lower().strip() == "caption\turl": continue
-            parts = line.split("\t")
-            if len(parts) < 2: raise ManifestImportError(f"{found[split]}: line {lineno + 1} is not 'caption<TAB>url'")
-            media = files.get(row + index_base)
-            if media is None: stats.skip("missing media", f"{CC3M_FILES[split]} row {row}: {parts[1]}")
-            else: yield from _caption_rows(stats, str(Path(media).resolve()), [parts[0]], split, f"{split}-{row}", "cc3m")
-            row += 1
+def _cc3m_rows(tsv: Path) -> Iterator[tuple[str, str]]:
+    "(caption, url) of every row of a CC3M TSV; a first line `caption<TAB>url` (added for img2dataset) is not a row."
+    for lineno, line in enumerate(_read_lines(tsv)):
+        if lineno == 0 and line.lower().strip() == "caption\turl":
+            continue
+        parts = line.split("\t")
+        if len(parts) < 2:
+            raise ManifestImportError(f"{tsv}: line {lineno + 1} is not 'caption<TAB>url'")
+        yield parts[0], parts[1].strip()
+
+def import_cc3m(src, stats: ImportStats, splits=None, index_base: int = 0,
+                naming: Optional[str] = None,  # "index", "url-hash" or "shards" (`scl_nb.downloads`); None: detected
+                images_out=None,  # "shards" in webdataset tars: where their images are extracted
+               ) -> Iterator[dict]:
+    "Conceptual Captions 3M from the official TSVs, mapped to the downloaded images by URL hash, shard or row number."
+    for split, tsv in split_files(src, CC3M_FILES, "cc3m", splits).items():
+        urls = lambda: (u for _, u in _cc3m_rows(tsv))
+        find = download_finder(_cc3m_image_root(src, split), naming, urls, index_base, images_out, stats.skip)
+        for row, (caption, url) in enumerate(_cc3m_rows(tsv)):
+            media = find(row, url)
+            if media is not None:
+                yield from caption_rows(stats, str(Path(media).resolve()), [caption], split, f"{split}-{row}", "cc3m")
 
 # %% ../nbs/13_importers.ipynb #08beba4b
 def _read_csv(path: Path, required: Sequence[str], delimiter: str = ",") -> Iterator[dict]:
@@ -226,59 +171,86 @@ def _read_csv(path: Path, required: Sequence[str], delimiter: str = ",") -> Iter
     with open(path, encoding="utf-8", errors="replace", newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing: raise ManifestImportError(f"{path}: missing column(s) {missing} (has {reader.fieldnames})")
+        if missing:
+            raise ManifestImportError(f"{path}: missing column(s) {missing} (has {reader.fieldnames})")
         yield from reader
 
-def import_webvid(src, stats: ImportStats, splits=None) -> Iterator[dict]:
-    "WebVid from its `results_*_{train,val}.csv` metadata: one row per video."
-    keep = _split_filter(splits)
+def _webvid_media(find: MediaFinder, shards: ShardIndex, r: dict, stats: ImportStats) -> Optional[str]:
+    "A WebVid row's video: through video2dataset's shards (by URL) if any, else `videos/<page_dir>/<videoid>.mp4`."
+    vid, url = r["videoid"].strip(), (r.get("contentUrl") or "").strip()
+    if not len(shards):
+        return find(*[Path(d) / f"{vid}.mp4" for d in (f"videos/{r['page_dir'].strip()}", "videos", "")])
+    media = shards.media(url)
+    if media is None:
+        stats.skip("missing media", f"{vid}: {url}")
+    return media
+
+def import_webvid(src, stats: ImportStats, splits=None, images_out=None) -> Iterator[dict]:
+    """WebVid from its `results_*_{train,val}.csv` metadata: one row per video (video2dataset tars read in place, or
+    extracted into `images_out`)."""
+    keep = split_filter(splits)
     files = sorted({p for d in ANNOTATION_DIRS for p in (Path(src) / d).glob("results_*.csv")})
-    if not files: raise ManifestImportError(f"webvid: no 'results_*_train.csv' / 'results_*_val.csv' under {src}")
-    find = MediaFinder(src, stats)
+    if not files:
+        raise ManifestImportError(f"webvid: no 'results_*_train.csv' / 'results_*_val.csv' under {src}")
+    find, shards = MediaFinder(src, stats), ShardIndex(src, images_out)
     for path in files:
         split = "val" if path.stem.endswith("_val") else "train" if path.stem.endswith("_train") else path.stem
-        if keep is not None and split not in keep: continue
-        for r in _read_csv(path, ("videoid", "page_dir", "name")):
-            vid = r["videoid"].strip()
-            media = find(Path("videos") / r["page_dir"].strip() / f"{vid}.mp4", Path("videos") / f"{vid}.mp4", Path(f"{vid}.mp4"))
-            if media is not None: yield from _caption_rows(stats, media, [r["name"]], split, vid, "webvid", "video")
+        if keep is not None and split not in keep:
+            continue
+        for r in _read_csv(path, ("videoid", "name", "contentUrl") if len(shards) else ("videoid", "page_dir", "name")):
+            media = _webvid_media(find, shards, r, stats)
+            if media is not None:
+                yield from caption_rows(stats, media, [r["name"]], split, r["videoid"].strip(), "webvid", "video")
 
 # %% ../nbs/13_importers.ipynb #4c52f1d6
 def import_msrvtt(src, stats: ImportStats, splits=None, train_list: str = "MSRVTT_train.9k.csv") -> Iterator[dict]:
     "MSR-VTT 1k-A: train captions of the 9k list, and the 1,000 test pairs."
-    keep = _split_filter(splits)
+    keep = split_filter(splits)
     find = MediaFinder(src, stats)
-    where = lambda v: (Path("videos/all") / f"{v}.mp4", Path("videos") / f"{v}.mp4", Path("MSRVTT/videos/all") / f"{v}.mp4")
+    where = lambda v: (Path("videos/all") / f"{v}.mp4", Path("videos") / f"{v}.mp4",
+                       Path("MSRVTT/videos/all") / f"{v}.mp4")
     if keep is None or "train" in keep:
         data_path = find_annotation(src, "MSRVTT_data.json", "msrvtt")
         list_path = find_annotation(src, train_list, "msrvtt")
         train_ids = {r["video_id"].strip() for r in _read_csv(list_path, ("video_id",))}
         for i, s in enumerate(need(load_json(data_path), "sentences", data_path, "the top level")):
             v = need(s, "video_id", data_path, f"sentences[{i}]")
-            if v not in train_ids: continue
+            if v not in train_ids:
+                continue
             media = find(*where(v))
-            if media is not None: yield from _caption_rows(stats, media, [need(s, "caption", data_path, f"sentences[{i}]")], "train", v, "msrvtt", "video")
+            if media is not None:
+                yield from caption_rows(
+                    stats, media, [need(s, "caption", data_path, f"sentences[{i}]")], "train", v, "msrvtt", "video"
+                )
     if keep is None or "test" in keep:
         test_path = find_annotation(src, "MSRVTT_JSFUSION_test.csv", "msrvtt")
         for r in _read_csv(test_path, ("video_id", "sentence")):
             v = r["video_id"].strip()
             media = find(*where(v))
-            if media is not None: yield from _caption_rows(stats, media, [r["sentence"]], "test", v, "msrvtt", "video")
+            if media is not None:
+                yield from caption_rows(stats, media, [r["sentence"]], "test", v, "msrvtt", "video")
 
 # %% ../nbs/13_importers.ipynb #80985494
-LSMDC_FILES = {"train": "LSMDC16_annos_training.csv", "val": "LSMDC16_annos_val.csv", "test": "LSMDC16_challenge_1000_publictect.csv"}
+LSMDC_FILES = {"train": "LSMDC16_annos_training.csv", "val": "LSMDC16_annos_val.csv",
+               "test": "LSMDC16_challenge_1000_publictect.csv"}
 
 def import_lsmdc(src, stats: ImportStats, splits=None) -> Iterator[dict]:
     "LSMDC 2016 from the tab-separated annotation files: one row per clip."
     find = MediaFinder(src, stats)
-    for split, path in _split_files(src, LSMDC_FILES, "lsmdc", splits).items():
+    for split, path in split_files(src, LSMDC_FILES, "lsmdc", splits).items():
         for lineno, line in enumerate(_read_lines(path)):
-            if not line.strip(): continue
+            if not line.strip():
+                continue
             parts = line.split("\t")
-            if len(parts) < 6: raise ManifestImportError(f"{path}: line {lineno + 1} has {len(parts)} tab-separated fields, expected 6")
-            clip = parts[0].strip(); movie = clip.rsplit("_", 1)[0]
+            if len(parts) < 6:
+                raise ManifestImportError(
+                    f"{path}: line {lineno + 1} has {len(parts)} tab-separated fields, expected 6"
+                )
+            clip = parts[0].strip()
+            movie = clip.rsplit("_", 1)[0]
             media = find(*[Path(d) / movie / f"{clip}{e}" for e in (".avi", ".mp4") for d in ("avi", "videos")])
-            if media is not None: yield from _caption_rows(stats, media, [parts[5]], split, clip, "lsmdc", "video")
+            if media is not None:
+                yield from caption_rows(stats, media, [parts[5]], split, clip, "lsmdc", "video")
 
 # %% ../nbs/13_importers.ipynb #05e3e8f7
 VQA_QUESTIONS = {"train": "train2014", "val": "val2014", "test-dev": "test-dev2015", "test": "test2015"}
@@ -304,169 +276,106 @@ def _vqa_rest_val(image_ids, n: int, seed: int) -> set:
 def import_vqav2(src, stats: ImportStats, splits=None, min_answer_count: int = 9, rest_val_images: int = 1000,
                  seed: int = 0, vocab_out=None) -> Iterator[dict]:
     "VQAv2 questions with their ten answers; builds the answer vocabulary (written to `vocab_out`)."
-    keep = _split_filter(splits)
+    keep = split_filter(splits)
     anns = {}
     for s in ("train", "val"):
         p = find_annotation(src, f"v2_mscoco_{VQA_QUESTIONS[s]}_annotations.json", "vqav2")
-        anns[s] = {need(a, "question_id", p, "an annotation"): a for a in need(load_json(p), "annotations", p, "the top level")}
-        for a in anns[s].values(): need(a, "multiple_choice_answer", p, f"annotation {a['question_id']}")
+        anns[s] = {
+            need(a, "question_id", p, "an annotation"): a for a in need(load_json(p), "annotations", p, "the top level")
+        }
+        for a in anns[s].values():
+            need(a, "multiple_choice_answer", p, f"annotation {a['question_id']}")
     vocab = build_vqa_vocab((a["multiple_choice_answer"] for s in anns for a in anns[s].values()), min_answer_count)
     if vocab_out is not None:
         Path(vocab_out).parent.mkdir(parents=True, exist_ok=True)
         Path(vocab_out).write_text(json.dumps(vocab, ensure_ascii=False, indent=0))
     ans2label = {a: i for i, a in enumerate(vocab)}
     out_split = lambda s: {"val": ["val", "trainable_val", "rest_val"]}.get(s, [s])
-    files = _split_files(src, {s: f"v2_OpenEnded_mscoco_{VQA_QUESTIONS[s]}_questions.json" for s in VQA_QUESTIONS}, "vqav2",
-                         None if keep is None else [s for s in VQA_QUESTIONS if set(out_split(s)) & keep])
+    files = split_files(src, {s: f"v2_OpenEnded_mscoco_{VQA_QUESTIONS[s]}_questions.json" for s in VQA_QUESTIONS},
+                        "vqav2", None if keep is None else [s for s in VQA_QUESTIONS if set(out_split(s)) & keep])
     find = MediaFinder(src, stats)
     for s, path in files.items():
         questions = need(load_json(path), "questions", path, "the top level")
-        rest = _vqa_rest_val([need(q, "image_id", path, "a question") for q in questions], rest_val_images, seed) if s == "val" else set()
+        rest = (
+            _vqa_rest_val([need(q, "image_id", path, "a question") for q in questions], rest_val_images, seed)
+            if s == "val"
+            else set()
+        )
         for q in questions:
             iid, qid = need(q, "image_id", path, "a question"), need(q, "question_id", path, "a question")
             split = s if s != "val" or rest_val_images <= 0 else ("rest_val" if iid in rest else "trainable_val")
-            if keep is not None and split not in keep: continue
+            if keep is not None and split not in keep:
+                continue
             name = f"COCO_{VQA_IMAGES[s]}_{int(iid):012d}.jpg"
-            media = find(Path(VQA_IMAGES[s]) / name, Path("images") / VQA_IMAGES[s] / name)
-            if media is None: continue
+            media = find(*[Path(d) / VQA_IMAGES[s] / name for d in ("", "images", "Images/mscoco")])
+            if media is None:
+                continue
             answers = []
             if s in anns:
-                if qid not in anns[s]: raise ManifestImportError(f"{path}: question {qid} has no annotation in the {s} annotation file")
+                if qid not in anns[s]:
+                    raise ManifestImportError(f"{path}: question {qid} has no annotation in the {s} annotation file")
                 answers = [need(a, "answer", path, f"answers of question {qid}") for a in anns[s][qid]["answers"]]
-                if not vqa_targets(answers, ans2label)[0]: stats.notes["kept with no answer in the vocabulary"] += 1
+                if not vqa_targets(answers, ans2label)[0]:
+                    stats.notes["kept with no answer in the vocabulary"] += 1
             yield dict(media=media, media_type="image", caption="", split=split, image_id=str(iid), dataset="vqav2",
                        question=need(q, "question", path, f"question {qid}"), question_id=str(qid), answers=answers)
 
 # %% ../nbs/13_importers.ipynb #855c4653
 NLVR2_FILES = {"train": "train.json", "dev": "dev.json", "test1": "test1.json"}
 
-def _parse_label(v, path, ident) -> int:
-    if isinstance(v, bool) or v in (0, 1): return int(v)
-    if str(v).lower() in ("true", "false"): return int(str(v).lower() == "true")
-    raise ManifestImportError(f"{path}: statement {ident} has label {v!r}, expected True/False")
-
 def import_nlvr2(src, stats: ImportStats, splits=None) -> Iterator[dict]:
     "NLVR2 statements with their two images: one row per statement."
     find = MediaFinder(src, stats)
-    for split, path in _split_files(src, NLVR2_FILES, "nlvr2", splits).items():
+    for split, path in split_files(src, NLVR2_FILES, "nlvr2", splits).items():
         for lineno, line in enumerate(_read_lines(path)):
-            if not line.strip(): continue
-            try: ex = json.loads(line)
-            except json.JSONDecodeError as e: raise ManifestImportError(f"{path}: line {lineno + 1} is not JSON ({e})") from None
+            if not line.strip():
+                continue
+            try:
+                ex = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ManifestImportError(f"{path}: line {lineno + 1} is not JSON ({e})") from None
             ident = need(ex, "identifier", path, f"line {lineno + 1}")
             pair = ident.rsplit("-", 1)[0]
             if split == "train":
                 sub = str(need(ex, "directory", path, f"line {lineno + 1}"))
                 dirs = [Path("images/train") / sub, Path("train") / sub, Path("images/train"), Path("train")]
-            else: dirs = [Path("images") / split, Path(split)]
+            else:
+                dirs = [Path("images") / split, Path(split)]
             pics = [find(*[d / f"{pair}-img{k}.png" for d in dirs]) for k in (0, 1)]
-            if None in pics: continue
-            yield dict(media=pics[0], media_type="image", caption=need(ex, "sentence", path, f"line {lineno + 1}").strip(), split=split,
-                       image_id=pair, dataset="nlvr2", media2=pics[1], label=_parse_label(need(ex, "label", path, ident), path, ident))
+            if None in pics:
+                continue
+            yield dict(media=pics[0], media_type="image",
+                       caption=need(ex, "sentence", path, f"line {lineno + 1}").strip(), split=split, image_id=pair,
+                       dataset="nlvr2", media2=pics[1], label=parse_label(need(ex, "label", path, ident), path, ident))
 
-# %% ../nbs/13_importers.ipynb #565e4e9b
-ARROW_PREFIXES = [("coco_caption_karpathy_", "coco"), ("f30k_caption_karpathy_", "f30k"), ("conceptual_caption_", "cc3m"),
-                  ("sbu", "sbu"), ("vg", "vg"), ("vqav2_", "vqav2"), ("nlvr2_", "nlvr2")]
-_SCORE_COUNT = {0.3: 1, 0.6: 2, 0.9: 3, 1.0: 4}
+# %% ../nbs/13_importers.ipynb #bed84afd
+def import_webdataset(src, stats: ImportStats, splits=None) -> Iterator[dict]:
+    "WebDataset shards (img2dataset / video2dataset `webdataset` output): one row per sample, read in place."
+    return shard_rows(src, stats.skip, split_filter(splits))
 
-def arrow_dataset_split(stem: str) -> tuple[str, Optional[str]]:
-    "(dataset, split from the file name or None) for a ViLT arrow file stem."
-    for prefix, name in ARROW_PREFIXES:
-        if stem.startswith(prefix):
-            rest = stem[len(prefix):].strip("_")
-            if name == "cc3m": rest = rest.split("_")[0]           # conceptual_caption_train_3 -> train
-            if name in ("sbu", "vg"): rest = "train"
-            return name, rest or None
-    return stem, None
-
-def image_extension(data: bytes) -> str:
-    "File extension from the first bytes of an encoded image (JPEG, PNG, GIF, WebP, BMP; default .jpg)."
-    if data[:3] == b"\xff\xd8\xff": return ".jpg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n": return ".png"
-    if data[:4] == b"GIF8": return ".gif"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP": return ".webp"
-    if data[:2] == b"BM": return ".bmp"
-    return ".jpg"
-
-def rebuild_vqa_answers(answers: Sequence[str], scores: Sequence[float]) -> list[str]:
-    "Human-answer list whose soft scores equal the stored ones (each answer repeated 1-4 times)."
-    out = []
-    for a, s in zip(answers, scores):
-        n = next((c for v, c in _SCORE_COUNT.items() if abs(s - v) < 1e-6), None)
-        if n is None: raise ValueError(f"soft score {s} of answer {a!r} is not one of 0.3, 0.6, 0.9, 1")
-        out += [a] * n
-    return out
-
-# %% ../nbs/13_importers.ipynb #846f6f05
-def _save_image(data, folder: Path, name: str) -> Optional[str]:
-    if not data: return None
-    if Path(name).suffix.lower() not in IMAGE_EXTS: name = f"{name}{image_extension(data)}"
-    p = folder / Path(name).name
-    if not (p.is_file() and p.stat().st_size == len(data)):
-        part = p.with_name(p.name + ".part"); part.write_bytes(data); part.replace(p)
-    return str(p.resolve())
-
-def _arrow_batches(path: Path):
-    import pyarrow as pa
-    try: reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
-    except (pa.ArrowInvalid, OSError) as e: raise ManifestImportError(f"{path}: not an Arrow IPC file ({e})") from None
-    for b in range(reader.num_record_batches):
-        batch = reader.get_batch(b)
-        yield batch.schema.names, batch
-
-def import_arrow(src, stats: ImportStats, images_out=None, pattern: str = "*.arrow", splits=None) -> Iterator[dict]:
-    "ViLT/METER `.arrow` files: extract images and emit caption, VQA or NLVR2 rows."
-    src = Path(src)
-    files = [src] if src.is_file() else sorted(src.glob(pattern))
-    if not files: raise ManifestImportError(f"arrow: no file matching '{pattern}' under {src}")
-    if images_out is None: raise ValueError("arrow: `images_out` (where image files are written) is required")
-    keep = _split_filter(splits)
-    for path in files:
-        dataset, file_split = arrow_dataset_split(path.stem)
-        folder = Path(images_out) / path.stem
-        folder.mkdir(parents=True, exist_ok=True)
-        for names, batch in _arrow_batches(path):
-            col = lambda c, i: batch.column(c)[i].as_py()
-            kind = "nlvr2" if "image_0" in names else "vqa" if "questions" in names else "caption" if "caption" in names else None
-            if kind is None: raise ManifestImportError(f"{path}: unknown arrow schema {names} (expected ViLT caption, VQA or NLVR2 columns)")
-            required = {"nlvr2": ["image_0", "image_1", "questions", "answers", "identifier"],
-                        "vqa": ["image", "questions", "answers", "answer_scores", "image_id", "question_id"],
-                        "caption": ["image", "caption", "image_id"]}[kind]
-            missing = [c for c in required if c not in names]
-            if missing: raise ManifestImportError(f"{path}: missing column(s) {missing}")
-            for i in range(batch.num_rows):
-                split = col("split", i) if "split" in names else (file_split or "train")
-                if keep is not None and split not in keep: continue
-                if kind == "nlvr2":
-                    ident = str(col("identifier", i))
-                    pics = [_save_image(col(f"image_{k}", i), folder, f"{ident}-img{k}") for k in (0, 1)]
-                    if None in pics: stats.skip("empty image bytes", f"{path.name}: {ident}"); continue
-                    for sent, ans in zip(col("questions", i), col("answers", i)):
-                        yield dict(media=pics[0], media_type="image", caption=sent.strip(), split=split, image_id=ident,
-                                   dataset=dataset, media2=pics[1], label=_parse_label(ans, path, ident))
-                    continue
-                iid = str(col("image_id", i))
-                media = _save_image(col("image", i), folder, iid)
-                if media is None: stats.skip("empty image bytes", f"{path.name}: {iid}"); continue
-                if kind == "caption":
-                    yield from _caption_rows(stats, media, col("caption", i) or [], split, Path(iid).stem, dataset)
-                    continue
-                qs, qids, answers, scores = col("questions", i), col("question_id", i), col("answers", i) or [], col("answer_scores", i) or []
-                for k, (qtext, qid) in enumerate(zip(qs, qids)):
-                    ans = rebuild_vqa_answers(answers[k], scores[k]) if k < len(answers) else []
-                    yield dict(media=media, media_type="image", caption="", split=split, image_id=iid, dataset=dataset,
-                               question=qtext, question_id=str(qid), answers=ans)
+# %% ../nbs/13_importers.ipynb #226466cb
+def import_to_shards(src, stats: ImportStats, images_out=None, samples_per_shard: int = 1000) -> Iterator[dict]:
+    "The rows of a manifest of loose files (`src`), their media written into WebDataset shards in `images_out`."
+    import tempfile
+    from scl_nb.data import load_manifest
+    if images_out is None:
+        raise ValueError("to-shards: `images_out` (where the shards go) is required")
+    with tempfile.TemporaryDirectory() as cache:  # the manifest's Arrow cache, gone afterwards
+        m = load_manifest(src, cache_dir=cache)
+        yield from write_shards((m.row(i) for i in range(len(m))), m.root, images_out, samples_per_shard, stats.skip)
 
 # %% ../nbs/13_importers.ipynb #f3ad0577
-MANIFEST_TYPES = {"media": "string", "media_type": "string", "caption": "string", "split": "string", "image_id": "string",
-                  "dataset": "string", "question": "string", "question_id": "string", "answers": "list<string>",
-                  "media2": "string", "label": "int64"}
+MANIFEST_TYPES = {"media": "string", "media_type": "string", "caption": "string", "split": "string",
+                  "image_id": "string", "dataset": "string", "question": "string", "question_id": "string",
+                  "answers": "list<string>", "media2": "string", "label": "int64"}
 
 def _relative(row: dict, base: Path, absolute: bool) -> dict:
-    if absolute: return row
+    if absolute:
+        return row
     out = dict(row)
     for k in ("media", "media2"):
-        if out.get(k): out[k] = os.path.relpath(out[k], base)
+        if out.get(k):
+            out[k] = os.path.relpath(out[k], base)
     return out
 
 def _write_text(rows: Iterable[dict], part: Path, kind: str) -> int:
@@ -475,9 +384,12 @@ def _write_text(rows: Iterable[dict], part: Path, kind: str) -> int:
         for row in rows:
             n += 1
             if kind == ".csv":
-                if writer is None: writer = csv.DictWriter(f, fieldnames=list(row)); writer.writeheader()
+                if writer is None:
+                    writer = csv.DictWriter(f, fieldnames=list(row))
+                    writer.writeheader()
                 writer.writerow({k: json.dumps(v, ensure_ascii=False) if k == "answers" else v for k, v in row.items()})
-            else: f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            else:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return n
 
 def _write_parquet(rows: Iterable[dict], part: Path, chunk_rows: int) -> int:
@@ -485,12 +397,18 @@ def _write_parquet(rows: Iterable[dict], part: Path, chunk_rows: int) -> int:
     types = {"string": pa.string(), "int64": pa.int64(), "list<string>": pa.list_(pa.string())}
     n, buf, writer = 0, [], None
     for row in rows:
-        n += 1; buf.append(row)
-        if writer is None: writer = pq.ParquetWriter(str(part), pa.schema([(k, types[MANIFEST_TYPES.get(k, "string")]) for k in row]))
-        if len(buf) >= chunk_rows: writer.write_table(pa.Table.from_pylist(buf, schema=writer.schema)); buf = []
-    if writer is None: pq.write_table(pa.table({k: pa.array([], pa.string()) for k in ("media", "caption", "split")}), str(part))
+        n += 1
+        buf.append(row)
+        if writer is None:
+            writer = pq.ParquetWriter(str(part), pa.schema([(k, types[MANIFEST_TYPES.get(k, "string")]) for k in row]))
+        if len(buf) >= chunk_rows:
+            writer.write_table(pa.Table.from_pylist(buf, schema=writer.schema))
+            buf = []
+    if writer is None:
+        pq.write_table(pa.table({k: pa.array([], pa.string()) for k in ("media", "caption", "split")}), str(part))
     else:
-        if buf: writer.write_table(pa.Table.from_pylist(buf, schema=writer.schema))
+        if buf:
+            writer.write_table(pa.Table.from_pylist(buf, schema=writer.schema))
         writer.close()
     return n
 
@@ -502,20 +420,24 @@ def write_manifest(rows: Iterable[dict],   # manifest rows (absolute media paths
     "Write a manifest; returns the number of rows."
     out = Path(out)
     kind = out.suffix.lower()
-    if kind not in (".jsonl", ".json", ".csv", ".parquet"): raise ValueError(f"unknown manifest extension {out.suffix!r} (use .jsonl, .csv or .parquet)")
+    if kind not in (".jsonl", ".json", ".csv", ".parquet"):
+        raise ValueError(f"unknown manifest extension {out.suffix!r} (use .jsonl, .csv or .parquet)")
     out.parent.mkdir(parents=True, exist_ok=True)
     base, part = out.parent.resolve(), out.with_name(out.name + ".part")
     rel = (_relative(r, base, absolute) for r in rows)
-    try: n = _write_parquet(rel, part, chunk_rows) if kind == ".parquet" else _write_text(rel, part, kind)
+    try:
+        n = _write_parquet(rel, part, chunk_rows) if kind == ".parquet" else _write_text(rel, part, kind)
     except BaseException:
-        part.unlink(missing_ok=True); raise
+        part.unlink(missing_ok=True)
+        raise
     part.replace(out)
     return n
 
 # %% ../nbs/13_importers.ipynb #208f866b
-IMPORTERS: dict[str, Callable] = {"coco": import_coco, "f30k": import_f30k, "vg": import_vg, "sbu": import_sbu, "cc3m": import_cc3m,
-                                  "webvid": import_webvid, "msrvtt": import_msrvtt, "lsmdc": import_lsmdc, "vqav2": import_vqav2,
-                                  "nlvr2": import_nlvr2, "arrow": import_arrow}
+IMPORTERS: dict[str, Callable] = {"coco": import_coco, "f30k": import_f30k, "vg": import_vg, "sbu": import_sbu,
+                                  "cc3m": import_cc3m, "webvid": import_webvid, "msrvtt": import_msrvtt,
+                                  "lsmdc": import_lsmdc, "vqav2": import_vqav2, "nlvr2": import_nlvr2,
+                                  "arrow": import_arrow, "webdataset": import_webdataset, "to-shards": import_to_shards}
 
 def run_import(dataset: str,            # a key of `IMPORTERS`
                src,                     # folder with the original files
@@ -524,15 +446,20 @@ def run_import(dataset: str,            # a key of `IMPORTERS`
                **options,               # importer options (splits, naming, vocab_out, ...)
               ) -> tuple[int, ImportStats]:
     "Import one dataset into a manifest; returns (rows written, stats)."
-    if dataset not in IMPORTERS: raise ValueError(f"unknown dataset {dataset!r}; choose from {sorted(IMPORTERS)}")
+    if dataset not in IMPORTERS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {sorted(IMPORTERS)}")
     fn = IMPORTERS[dataset]
     accepted = set(inspect.signature(fn).parameters) - {"src", "stats"}
     bad = sorted(k for k, v in options.items() if v is not None and k not in accepted)
-    if bad: raise ValueError(f"{dataset} does not take option(s) {bad}; it takes {sorted(accepted)}")
-    if not Path(src).exists(): raise ManifestImportError(f"{dataset}: source folder '{src}' does not exist")
+    if bad:
+        raise ValueError(f"{dataset} does not take option(s) {bad}; it takes {sorted(accepted)}")
+    if not Path(src).exists():
+        raise ManifestImportError(f"{dataset}: source folder '{src}' does not exist")
     out = Path(out)
-    if dataset == "vqav2" and options.get("vocab_out") is None: options["vocab_out"] = out.with_name(out.stem + "_answers.json")
-    if dataset == "arrow" and options.get("images_out") is None: options["images_out"] = out.parent / "images"
+    if dataset == "vqav2" and options.get("vocab_out") is None:
+        options["vocab_out"] = out.with_name(out.stem + "_answers.json")
+    if dataset == "to-shards" and options.get("images_out") is None:
+        options["images_out"] = out.parent / "shards"
     stats = ImportStats()
     n = write_manifest(fn(src, stats, **{k: v for k, v in options.items() if v is not None}), out, absolute)
     return n, stats
@@ -540,32 +467,46 @@ def run_import(dataset: str,            # a key of `IMPORTERS`
 # %% ../nbs/13_importers.ipynb #bcad894d
 def main(argv: Optional[Sequence[str]] = None) -> int:
     "Command line: `python -m scl_nb.importers <dataset> --src DIR --out manifest.jsonl [options]`."
-    p = argparse.ArgumentParser(prog="python -m scl_nb.importers", description="Convert original dataset annotation files into an scl_nb manifest.")
+    p = argparse.ArgumentParser(prog="python -m scl_nb.importers",
+                                description="Convert original dataset annotation files into an scl_nb manifest.")
     p.add_argument("dataset", choices=sorted(IMPORTERS), help="which dataset / file format")
     p.add_argument("--src", required=True, help="folder holding the original annotation and media files")
     p.add_argument("--out", required=True, help="manifest to write: .jsonl (default format), .csv or .parquet")
-    p.add_argument("--absolute", action="store_true", help="write absolute media paths (default: relative to the manifest)")
+    p.add_argument(
+        "--absolute", action="store_true", help="write absolute media paths (default: relative to the manifest)"
+    )
     p.add_argument("--splits", help="comma-separated splits to keep (default: all)")
-    p.add_argument("--naming", choices=["basename", "index"], help="sbu: how downloaded images are named")
+    p.add_argument("--naming", choices=["basename", "index", "url-hash", "shards"],
+                   help="downloaded image names: sbu basename|index; cc3m index|url-hash|shards (default: found)")
     p.add_argument("--index-base", type=int, help="sbu/cc3m with index naming: number of the first row (default 0)")
     p.add_argument("--exclude-coco", help="vg: Karpathy dataset_coco.json; drop VG images in its val/test splits")
     p.add_argument("--train-list", help="msrvtt: training video list (default MSRVTT_train.9k.csv)")
-    p.add_argument("--min-answer-count", type=int, help="vqav2: minimum count of an answer in the vocabulary (default 9)")
-    p.add_argument("--rest-val-images", type=int, help="vqav2: val images held out as rest_val (default 1000; 0 = keep 'val')")
+    p.add_argument(
+        "--min-answer-count", type=int, help="vqav2: minimum count of an answer in the vocabulary (default 9)"
+    )
+    p.add_argument(
+        "--rest-val-images", type=int, help="vqav2: val images held out as rest_val (default 1000; 0 = keep 'val')"
+    )
     p.add_argument("--seed", type=int, help="vqav2: seed of the rest_val draw (default 0)")
     p.add_argument("--vocab-out", help="vqav2: answer vocabulary JSON (default <out stem>_answers.json)")
-    p.add_argument("--images-out", help="arrow: folder for the extracted images (default <out folder>/images)")
+    p.add_argument("--images-out", help="arrow, cc3m/webvid tars: extract the media into this folder (default: read "
+                   "them in place); to-shards: where the shards go (default <out folder>/shards)")
+    p.add_argument("--samples-per-shard", type=int, help="to-shards: media files per shard (default 1000)")
     p.add_argument("--pattern", help="arrow: glob of the arrow files under --src (default *.arrow)")
     a = p.parse_args(argv)
-    opts = dict(splits=a.splits, naming=a.naming, index_base=a.index_base, exclude_coco=a.exclude_coco, train_list=a.train_list,
-                min_answer_count=a.min_answer_count, rest_val_images=a.rest_val_images, seed=a.seed, vocab_out=a.vocab_out,
-                images_out=a.images_out, pattern=a.pattern)
-    try: n, stats = run_import(a.dataset, a.src, a.out, a.absolute, **opts)
+    opts = dict(splits=a.splits, naming=a.naming, index_base=a.index_base, exclude_coco=a.exclude_coco,
+                train_list=a.train_list, min_answer_count=a.min_answer_count, rest_val_images=a.rest_val_images,
+                seed=a.seed, vocab_out=a.vocab_out, images_out=a.images_out, pattern=a.pattern,
+                samples_per_shard=a.samples_per_shard)
+    try:
+        n, stats = run_import(a.dataset, a.src, a.out, a.absolute, **opts)
     except (ManifestImportError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr); return 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {n} rows to {a.out}\n{stats.summary()}")
     return 0
 
 # %% ../nbs/13_importers.ipynb #0ff9ada3
 #| eval: false
-if __name__ == "__main__": sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,9 +12,11 @@ from typing import Any, Callable, Optional, Sequence
 from .config import ConfigError, SCLConfig, save_config
 
 # %% auto #0
-__all__ = ['CLUSTERS', 'EXIT_PREEMPTED', 'Job', 'check_job', 'restarted', 'resuming', 'entry_argv', 'job_parameters',
-           'torchrun_command', 'package_root', 'worker_env', 'job_gpus', 'executor_parameters', 'run_entry_point',
-           'is_finished', 'run_notebook', 'JobTask', 'RunHandle', 'submit', 'read_metrics', 'follow', 'launch_pretrain']
+__all__ = ['CLUSTERS', 'EXIT_PREEMPTED', 'SLURM_ACTIVE_STATES', 'RESOURCE_FIELDS', 'TRAIN_SIGNAL_DELAY_S', 'Job', 'check_job',
+           'restarted', 'resuming', 'entry_argv', 'job_parameters', 'torchrun_command', 'package_root', 'worker_env',
+           'job_gpus', 'executor_parameters', 'run_entry_point', 'is_finished', 'run_notebook', 'JobTask', 'RunHandle',
+           'submit', 'read_metrics', 'follow', 'slurm_active', 'submit_once', 'job_fields', 'pretrain_job',
+           'run_finished', 'launch_pretrain']
 
 # %% ../nbs/24_jobs.ipynb #ad943c0c
 CLUSTERS = ("none", "local", "slurm", "debug")  # "none": torchrun on this machine; the others are submitit clusters
@@ -52,16 +54,20 @@ class Job:
 def check_job(job: Job) -> Job:
     "Raise `ConfigError` naming the first inconsistent field of `job`; return it."
     def need(ok, msg):
-        if not ok: raise ConfigError(f"job in {job.out_dir}: {msg}")
+        if not ok:
+            raise ConfigError(f"job in {job.out_dir}: {msg}")
     need(job.cluster in CLUSTERS, f"cluster={job.cluster!r}; choose one of {list(CLUSTERS)}")
     need((job.module is None) != (job.notebook is None), "give exactly one of module= (an entry point) and notebook=")
     for k in ("nprocs", "nodes"):
         v = getattr(job, k)
         need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{k}={v!r} must be an integer >= 1")
     need(job.nodes == 1 or job.cluster == "slurm", f"nodes={job.nodes} needs cluster='slurm'")
-    need(job.notebook is None or job.cluster != "none", "a notebook runs as a submitit job: cluster 'local', 'slurm' or 'debug'")
-    need(job.notebook is None or job.nprocs == 1, f"a notebook is one process (nprocs={job.nprocs}); it may start its own workers")
-    need(job.cluster != "debug" or job.nprocs == 1, f"the debug cluster runs one process, in this one (nprocs={job.nprocs})")
+    need(job.notebook is None or job.cluster != "none",
+         "a notebook runs as a submitit job: cluster 'local', 'slurm' or 'debug'")
+    need(job.notebook is None or job.nprocs == 1,
+         f"a notebook is one process (nprocs={job.nprocs}); it may start its own workers")
+    need(job.cluster != "debug" or job.nprocs == 1,
+         f"the debug cluster runs one process, in this one (nprocs={job.nprocs})")
     need(not job.after or job.cluster == "slurm", "after= (job dependencies) needs cluster='slurm'")
     return job
 
@@ -70,7 +76,8 @@ def restarted(env=None) -> bool:
     "Did SLURM start this job again (`SLURM_RESTART_COUNT` > 0)?"
     return int((os.environ if env is None else env).get("SLURM_RESTART_COUNT", "0") or 0) > 0
 
-def resuming(job: Job, env=None) -> bool: return job.resume or restarted(env)
+def resuming(job: Job, env=None) -> bool:
+    return job.resume or restarted(env)
 
 def entry_argv(job: Job, resume: bool) -> list:
     "The entry point's arguments, with `resume_arg` when resuming."
@@ -84,8 +91,8 @@ def job_parameters(job: Job, resume: bool) -> dict:
 # %% ../nbs/24_jobs.ipynb #6226ba4f
 def torchrun_command(job: Job) -> list:
     "The command that runs `job`'s entry point in `nprocs` processes on this node."
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={job.nprocs}",
-            "-m", job.module, *entry_argv(job, resuming(job))]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+            f"--nproc_per_node={job.nprocs}", "-m", job.module, *entry_argv(job, resuming(job))]
 
 def package_root() -> Path:
     "The folder holding the `scl_nb` package (the repository root of a checkout)."
@@ -100,19 +107,26 @@ def worker_env(extra: dict | None = None) -> dict:
     return env
 
 # %% ../nbs/24_jobs.ipynb #3044311a
-def job_gpus(job: Job) -> int: return job.gpus_per_node if job.gpus_per_node is not None else 0 if job.device == "cpu" else job.nprocs
+def job_gpus(job: Job) -> int:
+    return job.gpus_per_node if job.gpus_per_node is not None else 0 if job.device == "cpu" else job.nprocs
 
 def executor_parameters(job: Job) -> dict:
     "submitit's `update_parameters` for `job`."
     gpus = job_gpus(job)
     p = dict(timeout_min=job.timeout_min, nodes=job.nodes, tasks_per_node=job.nprocs, gpus_per_node=gpus)
     p |= {k: v for k in ("name", "cpus_per_task", "mem_gb") if (v := getattr(job, k)) is not None}
-    if job.cluster != "slurm": return p
-    extra = dict(job.slurm_args) | ({"dependency": "afterok:" + ":".join(map(str, job.after)), "kill_on_invalid_dep": "yes"} if job.after else {})
+    if job.cluster != "slurm":
+        return p
+    extra = dict(job.slurm_args) | (
+        {"dependency": "afterok:" + ":".join(map(str, job.after)), "kill_on_invalid_dep": "yes"} if job.after else {}
+    )
     p["slurm_additional_parameters"] = extra
-    if job.partition: p["slurm_partition"] = job.partition
-    if job.signal_delay_s is not None: p["slurm_signal_delay_s"] = job.signal_delay_s
-    if not gpus: p.pop("gpus_per_node")
+    if job.partition:
+        p["slurm_partition"] = job.partition
+    if job.signal_delay_s is not None:
+        p["slurm_signal_delay_s"] = job.signal_delay_s
+    if not gpus:
+        p.pop("gpus_per_node")
     return p
 
 # %% ../nbs/24_jobs.ipynb #c7ecacc4
@@ -120,15 +134,21 @@ def run_entry_point(module: str, argv: Sequence[str],
                     cwd: Optional[str] = None,  # run in this folder (and come back)
                     let_exit: Callable[[], bool] = lambda: False,  # True: a `SystemExit` is passed on, not an exit code
                    ) -> int:
-    "Run `module.main(argv)` here, as `python -m module` in `cwd` would; its exit code (a `SystemExit` from inside counts as one)."
+    """Run `module.main(argv)` here, as `python -m module` in `cwd` would; its exit code (a `SystemExit` from inside
+    counts as one)."""
     here, path = os.getcwd(), list(sys.path)
     try:
-        if cwd: os.chdir(cwd); sys.path.insert(0, str(Path(cwd).resolve()))
+        if cwd:
+            os.chdir(cwd)
+            sys.path.insert(0, str(Path(cwd).resolve()))
         rc = importlib.import_module(module).main(list(argv))
     except SystemExit as e:
-        if let_exit(): raise
+        if let_exit():
+            raise
         rc = e.code
-    finally: os.chdir(here); sys.path[:] = path  # the debug cluster runs in the caller's process
+    finally:
+        os.chdir(here)
+        sys.path[:] = path  # the debug cluster runs in the caller's process
     return 0 if rc is None else rc if isinstance(rc, int) else 1
 
 # %% ../nbs/24_jobs.ipynb #4bdc90da
@@ -137,30 +157,41 @@ class _DeferredSignals:
     def __init__(self, grace_s: float):
         self.grace_s, self.received, self.previous, self.forwarded = grace_s, [], {}, False
         self.usr = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
-        self.active = threading.current_thread() is threading.main_thread() and os.environ.get("SUBMITIT_EXECUTOR") in ("slurm", "local")
+        self.active = threading.current_thread() is threading.main_thread() and os.environ.get("SUBMITIT_EXECUTOR") in (
+            "slurm",
+            "local",
+        )
     def __enter__(self):
         if self.active:
-            for s in (self.usr, signal.SIGTERM): self.previous[s] = signal.signal(s, self._record)
+            for s in (self.usr, signal.SIGTERM):
+                self.previous[s] = signal.signal(s, self._record)
             self.previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, lambda *a: self.forward())
         return self
     def _record(self, signum, frame):
-        if not self.received: signal.alarm(max(1, int(self.grace_s)))
+        if not self.received:
+            signal.alarm(max(1, int(self.grace_s)))
         self.received.append(signum)
     def forward(self):
         "Restore the handlers; if submitit's signal came, call its handler (checkpoint, requeue, exit)."
-        if self.forwarded: return
+        if self.forwarded:
+            return
         self.forwarded = True
         signal.alarm(0)
-        for s, h in self.previous.items(): signal.signal(s, h)
-        if self.usr in self.received and callable(h := signal.getsignal(self.usr)): h(self.usr, None)
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+        if self.usr in self.received and callable(h := signal.getsignal(self.usr)):
+            h(self.usr, None)
     def __exit__(self, *exc):
         if self.active and signal.SIGTERM in self.received and self.usr not in self.received:
             deadline = time.time() + min(self.grace_s, 10.0)  # a preemption sends SIGTERM and SIGUSR2, in either order
-            while self.usr not in self.received and time.time() < deadline: time.sleep(0.1)
-        if self.active: self.forward()
+            while self.usr not in self.received and time.time() < deadline:
+                time.sleep(0.1)
+        if self.active:
+            self.forward()
 
 # %% ../nbs/24_jobs.ipynb #81dbaafa
-def _in_submitit_job() -> bool: return os.environ.get("SUBMITIT_EXECUTOR") in ("slurm", "local")  # not the debug cluster (this process)
+def _in_submitit_job() -> bool:
+    return os.environ.get("SUBMITIT_EXECUTOR") in ("slurm", "local")  # not the debug cluster (this process)
 
 def is_finished(out_dir) -> bool:
     "Did a notebook run in `out_dir` run to its end (its `DONE` marker)?"
@@ -174,11 +205,21 @@ def run_notebook(job: Job, resume: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     error = None
     with _DeferredSignals(job.grace_s) as sig:
-        try: papermill.execute_notebook(job.notebook, output, parameters=params, cwd=job.cwd or str(Path(job.notebook).parent),
-                                        progress_bar=False, log_output=_in_submitit_job())  # cell output into the job's log
-        except Exception as e: error = e
-    if sig.received: raise RuntimeError(f"stopped by signal(s) {sig.received} before the notebook finished; not marked DONE")
-    if error is not None: raise error
+        try:
+            papermill.execute_notebook(
+                job.notebook,
+                output,
+                parameters=params,
+                cwd=job.cwd or str(Path(job.notebook).parent),
+                progress_bar=False,
+                log_output=_in_submitit_job(),
+            )  # cell output into the job's log
+        except Exception as e:
+            error = e
+    if sig.received:
+        raise RuntimeError(f"stopped by signal(s) {sig.received} before the notebook finished; not marked DONE")
+    if error is not None:
+        raise error
     res = out / "results.json"
     (out / "DONE").write_text(json.dumps({"notebook": job.notebook, "output": output, "parameters": params,
                                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
@@ -197,14 +238,17 @@ class JobTask(_Checkpointable):
         self.job, self.requeued = job, False
     def __call__(self) -> dict:
         job, resume = self.job, resuming(self.job)
-        if job.cpus_per_task and _in_submitit_job(): os.environ["OMP_NUM_THREADS"] = str(job.cpus_per_task)  # the job's own, over the shell's
-        if job.notebook is not None: return run_notebook(job, resume)
+        if job.cpus_per_task and _in_submitit_job():
+            os.environ["OMP_NUM_THREADS"] = str(job.cpus_per_task)  # the job's own, over the shell's
+        if job.notebook is not None:
+            return run_notebook(job, resume)
         if _in_submitit_job():
             dist_env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             os.environ.setdefault("LOCAL_RANK", str(dist_env.local_rank))
         argv = entry_argv(job, resume)
         rc = run_entry_point(job.module, argv, job.cwd, let_exit=lambda: self.requeued)  # requeued: submitit's handler is leaving the process
-        if rc not in (0, EXIT_PREEMPTED): raise RuntimeError(f"python -m {job.module} {' '.join(argv)} exited with code {rc}")
+        if rc not in (0, EXIT_PREEMPTED):
+            raise RuntimeError(f"python -m {job.module} {' '.join(argv)} exited with code {rc}")
         return {"exit_code": rc, "status": "completed" if rc == 0 else "preempted"}
     def checkpoint(self, *args, **kwargs):
         "Called by submitit on preemption / time-out: the same job again, resuming."
@@ -219,42 +263,66 @@ class RunHandle:
     proc: Any = None  # subprocess.Popen on cluster "none"
     job: Any = None  # the submitit Job otherwise
     cluster: str = "none"
+    finished: bool = False  # nothing was started: the run in `out_dir` had already finished
     _debug_rc: Optional[int] = field(default=None, repr=False)
     def done(self) -> bool:
-        if self.proc is not None: return self.proc.poll() is not None
-        if self.cluster != "debug": return self.job.done(force_check=True)
+        if self.finished:
+            return True
+        if self.proc is not None:
+            return self.proc.poll() is not None
+        if self.cluster != "debug":
+            return self.job.done(force_check=True)
         if self._debug_rc is None:  # the debug cluster runs the job here, when first asked (and again on each call if it failed)
-            try: self.job.results(); self._debug_rc = 0
-            except Exception: self._debug_rc = 1
+            try:
+                self.job.results()
+                self._debug_rc = 0
+            except Exception:
+                self._debug_rc = 1
         return True
     def wait(self) -> int:
         "Wait for the end; the exit code (0 for a submitit job that succeeded; its failure raises)."
-        if self.proc is not None: return self.proc.wait()
-        self.job.results(); return 0
+        if self.finished:
+            return 0
+        if self.proc is not None:
+            return self.proc.wait()
+        self.job.results()
+        return 0
     @property
     def returncode(self) -> Optional[int]:
-        if self.proc is not None: return self.proc.poll()
-        if not self.done(): return None
-        if self.cluster == "debug": return self._debug_rc
+        if self.finished:
+            return 0
+        if self.proc is not None:
+            return self.proc.poll()
+        if not self.done():
+            return None
+        if self.cluster == "debug":
+            return self._debug_rc
         return 0 if self.job.exception() is None else 1  # job.state is cached by submitit; the result file is not
     def log_tail(self, n: int = 3000) -> str:
         "The end of the run's log (launch.log of torchrun, else the job's stderr)."
         log = self.out_dir / "launch.log"
-        if self.proc is not None: return log.read_text()[-n:] if log.exists() else ""
+        if self.proc is not None:
+            return log.read_text()[-n:] if log.exists() else ""
         return (self.job.stderr() or "")[-n:] if self.job is not None else ""
 
 def submit(job: Job) -> RunHandle:
     "Start `job` (see `Job`): torchrun here on cluster \"none\", else a `JobTask` through submitit; return its handle."
     check_job(job)
-    out = Path(job.out_dir); out.mkdir(parents=True, exist_ok=True)
+    out = Path(job.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     if job.cluster == "none":
         with open(out / "launch.log", "ab") as log:
-            proc = subprocess.Popen(torchrun_command(job), stdout=log, stderr=subprocess.STDOUT, env=worker_env(job.env), cwd=job.cwd)
+            proc = subprocess.Popen(
+                torchrun_command(job), stdout=log, stderr=subprocess.STDOUT, env=worker_env(job.env), cwd=job.cwd
+            )
         return RunHandle(out, proc=proc)
-    if submitit is None: raise ConfigError(f"cluster={job.cluster!r} needs submitit (pip install submitit)")
+    if submitit is None:
+        raise ConfigError(f"cluster={job.cluster!r} needs submitit (pip install submitit)")
     ex = submitit.AutoExecutor(folder=job.submitit_dir or str(out / "submitit" / "%j"), cluster=job.cluster)
     ex.update_parameters(**executor_parameters(job))
-    return RunHandle(out, job=ex.submit(JobTask(job)), cluster=job.cluster)
+    with submitit.helpers.clean_env():  # none of a submitting job's SLURM_* / SUBMITIT_* settings leak in
+        started = ex.submit(JobTask(job))
+    return RunHandle(out, job=started, cluster=job.cluster)
 
 # %% ../nbs/24_jobs.ipynb #d6672b0d
 def read_metrics(out_dir) -> list[dict]:
@@ -272,29 +340,105 @@ def follow(handle: RunHandle, every: float = 2.0, print_every: int = 10, quiet: 
             if not quiet and (r["step"] % print_every == 0 or r["step"] == 1):
                 print(f"step {r['step']:>6}  loss {r['loss']:.4f}  {r['pairs_per_s']:.1f} pairs/s", flush=True)
         shown = len(rows)
-        if finished: break
+        if finished:
+            break
         time.sleep(every)
     rc = handle.returncode
     summary_path = handle.out_dir / "summary.json"
     if rc != 0 or not summary_path.exists():
         raise RuntimeError(f"run in {handle.out_dir} failed (exit code {rc}):\n{handle.log_tail()}")
-    return json.loads(summary_path.read_text())
+    return json.loads(summary_path.read_text()) | ({"resumed_finished_run": True} if handle.finished else {})
 
-# %% ../nbs/24_jobs.ipynb #8f457e07
+# %% ../nbs/24_jobs.ipynb #0250b403
+SLURM_ACTIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
+                       "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT")
+
+def slurm_active(job_id, name: str) -> bool:
+    "Is SLURM job `job_id`, named `name`, pending, running or requeued? (The name guards against reused job ids.)"
+    try:
+        r = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T|%j"], capture_output=True, text=True,
+                           timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    states = [line.split("|", 1) for line in r.stdout.splitlines() if "|" in line]
+    return any(n == name and state in SLURM_ACTIVE_STATES for state, n in states)
+
+def _local_alive(pid) -> bool:
+    "Does the process of a local submitit job still run?"
+    try:
+        return b"submitit" in Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+
+def submit_once(job: Job, record: str = "train_job") -> RunHandle:
+    "Submit `job` unless `<out_dir>/<record>.json` names its live job; then return that job's handle instead."
+    path = Path(job.out_dir) / f"{record}.json"
+    prev = json.loads(path.read_text()) if path.exists() else {}
+    if prev.get("cluster") == job.cluster == "slurm" and slurm_active(prev["job_id"], prev["name"]):
+        print(f"following SLURM job {prev['job_id']} ({prev['name']}), submitted earlier for {job.out_dir}", flush=True)
+        earlier = submitit.SlurmJob(prev["folder"], str(prev["job_id"]), tasks=tuple(range(prev["tasks"])))
+        return RunHandle(Path(job.out_dir), job=earlier, cluster="slurm")
+    if prev.get("cluster") == job.cluster == "local" and _local_alive(prev["job_id"]):
+        raise ConfigError(f"{path}: job {prev['job_id']} of an earlier run still runs on this machine; "
+                          "wait for it or stop it")
+    handle = submit(job)
+    folder = job.submitit_dir or str(Path(job.out_dir) / "submitit" / "%j")
+    rec = dict(cluster=job.cluster, job_id=str(handle.job.job_id), name=job.name or "submitit", folder=folder,
+               tasks=job.nodes * job.nprocs, submitted=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(rec, indent=1))
+    part.replace(path)
+    return handle
+
+# %% ../nbs/24_jobs.ipynb #13a6b263
+RESOURCE_FIELDS = {"nodes": "nodes", "gpus_per_node": "gpus_per_node", "cpus_per_task": "cpus_per_task",
+                   "mem_gb": "mem_gb", "timeout_min": "timeout_min", "partition": "partition", "slurm": "slurm_args",
+                   "signal_delay_s": "signal_delay_s"}  # a spec's `resources` key -> the `Job` field
+TRAIN_SIGNAL_DELAY_S = 120  # the training job's warning before its time limit: time to write a checkpoint
+
+def job_fields(resources: Optional[dict]) -> dict:
+    "The `Job` fields of a spec's `resources` (`RESOURCE_FIELDS`); `ConfigError` for a key it does not know."
+    unknown = sorted(set(resources or {}) - set(RESOURCE_FIELDS))
+    if unknown:
+        raise ConfigError(f"resources: unknown key {unknown[0]!r}; the keys are {list(RESOURCE_FIELDS)}")
+    return {RESOURCE_FIELDS[k]: dict(v) if k == "slurm" else v for k, v in (resources or {}).items()}
+
+def pretrain_job(out_dir, nprocs: int = 2, nodes: int = 1, cluster: str = "none", device: Optional[str] = None,
+                 resume: bool = True, resources: Optional[dict] = None) -> Job:
+    "The job that pre-trains the configuration in `out_dir/launch_config.json` (see `launch_pretrain`)."
+    out = Path(out_dir)
+    args = ["--config", str(out / "launch_config.json"), "--out", str(out), "--no-progress"]
+    args += ["--device", device] if device else []
+    fields = dict(timeout_min=60 * 24, signal_delay_s=TRAIN_SIGNAL_DELAY_S, nodes=nodes) | job_fields(resources)
+    if fields["nodes"] != nodes:
+        raise ConfigError(f"nodes={nodes} but resources.nodes={fields['nodes']}: give the same number")
+    return check_job(Job(str(out), module="scl_nb.train", args=args, nprocs=nprocs, cluster=cluster, device=device,
+                         resume=resume, name=f"scl-train:{out.resolve().name}",
+                         submitit_dir=str(out / "submitit" / "train_%j"), **fields))
+
+def run_finished(out_dir, steps: int) -> bool:
+    "Has the run in `out_dir` completed `steps` steps (its `summary.json`)?"
+    p = Path(out_dir) / "summary.json"
+    s = json.loads(p.read_text()) if p.exists() else {}
+    return s.get("status") == "completed" and s.get("step", 0) >= steps
+
 def launch_pretrain(cfg: SCLConfig, out_dir,
                     nprocs: int = 2,  # processes per node (one per GPU on GPU machines)
                     nodes: int = 1,  # nodes (SLURM only)
-                    cluster: str = "none",  # "none" (torchrun on this node), "local" or "slurm" (submitit)
+                    cluster: str = "none",  # "none" (torchrun on this node), "local" or "slurm" (a job of its own)
                     device: Optional[str] = None,  # "cpu" for CPU workers (gloo); None = GPUs when present
                     resume: bool = True,  # continue from the newest checkpoint in out_dir
-                    timeout_min: int = 60 * 24,  # submitit: job time limit (SIGUSR2 comes before it; the job requeues)
-                    partition: Optional[str] = None, slurm_args: dict | None = None,  # submitit SLURM extras
+                    resources: Optional[dict] = None,  # the training job's: a spec's `resources` (`job_fields`)
+                    timeout_min: Optional[int] = None, partition: Optional[str] = None,  # or some of them one by one
+                    slurm_args: Optional[dict] = None,
                    ) -> RunHandle:
-    "Start pre-training `cfg` into `out_dir` in `nodes` x `nprocs` processes; return a handle (see `follow`)."
+    "Start pre-training `cfg` into `out_dir` in `nodes` x `nprocs` processes (or find it running); its handle."
+    one_by_one = dict(timeout_min=timeout_min, partition=partition, slurm=slurm_args)
+    resources = dict(resources or {}) | {k: v for k, v in one_by_one.items() if v is not None}
+    job = pretrain_job(out_dir, nprocs, nodes, cluster, device, resume, resources)
     out = Path(out_dir)
-    args = ["--config", str(out / "launch_config.json"), "--out", str(out), "--no-progress"] + (["--device", device] if device else [])
-    job = check_job(Job(str(out), module="scl_nb.train", args=args, nprocs=nprocs, nodes=nodes, cluster=cluster, device=device, resume=resume,
-                        timeout_min=timeout_min, signal_delay_s=120, partition=partition, slurm_args=dict(slurm_args or {})))
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "launch_config.json")
-    return submit(job)
+    if resume and run_finished(out, cfg.train.steps):
+        return RunHandle(out, cluster=cluster, finished=True)
+    return submit(job) if cluster == "none" else submit_once(job)

@@ -21,7 +21,8 @@ def special_mask(tokenizer,                        # Hugging Face tokenizer
     "Positions that masking never touches: special tokens and padding."
     special_ids = torch.tensor(sorted(tokenizer.all_special_ids), device=input_ids.device)
     out = torch.isin(input_ids, special_ids)
-    if attention_mask is not None: out |= attention_mask == 0
+    if attention_mask is not None:
+        out |= attention_mask == 0
     return out
 
 # %% ../nbs/05_masking.ipynb #73cacf98
@@ -35,11 +36,14 @@ def _continuation_prefix(tokenizer) -> Optional[str]:
 
 def word_start_table(tokenizer) -> torch.Tensor:  # [V] bool over the whole vocabulary, added tokens included
     "For every token id: does this piece, by its spelling, begin a word?"
-    if tokenizer in _marker_tables: return _marker_tables[tokenizer]
+    if tokenizer in _marker_tables:
+        return _marker_tables[tokenizer]
     pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     prefix = _continuation_prefix(tokenizer)
-    if prefix is not None: table = [not (p or "").startswith(prefix) for p in pieces]
-    else: table = [(p or "").startswith(_WORD_START_MARKERS) for p in pieces]
+    if prefix is not None:
+        table = [not (p or "").startswith(prefix) for p in pieces]
+    else:
+        table = [(p or "").startswith(_WORD_START_MARKERS) for p in pieces]
     _marker_tables[tokenizer] = out = torch.tensor(table, dtype=torch.bool)
     return out
 
@@ -49,7 +53,8 @@ def word_starts(tokenizer,                # Hugging Face tokenizer (WordPiece or
                 special: Optional[torch.Tensor] = None,  # [B, L] bool from `special_mask`; None = computed from the ids
                ) -> torch.Tensor:         # [B, L] bool
     "True where a token starts a maskable word; never at special tokens or padding."
-    if special is None: special = special_mask(tokenizer, input_ids)
+    if special is None:
+        special = special_mask(tokenizer, input_ids)
     table = word_start_table(tokenizer).to(input_ids.device)
     marked = table[input_ids.clamp(0, len(table) - 1)]                      # [B, L]
     after_special = torch.ones_like(special)                               # position 0 follows "nothing"
@@ -73,7 +78,7 @@ def _select_units(unit: torch.Tensor,    # [B, L] long unit index per token, -1 
     B, L = unit.shape
     sizes = torch.zeros(B, L + 1, dtype=torch.long, device=unit.device)
     sizes.scatter_add_(1, unit.clamp(min=-1) + 1, torch.ones_like(unit))      # column 0 counts the unselectable tokens
-    sizes = sizes[:, 1:]                                                        # [B, L] tokens per unit (0 = no such unit)
+    sizes = sizes[:, 1:]  # [B, L] tokens per unit (0 = no such unit)
     keys = torch.rand(B, L, generator=generator, device=unit.device).masked_fill(sizes == 0, 2.0)
     order = keys.argsort(1)                                                     # [B, L] units in random order
     taken = torch.zeros(B, L, dtype=torch.bool, device=unit.device)
@@ -88,6 +93,16 @@ def _select_units(unit: torch.Tensor,    # [B, L] long unit index per token, -1 
     return taken.gather(1, unit.clamp(min=0)) & (unit >= 0)
 
 # %% ../nbs/05_masking.ipynb #8d6c6c19
+def _budget_selection(special, word_start, prob: float, whole_word: bool, generator) -> torch.Tensor:  # [B, L] bool
+    "`round(prob * n)` units (words, or tokens) of each caption, at least one, drawn without replacement."
+    n = (~special).sum(1)  # [B]
+    budget = torch.round(prob * n.double()).long()
+    if prob > 0:
+        budget = torch.maximum(budget, (n > 0).long())
+    tokens = (~special).long().cumsum(1).sub(1).masked_fill(special, -1)
+    unit = _word_index(special, word_start) if whole_word else tokens
+    return _select_units(unit, budget, generator)
+
 def mlm_mask(input_ids: torch.Tensor,     # [B, L] token ids
              special: torch.Tensor,       # [B, L] bool, True at special tokens and padding (`special_mask`)
              word_start: torch.Tensor,    # [B, L] bool (`word_starts`)
@@ -97,16 +112,16 @@ def mlm_mask(input_ids: torch.Tensor,     # [B, L] token ids
              whole_word: bool = True,     # select words and mask all their pieces together
              generator: Optional[torch.Generator] = None,
              special_ids: Sequence[int] = (),  # ids never drawn as random replacements (the tokenizer's special ids)
+             selection: Literal["budget", "bernoulli"] = "budget",  # see below
             ) -> tuple[torch.Tensor, torch.Tensor]:  # masked ids [B, L], labels [B, L] (-100 where not selected)
     "BERT-style MLM corruption: select ~`prob` of the tokens (whole words), then 80 % `<mask>`, 10 % random, 10 % kept."
     dev = input_ids.device
-    n = (~special).sum(1)                                                       # [B]
-    budget = torch.round(prob * n.double()).long()
-    if prob > 0: budget = torch.maximum(budget, (n > 0).long())
-    unit = _word_index(special, word_start) if whole_word else (~special).long().cumsum(1).sub(1).masked_fill(special, -1)
-    selected = _select_units(unit, budget, generator)                           # [B, L]
+    if selection == "bernoulli":  # each non-special token alone with probability `prob` (BERT's own rule)
+        selected = (torch.rand(input_ids.shape, generator=generator, device=dev) < prob) & ~special  # [B, L]
+    else:
+        selected = _budget_selection(special, word_start, prob, whole_word, generator)  # [B, L]
     labels = input_ids.masked_fill(~selected, -100)
-    action = torch.rand(input_ids.shape, generator=generator, device=dev)       # [B, L]: <0.8 mask, <0.9 random, else keep
+    action = torch.rand(input_ids.shape, generator=generator, device=dev)  # [B, L]: <0.8 mask, <0.9 random, else keep
     allowed = torch.ones(vocab_size, dtype=torch.bool, device=dev)
     allowed[[i for i in special_ids if i < vocab_size]] = False
     allowed[mask_id] = False
@@ -125,7 +140,8 @@ def scl_text_mask(input_ids: torch.Tensor,   # [B, L] token ids
                   sampling: Literal["without_replacement", "with_replacement"] = "without_replacement",
                   generator: Optional[torch.Generator] = None,
                  ) -> tuple[torch.Tensor, torch.Tensor]:  # masked ids [B, L], masked [B, L] bool
-    "Replace `round(ratio * n)` distinct non-special positions of each caption by `<mask>` (or the reference's draws with replacement)."
+    """Replace `round(ratio * n)` distinct non-special positions of each caption by `<mask>` (or the reference's
+    draws with replacement)."""
     B, L = input_ids.shape
     dev = input_ids.device
     n = (~special).sum(1)                                                       # [B]
@@ -142,7 +158,8 @@ def scl_text_mask(input_ids: torch.Tensor,   # [B, L] token ids
         valid = torch.arange(L, device=dev)[None] < k[:, None]                  # only the first k draws count
         hits = torch.zeros(B, L, dtype=torch.long, device=dev).scatter_add_(1, picked, valid.long())
         masked = (hits > 0) & ~special
-    else: raise ValueError(f"sampling={sampling!r}; choose 'without_replacement' or 'with_replacement'")
+    else:
+        raise ValueError(f"sampling={sampling!r}; choose 'without_replacement' or 'with_replacement'")
     return input_ids.masked_fill(masked, mask_id), masked
 
 # %% ../nbs/05_masking.ipynb #24b28f92

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_media.ipynb #dae5e5ab
 from __future__ import annotations
-import math, re
+import io, math, re
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -14,38 +14,82 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['BAD_REASONS', 'NOTE_REASONS', 'CropMode', 'CROP_SCALE', 'FlipWords', 'CLIP_MEAN', 'CLIP_STD', 'BadSample', 'shrink',
-           'read_image', 'frame_indices', 'read_video', 'centre_box', 'random_resized_box', 'swap_left_right',
-           'resize_weights', 'crop_resize', 'BatchTransform']
+__all__ = ['BAD_REASONS', 'NOTE_REASONS', 'CropMode', 'CROP_SCALE', 'FlipWords', 'CLIP_MEAN', 'CLIP_STD', 'BadSample',
+           'check_row', 'shrink', 'read_image', 'frame_indices', 'read_video', 'centre_box', 'random_resized_box',
+           'swap_left_right', 'resize_weights', 'crop_resize', 'BatchTransform']
 
 # %% ../nbs/11_media.ipynb #9497464a
 class BadSample(Exception):
     "A sample that cannot be used: `reason` (one of `BAD_REASONS`) and the offending `path`."
-    def __init__(self, reason: str, path=""): super().__init__(f"{reason}: {path}"); self.reason, self.path = reason, str(path)
+    def __init__(self, reason: str, path=""):
+        super().__init__(f"{reason}: {path}")
+        self.reason, self.path = reason, str(path)
 
 BAD_REASONS = ("missing_file", "empty_file", "truncated_image", "corrupt_image", "corrupt_video",
-               "video_too_short", "empty_caption", "unknown_answer")
+               "video_too_short", "empty_caption", "unknown_answer", "image_too_large", "unsupported_image",
+               "malformed_row", "missing_member", "truncated_shard", "corrupt_shard")
 NOTE_REASONS = ("caption_truncated",)  # counted, the sample is kept
 
 def _check_file(path: Path):
-    if not path.is_file(): raise BadSample("missing_file", path)
-    if path.stat().st_size == 0: raise BadSample("empty_file", path)
+    if not path.is_file():
+        raise BadSample("missing_file", path)
+    if path.stat().st_size == 0:
+        raise BadSample("empty_file", path)
+
+def _check_bytes(path: Path, data: Optional[bytes]):
+    "The file at `path`, or, for media read in place, its bytes `data`, exists and is not empty."
+    if data is None:
+        _check_file(path)
+    elif len(data) == 0:
+        raise BadSample("empty_file", path)
+
+def check_row(row: dict, where: str) -> dict:
+    "`row` if its paths are non-empty text and its texts are text or empty; else `BadSample('malformed_row', where)`."
+    for key in ("media", "media2"):
+        if key in row and (not isinstance(row[key], str) or not row[key].strip()):
+            raise BadSample("malformed_row", f"{where}: {key}={row[key]!r} is not a file path")
+    for key in ("caption", "question"):
+        if row.get(key) is not None and not isinstance(row[key], str):
+            raise BadSample("malformed_row", f"{where}: {key}={row[key]!r} is not text")
+    return row
 
 def shrink(img: Image.Image, short: int) -> Image.Image:
     "Resize (bicubic) so that the shorter side is at most `short`; smaller images are kept as they are."
     w, h = img.size
-    if min(w, h) <= short: return img
+    if min(w, h) <= short:
+        return img
     s = short / min(w, h)
     return img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BICUBIC)
 
-def read_image(path, short: int = 10_000) -> np.ndarray:  # [1, H, W, 3] uint8
+_SIXTEEN_BIT_FORMATS = ("PNG", "PPM", "TIFF")  # where PIL's integer mode "I" holds 16-bit samples
+
+def _to_rgb(im: Image.Image, path: Path) -> Image.Image:
+    "8-bit RGB. 16-bit grey is scaled by its bit depth (PIL's `convert` would clip it at 255: a white image)."
+    if im.mode.startswith("I;16") or (im.mode == "I" and im.format in _SIXTEEN_BIT_FORMATS):
+        grey = np.asarray(im).astype(np.int64).clip(0, 65535) >> 8  # [H, W] 16 -> 8 bits
+        return Image.fromarray(grey.astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("I", "F"):
+        raise BadSample("unsupported_image", path)  # 32-bit samples: no range to scale by
+    return im.convert("RGB")
+
+def read_image(path, short: int = 10_000,
+               data: Optional[bytes] = None,  # the encoded image read in place (`scl_nb.containers`); `path` names it
+              ) -> np.ndarray:  # [1, H, W, 3] uint8
     "An RGB image as a 1-frame clip, shorter side at most `short`; raises `BadSample`."
-    path = Path(path); _check_file(path)
+    path = Path(path)
+    _check_bytes(path, data)
     try:
-        with Image.open(path) as im: im.load(); img = im.convert("RGB")
-    except UnidentifiedImageError: raise BadSample("corrupt_image", path) from None
-    except OSError as e: raise BadSample("truncated_image" if "truncated" in str(e) else "corrupt_image", path) from None
-    except (SyntaxError, ValueError): raise BadSample("corrupt_image", path) from None
+        with Image.open(path if data is None else io.BytesIO(data)) as im:
+            im.load()
+            img = _to_rgb(im, path)
+    except Image.DecompressionBombError:
+        raise BadSample("image_too_large", path) from None  # PIL's pixel limit
+    except UnidentifiedImageError:
+        raise BadSample("corrupt_image", path) from None
+    except OSError as e:
+        raise BadSample("truncated_image" if "truncated" in str(e) else "corrupt_image", path) from None
+    except (SyntaxError, ValueError):
+        raise BadSample("corrupt_image", path) from None
     return np.array(shrink(img, short))[None]
 
 # %% ../nbs/11_media.ipynb #625c5ade
@@ -56,23 +100,33 @@ def frame_indices(total: int,         # frames in the video
                  ) -> list[int]:
     "One frame index per equal segment of `[0, total)`."
     edges = np.linspace(0, total, num_frames + 1)
-    lo, hi = np.floor(edges[:-1]).astype(int), np.maximum(np.floor(edges[1:]).astype(int), np.floor(edges[:-1]).astype(int) + 1)
-    if train: return [int(rng.integers(a, b)) for a, b in zip(lo, hi)]
+    lo, hi = np.floor(edges[:-1]).astype(int), np.maximum(
+        np.floor(edges[1:]).astype(int), np.floor(edges[:-1]).astype(int) + 1
+    )
+    if train:
+        return [int(rng.integers(a, b)) for a, b in zip(lo, hi)]
     return [int((a + b - 1) // 2) for a, b in zip(lo, hi)]
 
 def read_video(path, num_frames: int, train: bool, rng: Optional[np.random.Generator] = None,
-               short: int = 10_000) -> np.ndarray:  # [F, H, W, 3] uint8
+               short: int = 10_000,
+               data: Optional[bytes] = None,  # the encoded video read in place (`scl_nb.containers`); `path` names it
+              ) -> np.ndarray:  # [F, H, W, 3] uint8
     "`num_frames` RGB frames of a video (decord), shorter side at most `short`; raises `BadSample`."
     import decord
-    path = Path(path); _check_file(path)
+    path = Path(path)
+    _check_bytes(path, data)
     try:
-        vr = decord.VideoReader(str(path), num_threads=1)
+        vr = decord.VideoReader(str(path) if data is None else io.BytesIO(data), num_threads=1)
         total = len(vr)
-        if total < num_frames: raise BadSample("video_too_short", path)
+        if total < num_frames:
+            raise BadSample("video_too_short", path)
         frames = vr.get_batch(frame_indices(total, num_frames, train, rng)).asnumpy()
-    except BadSample: raise
-    except Exception: raise BadSample("corrupt_video", path) from None
-    if min(frames.shape[1:3]) > short: frames = np.stack([np.asarray(shrink(Image.fromarray(f), short)) for f in frames])
+    except BadSample:
+        raise
+    except Exception:
+        raise BadSample("corrupt_video", path) from None
+    if min(frames.shape[1:3]) > short:
+        frames = np.stack([np.asarray(shrink(Image.fromarray(f), short)) for f in frames])
     return frames
 
 # %% ../nbs/11_media.ipynb #ca84e5d4
@@ -120,9 +174,12 @@ def resize_weights(starts: torch.Tensor,  # [B] first pixel of each window (whol
                    out: int,              # output length S
                    length: int,           # length of the axis the windows lie on
                   ) -> torch.Tensor:      # [B, S, length]
-    "Matrices that resize each window of an axis to `out` samples as `F.interpolate` bicubic does (align_corners=False, edges clamped to the window)."
+    """Matrices that resize each window of an axis to `out` samples as `F.interpolate` bicubic does
+    (align_corners=False, edges clamped to the window)."""
     starts, sizes = starts.float(), sizes.float()
-    x = (torch.arange(out, device=sizes.device) + 0.5) * (sizes[:, None] / out) - 0.5      # [B, S] source position in the window
+    x = (torch.arange(out, device=sizes.device) + 0.5) * (
+        sizes[:, None] / out
+    ) - 0.5  # [B, S] source position in the window
     x0 = x.floor()
     offsets = torch.arange(-1, 3, device=sizes.device)                                       # the four taps
     taps = (x0[..., None] + offsets).clamp(min=0).minimum(sizes[:, None, None] - 1)          # [B, S, 4]
@@ -147,14 +204,19 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def _repeat_params(params, n: int):
     "kornia augmentation parameters of one sample, repeated for `n` samples (frames of one clip)."
-    if isinstance(params, list): return [_repeat_params(p, n) for p in params]
-    if hasattr(params, "_fields"): return type(params)(params.name, _repeat_params(params.data, n))
+    if isinstance(params, list):
+        return [_repeat_params(p, n) for p in params]
+    if hasattr(params, "_fields"):
+        return type(params)(params.name, _repeat_params(params.data, n))
     if isinstance(params, dict):
         out = {}
         for k, v in params.items():
-            if k == "forward_input_shape": out[k] = torch.tensor([n, *v[1:].tolist()])
-            elif torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == 1: out[k] = v.repeat(n, *[1] * (v.dim() - 1))
-            else: out[k] = v
+            if k == "forward_input_shape":
+                out[k] = torch.tensor([n, *v[1:].tolist()])
+            elif torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == 1:
+                out[k] = v.repeat(n, *[1] * (v.dim() - 1))
+            else:
+                out[k] = v
         return out
     return params
 
@@ -175,7 +237,8 @@ class BatchTransform(torch.nn.Module):
              boxes: torch.Tensor,            # [B, 4] x0, y0, x1, y1 (x1, y1 exclusive)
             ) -> torch.Tensor:               # [B, F, 3, S, S] float in [0, 1]
         S, scale = self.image_size, 255.0 if pixels.dtype == torch.uint8 else 1.0
-        if pixels.device.type != "cpu": return crop_resize(pixels.float(), boxes.round(), S).clamp(0, scale) / scale  # no loop, no host read
+        if pixels.device.type != "cpu":
+            return crop_resize(pixels.float(), boxes.round(), S).clamp(0, scale) / scale  # no loop, no host read
         out = []
         for clip, (x0, y0, x1, y1) in zip(pixels, boxes.round().long().tolist()):
             c = clip[:, :, y0:y1, x0:x1]                                              # [F, 3, h, w]
@@ -188,8 +251,11 @@ class BatchTransform(torch.nn.Module):
         if flip is not None and self.mode == "pretrain":
             x = torch.where(flip.to(x.device).view(-1, 1, 1, 1, 1), x.flip(-1), x)
         if self.mode == "finetune":
-            if x.shape[1] == 1: x = self.randaug(x[:, 0])[:, None]
+            if x.shape[1] == 1:
+                x = self.randaug(x[:, 0])[:, None]
             else:
                 shape = torch.Size([1, *x.shape[2:]])
-                x = torch.stack([self.randaug(c, params=_repeat_params(self.randaug.forward_parameters(shape), len(c))) for c in x])
+                x = torch.stack(
+                    [self.randaug(c, params=_repeat_params(self.randaug.forward_parameters(shape), len(c))) for c in x]
+                )
         return (x - self.mean) / self.std

@@ -22,7 +22,9 @@ __all__ = ['VQA_RULES', 'vqa_strip_punctuation', 'vqa_digits_articles', 'normali
 _VQA_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
 _DIGIT_COMMA_DIGIT = re.compile(r"(\d)(,)(\d)")
 _PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")
-_NUMBER_WORDS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())} | {"none": "0"}
+_NUMBER_WORDS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())} | {
+    "none": "0"
+}
 _ARTICLES = {"a", "an", "the"}
 # the official contraction table as "written-without-apostrophe>restored" pairs (its keys Id've, Im, Ive
 # are capitalised and so never match the lower-cased words; kept for fidelity)
@@ -113,8 +115,10 @@ def vqa_submission(question_ids: Sequence,  # VQA question ids (int or numeric s
                    predictions: Sequence[str],  # predicted answers
                   ) -> list[dict]:
     "The EvalAI result list `[{'question_id': int, 'answer': str}]`."
-    if len(question_ids) != len(predictions): raise ValueError(f"{len(question_ids)} question ids for {len(predictions)} predictions")
-    if len(set(map(int, question_ids))) != len(question_ids): raise ValueError("duplicate question ids")
+    if len(question_ids) != len(predictions):
+        raise ValueError(f"{len(question_ids)} question ids for {len(predictions)} predictions")
+    if len(set(map(int, question_ids))) != len(question_ids):
+        raise ValueError("duplicate question ids")
     return [{"question_id": int(q), "answer": str(a)} for q, a in zip(question_ids, predictions)]
 
 # %% ../nbs/30_metrics.ipynb #67b282d9
@@ -143,12 +147,16 @@ def retrieval_ranks(scores,           # [n_images, n_texts] similarity (tensor o
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     "Pessimistic 0-based ranks: (best caption rank per image `[n_images]`, image rank per text `[n_texts]`)."
     s = _as_tensor(scores)
-    if not s.is_floating_point(): s = s.double()
+    if not s.is_floating_point():
+        s = s.double()
     t2i = _as_tensor(txt2img).to(device=s.device, dtype=torch.long)
     n_img, n_txt = s.shape
-    if t2i.shape != (n_txt,): raise ValueError(f"txt2img has shape {tuple(t2i.shape)}, expected ({n_txt},)")
-    if n_txt and (t2i.min() < 0 or t2i.max() >= n_img): raise ValueError("txt2img holds image indices outside [0, n_images)")
-    if torch.bincount(t2i, minlength=n_img).eq(0).any(): raise ValueError("every image needs at least one text")
+    if t2i.shape != (n_txt,):
+        raise ValueError(f"txt2img has shape {tuple(t2i.shape)}, expected ({n_txt},)")
+    if n_txt and (t2i.min() < 0 or t2i.max() >= n_img):
+        raise ValueError("txt2img holds image indices outside [0, n_images)")
+    if torch.bincount(t2i, minlength=n_img).eq(0).any():
+        raise ValueError("every image needs at least one text")
     tr_rank = torch.empty(n_img, dtype=torch.long, device=s.device)
     for a in range(0, n_img, chunk):
         rows = s[a:a + chunk]                                                            # [c, n_txt]
@@ -187,7 +195,8 @@ def video_retrieval_metrics(scores,                    # [n_videos, n_texts] sim
                            ) -> dict:
     "t2v / v2t R@K (percent), median and mean 1-based rank."
     s = _as_tensor(scores)
-    if s.ndim != 2 or s.shape[0] != s.shape[1]: raise ValueError(f"video retrieval expects a square matrix, got {tuple(s.shape)}")
+    if s.ndim != 2 or s.shape[0] != s.shape[1]:
+        raise ValueError(f"video retrieval expects a square matrix, got {tuple(s.shape)}")
     v2t, t2v = retrieval_ranks(s, torch.arange(s.shape[1]), chunk)
     out = {}
     for name, r in (("t2v", t2v), ("v2t", v2t)):
@@ -202,17 +211,21 @@ def nlvr2_accuracy(predictions,  # predicted labels (0/1 or bool), or logits `[N
                   ) -> float:
     "NLVR2 accuracy in percent (method §5)."
     p, y = _as_tensor(predictions), _as_tensor(labels).long().flatten()
-    if p.ndim == 2: p = p.argmax(-1)
+    if p.ndim == 2:
+        p = p.argmax(-1)
     p = p.long().flatten()
-    if p.shape != y.shape: raise ValueError(f"{p.numel()} predictions for {y.numel()} labels")
+    if p.shape != y.shape:
+        raise ValueError(f"{p.numel()} predictions for {y.numel()} labels")
     return 100.0 * (p == y).double().mean().item()
 
 # %% ../nbs/30_metrics.ipynb #533879b0
 def mean_sd(values: Sequence[float]) -> tuple[float, float, int]:  # mean, sample standard deviation (nan for one value), n
     "Mean and sample standard deviation of per-seed values (NaNs dropped)."
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
-    if len(v) == 0: return float("nan"), float("nan"), 0
+    if len(v) == 0:
+        return float("nan"), float("nan"), 0
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan"), len(v)
+
 
 def paired_difference(variant: Sequence[float],   # per-seed values of the variant
                       baseline: Sequence[float],  # per-seed values of the baseline, same seeds in the same order
@@ -220,23 +233,40 @@ def paired_difference(variant: Sequence[float],   # per-seed values of the varia
                      ) -> dict:  # mean, sd, n, lo, hi (the interval of the mean difference), excludes_zero
     "Mean of the per-seed differences `variant - baseline` with its Student-t confidence interval."
     from scipy.stats import t as student_t
-    if len(variant) != len(baseline): raise ValueError(f"paired_difference: {len(variant)} variant values but {len(baseline)} baseline values")
-    d = [a - b for a, b in zip(variant, baseline) if a is not None and b is not None and np.isfinite(a) and np.isfinite(b)]
+    if len(variant) != len(baseline):
+        raise ValueError(f"paired_difference: {len(variant)} variant values but {len(baseline)} baseline values")
+    d = [
+        a - b
+        for a, b in zip(variant, baseline)
+        if a is not None and b is not None and np.isfinite(a) and np.isfinite(b)
+    ]
     mean, sd, n = mean_sd(d)
     half = float(student_t.ppf((1 + level) / 2, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
-    return dict(mean=mean, sd=sd, n=n, lo=mean - half, hi=mean + half, excludes_zero=bool(n > 1 and (mean - half > 0 or mean + half < 0)))
+    return dict(mean=mean, sd=sd, n=n, lo=mean - half, hi=mean + half,
+                excludes_zero=bool(n > 1 and (mean - half > 0 or mean + half < 0)))
 
 # %% ../nbs/30_metrics.ipynb #e2e0af56
-def paired_differences(df,  # rows x columns (pandas); a cell: the tuple of its per-seed values, or anything else (not compared)
-                       baseline: str,  # the label (index) of the row the others are compared with
-                       level: float = 0.95,  # confidence level of the intervals
-                      ):
-    "The frame without the baseline row, each per-seed cell replaced by its `paired_difference` to the baseline's cell (others: NaN)."
-    if baseline not in df.index: raise KeyError(f"paired_differences: no row {baseline!r}; rows: {list(df.index)}")
+def paired_differences(
+    df,  # rows x columns (pandas); a cell: the tuple of its per-seed values, or anything else (not compared)
+    baseline: str,  # the label (index) of the row the others are compared with
+    level: float = 0.95,  # confidence level of the intervals
+):
+    """The frame without the baseline row, each per-seed cell replaced by its `paired_difference` to the baseline's
+    cell (others: NaN)."""
+    if baseline not in df.index:
+        raise KeyError(f"paired_differences: no row {baseline!r}; rows: {list(df.index)}")
     base, out = df.loc[baseline], df.drop(index=baseline).copy()
     for col in [c for c in out.columns if c != "source"]:
-        out[col] = [paired_difference(v, base[col], level) if isinstance(v, tuple) and isinstance(base[col], tuple) else float("nan") for v in out[col]]
+        out[col] = [
+            (
+                paired_difference(v, base[col], level)
+                if isinstance(v, tuple) and isinstance(base[col], tuple)
+                else float("nan")
+            )
+            for v in out[col]
+        ]
     return out
+
 
 def mean_sd_text(values: Sequence[float], digits: int = 2) -> str:
     "`mean ± sd (n)` of per-seed values ('-' for none, `± -` for one)."
@@ -244,15 +274,20 @@ def mean_sd_text(values: Sequence[float], digits: int = 2) -> str:
     return "-" if n == 0 else f"{m:.{digits}f} ± {'-' if n < 2 else f'{sd:.{digits}f}'} ({n})"
 
 def difference_text(d: dict, digits: int = 2) -> str:
-    "`Δ mean [lo, hi]` of a `paired_difference`, in markdown bold where the interval excludes 0; '-' with fewer than 2 pairs."
-    if d["n"] < 2: return "-"
+    """`Δ mean [lo, hi]` of a `paired_difference`, in markdown bold where the interval excludes 0; '-' with fewer
+    than 2 pairs."""
+    if d["n"] < 2:
+        return "-"
     text = f"Δ {d['mean']:+.{digits}f} [{d['lo']:+.{digits}f}, {d['hi']:+.{digits}f}]"
     return f"**{text}**" if d["excludes_zero"] else text
 
 def estimate_text(v, digits: int = 2) -> str:
-    "A table cell as text: per-seed values (a tuple) by `mean_sd_text`, a `paired_difference` (a dict) by `difference_text`, a number ('-' for NaN)."
-    if isinstance(v, tuple): return mean_sd_text(v, digits)
-    if isinstance(v, dict): return difference_text(v, digits)
+    """A table cell as text: per-seed values (a tuple) by `mean_sd_text`, a `paired_difference` (a dict) by
+    `difference_text`, a number ('-' for NaN)."""
+    if isinstance(v, tuple):
+        return mean_sd_text(v, digits)
+    if isinstance(v, dict):
+        return difference_text(v, digits)
     return "-" if v is None or v != v else f"{v:.{digits}f}"
 
 # %% ../nbs/30_metrics.ipynb #52001175
@@ -265,10 +300,12 @@ def paired_power(delta: float, sd: float, n: int, level: float = 0.95) -> float:
     return float(tails.sum())
 
 def detectable_difference(sd: float, n: int, level: float = 0.95, power: float = 0.8) -> float:
-    "Smallest true mean paired difference detected with probability `power` by `n` seeds whose differences have sd `sd`."
+    """Smallest true mean paired difference detected with probability `power` by `n` seeds whose differences have sd
+    `sd`."""
     from scipy.optimize import brentq
     from scipy.stats import t as student_t
-    if n < 2 or not sd > 0: return float("nan")
+    if n < 2 or not sd > 0:
+        return float("nan")
     upper = (student_t.ppf((1 + level) / 2, n - 1) + 10) * sd / np.sqrt(n)  # power ~ 1 there
     return float(brentq(lambda d: paired_power(d, sd, n, level) - power, 0.0, upper))
 
@@ -277,5 +314,6 @@ def seeds_needed(delta: float, sd: float, level: float = 0.95, power: float = 0.
     n = 2
     while paired_power(delta, sd, n, level) < power:
         n += 1
-        if n > max_n: raise ValueError(f"more than {max_n} seeds needed for delta={delta} with sd={sd}")
+        if n > max_n:
+            raise ValueError(f"more than {max_n} seeds needed for delta={delta} with sd={sd}")
     return n

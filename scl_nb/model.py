@@ -19,7 +19,7 @@ from fastcore.basics import patch
 from .config import SCLConfig, VisionConfig, TextConfig, load_config, save_config, to_dict, from_dict, ConfigError
 from .vision import FlexibleVisionEncoder
 from .text import TextEncoder
-from .fusion import CoAttentionFusion
+from .fusion import CoAttentionFusion, init_bert_weights
 
 # %% auto #0
 __all__ = ['MLMHead', 'mlp_head', 'vqa_head', 'nlvr2_head', 'rank_head_from_itm', 'take_rows', 'ImageEncoding', 'TextEncoding',
@@ -37,7 +37,9 @@ class MLMHead(nn.Module):
 
 def mlp_head(d_in: int, d_hidden: int, d_out: int, eps: float = 1e-5) -> nn.Sequential:
     "Linear - LayerNorm - GELU - Linear: the shape of the ITC projections and of the task heads (method §2 and §4)."
-    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.LayerNorm(d_hidden, eps=eps), nn.GELU(), nn.Linear(d_hidden, d_out))
+    return nn.Sequential(
+        nn.Linear(d_in, d_hidden), nn.LayerNorm(d_hidden, eps=eps), nn.GELU(), nn.Linear(d_hidden, d_out)
+    )
 
 # %% ../nbs/04_model.ipynb #c9b45af7
 def vqa_head(width: int, num_answers: int = 3129) -> nn.Sequential:
@@ -52,7 +54,8 @@ def rank_head_from_itm(itm_head: nn.Linear) -> nn.Linear:
     "A [2D -> 1] scorer initialised from the ITM head's positive ('match') row."
     head = nn.Linear(itm_head.in_features, 1)
     with torch.no_grad():
-        head.weight.copy_(itm_head.weight[1:2]); head.bias.copy_(itm_head.bias[1:2])
+        head.weight.copy_(itm_head.weight[1:2])
+        head.bias.copy_(itm_head.bias[1:2])
     return head
 
 # %% ../nbs/04_model.ipynb #3bcb2be3
@@ -73,9 +76,11 @@ class ImageEncoding:
     keep_idx: Optional[torch.Tensor] = None  # [B, N'] kept patch positions in drop mode
 
     @property
-    def frame_cls(self): return self.tokens[:, :self.num_frames]  # [B, F, D]
+    def frame_cls(self):
+        return self.tokens[:, :self.num_frames]  # [B, F, D]
     @property
-    def cls(self): return self.frame_cls.mean(1)  # [B, D] global image / video feature
+    def cls(self):
+        return self.frame_cls.mean(1)  # [B, D] global image / video feature
     def index(self, idx):
         "The encodings of the samples `idx` (e.g. a permutation for ITM negatives)."
         pick = lambda t: None if t is None else take_rows(t, idx)
@@ -87,7 +92,8 @@ class TextEncoding:
     tokens: torch.Tensor  # [B, L, D]
     attention_mask: torch.Tensor  # [B, L] 1 = real token
     @property
-    def cls(self): return self.tokens[:, 0]  # [B, D]
+    def cls(self):
+        return self.tokens[:, 0]  # [B, D]
     def index(self, idx):
         "The encodings of the samples `idx`."
         return TextEncoding(take_rows(self.tokens, idx), take_rows(self.attention_mask, idx))
@@ -111,30 +117,54 @@ class SCLModel(nn.Module):
         self.itm_head = nn.Linear(2 * D, 2)
         self.itc_image_proj = mlp_head(D, D, o.itc_dim)
         self.itc_text_proj = mlp_head(D, D, o.itc_dim)
-        self.itc_logit_scale = nn.Parameter(torch.tensor(math.log(1 / o.itc_tau)))
+        if o.itc_temperature == "raw":
+            self.itc_tau = nn.Parameter(torch.tensor(float(o.itc_tau)))  # the official code learns tau itself
+        else:
+            self.itc_logit_scale = nn.Parameter(torch.tensor(math.log(1 / o.itc_tau)))
+        if o.init == "official":
+            self.init_official_parts()
 
-    def encode_image(self, pixels,  # [B,3,H,W] or [B,F,3,H,W]
-                     drop_ratio: float = 0.0,  # drop mode: fraction of patch positions removed (same in every frame)
-                     mask_ratio: float = 0.0,  # mask-token mode: fraction of patch embeddings replaced
-                     generator: Optional[torch.Generator] = None,  # source of the random positions
-                     noise: Optional[torch.Tensor] = None,  # [B, N] uniform draws choosing the positions (instead of `generator`)
-                     masked: Optional[torch.Tensor] = None,  # [B, N] bool: explicit mask-token positions (rows may be all False)
-                    ) -> ImageEncoding:
+    def itc_log_scale(self) -> torch.Tensor:
+        "log(1 / ITC temperature), differentiable: the learnt log scale, or `-log(tau)` of a raw temperature."
+        return self.itc_logit_scale if self.cfg.objectives.itc_temperature == "log" else -self.itc_tau.log()
+
+    def init_official_parts(self):
+        "The official code's initialisation of what pre-training adds: mask token N(0, 1), MLM/ITM heads N(0, 0.02)."
+        with torch.no_grad():
+            self.vision.mask_token.normal_(0.0, 1.0)
+        self.mlm_head.apply(init_bert_weights)
+        self.itm_head.apply(init_bert_weights)
+
+    def encode_image(
+        self,
+        pixels,  # [B,3,H,W] or [B,F,3,H,W]
+        drop_ratio: float = 0.0,  # drop mode: fraction of patch positions removed (same in every frame)
+        mask_ratio: float = 0.0,  # mask-token mode: fraction of patch embeddings replaced
+        generator: Optional[torch.Generator] = None,  # source of the random positions
+        noise: Optional[torch.Tensor] = None,  # [B, N] uniform draws choosing the positions (instead of `generator`)
+        masked: Optional[torch.Tensor] = None,  # [B, N] bool: explicit mask-token positions (rows may be all False)
+    ) -> ImageEncoding:
         "Vision tower + modality transform."
-        out = self.vision(pixels, drop_ratio=drop_ratio, mask_ratio=mask_ratio, generator=generator, noise=noise, masked=masked)
+        out = self.vision(
+            pixels, drop_ratio=drop_ratio, mask_ratio=mask_ratio, generator=generator, noise=noise, masked=masked
+        )
         return ImageEncoding(self.fusion.transform_image(out.tokens), out.num_frames, out.masked, out.keep_idx)
 
     def encode_text(self, input_ids, attention_mask) -> TextEncoding:
         "Text tower + modality transform."
         return TextEncoding(self.fusion.transform_text(self.text(input_ids, attention_mask)), attention_mask)
 
-    def fuse(self, image: ImageEncoding, text: TextEncoding, output_attentions: bool = False, image_token_type: int = 1):
+    def fuse(
+        self, image: ImageEncoding, text: TextEncoding, output_attentions: bool = False, image_token_type: int = 1
+    ):
         "Co-attention fusion of one image and one text encoding per sample."
         return self.fusion(text.tokens, text.attention_mask, image.tokens, num_frames=image.num_frames,
                            image_token_type=image_token_type, output_attentions=output_attentions)
 
-    def itc_image(self, image: ImageEncoding): return F.normalize(self.itc_image_proj(image.cls), dim=-1)  # [B, itc_dim]
-    def itc_text(self, text: TextEncoding): return F.normalize(self.itc_text_proj(text.cls), dim=-1)  # [B, itc_dim]
+    def itc_image(self, image: ImageEncoding):
+        return F.normalize(self.itc_image_proj(image.cls), dim=-1)  # [B, itc_dim]
+    def itc_text(self, text: TextEncoding):
+        return F.normalize(self.itc_text_proj(text.cls), dim=-1)  # [B, itc_dim]
 
     def forward(self, pixels, input_ids, attention_mask, output_attentions: bool = False):
         "Encode both modalities and fuse them: the plain inference path."
@@ -148,25 +178,31 @@ def parameter_breakdown(model: SCLModel) -> dict:
     layers = count([f.text_layers, f.image_layers])
     glue = count([f]) - layers
     heads = count([model.mlm_head, model.itm_head, model.itc_image_proj, model.itc_text_proj]) + 1
-    d = dict(vision=count([model.vision]), text=count([model.text]), fusion=layers, transforms_poolers=glue, heads=heads)
+    d = dict(
+        vision=count([model.vision]), text=count([model.text]), fusion=layers, transforms_poolers=glue, heads=heads
+    )
     d["backbone_total"] = d["vision"] + d["text"] + d["fusion"] + d["transforms_poolers"]
     return d
 
 # %% ../nbs/04_model.ipynb #9e0f7890
 def _atomic_dir(dst: Path, write):
     "Call `write(tmp_dir)` then rename `tmp_dir` to `dst` (replacing an old `dst`)."
-    dst = Path(dst); dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.{os.urandom(6).hex()}"
+    tmp.mkdir(mode=0o777)  # the umask applies, as for any folder (mkdtemp makes 0700: colleagues could not read it)
     write(tmp)
     for f in tmp.rglob("*"):
         if f.is_file():
-            with open(f, "rb") as fh: os.fsync(fh.fileno())
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old")
         os.replace(dst, old)
         os.replace(tmp, dst)
         shutil.rmtree(old)
-    else: os.replace(tmp, dst)
+    else:
+        os.replace(tmp, dst)
     return dst
 
 @torch.no_grad()
@@ -175,8 +211,10 @@ def _state_for_save(module: nn.Module) -> dict:
     seen, out = {}, {}
     for k, v in module.state_dict().items():
         key = (v.data_ptr(), v.shape, v.stride())
-        if key in seen: continue
-        seen[key] = k; out[k] = v.detach().cpu().contiguous()
+        if key in seen:
+            continue
+        seen[key] = k
+        out[k] = v.detach().cpu().contiguous()
     return out
 
 # %% ../nbs/04_model.ipynb #46a3a928
@@ -188,13 +226,16 @@ def save_pretrained(self: SCLModel, path) -> Path:
         save_config(self.cfg, tmp / "config.yaml")
         save_file(_state_for_save(self), str(tmp / "model.safetensors"), metadata={"format": "pt", "library": "scl_nb"})
         self.text.model.config.to_json_file(str(tmp / "text_config.json"))
-        if self.text.tokenizer is not None: self.text.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        if self.text.tokenizer is not None:
+            self.text.tokenizer.save_pretrained(str(tmp / "tokenizer"))
     return _atomic_dir(Path(path), write)
 
 def load_text_tower(path, cfg: SCLConfig) -> Optional[TextEncoder]:
-    "The (randomly initialised) text tower described by a checkpoint's `text_config.json`, with its saved tokenizer; None without that file."
+    """The (randomly initialised) text tower described by a checkpoint's `text_config.json`, with its saved
+    tokenizer; None without that file."""
     path = Path(path)
-    if not (path / "text_config.json").exists(): return None
+    if not (path / "text_config.json").exists():
+        return None
     hf_cfg = AutoConfig.for_model(**json.loads((path / "text_config.json").read_text()))
     tok = AutoTokenizer.from_pretrained(str(path / "tokenizer")) if (path / "tokenizer").exists() else None
     return TextEncoder(cfg.text, model=AutoModel.from_config(hf_cfg), tokenizer=tok)
@@ -204,7 +245,8 @@ def from_pretrained(cls: SCLModel, path, overrides=(), strict: bool = True) -> S
     "Load a folder written by `save_pretrained` (config overrides allowed, e.g. a new image size)."
     path = Path(path)
     for f in ("config.yaml", "model.safetensors"):
-        if not (path / f).exists(): raise FileNotFoundError(f"{path} is not an scl_nb checkpoint: {f} is missing")
+        if not (path / f).exists():
+            raise FileNotFoundError(f"{path} is not an scl_nb checkpoint: {f} is missing")
     cfg = load_config(path / "config.yaml", overrides)
     model = cls(cfg, text=load_text_tower(path, cfg))
     state = load_file(str(path / "model.safetensors"))
@@ -218,7 +260,8 @@ def load_checkpoint_state(self: SCLModel, state: dict, strict: bool = True):
     state = dict(state)  # the vision tower re-grids position embeddings itself while loading
     key = "fusion.token_type.weight"
     if key in state and state[key].shape[0] < self.fusion.token_type.weight.shape[0]:
-        t = state[key]; extra = self.fusion.token_type.weight.shape[0] - t.shape[0]
+        t = state[key]
+        extra = self.fusion.token_type.weight.shape[0] - t.shape[0]
         state[key] = torch.cat([t, t[1:2].expand(extra, -1)])
     missing, unexpected = self.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in self.tied_or_buffer_names()]
@@ -230,25 +273,30 @@ def load_checkpoint_state(self: SCLModel, state: dict, strict: bool = True):
 def tied_or_buffer_names(self: SCLModel) -> set:
     "Keys that may be absent from a checkpoint: non-persistent buffers and tensors sharing storage."
     names = {k for k, _ in self.named_buffers()}
-    full = self.state_dict(); kept = set(_state_for_save(self))
+    full = self.state_dict()
+    kept = set(_state_for_save(self))
     return names | (set(full) - kept)
 
 # %% ../nbs/04_model.ipynb #4b4e527b
 @patch(cls_method=True)
-def from_pretrained_towers(cls: SCLModel, vision: Optional[str] = "openai/clip-vit-base-patch16",  # HF CLIPVisionModel folder, hub id or "tiny-clip"; None = random
-                           text: Optional[str] = "roberta-base",  # HF encoder-only folder, hub id or "tiny-roberta"; None = random
-                           cfg: SCLConfig | str = "paper",  # base configuration (preset name or config)
-                           image_size: Optional[int] = None,  # resolution; None = the config's
-                           num_layers: Optional[int] = None,  # vision blocks used; None = the config's (default all but the last)
-                          ) -> SCLModel:
+def from_pretrained_towers(
+    cls: SCLModel,
+    vision: Optional[str] = "openai/clip-vit-base-patch16",  # HF CLIPVisionModel folder, hub id or "tiny-clip"; None = random
+    text: Optional[str] = "roberta-base",  # HF encoder-only folder, hub id or "tiny-roberta"; None = random
+    cfg: SCLConfig | str = "paper",  # base configuration (preset name or config)
+    image_size: Optional[int] = None,  # resolution; None = the config's
+    num_layers: Optional[int] = None,  # vision blocks used; None = the config's (default all but the last)
+) -> SCLModel:
     "The SCL model with its towers loaded from Hugging Face checkpoints (the tiny towers of `scl_nb.towers` by name)."
-    from scl_nb.towers import resolve_tower  # builds and caches "tiny-clip" / "tiny-roberta" on first use; other names pass through
+    from scl_nb.towers import resolve_tower  # "tiny-clip" / "tiny-roberta": built, trained and cached on first use
+
     cfg = load_config(cfg)
     d, where = to_dict(cfg), lambda name: resolve_tower(name, cfg.data.cache_dir)
     v = t = None
     if vision is not None:
         v = FlexibleVisionEncoder.from_clip(where(vision), image_size=image_size or cfg.vision.image_size,
-                                            num_layers=num_layers if num_layers is not None else cfg.vision.num_layers, max_frames=cfg.vision.max_frames)
+                                            num_layers=num_layers if num_layers is not None else cfg.vision.num_layers,
+                                            max_frames=cfg.vision.max_frames)
         d["vision"] = to_dict(v.cfg) | {"pretrained": vision}
     if text is not None:
         t = TextEncoder.from_pretrained(where(text))
@@ -256,8 +304,11 @@ def from_pretrained_towers(cls: SCLModel, vision: Optional[str] = "openai/clip-v
                                       "frozen": cfg.text.frozen}
     return cls(from_dict(d), vision=v, text=t)
 
+
 @patch(cls_method=True)
 def from_config(cls: SCLModel, cfg: SCLConfig) -> SCLModel:
-    "The model `cfg` describes: towers loaded from `cfg.vision.pretrained` / `cfg.text.pretrained` where set, random otherwise."
-    if cfg.vision.pretrained is None and cfg.text.pretrained is None: return cls(cfg)
+    """The model `cfg` describes: towers loaded from `cfg.vision.pretrained` / `cfg.text.pretrained` where set,
+    random otherwise."""
+    if cfg.vision.pretrained is None and cfg.text.pretrained is None:
+        return cls(cfg)
     return cls.from_pretrained_towers(cfg.vision.pretrained, cfg.text.pretrained, cfg)

@@ -11,11 +11,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import OBJECTIVE_NAMES, ObjectiveConfig, SCLConfig, load_config, preset
-from .distributed import all_gather_with_grad
+from dataclasses import dataclass
+
+from .config import OBJECTIVE_NAMES, ConfigError, ObjectiveConfig, SCLConfig, load_config, preset
+from .distributed import all_gather_with_grad, world_size
 
 # %% auto #0
-__all__ = ['MAX_LOGIT_SCALE', 'ROBERTA_LAYOUT', 'upcast', 'nce', 'mlm_loss', 'itm_loss', 'itm_negatives', 'itc_loss',
+__all__ = ['SCL_TERMS', 'MAX_LOGIT_SCALE', 'ROBERTA_LAYOUT', 'upcast', 'nce', 'mlm_loss', 'itm_loss', 'itm_negatives',
+           'scale_grad', 'ranks_per_process', 'Negatives', 'term_negatives', 'effective_weights', 'itc_loss',
            'completion_nce', 'scl_global_loss', 'first_positions', 'mltc_loss', 'step_noise', 'image_token_mask',
            'PretrainTask', 'random_pretrain_batch']
 
@@ -24,18 +27,22 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
     "`x` in float32 when it is in a lower precision (bf16/fp16 autocast); float32 and float64 stay as they are."
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
-def nce(sim: torch.Tensor,  # [..., N, N] similarities; positives on the diagonal
-        tau: Union[float, torch.Tensor],  # temperature (a tensor for a learnable one)
-        valid: Optional[torch.Tensor] = None,  # [N] bool (sim 2-D only): the rows and columns that take part; None = all
-       ) -> torch.Tensor:  # scalar
+
+def nce(
+    sim: torch.Tensor,  # [..., N, N] similarities; positives on the diagonal
+    tau: Union[float, torch.Tensor],  # temperature (a tensor for a learnable one)
+    valid: Optional[torch.Tensor] = None,  # [N] bool (sim 2-D only): the rows and columns that take part; None = all
+) -> torch.Tensor:  # scalar
     "Symmetric InfoNCE: row-wise plus column-wise cross-entropy of `sim / tau` with diagonal targets."
     logits = upcast(sim) / tau
     n = logits.shape[-1]
-    if valid is not None: return _nce_over(logits, valid.bool())
+    if valid is not None:
+        return _nce_over(logits, valid.bool())
     target = torch.arange(n, device=logits.device).expand(logits.shape[:-1]).reshape(-1)
     rows = F.cross_entropy(logits.reshape(-1, n), target)
     cols = F.cross_entropy(logits.transpose(-1, -2).reshape(-1, n), target)
     return rows + cols
+
 
 def _nce_over(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     "`nce` restricted to the entries `valid` (fixed shapes: the others are masked, not removed)."
@@ -48,7 +55,8 @@ def _nce_over(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/07_objectives.ipynb #e2a4e9f6
 def _accuracy(logits, labels, valid=None) -> torch.Tensor:
     hit = (logits.argmax(-1) == labels).float()
-    if valid is None: return hit.mean().detach()
+    if valid is None:
+        return hit.mean().detach()
     return ((hit * valid).sum() / valid.sum().clamp(min=1)).detach()
 
 def mlm_loss(logits: torch.Tensor,  # [..., V] predictions
@@ -67,29 +75,104 @@ def itm_loss(logits: torch.Tensor,  # [N, 2] no-match / match scores
     return F.cross_entropy(upcast(logits), labels.long()), _accuracy(logits, labels.long())
 
 # %% ../nbs/07_objectives.ipynb #c9d67b99
-def itm_negatives(image_ids: torch.Tensor,  # [B] image of each sample; equal ids = same image
-                  n: int,                   # number of captions to pair with another image
-                  mode: Literal["random", "hard"] = "random",
-                  sim: Optional[torch.Tensor] = None,  # [B, B] ITC logits (text i, image j: cosine / temperature); for "hard"
-                  generator: Optional[torch.Generator] = None,
-                  noise: Optional[torch.Tensor] = None,  # [2, B] uniform draws (caption order, image choice) instead of `generator`
-                 ) -> tuple[torch.Tensor, torch.Tensor]:  # rows [min(n, B)] captions picked, images [min(n, B)] their image
+def itm_negatives(
+    image_ids: torch.Tensor,  # [B] image of each sample; equal ids = same image
+    n: int,  # number of captions to pair with another image
+    mode: Literal["random", "hard"] = "random",
+    sim: Optional[torch.Tensor] = None,  # [B, B] ITC logits (text i, image j: cosine / temperature); for "hard"
+    generator: Optional[torch.Generator] = None,
+    noise: Optional[torch.Tensor] = None,  # [2, B] uniform draws (caption order, image choice) instead of `generator`
+) -> tuple[torch.Tensor, torch.Tensor]:  # rows [min(n, B)] captions picked, images [min(n, B)] their image
     "Choose `n` captions and, for each, a batch image of a different `image_id` (uniform or ITC-weighted)."
     dev, B = image_ids.device, len(image_ids)
-    if mode == "hard" and sim is None: raise ValueError("itm_negatives(mode='hard') needs the ITC similarities `sim`")
-    if mode not in ("random", "hard"): raise ValueError(f"mode={mode!r}; choose 'random' or 'hard'")
-    if noise is None: noise = torch.rand(2, B, generator=generator, device=generator.device if generator is not None else dev)
+    if mode == "hard" and sim is None:
+        raise ValueError("itm_negatives(mode='hard') needs the ITC similarities `sim`")
+    if mode not in ("random", "hard"):
+        raise ValueError(f"mode={mode!r}; choose 'random' or 'hard'")
+    if noise is None:
+        noise = torch.rand(2, B, generator=generator, device=generator.device if generator is not None else dev)
     noise = noise.to(dev)
     other = image_ids[:, None] != image_ids[None, :]                        # [B, B] allowed (caption, image)
     possible = other.any(1)                                                 # [B]
-    rows = noise[0].masked_fill(~possible, 2.0).argsort()[:min(n, B)]      # [n] random captions, those with a candidate first
-    own = torch.eye(B, dtype=torch.bool, device=dev)[rows]                  # no candidate: the caption keeps its own image
+    rows = noise[0].masked_fill(~possible, 2.0).argsort()[: min(n, B)]  # [n] random captions, those with a candidate first
+    own = torch.eye(B, dtype=torch.bool, device=dev)[rows]  # no candidate: the caption keeps its own image
     allowed = torch.where(possible[rows, None], other[rows], own)           # [n, B]
-    if mode == "random": weights = allowed.float()
-    else: weights = torch.softmax(sim[rows].detach().float().masked_fill(~allowed, float("-inf")), -1)
+    if mode == "random":
+        weights = allowed.float()
+    else:
+        weights = torch.softmax(sim[rows].detach().float().masked_fill(~allowed, float("-inf")), -1)
     cdf = weights.cumsum(-1)                                                # [n, B] inverse-CDF draw: no host sync
     images = torch.searchsorted(cdf, (noise[1, :len(rows)] * cdf[:, -1])[:, None], right=True).squeeze(1)
     return rows, images.clamp(max=B - 1)
+
+# %% ../nbs/07_objectives.ipynb #67c6f96e
+class _ScaleGrad(torch.autograd.Function):
+    "Identity forward; the gradient times `scale` backward."
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    "`x` unchanged, but the gradient flowing back through it is multiplied by `scale`."
+    return x if scale == 1 else _ScaleGrad.apply(x, scale)
+
+def ranks_per_process(o: ObjectiveConfig, world: int) -> int:
+    "Emulated processes in each real one: `objectives.emulate_world_size / world` (1 without emulation)."
+    if o.emulate_world_size is None:
+        return 1
+    if o.emulate_world_size % world:
+        raise ConfigError(f"objectives.emulate_world_size={o.emulate_world_size} "
+                          f"is not a multiple of the {world} processes")
+    return o.emulate_world_size // world
+
+# %% ../nbs/07_objectives.ipynb #2df4b5b0
+SCL_TERMS = ("scl_image", "scl_text", "mltc_image", "mltc_text")  # the terms whose negatives are a setting
+
+@dataclass(frozen=True)
+class Negatives:
+    "Where a contrastive term finds its negatives, and how gradients cross its gather (method §2, §7.1)."
+    scope: Literal["global", "process"] = "global"  # the global batch, or this (emulated) process's samples
+    grad: Literal["sum", "local"] = "sum"  # backward of the gather (`objectives.gather_grad`)
+    ranks: int = 1  # emulated processes in this one: "process" splits the rows, "local" scales by 1/ranks
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:  # [B_r, ...] -> [N, ...]
+        "All processes' rows, with this term's backward convention."
+        if self.grad == "sum":
+            return all_gather_with_grad(x)
+        return all_gather_with_grad(scale_grad(x, 1 / self.ranks), grad="local")
+
+    def split(self, *xs: torch.Tensor) -> list[tuple]:
+        "The rows of each emulated process (sample order), one tuple of `xs` slices per non-empty group."
+        parts = zip(*(x.tensor_split(self.ranks) for x in xs))
+        return [p for p in parts if len(p[0])]
+
+def term_negatives(o: ObjectiveConfig, name: str) -> Negatives:
+    "The `Negatives` of objective `name` under `o` in this process group (ITC: always the global batch)."
+    scope = getattr(o, f"{name}_negatives") if name in SCL_TERMS else "global"
+    return Negatives(scope, o.gather_grad, ranks_per_process(o, world_size()))
+
+# %% ../nbs/07_objectives.ipynb #5a4c75b0
+def effective_weights(o: ObjectiveConfig,  # weights and signal settings
+                      world_size: int,  # real processes (ignored under `emulate_world_size`)
+                      frames: int = 1,  # 1: images; more: videos (MVSC over frames then trains)
+                     ) -> dict:  # active objective -> its weight as the gradient sees it
+    "Each active objective's effective weight relative to MLM = ITM = 1 (method §7.1)."
+    processes = o.emulate_world_size or world_size
+    out = {}
+    for name in o.active:
+        w = getattr(o, name)
+        gathered = name == "itc" or (name in SCL_TERMS and getattr(o, f"{name}_negatives") == "global")
+        if gathered and o.gather_grad == "local":
+            w = w / processes
+        if name == "scl_image" and o.scl_norm == "frame" and frames == 1:
+            w = 0.0
+        out[name] = w
+    return out
 
 # %% ../nbs/07_objectives.ipynb #52a73b51
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's cap on 1/temperature
@@ -97,11 +180,14 @@ MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's cap on 1/temperature
 def itc_loss(img_emb: torch.Tensor,      # [B, E] L2-normalised image embeddings (this process)
              txt_emb: torch.Tensor,      # [B, E] L2-normalised text embeddings (this process)
              logit_scale: torch.Tensor,  # scalar log(1/temperature), learnable
+             negatives: Negatives = Negatives(),  # the gather's convention (ITC's scope is always global)
+             max_logit_scale: Optional[float] = MAX_LOGIT_SCALE,  # cap on `logit_scale`; None = none (official)
             ) -> tuple[torch.Tensor, torch.Tensor]:  # loss, top-1 accuracy on the global batch
     "Image-text contrastive loss over the global batch (symmetric InfoNCE, learnable temperature)."
-    img, txt = all_gather_with_grad(img_emb), all_gather_with_grad(txt_emb)  # [N, E]
+    img, txt = negatives.gather(img_emb), negatives.gather(txt_emb)         # [N, E]
     sim = upcast(img) @ upcast(txt).t()                                      # [N, N] image x text
-    loss = nce(sim, logit_scale.clamp(max=MAX_LOGIT_SCALE).exp().reciprocal())
+    scale = logit_scale if max_logit_scale is None else logit_scale.clamp(max=max_logit_scale)
+    loss = nce(sim, scale.exp().reciprocal())
     target = torch.arange(len(sim), device=sim.device)
     acc = (_accuracy(sim, target) + _accuracy(sim.t(), target)) / 2
     return loss, acc
@@ -110,12 +196,18 @@ def itc_loss(img_emb: torch.Tensor,      # [B, E] L2-normalised image embeddings
 def completion_nce(pred: torch.Tensor,    # [B, D] or [B, F, D] predictions (with gradient)
                    target: torch.Tensor,  # same shape; detached here
                    tau: float,            # temperature (`objectives.scl_tau`)
+                   negatives: Negatives = Negatives(),  # global batch (gathered) or per process
+                   norm: Literal["feature", "frame"] = "feature",  # L2 axis: features, or dim 1 (the CVPR code)
                   ) -> torch.Tensor:      # scalar
     "NCE between predictions and detached targets, normalised over features, over the global batch; frames averaged."
-    p = F.normalize(upcast(pred), dim=-1)
-    t = F.normalize(upcast(target.detach()), dim=-1)
-    if p.dim() == 2: p, t = p[:, None], t[:, None]                     # [B, 1, D]
-    p, t = all_gather_with_grad(p), all_gather_with_grad(t)            # [N, F, D]
+    dim, eps = (-1, 1e-12) if norm == "feature" else (1, 1e-8)         # dim 1 of [B, F, D] is the frame axis
+    p = F.normalize(upcast(pred), dim=dim, eps=eps)
+    t = F.normalize(upcast(target.detach()), dim=dim, eps=eps)
+    if p.dim() == 2:
+        p, t = p[:, None], t[:, None]                     # [B, 1, D]
+    if negatives.scope == "process":                                   # mean of the per-process losses
+        return torch.stack([nce(torch.einsum("nfd,mfd->fnm", a, b), tau) for a, b in negatives.split(p, t)]).mean()
+    p, t = negatives.gather(p), negatives.gather(t)                    # [N, F, D]
     sim = torch.einsum("nfd,mfd->fnm", p, t)                           # [F, N, N] one matrix per frame
     return nce(sim, tau)
 
@@ -132,7 +224,8 @@ def scl_global_loss(pred_img: torch.Tensor,  # [B, D] or [B, F, D] v^: fused ima
 def first_positions(mask: torch.Tensor,  # [B, L] bool
                     k: int,              # width of the result (a bound on the True entries per row)
                    ) -> torch.Tensor:    # [B, k] long
-    "Indices of each row's True entries, in order, then of its False ones: a fixed-width gather of data-dependent positions."
+    """Indices of each row's True entries, in order, then of its False ones: a fixed-width gather of data-dependent
+    positions."""
     return mask.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :k]
 
 def mltc_loss(pred_tokens: torch.Tensor,  # [B, T, D] fused tokens of the masked pass
@@ -140,15 +233,25 @@ def mltc_loss(pred_tokens: torch.Tensor,  # [B, T, D] fused tokens of the masked
               masked: torch.Tensor,       # [B, T] bool, True at the masked positions
               tau: float = 0.03,          # temperature
               max_masked: Optional[int] = None,  # a bound on the masked positions per sample; None = T
+              negatives: Negatives = Negatives(),  # all masked tokens of the global batch, or per process
              ) -> torch.Tensor:           # scalar; 0 (with a graph) when nothing is masked
     "Token-level completion NCE over all masked tokens of the global batch (GLSCL MLTC)."
+    if negatives.scope == "process":  # each emulated process's own masked tokens; the mean of their losses
+        parts = negatives.split(pred_tokens, tgt_tokens, masked)
+        return torch.stack([_mltc(p, t, m, tau, max_masked, negatives) for p, t, m in parts]).mean()
+    return _mltc(pred_tokens, tgt_tokens, masked, tau, max_masked, negatives)
+
+def _mltc(pred_tokens, tgt_tokens, masked, tau, max_masked, negatives: Negatives) -> torch.Tensor:
+    "`mltc_loss` over the rows `negatives.gather` collects."
     B, T, D = pred_tokens.shape
     idx = first_positions(masked, T if max_masked is None else min(max_masked, T))    # [B, K]
     take = lambda x: x.gather(1, idx[..., None].expand(-1, -1, D)).flatten(0, 1)    # [B*K, D]
     p = F.normalize(upcast(take(pred_tokens)), dim=-1)
     t = F.normalize(upcast(take(tgt_tokens).detach()), dim=-1)
     valid = masked.gather(1, idx).flatten().float()                                  # [B*K]
-    p, t, valid = all_gather_with_grad(p), all_gather_with_grad(t), all_gather_with_grad(valid)  # [M, D], [M, D], [M]
+    if negatives.scope == "process":  # one emulated process's rows: nothing to gather
+        return nce(p @ t.t(), tau, valid > 0.5)
+    p, t, valid = negatives.gather(p), negatives.gather(t), negatives.gather(valid)  # [M, D], [M, D], [M]
     return nce(p @ t.t(), tau, valid > 0.5)
 
 # %% ../nbs/07_objectives.ipynb #b0dfd06e
@@ -163,7 +266,8 @@ _BATCH_KEYS = {"mlm": ("mlm_ids", "mlm_labels"), "scl_image": ("scl_text_ids",),
 def _check_batch(batch: dict, active) -> None:
     "Fail early, naming the key and the objective that needs it."
     for name in ("pixels", "input_ids", "attention_mask"):
-        if name not in batch: raise KeyError(f"PretrainTask: the batch has no {name!r}")
+        if name not in batch:
+            raise KeyError(f"PretrainTask: the batch has no {name!r}")
     for objective in active:
         for name in _BATCH_KEYS.get(objective, ()):
             if name not in batch:
@@ -175,16 +279,21 @@ def step_noise(batch_size: int,   # B
                generator: Optional[torch.Generator] = None,  # source (its device is used); None = the global generator
                device=None,       # device of the returned tensors
               ) -> dict:          # itm [2, B], drop [B, N], mask [B, N], uniform in [0, 1)
-    "Every random draw of one pre-training step, made in one call: ITM captions and images, the positions of passes A and A'."
+    """Every random draw of one pre-training step, made in one call: ITM captions and images, the positions of passes
+    A and A'."""
     B, N = batch_size, num_patches
-    u = torch.rand(B * (2 + 2 * N), generator=generator, device=generator.device if generator is not None else device).to(device)
+    u = torch.rand(
+        B * (2 + 2 * N), generator=generator, device=generator.device if generator is not None else device
+    ).to(device)
     itm, drop, mask = u.split([2 * B, B * N, B * N])
     return dict(itm=itm.view(2, B), drop=drop.view(B, N), mask=mask.view(B, N))
 
 def image_token_mask(image: ImageEncoding) -> torch.Tensor:  # [B, F*(1+N)] bool over the encoder's tokens
-    "The masked patch positions of a mask-token encoding, laid out like its tokens `[CLS_1..CLS_F, patches_1..patches_F]`."
+    """The masked patch positions of a mask-token encoding, laid out like its tokens `[CLS_1..CLS_F,
+    patches_1..patches_F]`."""
     B, T = image.tokens.shape[:2]
-    if image.masked is None: return torch.zeros(B, T, dtype=torch.bool, device=image.tokens.device)
+    if image.masked is None:
+        return torch.zeros(B, T, dtype=torch.bool, device=image.tokens.device)
     F_ = image.num_frames
     return torch.cat([image.masked.new_zeros(B, F_), image.masked.repeat(1, F_)], 1)
 
@@ -192,7 +301,8 @@ def image_token_mask(image: ImageEncoding) -> torch.Tensor:  # [B, F*(1+N)] bool
 def _pass_needs(active: set) -> dict:
     "For each fused pass the active objectives use: (reads the text outputs, reads the image outputs)."
     scl_t, scl_v = bool(active & {"scl_text", "mltc_text"}), bool(active & {"scl_image", "mltc_image"})
-    needs = {"mlm": (True, False), "itm": (True, True), "B": (scl_t, scl_v), "A": (scl_t, "scl_image" in active), "A'": (False, True)}
+    needs = {"mlm": (True, False), "itm": (True, True), "B": (scl_t, scl_v), "A": (scl_t, "scl_image" in active),
+             "A'": (False, True)}
     used = {"mlm": "mlm" in active, "itm": "itm" in active, "B": scl_t or scl_v, "A": scl_t or "scl_image" in active,
             "A'": "mltc_image" in active}
     return {k: v for k, v in needs.items() if used[k]}
@@ -201,13 +311,18 @@ def _view(out: FusionOutput, text: Optional[slice], image: Optional[slice]) -> F
     "The outputs of one pass packed in `out`: its text rows `text`, its image rows `image` (None = not computed)."
     t = (lambda x: x[text]) if text is not None else (lambda x: None)
     v = (lambda x: x[image]) if image is not None else (lambda x: None)
-    cls = torch.cat([out.text_pooled[text], out.image_pooled[image]], -1) if text is not None and image is not None else None
+    cls = (
+        torch.cat([out.text_pooled[text], out.image_pooled[image]], -1)
+        if text is not None and image is not None
+        else None
+    )
     return FusionOutput(text_tokens=t(out.text_tokens), image_tokens=v(out.image_tokens), text_cls=t(out.text_cls),
-                        image_cls=v(out.image_cls), image_frame_cls=v(out.image_frame_cls), text_pooled=t(out.text_pooled),
-                        image_pooled=v(out.image_pooled), cls_feats=cls)
+                        image_cls=v(out.image_cls), image_frame_cls=v(out.image_frame_cls),
+                        text_pooled=t(out.text_pooled), image_pooled=v(out.image_pooled), cls_feats=cls)
 
 def _fuse_packed(m: SCLModel, pairs: dict, needs: dict) -> dict:
-    "One fusion call for passes `pairs` {name: (image, text)} of equal shapes; the last layer skips the streams nobody reads."
+    """One fusion call for passes `pairs` {name: (image, text)} of equal shapes; the last layer skips the streams
+    nobody reads."""
     order = sorted(pairs, key=lambda k: (needs[k][1], not needs[k][0]))  # text only, both, image only
     B = len(pairs[order[0]][1].tokens)
     image = torch.cat([pairs[k][0].tokens for k in order])              # [P*B, T, D]
@@ -226,34 +341,41 @@ def _needs_itc(o: ObjectiveConfig) -> bool:
     "ITC runs for its own term and for the similarities of hard ITM negatives."
     return "itc" in o.active or ("itm" in o.active and o.itm_negatives == "hard")
 
-def _itc(m: SCLModel, image: ImageEncoding, text: TextEncoding, active: set, grad: bool):
+def _itc(m: SCLModel, image: ImageEncoding, text: TextEncoding, o: ObjectiveConfig, grad: bool):
     "ITC terms and the ITC logits text x image (for hard ITM negatives)."
-    terms, logs = {}, {}
+    terms, logs, active = {}, {}, set(o.active)
     with torch.set_grad_enabled(grad and "itc" in active):
         img_emb, txt_emb = m.itc_image(image), m.itc_text(text)          # [B, E]
+    raw = m.cfg.objectives.itc_temperature == "raw"                   # the official tau: never capped
+    log_scale = m.itc_log_scale() if raw else m.itc_log_scale().clamp(max=MAX_LOGIT_SCALE)
     if "itc" in active:
-        terms["itc"], logs["itc_acc"] = itc_loss(img_emb, txt_emb, m.itc_logit_scale)
-        logs["itc_temperature"] = m.itc_logit_scale.detach().clamp(max=MAX_LOGIT_SCALE).exp().reciprocal()
-    scale = m.itc_logit_scale.detach().clamp(max=MAX_LOGIT_SCALE).exp()
-    return terms, logs, (txt_emb @ img_emb.t()).detach() * scale       # [B, B]
+        neg = term_negatives(o, "itc")
+        terms["itc"], logs["itc_acc"] = itc_loss(img_emb, txt_emb, log_scale, neg, max_logit_scale=None)
+        logs["itc_temperature"] = log_scale.detach().exp().reciprocal()
+    return terms, logs, (txt_emb @ img_emb.t()).detach() * log_scale.detach().exp()  # [B, B]
 
 def _itm_pairs(batch: dict, o: ObjectiveConfig, sim, noise: dict) -> tuple[torch.Tensor, torch.Tensor]:
     "The image paired with each caption ([B] indices) and whether the pair matches ([B] 1/0)."
     attn = batch["attention_mask"]
     B = len(attn)
     image_ids = batch.get("image_ids", torch.arange(B, device=attn.device))
-    rows, negatives = itm_negatives(image_ids, B - B // 2, o.itm_negatives, sim if o.itm_negatives == "hard" else None, noise=noise["itm"])
+    rows, negatives = itm_negatives(
+        image_ids, B - B // 2, o.itm_negatives, sim if o.itm_negatives == "hard" else None, noise=noise["itm"]
+    )
     pick = torch.arange(B, device=attn.device).index_put((rows,), negatives)      # [B] image index per caption
     return pick, (image_ids[pick] == image_ids).long()
 
 def _mask_token_positions(o: ObjectiveConfig, noise: dict) -> torch.Tensor:  # [B, N] bool
     "The mask-token positions of pass A', read from the step's draws."
     B, N = noise["mask"].shape
-    return sample_masked_positions(B, N, mask_token_count(N, o.mltc_image_mask), device=noise["mask"].device, noise=noise["mask"])[0]
+    return sample_masked_positions(
+        B, N, mask_token_count(N, o.mltc_image_mask), device=noise["mask"].device, noise=noise["mask"]
+    )[0]
 
 def _image_passes(m: SCLModel, pixels, o: ObjectiveConfig, noise: dict, needs: dict) -> dict:
     "`U_v` and, for MLTC-image, the mask-token encoding of pass A', in one vision call."
-    if "A'" not in needs: return {"U": m.encode_image(pixels)}
+    if "A'" not in needs:
+        return {"U": m.encode_image(pixels)}
     masked = _mask_token_positions(o, noise)
     both = m.encode_image(torch.cat([pixels, pixels]), masked=torch.cat([torch.zeros_like(masked), masked]))  # [2B, T, D]
     B, F_ = len(pixels), both.num_frames
@@ -265,7 +387,8 @@ def _text_passes(m: SCLModel, batch: dict, needs: dict) -> dict:
     attn = batch["attention_mask"]
     names = ["U"] + ["mlm"] * ("mlm" in needs) + ["B"] * ("B" in needs)
     ids = {"U": batch["input_ids"], "mlm": batch.get("mlm_ids"), "B": batch.get("scl_text_ids")}
-    if len(names) == 1: return {"U": m.encode_text(ids["U"], attn)}
+    if len(names) == 1:
+        return {"U": m.encode_text(ids["U"], attn)}
     out = m.encode_text(torch.cat([ids[k] for k in names]), attn.repeat(len(names), 1))   # [3B, L, D]
     return {k: TextEncoding(t, attn) for k, t in zip(names, out.tokens.chunk(len(names)))}
 
@@ -273,9 +396,10 @@ def _shared_passes(m: SCLModel, batch: dict, o: ObjectiveConfig, noise: dict, ne
     "The shared schedule: each unmasked encoding once, same-shape tower and fusion passes packed into one call each."
     pixels = batch["pixels"]
     images, texts = _image_passes(m, pixels, o, noise, needs), _text_passes(m, batch, needs)
-    terms, logs, sim = _itc(m, images["U"], texts["U"], set(o.active), grad) if _needs_itc(o) else ({}, {}, None)
+    terms, logs, sim = _itc(m, images["U"], texts["U"], o, grad) if _needs_itc(o) else ({}, {}, None)
     pick, labels = _itm_pairs(batch, o, sim, noise) if "itm" in needs else (None, None)
-    inputs = {"mlm": (images["U"], texts.get("mlm")), "itm": (images["U"].index(pick) if pick is not None else None, texts["U"]),
+    inputs = {"mlm": (images["U"], texts.get("mlm")),
+              "itm": (images["U"].index(pick) if pick is not None else None, texts["U"]),
               "B": (images["U"], texts.get("B")), "A'": (images.get("A'"), texts["U"])}
     full = {k: inputs[k] for k in needs if k != "A"}
     passes = _fuse_packed(m, full, needs) if full else {}
@@ -288,13 +412,15 @@ def _reference_passes(m: SCLModel, batch: dict, o: ObjectiveConfig, noise: dict,
     "The reference schedule: every objective encodes its own inputs and runs its own fusion pass."
     pixels, attn, active = batch["pixels"], batch["attention_mask"], set(o.active)
     text = lambda key="input_ids": m.encode_text(batch[key], attn)
-    terms, logs, sim = _itc(m, m.encode_image(pixels), text(), active, grad) if _needs_itc(o) else ({}, {}, None)
+    terms, logs, sim = _itc(m, m.encode_image(pixels), text(), o, grad) if _needs_itc(o) else ({}, {}, None)
     passes, labels, masked_image = {}, None, None
     if "itm" in needs:
         pick, labels = _itm_pairs(batch, o, sim, noise)
         passes["itm"] = m.fuse(m.encode_image(take_rows(pixels, pick)), text())
-    if "mlm" in needs: passes["mlm"] = m.fuse(m.encode_image(pixels), text("mlm_ids"))
-    if "B" in needs: passes["B"] = m.fuse(m.encode_image(pixels), text("scl_text_ids"))
+    if "mlm" in needs:
+        passes["mlm"] = m.fuse(m.encode_image(pixels), text("mlm_ids"))
+    if "B" in needs:
+        passes["B"] = m.fuse(m.encode_image(pixels), text("scl_text_ids"))
     if "A" in needs:
         with torch.set_grad_enabled(grad and "scl_image" in active):
             passes["A"] = m.fuse(m.encode_image(pixels, drop_ratio=o.scl_image_mask, noise=noise["drop"]), text())
@@ -315,16 +441,25 @@ def _objective_terms(m: SCLModel, batch: dict, o: ObjectiveConfig, noise: dict) 
     active, needs = set(o.active), _pass_needs(set(o.active))
     schedule = _shared_passes if o.schedule == "shared" else _reference_passes
     terms, logs, P, labels, masked_image = schedule(m, batch, o, noise, needs, torch.is_grad_enabled())
-    if "itm" in active: terms["itm"], logs["itm_acc"] = itm_loss(m.itm_head(P["itm"].cls_feats), labels)
-    if "mlm" in active: terms["mlm"], logs["mlm_acc"] = _mlm(m, P["mlm"].text_tokens, batch["mlm_labels"], o.mlm_prob)
-    if "scl_image" in active: terms["scl_image"] = completion_nce(P["A"].image_frame_cls, P["B"].image_frame_cls, o.scl_tau)
-    if "scl_text" in active: terms["scl_text"] = completion_nce(P["B"].text_cls, P["A"].text_cls, o.scl_tau)
+    if "itm" in active:
+        terms["itm"], logs["itm_acc"] = itm_loss(m.itm_head(P["itm"].cls_feats), labels)
+    if "mlm" in active:
+        terms["mlm"], logs["mlm_acc"] = _mlm(m, P["mlm"].text_tokens, batch["mlm_labels"], o.mlm_prob)
+    neg, tau = (lambda name: term_negatives(o, name)), o.scl_tau
+    if "scl_image" in active:
+        pred, target = P["A"].image_frame_cls, P["B"].image_frame_cls                  # [B, F, D]
+        terms["scl_image"] = completion_nce(pred, target, tau, neg("scl_image"), o.scl_norm)
+    if "scl_text" in active:
+        terms["scl_text"] = completion_nce(P["B"].text_cls, P["A"].text_cls, tau, neg("scl_text"))
     if "mltc_text" in active:
-        bound = masked_count_bound(batch["scl_text_masked"].shape[1], o.scl_text_mask)
-        terms["mltc_text"] = mltc_loss(P["B"].text_tokens, P["A"].text_tokens, batch["scl_text_masked"].bool(), o.scl_tau, bound)
+        masked = batch["scl_text_masked"].bool()                                        # [B, L]
+        bound = masked_count_bound(masked.shape[1], o.scl_text_mask)
+        terms["mltc_text"] = mltc_loss(P["B"].text_tokens, P["A"].text_tokens, masked, tau, bound, neg("mltc_text"))
     if "mltc_image" in active:
         bound = masked_image.num_frames * mask_token_count(masked_image.masked.shape[1], o.mltc_image_mask)
-        terms["mltc_image"] = mltc_loss(P["A'"].image_tokens, P["B"].image_tokens, image_token_mask(masked_image), o.scl_tau, bound)
+        masked = image_token_mask(masked_image)                                         # [B, F*(1+N)]
+        pred, target = P["A'"].image_tokens, P["B"].image_tokens
+        terms["mltc_image"] = mltc_loss(pred, target, masked, tau, bound, neg("mltc_image"))
     return terms, logs
 
 # %% ../nbs/07_objectives.ipynb #41985d95
@@ -336,13 +471,16 @@ class PretrainTask(SCLModel):
         super().__init__(cfg, vision=vision, text=text)
         self.objectives = cfg.objectives
 
-    def forward(self, batch: dict,  # see above
-                generator: Optional[torch.Generator] = None,  # randomness of image masks and ITM negatives
-                objectives: Optional[ObjectiveConfig] = None,  # weights, ratios, temperatures, schedule; None = `self.objectives`
-               ) -> dict:  # loss (weighted total), <name>_loss per active objective, accuracies
+    def forward(
+        self,
+        batch: dict,  # see above
+        generator: Optional[torch.Generator] = None,  # randomness of image masks and ITM negatives
+        objectives: Optional[ObjectiveConfig] = None,  # weights, ratios, temperatures, schedule; None = `self.objectives`
+    ) -> dict:  # loss (weighted total), <name>_loss per active objective, accuracies
         "One pre-training forward pass: every active objective, weighted and summed."
         o = objectives or self.objectives
-        if not o.active: raise ValueError("PretrainTask: every objective weight is 0")
+        if not o.active:
+            raise ValueError("PretrainTask: every objective weight is 0")
         _check_batch(batch, o.active)
         H, W = batch["pixels"].shape[-2:]
         P = self.cfg.vision.patch_size
@@ -382,9 +520,12 @@ def random_pretrain_batch(cfg: SCLConfig,       # model and objective settings (
     ids = torch.where(pos >= lengths[:, None], ROBERTA_LAYOUT["pad"], ids)
     attn = (pos < lengths[:, None]).long()
     special = (pos == 0) | (pos >= lengths[:, None] - 1)
-    mlm_ids, mlm_labels = mlm_mask(ids, special, ~special, V, mask_id, o.mlm_prob, False, generator, special_ids=list(ROBERTA_LAYOUT.values()))
+    mlm_ids, mlm_labels = mlm_mask(
+        ids, special, ~special, V, mask_id, o.mlm_prob, False, generator, special_ids=list(ROBERTA_LAYOUT.values())
+    )
     scl_ids, scl_masked = scl_text_mask(ids, special, mask_id, o.scl_text_mask, o.text_mask_sampling, generator)
     shape = (batch_size, 3, size, size) if num_frames == 1 else (batch_size, num_frames, 3, size, size)
     batch = dict(pixels=torch.randn(shape, generator=generator), input_ids=ids, attention_mask=attn, mlm_ids=mlm_ids,
-                 mlm_labels=mlm_labels, scl_text_ids=scl_ids, scl_text_masked=scl_masked, image_ids=torch.arange(batch_size))
+                 mlm_labels=mlm_labels, scl_text_ids=scl_ids, scl_text_masked=scl_masked,
+                 image_ids=torch.arange(batch_size))
     return {k: v.to(device) for k, v in batch.items()} if device is not None else batch

@@ -15,18 +15,16 @@ from fastcore.basics import patch
 from .config import SCLConfig, ConfigError, preset, to_dict, from_dict, apply_overrides
 from .model import SCLModel
 from .text import load_tokenizer
-from .checkpoint import jsonable
+from .checkpoint import RunFolderError, jsonable, refuse_to_replace
 from .tasks import TaskModel, TASKS
 
 # %% auto #0
 __all__ = ['LIGHTNING_CLASS_KEYS', 'LIGHTNING_DICT_CLASSES', 'LIGHTNING_STAND_INS', 'OFFICIAL_LAYOUTS', 'IGNORED_PREFIXES',
            'VISION_NAMES', 'VISION_BLOCK_NAMES', 'FUSION_LAYER_NAMES', 'PREFIX_NAMES', 'EXACT_NAMES',
            'OPTIONAL_PARAMETERS', 'TASK_HEADS', 'OFFICIAL_CHECKPOINTS', 'OfficialCheckpointError',
-           'load_lightning_checkpoint', 'save_lightning_checkpoint', 'official_layout', 'ignored_reason',
-           'RenamedState', 'official_to_ours', 'official_hparams', 'official_config', 'OfficialConversion',
-           'checkpoint_task', 'fetch_official', 'load_official', 'ours_to_official', 'official_hparams_for',
-           'save_lightning_style_checkpoint', 'randomise_parameters', 'official_tiny_config', 'convert_official',
-           'is_official_checkpoint', 'prepare_checkpoint', 'main']
+           'load_lightning_checkpoint', 'official_layout', 'ignored_reason', 'RenamedState', 'official_to_ours',
+           'official_hparams', 'official_config', 'OfficialConversion', 'checkpoint_task', 'fetch_official',
+           'load_official', 'convert_official', 'is_official_checkpoint', 'prepare_checkpoint', 'main']
 
 # %% ../nbs/41_official.ipynb #6b9bca02
 LIGHTNING_CLASS_KEYS = ("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
@@ -46,74 +44,64 @@ def _stand_in_class(path: str) -> type:
 
 class _DictStandIn:
     "Stand-in for a Lightning `dict` subclass: unpickling it creates a plain `dict`."
-    def __new__(cls, *args, **kwargs): return dict()
+    def __new__(cls, *args, **kwargs):
+        return dict()
 
-LIGHTNING_STAND_INS = {p: _stand_in_class(p) for p in LIGHTNING_CLASS_KEYS} | {p: _DictStandIn for p in LIGHTNING_DICT_CLASSES}
+LIGHTNING_STAND_INS = {p: _stand_in_class(p) for p in LIGHTNING_CLASS_KEYS} | {
+    p: _DictStandIn for p in LIGHTNING_DICT_CLASSES
+}
 
 def _allow_list() -> list:
     return [(obj, path) for path, obj in LIGHTNING_STAND_INS.items()]
 
 # %% ../nbs/41_official.ipynb #3c009595
 def _refused_globals(path: Path) -> list[str]:
-    try: found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception: return []
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:
+        return []
     return sorted(set(found) - set(LIGHTNING_STAND_INS))
 
 def load_lightning_checkpoint(path,  # a `.ckpt` / `.pt` file written by torch.save (Lightning or not)
                              ) -> dict:
     "The checkpoint dictionary, read with `torch.load(weights_only=True)` and the Lightning allow-list."
     path = Path(path)
-    if not path.is_file(): raise OfficialCheckpointError(f"{path}: no such file")
-    with open(path, "rb") as f: head = f.read(4)
+    if not path.is_file():
+        raise OfficialCheckpointError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(4)
     is_zip = zipfile.is_zipfile(path)
     if head == b"PK\x03\x04" and not is_zip:
-        raise OfficialCheckpointError(f"{path}: the file is truncated (its zip directory is missing); download it again")
+        raise OfficialCheckpointError(
+            f"{path}: the file is truncated (its zip directory is missing); download it again"
+        )
     try:
         with torch.serialization.safe_globals(_allow_list()):
             ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as e:
         names = _refused_globals(path) if is_zip else []
-        found = re.findall(r"(?:Unsupported global: GLOBAL|unrecognized function|allowlisted via `add_safe_globals` but got) (\S+)", str(e))
+        found = re.findall(
+            r"(?:Unsupported global: GLOBAL|unrecognized function|allowlisted via `add_safe_globals` but got) (\S+)",
+            str(e),
+        )
         if not names and not found:
-            raise OfficialCheckpointError(f"{path}: not a readable PyTorch checkpoint, or a damaged one; download it again") from None
+            raise OfficialCheckpointError(
+                f"{path}: not a readable PyTorch checkpoint, or a damaged one; download it again"
+            ) from None
         what = ", ".join(names or found)
-        raise OfficialCheckpointError(f"{path}: refused: the file holds Python objects outside the allow-list of a "
-                                      f"checkpoint ({what}); loading it would run code from the file. "
-                                      "Only tensors, plain containers and the Lightning callback names are accepted.") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise OfficialCheckpointError(f"{path}: not a readable PyTorch checkpoint, or a damaged one "
-                                      f"({str(e).splitlines()[0][:200]}); download it again") from None
-    if not isinstance(ckpt, dict): raise OfficialCheckpointError(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint dictionary")
+        raise OfficialCheckpointError(
+            f"{path}: refused: the file holds Python objects outside the allow-list of a "
+            f"checkpoint ({what}); loading it would run code from the file. "
+            "Only tensors, plain containers and the Lightning callback names are accepted."
+        ) from None
+    except Exception as e:  # anything torch's reader trips over (text files give IndexError / KeyError)
+        raise OfficialCheckpointError(
+            f"{path}: not a readable PyTorch checkpoint, or a damaged one "
+            f"({(str(e).splitlines() or [type(e).__name__])[0][:200]}); download it again"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise OfficialCheckpointError(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint dictionary")
     return ckpt
-
-# %% ../nbs/41_official.ipynb #370f0f3d
-class _LightningNamesPickler(pickle._Pickler):
-    "A pickler that writes the Lightning stand-ins as references to Lightning's names."
-    def save_global(self, obj, name=None):
-        for path, stand_in in LIGHTNING_STAND_INS.items():
-            if obj is stand_in and stand_in is not _DictStandIn:
-                module, qual = path.rsplit(".", 1)
-                self.write(pickle.GLOBAL + module.encode() + b"\n" + qual.encode() + b"\n")
-                self.memoize(obj)
-                return
-        if obj is _AttributeDictForWriting:
-            module, qual = LIGHTNING_DICT_CLASSES[0].rsplit(".", 1)
-            self.write(pickle.GLOBAL + module.encode() + b"\n" + qual.encode() + b"\n")
-            self.memoize(obj)
-            return
-        super().save_global(obj, name)
-
-class _AttributeDictForWriting(dict):
-    "A dict pickled as Lightning's `AttributeDict`."
-
-_LIGHTNING_PICKLE = types.SimpleNamespace(Pickler=_LightningNamesPickler, Unpickler=pickle.Unpickler,
-                                          load=pickle.load, dump=pickle.dump, __name__="lightning_names_pickle")
-
-def save_lightning_checkpoint(ckpt: dict, path) -> Path:
-    "`torch.save` of `ckpt`, with the Lightning stand-ins pickled under Lightning's names."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, path, pickle_module=_LIGHTNING_PICKLE)
-    return path
 
 # %% ../nbs/41_official.ipynb #3fc18578
 OFFICIAL_LAYOUTS = {"scl": "vision_transformer.visual.", "meter": "vit_model.visual."}
@@ -137,14 +125,17 @@ VISION_NAMES = {"conv1.weight": "patch_embed.weight", "class_embedding": "class_
                 "positional_embedding": "pos_embed", "ln_pre.weight": "ln_pre.weight", "ln_pre.bias": "ln_pre.bias",
                 "ln_post.weight": "ln_post.weight", "ln_post.bias": "ln_post.bias",
                 "visual_mask_token": "mask_token", "temporal_embed": "temporal"}
-VISION_BLOCK_NAMES = {"ln_1": "ln_1", "ln_2": "ln_2", "attn.out_proj": "attn.out_proj", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+VISION_BLOCK_NAMES = {"ln_1": "ln_1", "ln_2": "ln_2", "attn.out_proj": "attn.out_proj", "mlp.c_fc": "mlp.fc1",
+                      "mlp.c_proj": "mlp.fc2"}
 FUSION_LAYER_NAMES = {"attention.self.query": "self_attention.query", "attention.self.key": "self_attention.key",
                       "attention.self.value": "self_attention.value", "attention.output.dense": "self_attention.out",
                       "attention.output.LayerNorm": "self_attention.norm",
-                      "crossattention.self.query": "cross_attention.query", "crossattention.self.key": "cross_attention.key",
-                      "crossattention.self.value": "cross_attention.value", "crossattention.output.dense": "cross_attention.out",
-                      "crossattention.output.LayerNorm": "cross_attention.norm",
-                      "intermediate.dense": "ffn_in", "output.dense": "ffn_out", "output.LayerNorm": "ffn_norm"}
+                      "crossattention.self.query": "cross_attention.query",
+                      "crossattention.self.key": "cross_attention.key",
+                      "crossattention.self.value": "cross_attention.value",
+                      "crossattention.output.dense": "cross_attention.out",
+                      "crossattention.output.LayerNorm": "cross_attention.norm", "intermediate.dense": "ffn_in",
+                      "output.dense": "ffn_out", "output.LayerNorm": "ffn_norm"}
 PREFIX_NAMES = {  # official module prefix -> ours; the parameter names below them are the same
     "text_transformer.embeddings.": "text.model.embeddings.", "text_transformer.encoder.": "text.model.encoder.",
     "cross_modal_text_transform.": "fusion.text_transform.", "cross_modal_image_transform.": "fusion.image_transform.",
@@ -160,17 +151,23 @@ EXACT_NAMES = {"mlm_score.bias": "mlm_head.decoder.bias", "cl_temp": "itc_logit_
 def official_layout(state: dict, source="checkpoint") -> str:
     "'scl' or 'meter', from where the vision tower lives."
     for layout, prefix in OFFICIAL_LAYOUTS.items():
-        if any(k.startswith(prefix) for k in state): return layout
-    raise OfficialCheckpointError(f"{source}: no CLIP vision tower (vision_transformer.visual.* or vit_model.visual.*): "
-                                  "not an SCL / METER CLIP-ViT checkpoint (METER's Swin variant is not supported)")
+        if any(k.startswith(prefix) for k in state):
+            return layout
+    raise OfficialCheckpointError(
+        f"{source}: no CLIP vision tower (vision_transformer.visual.* or vit_model.visual.*): "
+        "not an SCL / METER CLIP-ViT checkpoint (METER's Swin variant is not supported)"
+    )
 
 def ignored_reason(key: str, extra_ignore: Sequence[str] = ()) -> Optional[str]:
     "Why the official tensor `key` is deliberately not loaded, or None."
     for prefix, why in IGNORED_PREFIXES:
-        if key.startswith(prefix): return why
-    if _METRIC_STATE.match(key): return "a metric state of the training loop, not a weight"
+        if key.startswith(prefix):
+            return why
+    if _METRIC_STATE.match(key):
+        return "a metric state of the training loop, not a weight"
     for prefix in extra_ignore:
-        if key.startswith(prefix): return "ignored on request"
+        if key.startswith(prefix):
+            return "ignored on request"
     return None
 
 # %% ../nbs/41_official.ipynb #d7f98d9d
@@ -186,7 +183,8 @@ def _to_ours(key: str, value: torch.Tensor, layout: str) -> Optional[list]:
         m2 = re.fullmatch(r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)", rest)
         if m2:
             i, kind = m2.groups()
-            if value.shape[0] % 3: return None
+            if value.shape[0] % 3:
+                return None
             return [(f"vision.blocks.{i}.attn.{n}_proj.{kind}", t) for n, t in zip("qkv", value.chunk(3, dim=0))]
         if m and m.group(2) in VISION_BLOCK_NAMES:
             return [(f"vision.blocks.{m.group(1)}.{VISION_BLOCK_NAMES[m.group(2)]}.{m.group(3)}", value)]
@@ -194,14 +192,21 @@ def _to_ours(key: str, value: torch.Tensor, layout: str) -> Optional[list]:
     m = re.fullmatch(r"cross_modal_(text|image)_layers\.(\d+)\.(.+)\.(weight|bias)", key)
     if m:
         side, n, sub, kind = m.groups()
-        return [(f"fusion.{side}_layers.{n}.{FUSION_LAYER_NAMES[sub]}.{kind}", value)] if sub in FUSION_LAYER_NAMES else None
+        return (
+            [(f"fusion.{side}_layers.{n}.{FUSION_LAYER_NAMES[sub]}.{kind}", value)]
+            if sub in FUSION_LAYER_NAMES
+            else None
+        )
     if key == "cl_temp":
         tau = float(value)
-        if not tau > 0: raise OfficialCheckpointError(f"cl_temp={tau} is not a positive temperature")
+        if not tau > 0:
+            raise OfficialCheckpointError(f"cl_temp={tau} is not a positive temperature")
         return [("itc_logit_scale", torch.tensor(-math.log(tau), dtype=value.dtype))]
-    if key in EXACT_NAMES: return [(EXACT_NAMES[key], value)]
+    if key in EXACT_NAMES:
+        return [(EXACT_NAMES[key], value)]
     for official, ours in PREFIX_NAMES.items():
-        if key.startswith(official): return [(ours + key[len(official):], value)]
+        if key.startswith(official):
+            return [(ours + key[len(official):], value)]
     return None
 
 @dataclass
@@ -219,9 +224,13 @@ def official_to_ours(state: dict,                       # official state dict (t
     out = RenamedState({})
     for k, v in state.items():
         why = ignored_reason(k, extra_ignore)
-        if why is not None: out.ignored[k] = why; continue
+        if why is not None:
+            out.ignored[k] = why
+            continue
         pairs = _to_ours(k, v, layout)
-        if pairs is None: out.unknown.append(k); continue
+        if pairs is None:
+            out.unknown.append(k)
+            continue
         out.state.update(pairs)
     return out
 
@@ -229,11 +238,13 @@ def official_to_ours(state: dict,                       # official state dict (t
 def _count(state: dict, prefix: str) -> int:
     "Number of numbered sub-modules `prefix{i}.` in `state`."
     idx = {int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
-    if idx and idx != set(range(len(idx))): raise OfficialCheckpointError(f"{prefix}* has gaps in its numbering: {sorted(idx)}")
+    if idx and idx != set(range(len(idx))):
+        raise OfficialCheckpointError(f"{prefix}* has gaps in its numbering: {sorted(idx)}")
     return len(idx)
 
 def _need(state: dict, key: str, source) -> torch.Tensor:
-    if key not in state: raise OfficialCheckpointError(f"{source}: {key} is missing; not a complete SCL / METER checkpoint")
+    if key not in state:
+        raise OfficialCheckpointError(f"{source}: {key} is missing; not a complete SCL / METER checkpoint")
     return state[key]
 
 def official_hparams(ckpt: dict) -> dict:
@@ -265,29 +276,46 @@ def official_config(state: dict,                  # official state dict
     roberta = types_.shape[0] == 1 or "roberta" in str(hp.get("tokenizer", ""))
     positions = _need(state, "text_transformer.embeddings.position_embeddings.weight", source).shape[0]
     Dt = words.shape[1]
-    d["text"] |= dict(pretrained=None, tokenizer=str(hp.get("tokenizer", "roberta-base" if roberta else "bert-base-uncased")),
-                      model_type="roberta" if roberta else "bert", vocab_size=words.shape[0], width=Dt,
-                      layers=_count(state, "text_transformer.encoder.layer."), heads=max(1, Dt // 64),
-                      mlp_dim=_need(state, "text_transformer.encoder.layer.0.intermediate.dense.weight", source).shape[0],
-                      max_position_embeddings=positions,
-                      max_len=min(int(hp.get("max_text_len", 50)), positions - (2 if roberta else 0)))
-    Df, layers = _need(state, "cross_modal_text_transform.weight", source).shape[0], _count(state, "cross_modal_text_layers.")
+    d["text"] |= dict(
+        pretrained=None,
+        tokenizer=str(hp.get("tokenizer", "roberta-base" if roberta else "bert-base-uncased")),
+        model_type="roberta" if roberta else "bert",
+        vocab_size=words.shape[0],
+        width=Dt,
+        layers=_count(state, "text_transformer.encoder.layer."),
+        heads=max(1, Dt // 64),
+        mlp_dim=_need(state, "text_transformer.encoder.layer.0.intermediate.dense.weight", source).shape[0],
+        max_position_embeddings=positions,
+        max_len=min(int(hp.get("max_text_len", 50)), positions - (2 if roberta else 0)),
+    )
+    Df, layers = _need(state, "cross_modal_text_transform.weight", source).shape[0], _count(
+        state, "cross_modal_text_layers."
+    )
     if layers != _count(state, "cross_modal_image_layers."):
-        raise OfficialCheckpointError(f"{source}: {layers} text fusion layers but {_count(state, 'cross_modal_image_layers.')} image ones")
+        raise OfficialCheckpointError(
+            f"{source}: {layers} text fusion layers but {_count(state, 'cross_modal_image_layers.')} image ones"
+        )
     d["fusion"] |= dict(layers=layers, width=Df, heads=int(hp.get("num_heads", max(1, Df // 64))),
                         mlp_dim=_need(state, "cross_modal_text_layers.0.intermediate.dense.weight", source).shape[0],
                         dropout=float(hp.get("drop_rate", d["fusion"]["dropout"])),
                         token_types=_need(state, "token_type_embeddings.weight", source).shape[0])
-    if "vision_proj.3.weight" in state: d["objectives"]["itc_dim"] = state["vision_proj.3.weight"].shape[0]
-    if "cl_temp" in state: d["objectives"]["itc_tau"] = float(state["cl_temp"])
-    try: return apply_overrides(from_dict(d), overrides)
-    except ConfigError as e: raise OfficialCheckpointError(f"{source}: {e}") from None
+    if "vision_proj.3.weight" in state:
+        d["objectives"]["itc_dim"] = state["vision_proj.3.weight"].shape[0]
+    if "cl_temp" in state:
+        d["objectives"]["itc_tau"] = float(state["cl_temp"])
+    try:
+        return apply_overrides(from_dict(d), overrides)
+    except ConfigError as e:
+        raise OfficialCheckpointError(f"{source}: {e}") from None
 
 # %% ../nbs/41_official.ipynb #a45e83a5
 OPTIONAL_PARAMETERS = ("mlm_head.", "itm_head.", "itc_image_proj.", "itc_text_proj.", "itc_logit_scale",
                        "vision.mask_token", "vision.temporal", "rank_head.")
 TASK_HEADS = {"vqa": "vqa_head.", "nlvr2": "nlvr2_head.", "retrieval": "rank_head."}
-OFFICIAL_CHECKPOINTS = {"MGSC-100k": "hf://jiyatai/SCL/MGSC-100k.ckpt", "GLSCL-100k": "hf://jiyatai/SCL/GLSCL-100k.ckpt"}
+OFFICIAL_CHECKPOINTS = {
+    "MGSC-100k": "hf://jiyatai/SCL/MGSC-100k.ckpt",
+    "GLSCL-100k": "hf://jiyatai/SCL/GLSCL-100k.ckpt",
+}
 
 @dataclass
 class OfficialConversion:
@@ -308,9 +336,11 @@ class OfficialConversion:
                  + (f" (epoch {self.epoch}, step {self.global_step})" if self.global_step is not None else "")]
         if self.ignored:
             why = {}
-            for k, r in self.ignored.items(): why.setdefault(r, []).append(k)
+            for k, r in self.ignored.items():
+                why.setdefault(r, []).append(k)
             lines += [f"  ignored {len(ks)}: {r} ({ks[0]}{', ...' if len(ks) > 1 else ''})" for r, ks in why.items()]
-        if self.initialised: lines.append(f"  not in the file, left at their initial values: {_prefixes(self.initialised)}")
+        if self.initialised:
+            lines.append(f"  not in the file, left at their initial values: {_prefixes(self.initialised)}")
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
 def _prefixes(keys) -> str:
@@ -318,7 +348,8 @@ def _prefixes(keys) -> str:
     out = []
     for k in keys:
         top = k.split(".")[0] if not k.startswith("vision.") else ".".join(k.split(".")[:2])
-        if top not in out: out.append(top)
+        if top not in out:
+            out.append(top)
     return ", ".join(out)
 
 def _listing(keys, n=12) -> str:
@@ -328,7 +359,8 @@ def _listing(keys, n=12) -> str:
 def checkpoint_task(state: dict) -> str:
     "The task whose head a state dict (our names) carries, or 'pretrain'."
     found = [t for t, p in TASK_HEADS.items() if any(k.startswith(p) for k in state)]
-    if len(found) > 1: raise OfficialCheckpointError(f"the checkpoint carries the heads of {found}; expected at most one")
+    if len(found) > 1:
+        raise OfficialCheckpointError(f"the checkpoint carries the heads of {found}; expected at most one")
     return found[0] if found else "pretrain"
 
 # %% ../nbs/41_official.ipynb #3c8f16e1
@@ -337,14 +369,21 @@ def fetch_official(source) -> Path:
     s = OFFICIAL_CHECKPOINTS.get(str(source), str(source))
     if s.startswith("hf://"):
         parts = s[len("hf://"):].split("/")
-        if len(parts) < 3 or not all(parts): raise OfficialCheckpointError(f"{s}: a hub checkpoint is hf://OWNER/REPO/FILE, e.g. {OFFICIAL_CHECKPOINTS['MGSC-100k']}")
+        if len(parts) < 3 or not all(parts):
+            raise OfficialCheckpointError(
+                f"{s}: a hub checkpoint is hf://OWNER/REPO/FILE, e.g. {OFFICIAL_CHECKPOINTS['MGSC-100k']}"
+            )
         from huggingface_hub import hf_hub_download
-        try: return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:])))
+        try:
+            return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:])))
         except Exception as e:
-            raise OfficialCheckpointError(f"{s}: download failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
-                                          "check the name and the network (HF_HUB_OFFLINE=1 forbids downloads), or pass a local file") from None
+            raise OfficialCheckpointError(
+                f"{s}: download failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                "check the name and the network (HF_HUB_OFFLINE=1 forbids downloads), or pass a local file"
+            ) from None
     p = Path(s)
-    if not p.is_file(): raise OfficialCheckpointError(f"{p}: no such file (a hub checkpoint is written hf://OWNER/REPO/FILE; "
+    if not p.is_file():
+        raise OfficialCheckpointError(f"{p}: no such file (a hub checkpoint is written hf://OWNER/REPO/FILE; "
                                                       f"released: {', '.join(OFFICIAL_CHECKPOINTS)})")
     return p
 
@@ -358,17 +397,30 @@ def _check_against(model: SCLModel, renamed: RenamedState, task: str, source) ->
     shapes = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in renamed.state.items()
               if k in own and v.shape != own[k].shape and not _adaptable(k, v, own[k])]
     problems = []
-    if renamed.unknown: problems.append(f"unknown tensors: {_listing(renamed.unknown)} (pass ignore=[prefix] / --ignore PREFIX to set them aside)")
-    if extra: problems.append(f"tensors with no place in a {task} model: {_listing(extra)}")
-    if bad_missing: problems.append(f"missing tensors: {_listing(bad_missing)}")
-    if shapes: problems.append(f"shape mismatches: {_listing(shapes)}")
-    if problems: raise OfficialCheckpointError(f"{source} does not fit the model: " + "; ".join(problems))
+    if renamed.unknown:
+        problems.append(
+            f"unknown tensors: {_listing(renamed.unknown)} (pass ignore=[prefix] / --ignore PREFIX to set them aside)"
+        )
+    if extra:
+        problems.append(f"tensors with no place in a {task} model: {_listing(extra)}")
+    if bad_missing:
+        problems.append(f"missing tensors: {_listing(bad_missing)}")
+    if shapes:
+        problems.append(f"shape mismatches: {_listing(shapes)}")
+    if problems:
+        raise OfficialCheckpointError(f"{source} does not fit the model: " + "; ".join(problems))
     return missing
 
 def _adaptable(key: str, value: torch.Tensor, own: torch.Tensor) -> bool:
     "Shape differences the model's loader adapts: a square position grid, fewer token-type rows."
-    if key == "vision.pos_embed": return value.dim() == 2 and value.shape[1] == own.shape[1] and math.isqrt(value.shape[0] - 1) ** 2 == value.shape[0] - 1
-    if key == "fusion.token_type.weight": return value.shape[1] == own.shape[1] and value.shape[0] <= own.shape[0]
+    if key == "vision.pos_embed":
+        return (
+            value.dim() == 2
+            and value.shape[1] == own.shape[1]
+            and math.isqrt(value.shape[0] - 1) ** 2 == value.shape[0] - 1
+        )
+    if key == "fusion.token_type.weight":
+        return value.shape[1] == own.shape[1] and value.shape[0] <= own.shape[0]
     return False
 
 def load_official(source,                         # .ckpt path, hf://OWNER/REPO/FILE, or a released name
@@ -388,204 +440,119 @@ def load_official(source,                         # .ckpt path, hf://OWNER/REPO/
     cfg = official_config(state, hp, overrides, path)
     renamed = official_to_ours(state, layout, ignore)
     found = checkpoint_task(renamed.state)
-    if task == "auto": task = found
-    if task not in ("pretrain", *TASKS): raise OfficialCheckpointError(f"task={task!r}; choose one of auto, pretrain, {', '.join(TASKS)}")
+    if task == "auto":
+        task = found
+    if task not in ("pretrain", *TASKS):
+        raise OfficialCheckpointError(f"task={task!r}; choose one of auto, pretrain, {', '.join(TASKS)}")
     if found != task and not (found == "pretrain" and task == "retrieval"):
-        raise OfficialCheckpointError(f"{path} is a pre-trained checkpoint (no {task} head): convert it with task 'pretrain' and fine-tune"
-                                      if found == "pretrain" else f"{path} carries a {found} head, not a {task} one: convert it with task {found!r}")
+        raise OfficialCheckpointError(
+            f"{path} is a pre-trained checkpoint (no {task} head): convert it with task 'pretrain' and fine-tune"
+            if found == "pretrain"
+            else f"{path} carries a {found} head, not a {task} one: convert it with task {found!r}"
+        )
     notes = []
-    if task == "pretrain": model = SCLModel(cfg)
+    if task == "pretrain":
+        model = SCLModel(cfg)
     else:
         n_answers = renamed.state["vqa_head.3.weight"].shape[0] if task == "vqa" else 0
         model = TaskModel(cfg, task, num_answers=n_answers)
-        if task == "vqa": notes.append(f"{n_answers} answers: class i is answer i of the reference vocabulary "
+        if task == "vqa":
+            notes.append(f"{n_answers} answers: class i is answer i of the reference vocabulary "
                                        "(`python -m scl_nb.importers vqav2` writes it in that order)")
     missing = _check_against(model, renamed, task, path)
     model.load_checkpoint_state(renamed.state, strict=False)
     if task == "retrieval" and "rank_head.weight" not in renamed.state:
-        model.init_rank_head(); notes.append("rank head initialised from the ITM head (zero-shot scoring)")
+        model.init_rank_head()
+        notes.append("rank head initialised from the ITM head (zero-shot scoring)")
         missing = [k for k in missing if not k.startswith("rank_head.")]
     if tokenizer:
-        try: model.text.tokenizer = load_tokenizer(cfg.text)
-        except Exception: notes.append(f"tokenizer {cfg.text.tokenizer!r} is not available here; it is loaded when the model is used")
-    report = OfficialConversion(str(source), layout, task, loaded=len(state) - len(renamed.ignored), ignored=renamed.ignored,
-                                initialised=missing, hparams=hp, notes=notes, epoch=ckpt.get("epoch"), global_step=ckpt.get("global_step"))
+        try:
+            model.text.tokenizer = load_tokenizer(cfg.text)
+        except Exception:
+            notes.append(f"tokenizer {cfg.text.tokenizer!r} is not available here; it is loaded when the model is used")
+    report = OfficialConversion(str(source), layout, task, loaded=len(state) - len(renamed.ignored),
+                                ignored=renamed.ignored, initialised=missing, hparams=hp, notes=notes,
+                                epoch=ckpt.get("epoch"), global_step=ckpt.get("global_step"))
     return model.eval(), report
 
-# %% ../nbs/41_official.ipynb #f818e9ae
-@patch(cls_method=True)
-def from_official(cls: SCLModel, source, task: str = "auto", overrides: Sequence[str] = (), ignore: Sequence[str] = ()):
-    "The model of an official SCL / METER checkpoint (see `load_official`)."
-    model, _ = load_official(source, task, overrides, ignore)
-    if not isinstance(model, cls): raise OfficialCheckpointError(f"{source} holds a pre-trained model, not a task model: use SCLModel.from_official")
-    return model
-
-# %% ../nbs/41_official.ipynb #f0e45294
-def _reverse(table: dict) -> dict: return {v: k for k, v in table.items()}
-
-def _official_name(key: str, layout: str) -> Optional[str]:
-    "The official name of one of our (non-q/k/v) parameters, or None when the layout has none."
-    vp = OFFICIAL_LAYOUTS[layout]
-    if key.startswith("vision."):
-        rest = key[len("vision."):]
-        if rest in _reverse(VISION_NAMES):
-            name = _reverse(VISION_NAMES)[rest]
-            return None if layout == "meter" and name in ("visual_mask_token", "temporal_embed") else vp + name
-        m = re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", rest)
-        return f"{vp}transformer.resblocks.{m.group(1)}.{_reverse(VISION_BLOCK_NAMES)[m.group(2)]}.{m.group(3)}"
-    m = re.fullmatch(r"fusion\.(text|image)_layers\.(\d+)\.(.+)\.(weight|bias)", key)
-    if m: return f"cross_modal_{m.group(1)}_layers.{m.group(2)}.{_reverse(FUSION_LAYER_NAMES)[m.group(3)]}.{m.group(4)}"
-    if key in _reverse(EXACT_NAMES): return _reverse(EXACT_NAMES)[key]
-    for official, ours in PREFIX_NAMES.items():
-        if key.startswith(ours):
-            if layout == "meter" and official in ("vision_proj.", "language_proj."): return None
-            return official + key[len(ours):]
-    raise KeyError(key)
-
-def ours_to_official(model: SCLModel,
-                     layout: str = "scl",   # 'scl' or 'meter'
-                     extras: bool = True,   # add the unused tensors the released files carry
-                     seed: int = 0,         # for the extras' random values
-                    ) -> dict:
-    "Our model's state dict in the official names and layouts."
-    own, out = model.state_dict(), {}
-    vp = OFFICIAL_LAYOUTS[layout]
-    for k, v in own.items():
-        m = re.fullmatch(r"vision\.blocks\.(\d+)\.attn\.([qkv])_proj\.(weight|bias)", k)
-        if m:
-            if m.group(2) == "q":
-                i, kind = m.group(1), m.group(3)
-                out[f"{vp}transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat(
-                    [own[f"vision.blocks.{i}.attn.{n}_proj.{kind}"] for n in "qkv"])
-            continue
-        if k == "itc_logit_scale":
-            if layout == "scl": out["cl_temp"] = torch.tensor(math.exp(-float(v)), dtype=v.dtype)
-            continue
-        name = _official_name(k, layout)
-        if name is None: continue
-        out[name] = v[None] if name.endswith(("visual_mask_token", "temporal_embed")) else v
-    if extras: out |= _official_extras(model, layout, seed)
-    return {k: v.detach().clone().contiguous() for k, v in out.items()}
-
-def _official_extras(model: SCLModel, layout: str, seed: int) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g) * 0.02
-    Dt, positions = model.cfg.text.width, model.cfg.text.max_position_embeddings
-    extra = {"text_transformer.pooler.dense.weight": r(Dt, Dt), "text_transformer.pooler.dense.bias": r(Dt),
-             "text_transformer.embeddings.position_ids": torch.arange(positions)[None]}
-    if layout == "scl":
-        D, Dd, n = model.cfg.vision.width, 16, model.cfg.vision.grid ** 2
-        extra |= {"vision_transformer.decoder_embed.weight": r(Dd, D), "vision_transformer.decoder_embed.bias": r(Dd),
-                  "vision_transformer.mask_token": r(1, 1, Dd), "vision_transformer.decoder_pos_embed": r(1, n + 1, Dd),
-                  "vision_transformer.decoder_blocks.0.attn.qkv.weight": r(3 * Dd, Dd),
-                  "vision_transformer.decoder_norm.weight": r(Dd), "vision_transformer.decoder_norm.bias": r(Dd),
-                  "vision_transformer.decoder_pred.weight": r(model.cfg.vision.patch_size ** 2 * 3, Dd)}
-    else:
-        extra |= {"vit_model.token_embedding.weight": r(100, 32), "vit_model.positional_embedding": r(77, 32),
-                  "vit_model.ln_final.weight": r(32), "vit_model.ln_final.bias": r(32)}
-    return extra
-
-# %% ../nbs/41_official.ipynb #d9ab0b7f
-def official_hparams_for(model: SCLModel, layout: str = "scl") -> dict:
-    "The reference configuration dictionary describing `model` (the keys the reference reads)."
-    c = model.cfg
-    task = getattr(model, "task", None)
-    loss = dict(itm=1, mlm=1, vqa=int(task == "vqa"), nlvr2=int(task == "nlvr2"), irtr=int(task == "retrieval"),
-                con=int(layout == "scl"), mgsc=int(layout == "scl"), mltc=int(layout == "scl"))
-    hp = dict(image_size=c.vision.image_size, patch_size=c.vision.patch_size, max_text_len=c.text.max_len,
-              tokenizer=c.text.tokenizer or c.text.pretrained or "roberta-base", vocab_size=c.text.vocab_size,
-              hidden_size=c.fusion.width, num_heads=c.fusion.heads, num_layers=c.text.layers, mlp_ratio=c.fusion.mlp_dim // c.fusion.width,
-              num_top_layer=c.fusion.layers, drop_rate=c.fusion.dropout, loss_names=loss, vit="ViT-B/16",
-              vqav2_label_size=model.vqa_head[3].out_features if task == "vqa" else 3129, load_path="", test_only=False)
-    if layout == "meter": hp |= dict(input_text_embed_size=c.text.width, input_image_embed_size=c.vision.width)
-    else: hp |= dict(mask_ratio=c.objectives.scl_image_mask, mtm_ratio=c.objectives.scl_text_mask,
-                     image_token_mask_ratio=c.objectives.mltc_image_mask, con_weight=c.objectives.itc, num_frames=c.data.num_frames)
-    return hp
-
-def save_lightning_style_checkpoint(model: SCLModel, path,
-                                    layout: str = "scl",          # 'scl' or 'meter'
-                                    extras: bool = True,          # see `ours_to_official`
-                                    attribute_dict: bool = False,  # store the hyper-parameters as Lightning's AttributeDict
-                                   ) -> Path:
-    "Write `model` as the reference's Lightning 1.3 `.ckpt` would hold it (weights, hyper-parameters, training state)."
-    state = ours_to_official(model, layout, extras)
-    params = [v for k, v in state.items() if v.is_floating_point()]
-    adam = {i: {"step": 100, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.full_like(p, 1e-8)} for i, p in enumerate(params)}
-    groups = [{"lr": 1e-5, "betas": (0.9, 0.98), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": False, "params": list(range(len(params)))}]
-    hp = {"config": official_hparams_for(model, layout)}
-    mc = LIGHTNING_STAND_INS["pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"]
-    ckpt = {"epoch": 9, "global_step": 100, "pytorch-lightning_version": "1.3.2", "state_dict": state,
-            "callbacks": {mc: {"monitor": "val/the_metric", "best_model_score": torch.tensor(0.5), "best_model_path": "epoch=9.ckpt",
-                               "current_score": torch.tensor(0.5), "dirpath": "result/checkpoints"}},
-            "optimizer_states": [{"state": adam, "param_groups": groups}],
-            "lr_schedulers": [{"base_lrs": [1e-5], "last_epoch": 100, "_step_count": 101, "verbose": False,
-                               "_get_lr_called_within_step": False, "_last_lr": [1e-6], "lr_lambdas": [{}]}],
-            "native_amp_scaling_state": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000, "_growth_tracker": 5},
-            "hparams_name": "kwargs", "hyper_parameters": _AttributeDictForWriting(hp) if attribute_dict else hp}
-    return save_lightning_checkpoint(ckpt, path)
-
-# %% ../nbs/41_official.ipynb #a0b37934
-def randomise_parameters(model, seed: int = 0):
-    "Give every parameter distinct random values, the ITC temperature one in the learnt range 0.02-0.1 (tests of weight conversion)."
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in sorted(model.named_parameters(), key=lambda kv: kv[0]): p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-        if hasattr(model, "itc_logit_scale"): model.itc_logit_scale.fill_(-math.log(0.02 + 0.08 * torch.rand((), generator=g).item()))
-    return model
-
-def official_tiny_config() -> SCLConfig:
-    "The `tiny` preset with the head counts the official rules imply (`width // 64` = 1 in both towers)."
-    return apply_overrides(preset("tiny"), {"vision.heads": 1, "text.heads": 1})
-
 # %% ../nbs/41_official.ipynb #6d02b4c0
-def convert_official(source, out_dir, task: str = "auto", overrides: Sequence[str] = (), ignore: Sequence[str] = ()) -> Path:
-    "Write the official checkpoint `source` as our checkpoint folder `out_dir`; returns `out_dir`."
+def convert_official(
+    source, out_dir, task="auto", overrides: Sequence[str] = (), ignore: Sequence[str] = (), overwrite=False
+) -> Path:
+    """Write the official checkpoint `source` as our checkpoint folder `out_dir` (one that is not empty only with
+    `overwrite`)."""
+    refuse_to_replace(out_dir, overwrite)  # it used to be replaced silently: a run folder was lost
     model, report = load_official(source, task, overrides, ignore)
     out = model.save_pretrained(out_dir)
     (out / "conversion.json").write_text(json.dumps(jsonable(asdict(report)), indent=2))
     return out
+
 
 def is_official_checkpoint(checkpoint) -> bool:
     "True for a `.ckpt` file, a hub id `hf://...` or a released name; False for our folders."
     s = str(checkpoint)
     return s in OFFICIAL_CHECKPOINTS or s.startswith("hf://") or (Path(s).suffix == ".ckpt" and not Path(s).is_dir())
 
-def prepare_checkpoint(checkpoint,                # None, our folder, or an official checkpoint
-                       checkpoint_format: str = "auto",  # 'auto' (see `is_official_checkpoint`), 'scl_nb' or 'official'
-                       work_dir="runs",           # where an official checkpoint is converted (`<work_dir>/converted_checkpoint`)
-                       task: str = "auto",        # the head the run expects (see `load_official`)
-                      ):
+
+def prepare_checkpoint(
+    checkpoint,  # None, our folder, or an official checkpoint
+    checkpoint_format: str = "auto",  # 'auto' (see `is_official_checkpoint`), 'scl_nb' or 'official'
+    work_dir="runs",  # where an official checkpoint is converted (`<work_dir>/converted_checkpoint`)
+    task: str = "auto",  # the head the run expects (see `load_official`)
+):
     "The `checkpoint` argument of the task notebooks, with official checkpoints converted to our folder."
-    if checkpoint is None: return None
+    if checkpoint is None:
+        return None
     if checkpoint_format not in ("auto", "scl_nb", "official"):
-        raise ValueError(f"parameter error: checkpoint_format={checkpoint_format!r} must be 'auto', 'scl_nb' or 'official'")
-    if checkpoint_format == "scl_nb" or (checkpoint_format == "auto" and not is_official_checkpoint(checkpoint)): return checkpoint
+        raise ValueError(
+            f"parameter error: checkpoint_format={checkpoint_format!r} must be 'auto', 'scl_nb' or 'official'"
+        )
+    if checkpoint_format == "scl_nb" or (checkpoint_format == "auto" and not is_official_checkpoint(checkpoint)):
+        return checkpoint
     out = Path(work_dir) / "converted_checkpoint"
     done = out / "conversion.json"
-    if done.exists() and json.loads(done.read_text()).get("source") == str(checkpoint): return str(out)
-    try: convert_official(checkpoint, out, task)
-    except OfficialCheckpointError as e: raise ValueError(f"parameter error: checkpoint: {e}") from None
+    if done.exists() and json.loads(done.read_text()).get("source") == str(checkpoint):
+        return str(out)
+    try:
+        convert_official(checkpoint, out, task, overwrite=done.exists())  # an earlier conversion of another file: ours to replace
+    except OfficialCheckpointError as e:
+        raise ValueError(f"parameter error: checkpoint: {e}") from None
     return str(out)
 
 # %% ../nbs/41_official.ipynb #3d3ebd91
 def main(argv=None) -> int:
     "`python -m scl_nb.official {convert,inspect} ...`"
-    p = argparse.ArgumentParser(prog="python -m scl_nb.official", description="Official SCL / METER checkpoints: inspect them, convert them to scl_nb checkpoint folders.")
+    p = argparse.ArgumentParser(
+        prog="python -m scl_nb.official",
+        description="Official SCL / METER checkpoints: inspect them, convert them to scl_nb checkpoint folders.",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert", help="write an official checkpoint as an scl_nb checkpoint folder")
-    c.add_argument("checkpoint", help=f".ckpt file, hf://OWNER/REPO/FILE (downloaded) or a released name ({', '.join(OFFICIAL_CHECKPOINTS)})")
+    c.add_argument(
+        "checkpoint",
+        help=f".ckpt file, hf://OWNER/REPO/FILE (downloaded) or a released name ({', '.join(OFFICIAL_CHECKPOINTS)})",
+    )
     c.add_argument("out_dir", help="output folder (config.yaml, model.safetensors, conversion.json)")
-    c.add_argument("--task", default="auto", choices=["auto", "pretrain", *TASKS], help="head expected (default: the file's)")
-    c.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. vision.image_size=384")
-    c.add_argument("--ignore", action="append", default=[], metavar="PREFIX", help="set aside official tensors with this prefix")
+    c.add_argument(
+        "--task", default="auto", choices=["auto", "pretrain", *TASKS], help="head expected (default: the file's)"
+    )
+    c.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. vision.image_size=384")
+    c.add_argument(
+        "--ignore", action="append", default=[], metavar="PREFIX", help="set aside official tensors with this prefix"
+    )
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace OUT_DIR when it exists and is not empty (without it, that is an error)")
     i = sub.add_parser("inspect", help="print what an official checkpoint holds and how it would load")
     i.add_argument("checkpoint")
     a = p.parse_args(argv)
     try:
         if a.cmd == "convert":
-            out = convert_official(a.checkpoint, a.out_dir, a.task, a.override, a.ignore)
-            print(json.loads((out / "conversion.json").read_text())["source"], "->", out)
-            print(OfficialConversion(**json.loads((out / "conversion.json").read_text())).summary())
+            out = convert_official(a.checkpoint, a.out_dir, a.task, a.override, a.ignore, overwrite=a.overwrite)
+            print(
+                OfficialConversion(**json.loads((out / "conversion.json").read_text())).summary()
+                + f"\n  written to {out}"
+            )
         else:
             _, report = load_official(a.checkpoint, tokenizer=False)
             print(report.summary())

@@ -13,11 +13,12 @@ from torch import nn
 from .config import TrainConfig
 
 # %% auto #0
-__all__ = ['HEAD_PREFIXES', 'TOWER_PREFIXES', 'CROSS_MODAL_PARTS', 'FUSED_DEVICES', 'no_weight_decay', 'lr_group', 'param_groups',
-           'build_optimizer', 'warmup_steps', 'lr_factor', 'build_scheduler']
+__all__ = ['HEAD_PREFIXES', 'TOWER_PREFIXES', 'CROSS_MODAL_PARTS', 'OFFICIAL_HEADS', 'OFFICIAL_CROSS_MODAL', 'OFFICIAL_NO_DECAY',
+           'FUSED_DEVICES', 'no_weight_decay', 'lr_group', 'official_group', 'param_groups', 'build_optimizer',
+           'warmup_steps', 'lr_factor', 'build_scheduler']
 
 # %% ../nbs/20_optim.ipynb #2892011b
-HEAD_PREFIXES = ("mlm_head", "itm_head", "itc_image_proj", "itc_text_proj", "itc_logit_scale",
+HEAD_PREFIXES = ("mlm_head", "itm_head", "itc_image_proj", "itc_text_proj", "itc_logit_scale", "itc_tau",
                  "vqa_head", "nlvr2_head", "rank_head", "head")  # top-level module names of heads
 TOWER_PREFIXES = ("vision", "text")  # top-level module names of the two unimodal towers (base lr)
 CROSS_MODAL_PARTS = ("fusion", "transform", "pooler", "token_type")  # name components of cross-modal parts
@@ -29,15 +30,34 @@ def no_weight_decay(name: str,  # parameter name from `named_parameters`
                     in_norm: bool = False,  # the parameter belongs to a normalisation module (whatever its name)
                    ) -> bool:
     "True for biases, normalisation weights and the ITC temperature (method §3: none on biases and norms)."
-    return in_norm or name.endswith("bias") or bool(_NORM_RE.search(name)) or name.endswith("logit_scale")
+    return in_norm or name.endswith("bias") or bool(_NORM_RE.search(name)) or name.endswith(("logit_scale", "itc_tau"))
 
 def lr_group(name: str) -> str:
     "'head', 'cross_modal' or 'base': which learning-rate multiplier parameter `name` gets."
     top = name.split(".")[0]
-    if top in HEAD_PREFIXES or top.endswith("_head"): return "head"
-    if top in TOWER_PREFIXES: return "base"  # e.g. RoBERTa's own token-type embedding and pooler
-    if any(p in part for part in name.split(".")[:-1] for p in CROSS_MODAL_PARTS): return "cross_modal"
+    if top in HEAD_PREFIXES or top.endswith("_head"):
+        return "head"
+    if top in TOWER_PREFIXES:
+        return "base"  # e.g. RoBERTa's own token-type embedding and pooler
+    if any(p in part for part in name.split(".")[:-1] for p in CROSS_MODAL_PARTS):
+        return "cross_modal"
     return "base"
+
+# %% ../nbs/20_optim.ipynb #7e319f14
+OFFICIAL_HEADS = ("mlm_head", "itm_head", "vqa_head", "nlvr2_head")  # official `head_names`: mlm_score, itm_score, ...
+OFFICIAL_CROSS_MODAL = ("fusion.text_layers.", "fusion.image_layers.", "fusion.text_transform.",  # official names
+                        "fusion.image_transform.", "fusion.text_pooler.", "fusion.image_pooler.")  # with "cross_modal"
+OFFICIAL_NO_DECAY = ("bias", "LayerNorm.", "norm.", "norm1.", "norm2.")  # official `no_decay`, as substrings
+
+def official_group(name: str) -> tuple[str, bool]:
+    "(learning-rate group, no weight decay) of parameter `name` under the official code's rules."
+    if name.split(".")[0] in OFFICIAL_HEADS:
+        kind = "head"
+    elif name.startswith(OFFICIAL_CROSS_MODAL):
+        kind = "cross_modal"
+    else:
+        kind = "base"
+    return kind, any(s in name for s in OFFICIAL_NO_DECAY)
 
 # %% ../nbs/20_optim.ipynb #841832ce
 def param_groups(model: nn.Module, tcfg) -> list[dict]:
@@ -45,12 +65,15 @@ def param_groups(model: nn.Module, tcfg) -> list[dict]:
     mult = {"base": 1.0, "head": tcfg.head_lr_mult, "cross_modal": tcfg.cross_modal_lr_mult}
     norm_params = {id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(recurse=False)}
     groups: dict = {}
+    official = getattr(tcfg, "param_groups", "scl_nb") == "official"
     for name, p in model.named_parameters():
-        if not p.requires_grad: continue
-        kind, nd = lr_group(name), no_weight_decay(name, id(p) in norm_params)
+        if not p.requires_grad:
+            continue
+        kind, nd = official_group(name) if official else (lr_group(name), no_weight_decay(name, id(p) in norm_params))
         g = groups.setdefault((kind, nd), dict(params=[], names=[], group=f"{kind}{'_no_decay' if nd else ''}",
                                                lr=tcfg.lr * mult[kind], weight_decay=0.0 if nd else tcfg.weight_decay))
-        g["params"].append(p); g["names"].append(name)
+        g["params"].append(p)
+        g["names"].append(name)
     return [groups[k] for k in sorted(groups)]
 
 FUSED_DEVICES = ("cuda", "cpu")  # where torch has a fused AdamW kernel
@@ -63,15 +86,18 @@ def build_optimizer(model: nn.Module, tcfg) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=tcfg.lr, betas=tuple(tcfg.betas), eps=tcfg.eps, fused=fused)
 
 # %% ../nbs/20_optim.ipynb #8b4c59f5
-def warmup_steps(tcfg) -> int: return int(round(tcfg.warmup * tcfg.steps))
+def warmup_steps(tcfg) -> int:
+    return int(round(tcfg.warmup * tcfg.steps))
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
     "Multiplier of the base learning rate after `step` completed steps."
-    if step < warmup: return (step + 1) / warmup
+    if step < warmup:
+        return (step + 1) / warmup
     return max(0.0, (total - step) / max(1, total - warmup))
 
 def build_scheduler(optimizer, tcfg) -> torch.optim.lr_scheduler.LambdaLR:
     "Warm-up + linear decay as a `LambdaLR` (its state is plain numbers)."
     total, warm = tcfg.steps, warmup_steps(tcfg)
-    def factor(step): return lr_factor(step, total, warm)
+    def factor(step):
+        return lr_factor(step, total, warm)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

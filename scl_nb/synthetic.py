@@ -41,11 +41,16 @@ def draw_shape_mask(shape: str,       # one of `SHAPES`
     d = ImageDraw.Draw(m)
     h = side / 2
     x0, y0, x1, y1 = cx - h, cy - h, cx + h, cy + h
-    if shape == "circle": d.ellipse([x0, y0, x1, y1], fill=1)
-    elif shape == "square": d.rectangle([x0, y0, x1, y1], fill=1)
-    elif shape == "triangle": d.polygon([(x0, y1), (x1, y1), (cx, y0)], fill=1)
-    elif shape == "diamond": d.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=1)
-    else: raise ValueError(f"unknown shape {shape!r}; choose one of {SHAPES}")
+    if shape == "circle":
+        d.ellipse([x0, y0, x1, y1], fill=1)
+    elif shape == "square":
+        d.rectangle([x0, y0, x1, y1], fill=1)
+    elif shape == "triangle":
+        d.polygon([(x0, y1), (x1, y1), (cx, y0)], fill=1)
+    elif shape == "diamond":
+        d.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=1)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; choose one of {SHAPES}")
     return np.asarray(m, dtype=bool)
 
 def mask_box(mask: np.ndarray) -> list[int]:
@@ -68,7 +73,8 @@ def sample_scene(rng: np.random.Generator, n_max: int = 3) -> list[dict]:
                  cell=[int(c // 3), int(c % 3)]) for c, p in zip(cells, pairs)]
 
 def render_scene(objects: list[dict], size: int, rng: np.random.Generator):
-    "Draw `objects` on a noisy canvas; returns the RGB image `[size, size, 3]` uint8 and the label map (0 = background, k+1 = object k)."
+    """Draw `objects` on a noisy canvas; returns the RGB image `[size, size, 3]` uint8 and the label map (0 =
+    background, k+1 = object k)."""
     img = rng.integers(*BACKGROUND, size=(size, size, 1), dtype=np.uint8).repeat(3, 2)
     labels = np.zeros((size, size), np.uint8)
     cs = size / 3
@@ -87,13 +93,15 @@ def render_scene(objects: list[dict], size: int, rng: np.random.Generator):
 # %% ../nbs/10_synthetic.ipynb #725826a9
 class CaptionBuilder:
     "Concatenate text pieces and remember which words refer to which object."
-    def __init__(self): self.text, self.links = "", []
+    def __init__(self):
+        self.text, self.links = "", []
     def add(self, s: str, obj: Optional[int] = None):
         "Append `s`; when `obj` is given, link each of its words to object `obj`."
         if obj is not None:
             pos = len(self.text)
             for w in s.split(" "):
-                if w: self.links.append([pos, pos + len(w), obj])
+                if w:
+                    self.links.append([pos, pos + len(w), obj])
                 pos += len(w) + 1
         self.text += s
         return self
@@ -101,10 +109,17 @@ class CaptionBuilder:
 def _where(cell, rng) -> tuple[str, str]:
     "A location phrase for `cell`: (the preposition part, the linked words)."
     r, c = cell
-    if (r, c) == (1, 1): return ("in the ", rng.choice(["centre", "middle"]))
-    if r == 1: return ("on the ", COLS[c])
-    if c == 1: return ("at the ", ROWS[r])
-    return (str(rng.choice(["in the ", "at the "])), f"{ROWS[r]} {COLS[c]}") if rng.random() < 0.5 else ("in the ", f"{ROWS[r]} {COLS[c]} corner")
+    if (r, c) == (1, 1):
+        return ("in the ", rng.choice(["centre", "middle"]))
+    if r == 1:
+        return ("on the ", COLS[c])
+    if c == 1:
+        return ("at the ", ROWS[r])
+    return (
+        (str(rng.choice(["in the ", "at the "])), f"{ROWS[r]} {COLS[c]}")
+        if rng.random() < 0.5
+        else ("in the ", f"{ROWS[r]} {COLS[c]} corner")
+    )
 
 def _noun(cb: CaptionBuilder, o: dict, k: int, rng, article: str = "a", with_size=None):
     "Append `a [size] colour shape`, linked to object `k`."
@@ -114,7 +129,8 @@ def _noun(cb: CaptionBuilder, o: dict, k: int, rng, article: str = "a", with_siz
 
 def _loc(cb, o, k, rng):
     pre, words = _where(o["cell"], rng)
-    cb.add(" " + pre); cb.add(words, k)
+    cb.add(" " + pre)
+    cb.add(words, k)
 
 NUMBER_WORDS = ["zero", "one", "two", "three"]
 
@@ -122,39 +138,55 @@ NUMBER_WORDS = ["zero", "one", "two", "three"]
 def relations(a: dict, b: dict) -> list[str]:
     "Spatial relations that hold from object `a` to object `b` (by grid cell)."
     out = []
-    if a["cell"][1] < b["cell"][1]: out.append("to the left of")
-    if a["cell"][1] > b["cell"][1]: out.append("to the right of")
-    if a["cell"][0] < b["cell"][0]: out.append("above")
-    if a["cell"][0] > b["cell"][0]: out.append("below")
+    if a["cell"][1] < b["cell"][1]:
+        out.append("to the left of")
+    if a["cell"][1] > b["cell"][1]:
+        out.append("to the right of")
+    if a["cell"][0] < b["cell"][0]:
+        out.append("above")
+    if a["cell"][0] > b["cell"][0]:
+        out.append("below")
     return out
 
 def make_caption(objects: list[dict], rng: np.random.Generator) -> tuple[str, list]:
-    "One caption naming every object's colour, shape and position (plus, sometimes, a relation); returns text and links."
+    """One caption naming every object's colour, shape and position (plus, sometimes, a relation); returns text and
+    links."""
     n, cb = len(objects), CaptionBuilder()
     order = [int(i) for i in rng.permutation(n)]
     style = int(rng.integers(4 if n > 1 else 3))
     if style == 0:  # plain list
         for j, k in enumerate(order):
-            if j: cb.add(" and " if j == n - 1 else ", ")
-            _noun(cb, objects[k], k, rng); _loc(cb, objects[k], k, rng)
+            if j:
+                cb.add(" and " if j == n - 1 else ", ")
+            _noun(cb, objects[k], k, rng)
+            _loc(cb, objects[k], k, rng)
     elif style == 1:  # there is / there are
         cb.add("there is " if n == 1 else f"there are {NUMBER_WORDS[n]} shapes: ")
         for j, k in enumerate(order):
-            if j: cb.add(" and " if j == n - 1 else ", ")
-            _noun(cb, objects[k], k, rng); _loc(cb, objects[k], k, rng)
+            if j:
+                cb.add(" and " if j == n - 1 else ", ")
+            _noun(cb, objects[k], k, rng)
+            _loc(cb, objects[k], k, rng)
     elif style == 2:  # location first
         for j, k in enumerate(order):
-            if j: cb.add(", and ")
+            if j:
+                cb.add(", and ")
             pre, words = _where(objects[k]["cell"], rng)
-            cb.add(pre); cb.add(words, k); cb.add(" there is " if j == 0 else " ")
+            cb.add(pre)
+            cb.add(words, k)
+            cb.add(" there is " if j == 0 else " ")
             _noun(cb, objects[k], k, rng)
     else:  # relation between the first two, then the rest listed
         a, b = order[0], order[1]
-        _noun(cb, objects[a], a, rng); _loc(cb, objects[a], a, rng)
+        _noun(cb, objects[a], a, rng)
+        _loc(cb, objects[a], a, rng)
         cb.add(" is " + str(rng.choice(relations(objects[a], objects[b]))) + " ")
-        _noun(cb, objects[b], b, rng); _loc(cb, objects[b], b, rng)
+        _noun(cb, objects[b], b, rng)
+        _loc(cb, objects[b], b, rng)
         for k in order[2:]:
-            cb.add(", with "); _noun(cb, objects[k], k, rng); _loc(cb, objects[k], k, rng)
+            cb.add(", with ")
+            _noun(cb, objects[k], k, rng)
+            _loc(cb, objects[k], k, rng)
     cb.add(".")
     return cb.text, cb.links
 
@@ -170,8 +202,10 @@ def make_question(objects: list[dict], rng: np.random.Generator) -> tuple[str, s
     "A question about the scene: (question, correct answer, the answers of its type)."
     shapes, colours = [o["shape"] for o in objects], [o["colour"] for o in objects]
     kinds = ["count", "exists", "where", "count_colour"]
-    if any(shapes.count(s) == 1 for s in shapes): kinds.append("colour")
-    if any(colours.count(c) == 1 for c in colours): kinds.append("shape")
+    if any(shapes.count(s) == 1 for s in shapes):
+        kinds.append("colour")
+    if any(colours.count(c) == 1 for c in colours):
+        kinds.append("shape")
     kind = str(rng.choice(kinds))
     o = objects[int(rng.integers(len(objects)))]
     if kind == "colour":
@@ -183,35 +217,48 @@ def make_question(objects: list[dict], rng: np.random.Generator) -> tuple[str, s
         o = unique[int(rng.integers(len(unique)))]
         return f"what shape is the {o['colour']} object?", o["shape"], list(SHAPES)
     if kind == "count":
-        return str(rng.choice(["how many shapes are there?", "how many shapes are in the image?"])), str(len(objects)), COUNT_ANSWERS
+        return (str(rng.choice(["how many shapes are there?", "how many shapes are in the image?"])), str(len(objects)),
+                COUNT_ANSWERS)
     if kind == "count_colour":
         c = str(rng.choice(list(COLOURS))) if rng.random() < 0.5 else o["colour"]
         return f"how many {c} shapes are there?", str(colours.count(c)), COUNT_ANSWERS
     if kind == "exists":
-        if rng.random() < 0.5: c, s = o["colour"], o["shape"]
-        else: c, s = str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES))
+        if rng.random() < 0.5:
+            c, s = o["colour"], o["shape"]
+        else:
+            c, s = str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES))
         present = any(x["colour"] == c and x["shape"] == s for x in objects)
         return f"is there a {c} {s}?", "yes" if present else "no", ["yes", "no"]
-    return f"where is the {o['colour']} {o['shape']}?", CELL_NAMES[o["cell"][0]][o["cell"][1]], [c for row in CELL_NAMES for c in row]
+    return (f"where is the {o['colour']} {o['shape']}?", CELL_NAMES[o["cell"][0]][o["cell"][1]],
+            [c for row in CELL_NAMES for c in row])
 
 def annotator_answers(correct: str, choices: list[str], rng: np.random.Generator, n: int = 10) -> list[str]:
     "`n` answers: all `correct`, except that 30 % of questions get 1-3 answers from other `choices`."
     out = [correct] * n
     others = [c for c in choices if c != correct]
     if others and rng.random() < 0.3:
-        for i in rng.choice(n, size=int(rng.integers(1, 4)), replace=False): out[int(i)] = str(rng.choice(others))
+        for i in rng.choice(n, size=int(rng.integers(1, 4)), replace=False):
+            out[int(i)] = str(rng.choice(others))
     return out
 
 # %% ../nbs/10_synthetic.ipynb #8bb044a7
 def nlvr2_truth(kind: str, args: dict, left: list[dict], right: list[dict]) -> bool:
     "Truth of a statement of type `kind` about the objects of the left and right images."
-    has = lambda objs, c=None, s=None: any((c is None or o["colour"] == c) and (s is None or o["shape"] == s) for o in objs)
-    if kind == "left_has": return has(left, args["colour"], args["shape"])
-    if kind == "right_has": return has(right, args["colour"], args["shape"])
-    if kind == "both_shape": return has(left, s=args["shape"]) and has(right, s=args["shape"])
-    if kind == "one_colour": return has(left, c=args["colour"]) != has(right, c=args["colour"])
-    if kind == "more_left": return len(left) > len(right)
-    if kind == "total": return len(left) + len(right) == args["n"]
+    has = lambda objs, c=None, s=None: any(
+        (c is None or o["colour"] == c) and (s is None or o["shape"] == s) for o in objs
+    )
+    if kind == "left_has":
+        return has(left, args["colour"], args["shape"])
+    if kind == "right_has":
+        return has(right, args["colour"], args["shape"])
+    if kind == "both_shape":
+        return has(left, s=args["shape"]) and has(right, s=args["shape"])
+    if kind == "one_colour":
+        return has(left, c=args["colour"]) != has(right, c=args["colour"])
+    if kind == "more_left":
+        return len(left) > len(right)
+    if kind == "total":
+        return len(left) + len(right) == args["n"]
     raise ValueError(kind)
 
 NLVR2_TEMPLATES = {"left_has": "the left image contains a {colour} {shape}.",
@@ -231,7 +278,8 @@ def make_statement(left: list[dict], right: list[dict], rng: np.random.Generator
         args = dict(colour=o["colour"] if real else str(rng.choice(list(COLOURS))),
                     shape=o["shape"] if real else str(rng.choice(SHAPES)), n=int(rng.integers(2, 7)))
         label = int(nlvr2_truth(kind, args, left, right))
-        if label == want: break
+        if label == want:
+            break
     return NLVR2_TEMPLATES[kind].format(**args), label, kind, args
 
 # %% ../nbs/10_synthetic.ipynb #70212f0b
@@ -261,13 +309,17 @@ def sample_video(rng: np.random.Generator, size: int, frames: int) -> list[dict]
         # the other axis: centre of this object's half (two shapes) or anywhere (one shape)
         lo, hi = (k * size / n, (k + 1) * size / n)
         across = rng.uniform(lo + half, hi - half) if hi - lo > 2 * half else (lo + hi) / 2
-        start = rng.uniform(half + (travel if (dx < 0 or dy < 0) else 0), size - half - (travel if (dx > 0 or dy > 0) else 0))
+        start = rng.uniform(
+            half + (travel if (dx < 0 or dy < 0) else 0), size - half - (travel if (dx > 0 or dy > 0) else 0)
+        )
         t = np.arange(frames)
         along = start + (dx + dy) * step * t
         o["cx"] = along if horizontal else np.full(frames, across)
         o["cy"] = np.full(frames, across) if horizontal else along
         o["sides"] = sides
-        o["colours"] = [o["new_colour"] if (o["change"] == "turns" and f >= frames // 2) else o["colour"] for f in range(frames)]
+        o["colours"] = [
+            o["new_colour"] if (o["change"] == "turns" and f >= frames // 2) else o["colour"] for f in range(frames)
+        ]
         objs.append(o)
     return objs
 
@@ -283,20 +335,24 @@ def render_video(objs: list[dict], size: int, frames: int, rng: np.random.Genera
             o["boxes"].append(mask_box(m))
     return out
 
-
 # %% ../nbs/10_synthetic.ipynb #95305c17
-def rgb_to_yuv420(frame: np.ndarray,  # [H, W, 3] uint8 RGB, H and W even
-                 ) -> np.ndarray:  # [H * 3 // 2, W] uint8: the Y plane, then the U and V planes ([H/2, W/2] each), packed
+def rgb_to_yuv420(
+    frame: np.ndarray,  # [H, W, 3] uint8 RGB, H and W even
+) -> np.ndarray:  # [H * 3 // 2, W] uint8: the Y plane, then the U and V planes ([H/2, W/2] each), packed
     "BT.601 limited-range YUV 4:2:0 planes of an RGB frame, in the layout of FFmpeg's `yuv420p`."
     H, W, _ = frame.shape
-    if H % 2 or W % 2: raise ValueError(f"frame size {W}x{H} must be even for 4:2:0 chroma")
-    r, g, b = (frame[..., k].astype(np.float64) for k in range(3))  # elementwise below: no BLAS, no CPU-dependent rounding
+    if H % 2 or W % 2:
+        raise ValueError(f"frame size {W}x{H} must be even for 4:2:0 chroma")
+    r, g, b = (
+        frame[..., k].astype(np.float64) for k in range(3)
+    )  # elementwise below: no BLAS, no CPU-dependent rounding
     y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
     u = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
     v = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
     half = lambda c: c.reshape(H // 2, 2, W // 2, 2).mean((1, 3))  # [H/2, W/2]
     planes = [np.clip(np.rint(c), 0, 255).astype(np.uint8) for c in (y, half(u), half(v))]
     return np.concatenate([c.ravel() for c in planes]).reshape(H * 3 // 2, W)
+
 
 def write_mp4(frames: np.ndarray,  # [T, H, W, 3] uint8 RGB
               path,  # output .mp4
@@ -313,7 +369,11 @@ def write_mp4(frames: np.ndarray,  # [T, H, W, 3] uint8 RGB
         s.codec_context.thread_count = 1
         s.codec_context.thread_type = "NONE"
         s.codec_context.flags |= flags.bitexact | flags.qscale
-        s.options = {"qmin": str(qscale), "dct": "fastint", "idct": "simple"}  # C transforms, no CPU-dependent SIMD choice
+        s.options = {
+            "qmin": str(qscale),
+            "dct": "fastint",
+            "idct": "simple",
+        }  # C transforms, no CPU-dependent SIMD choice
         for t, fr in enumerate(frames):
             vf = av.VideoFrame.from_ndarray(rgb_to_yuv420(fr), format="yuv420p")
             vf.pts = t
@@ -329,14 +389,26 @@ def video_caption(objs: list[dict], rng: np.random.Generator) -> tuple[str, list
     "One caption of a video (text and word-to-object links)."
     cb = CaptionBuilder()
     for k, o in enumerate(objs):
-        if k: cb.add(" while ")
-        cb.add("a "); cb.add(f"{o['colour']} {o['shape']}", k)
+        if k:
+            cb.add(" while ")
+        cb.add("a ")
+        cb.add(f"{o['colour']} {o['shape']}", k)
         cb.add(" " + str(rng.choice(_MOVES)) + " ")
         d = o["direction"]
-        if rng.random() < 0.5: cb.add(d, k); cb.add(" "); cb.add(o["speed"], k)
-        else: cb.add(o["speed"], k); cb.add(" "); cb.add(d, k)
-        if o["change"] == "turns": cb.add(" and turns "); cb.add(o["new_colour"], k)
-        elif o["change"] != "none": cb.add(" and "); cb.add(o["change"], k)
+        if rng.random() < 0.5:
+            cb.add(d, k)
+            cb.add(" ")
+            cb.add(o["speed"], k)
+        else:
+            cb.add(o["speed"], k)
+            cb.add(" ")
+            cb.add(d, k)
+        if o["change"] == "turns":
+            cb.add(" and turns ")
+            cb.add(o["new_colour"], k)
+        elif o["change"] != "none":
+            cb.add(" and ")
+            cb.add(o["change"], k)
     cb.add(".")
     return cb.text, cb.links
 
@@ -375,7 +447,8 @@ def _write_jsonl(rows: list[dict], path: Path):
 
 def _images(p: SyntheticParams, out: Path) -> tuple[list, list, list]:
     "Draw every image: returns caption rows, VQA rows and the scenes (for NLVR2)."
-    (out / "images").mkdir(); (out / "masks").mkdir()
+    (out / "images").mkdir()
+    (out / "masks").mkdir()
     caps, vqa, scenes = [], [], []
     for i in range(p.n_images):
         r = _rng(p.seed, 0, i)
@@ -400,7 +473,8 @@ def _images(p: SyntheticParams, out: Path) -> tuple[list, list, list]:
 def _pairs(p: SyntheticParams, scenes: list) -> list:
     "NLVR2 rows: two images of the same split and a statement about them."
     by_split = {}
-    for i in range(len(scenes)): by_split.setdefault(split_of(i), []).append(i)
+    for i in range(len(scenes)):
+        by_split.setdefault(split_of(i), []).append(i)
     rows = []
     for k in range(p.n_pairs):
         r = _rng(p.seed, 2, k)
@@ -436,7 +510,8 @@ def _write_set(p: SyntheticParams, out: Path) -> None:
     for name, rows in tables.items():
         for split in ("train", "val", "test"):
             part = [r for r in rows if r["split"] == split]
-            if part: _write_jsonl(part, out / f"{name}_{split}.jsonl")
+            if part:
+                _write_jsonl(part, out / f"{name}_{split}.jsonl")
     (out / "vqa_answers.json").write_text(json.dumps(vqa_answer_vocab()))
     (out / "params.json").write_text(json.dumps(asdict(p), sort_keys=True, indent=1))
 
@@ -456,16 +531,19 @@ def make_synthetic(root=None,  # cache root (`cfg.data.cache_dir`); None = `$SCL
     "Generate the synthetic set once into `<root>/synthetic/<hash of params>` and return its manifest paths."
     p = SyntheticParams(**params)
     final = synthetic_cache_root(root) / p.key()
-    if (final / "params.json").exists(): return manifest_paths(final)
+    if (final / "params.json").exists():
+        return manifest_paths(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-"))
     try:
         _write_set(p, tmp)
         os.rename(tmp, final)  # atomic; fails when another process finished first
     except OSError:
-        if not (final / "params.json").exists(): raise
+        if not (final / "params.json").exists():
+            raise
     finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return manifest_paths(final)
 
 # %% ../nbs/10_synthetic.ipynb #c31ca310

@@ -12,7 +12,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 from tokenizers import AddedToken, ByteLevelBPETokenizer
-from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel, RobertaTokenizerFast
+from transformers import (AutoModel, AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel,
+                          RobertaTokenizerFast)
 
 from .config import ConfigError, TextConfig
 
@@ -22,38 +23,40 @@ __all__ = ['TINY_CORPUS_WORDS', 'TINY_CORPUS_TEMPLATES', 'ROBERTA_SPECIALS', 'ti
 
 # %% ../nbs/02_text.ipynb #51b225ad
 TINY_CORPUS_WORDS = dict(
-    colours="red green blue yellow orange purple pink brown black white grey gray cyan magenta violet gold silver dark light bright pale",
-    shapes="circle square triangle rectangle star cross diamond hexagon ellipse oval dot disk ball box cube line shape shapes object objects",
+    colours="red green blue yellow orange purple pink brown black white grey gray cyan magenta violet gold silver "
+            "dark light bright pale",
+    shapes="circle square triangle rectangle star cross diamond hexagon ellipse oval dot disk ball box cube line "
+           "shape shapes object objects",
     sizes="small large big tiny huge little medium tall short long wide narrow thin thick size",
-    positions="left right top bottom middle center centre corner edge side upper lower near far front back background foreground",
-    relations="above below under over beside next to between behind inside outside around near touching overlapping on in at of",
-    motion="moving moves move sliding slides falling falls rising rises rotating rotates spinning bouncing stays still static "
-           "towards away from up down across into out fast slow slowly quickly frame frames video clip",
-    counting="zero one two three four five six seven eight nine ten many several few more less most least same different "
-             "number count first second third last both each every all none no",
+    positions="left right top bottom middle center centre corner edge side upper lower near far front back background "
+              "foreground",
+    relations="above below under over beside next to between behind inside outside around near touching overlapping "
+              "on in at of",
+    motion="moving moves move sliding slides falling falls rising rises rotating rotates spinning bouncing stays "
+           "still static "
+    "towards away from up down across into out fast slow slowly quickly frame frames video clip",
+    counting="zero one two three four five six seven eight nine ten many several few more less most least same "
+             "different "
+    "number count first second third last both each every all none no",
     questions="what which where how who why when is are does do can there any color colour shape kind",
     function_words="the a an and or but not with without this that these those it its they them he she his her we you "
-                   "i my our your be been being was were has have had will would should could may might must very "
-                   "so than then also only just too as by for if else because while",
-    common="image picture photo scene man woman person people child boy girl dog cat horse bird car bus train truck bike "
-           "street road city building house room table chair bed window door wall floor grass tree sky water sea beach "
-           "field park snow mountain river food plate cup bottle phone computer book bag hat shirt shoes hand head face "
-           "eye eyes hair group standing sitting walking running holding playing looking wearing eating riding flying "
-           "lying using talking smiling open closed full empty new old young good great nice happy together alone day "
-           "night light sun water time way thing things part set game team ball field sign clock pizza cake bowl "
-           "kitchen bathroom sink toilet mirror umbrella kite skateboard surfboard ski tennis baseball frisbee giraffe "
-           "elephant zebra sheep cow bear motorcycle airplane boat traffic stop parked large grassy wooden white "
-           "view shown displayed appears contains containing has have yes no answer question true false pair pairs",
+    "i my our your be been being was were has have had will would should could may might must very "
+    "so than then also only just too as by for if else because while",
+    common="image picture photo scene man woman person people child boy girl dog cat horse bird car bus train truck "
+           "bike "
+    "street road city building house room table chair bed window door wall floor grass tree sky water sea beach "
+    "field park snow mountain river food plate cup bottle phone computer book bag hat shirt shoes hand head face "
+    "eye eyes hair group standing sitting walking running holding playing looking wearing eating riding flying "
+    "lying using talking smiling open closed full empty new old young good great nice happy together alone day "
+    "night light sun water time way thing things part set game team ball field sign clock pizza cake bowl "
+    "kitchen bathroom sink toilet mirror umbrella kite skateboard surfboard ski tennis baseball frisbee giraffe "
+    "elephant zebra sheep cow bear motorcycle airplane boat traffic stop parked large grassy wooden white "
+    "view shown displayed appears contains containing has have yes no answer question true false pair pairs",
 )
 
-TINY_CORPUS_TEMPLATES = (
-    "a {c} {s} is {r} the {c2} {s2}.",
-    "there are {n} {c} {s}s in the {p} of the image.",
-    "what colour is the {z} {s} {r} the {s2}?",
-    "how many {c} shapes are {m} to the {p}?",
-    "the {z} {c} {s} {m} {r} a {c2} {s2}.",
-    "is there a {c} {s} in the {p} corner? yes, there is.",
-)
+TINY_CORPUS_TEMPLATES = ("a {c} {s} is {r} the {c2} {s2}.", "there are {n} {c} {s}s in the {p} of the image.",
+                         "what colour is the {z} {s} {r} the {s2}?", "how many {c} shapes are {m} to the {p}?",
+                         "the {z} {c} {s} {m} {r} a {c2} {s2}.", "is there a {c} {s} in the {p} corner? yes, there is.")
 
 # %% ../nbs/02_text.ipynb #ee84ae5c
 def tiny_corpus() -> list[str]:
@@ -61,7 +64,8 @@ def tiny_corpus() -> list[str]:
     words = {k: v.split() for k, v in TINY_CORPUS_WORDS.items()}
     lines = [" ".join(v) for v in words.values()]
     colours, shapes, sizes = words["colours"][:10], words["shapes"][:10], words["sizes"][:8]
-    places, rels = words["positions"][:10], ["above", "below", "left of", "right of", "next to", "behind", "inside", "near"]
+    places, rels = words["positions"][:10], ["above", "below", "left of", "right of", "next to", "behind", "inside",
+                                             "near"]
     motion, counts = words["motion"][:12:2], words["counting"][1:8]
     for i in range(400):
         t = TINY_CORPUS_TEMPLATES[i % len(TINY_CORPUS_TEMPLATES)]
@@ -77,7 +81,8 @@ def build_tiny_tokenizer(out_dir,             # folder to write the tokenizer fi
                          vocab_size:int=1024, # total vocabulary size, `<mask>` included
                         ) -> Path:
     "Train a byte-level BPE on `tiny_corpus()` offline and save it as a RoBERTa tokenizer in `out_dir`."
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(tiny_corpus(), vocab_size=vocab_size - 1, min_frequency=1,
                             special_tokens=list(ROBERTA_SPECIALS), show_progress=False)
@@ -101,16 +106,19 @@ def default_cache_dir() -> Path:
 def _tiny_tokenizer_dir(vocab_size, cache_dir=None) -> Path:
     "Build the tiny tokenizer into the cache once (atomically) and return its folder."
     final = Path(cache_dir or default_cache_dir()) / "tokenizers" / f"tiny-bpe-{vocab_size}"
-    if (final / "tokenizer.json").exists(): return final
+    if (final / "tokenizer.json").exists():
+        return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-"))
     try:
         build_tiny_tokenizer(tmp, vocab_size)
         os.rename(tmp, final)  # atomic; fails if another process got there first
     except OSError:
-        if not (final / "tokenizer.json").exists(): raise
+        if not (final / "tokenizer.json").exists():
+            raise
     finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 # %% ../nbs/02_text.ipynb #2c62c1f0
@@ -157,7 +165,8 @@ def hf_text_config(cfg: TextConfig,         # text tower fields
 # %% ../nbs/02_text.ipynb #15de7c48
 def _drop_pooler(model):
     "Remove the pooler of a Hugging Face encoder (method §1: unused)."
-    if getattr(model, "pooler", None) is not None: model.pooler = None
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
     return model
 
 def _text_config_from_hf(hf_cfg, name, tokenizer_name, max_len) -> TextConfig:
@@ -174,15 +183,19 @@ def _text_config_from_hf(hf_cfg, name, tokenizer_name, max_len) -> TextConfig:
                       dropout=float(getattr(hf_cfg, "hidden_dropout_prob", getattr(hf_cfg, "dropout", 0.1))))
 
 # %% ../nbs/02_text.ipynb #34a42826
-def encoder_attention_mask(attention_mask: Optional[torch.Tensor],  # [B, L] 1 = token, 0 = padding
-                           implementation: str,                     # the model's attention implementation ("sdpa", "eager", ...)
-                           dtype: torch.dtype = torch.float32,      # dtype of an additive mask (eager attention)
-                          ) -> Optional[torch.Tensor]:              # [B, 1, 1, L], or the 2-D mask for other implementations
+def encoder_attention_mask(
+    attention_mask: Optional[torch.Tensor],  # [B, L] 1 = token, 0 = padding
+    implementation: str,  # the model's attention implementation ("sdpa", "eager", ...)
+    dtype: torch.dtype = torch.float32,  # dtype of an additive mask (eager attention)
+) -> Optional[torch.Tensor]:  # [B, 1, 1, L], or the 2-D mask for other implementations
     "The padding mask in the 4-D form Hugging Face attention uses as given (bool for SDPA, additive for eager)."
-    if attention_mask is None or attention_mask.dim() != 2: return attention_mask
+    if attention_mask is None or attention_mask.dim() != 2:
+        return attention_mask
     keep = attention_mask.bool()[:, None, None, :]
-    if implementation == "sdpa": return keep
-    if implementation == "eager": return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
+    if implementation == "sdpa":
+        return keep
+    if implementation == "eager":
+        return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
     return attention_mask
 
 # %% ../nbs/02_text.ipynb #ec7f2b71
@@ -202,7 +215,8 @@ class TextEncoder(nn.Module):
         self.model.config.use_cache = False  # an encoder keeps no key/value cache
 
     @property
-    def width(self) -> int: return self.model.config.hidden_size
+    def width(self) -> int:
+        return self.model.config.hidden_size
 
     def forward(self, input_ids: torch.Tensor,        # [B, L] token ids
                 attention_mask: Optional[torch.Tensor] = None, # [B, L] 1 = token, 0 = padding
@@ -212,8 +226,10 @@ class TextEncoder(nn.Module):
 
     def set_activation_checkpointing(self, enabled: bool = True):
         "Recompute each layer's activations in the backward pass (Hugging Face activation checkpointing)."
-        if enabled: self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else: self.model.activation_checkpointing_disable()
+        if enabled:
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.model.activation_checkpointing_disable()
         return self
 
     @classmethod

@@ -4,10 +4,10 @@
 
 # %% ../nbs/14_towers.ipynb #9de80bde
 from __future__ import annotations
-import hashlib, json, math, os, shutil, tempfile, time
+import hashlib, json, math, os, shutil, sys, tempfile, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -20,11 +20,12 @@ from .text import default_cache_dir, load_tokenizer, tokenize, hf_text_config
 from .synthetic import GENERATOR_VERSION, make_synthetic, synthetic_for_config
 from .media import CLIP_MEAN, CLIP_STD
 from .metrics import retrieval_recall
+from .masking import mlm_mask
 
 # %% auto #0
 __all__ = ['BUILDER_VERSION', 'VISION_TOWER', 'TEXT_TOWER', 'VISION_FIELDS', 'TEXT_FIELDS', 'TowerSettings', 'tower_settings',
            'evaluated_set', 'manifest_texts', 'tower_data', 'media_digests', 'check_disjoint', 'ContrastivePair',
-           'load_pixels', 'clip_vision_config', 'pair_retrieval', 'train_vision_tower', 'mask_tokens', 'mlm_accuracy',
+           'load_pixels', 'clip_vision_config', 'pair_retrieval', 'train_vision_tower', 'mlm_accuracy',
            'roberta_config', 'train_text_tower', 'build_towers', 'towers_cache_root', 'tiny_towers', 'resolve_tower']
 
 # %% ../nbs/14_towers.ipynb #c17a7fa0
@@ -82,12 +83,23 @@ def evaluated_set(s: TowerSettings,  # `evaluated_seed` and `evaluated` name the
 
 def manifest_texts(paths: dict) -> set[str]:
     "Every caption and question in the `.jsonl` manifests of `paths`."
-    return {r[k] for p in paths.values() if p.suffix == ".jsonl" for r in _rows(p) for k in ("caption", "question") if r.get(k)}
+    return {
+        r[k]
+        for p in paths.values()
+        if p.suffix == ".jsonl"
+        for r in _rows(p)
+        for k in ("caption", "question")
+        if r.get(k)
+    }
 
 def tower_data(s: TowerSettings, cache_dir=None) -> dict:
-    "Tower pairs `{train, val: [dict(media, caption, image_id)]}` with every evaluated text removed, and what was dropped."
+    """Tower pairs `{train, val: [dict(media, caption, image_id)]}` with every evaluated text removed, and what was
+    dropped."""
     if s.data_seed == s.evaluated_seed:
-        raise ValueError(f"TowerSettings.data_seed={s.data_seed} equals evaluated_seed: the towers would see the evaluated data; choose another seed")
+        raise ValueError(
+            f"TowerSettings.data_seed={s.data_seed} equals evaluated_seed: the towers would see the evaluated data; "
+            f"choose another seed"
+        )
     paths = make_synthetic(cache_dir, n_images=s.n_images, n_videos=0, n_pairs=0, questions_per_image=0,
                            image_size=s.vision["image_size"], seed=s.data_seed)
     banned = manifest_texts(evaluated_set(s, cache_dir))
@@ -95,7 +107,11 @@ def tower_data(s: TowerSettings, cache_dir=None) -> dict:
     for split in ("train", "val"):
         rows = _rows(paths[f"captions_{split}"])
         root = paths[f"captions_{split}"].parent
-        out[split] = [dict(media=str(root / r["media"]), caption=r["caption"], image_id=r["image_id"]) for r in rows if r["caption"] not in banned]
+        out[split] = [
+            dict(media=str(root / r["media"]), caption=r["caption"], image_id=r["image_id"])
+            for r in rows
+            if r["caption"] not in banned
+        ]
         out[f"{split}_dropped"] = len(rows) - len(out[split])
     return out
 
@@ -105,7 +121,14 @@ def _file_digest(path) -> str:
 
 def media_digests(paths: dict) -> set[str]:
     "SHA-1 of every image or video file the `.jsonl` manifests of `paths` name."
-    files = {Path(p).parent / r[k] for p in paths.values() if p.suffix == ".jsonl" for r in _rows(p) for k in ("media", "media2") if r.get(k)}
+    files = {
+        Path(p).parent / r[k]
+        for p in paths.values()
+        if p.suffix == ".jsonl"
+        for r in _rows(p)
+        for k in ("media", "media2")
+        if r.get(k)
+    }
     return {_file_digest(f) for f in files}
 
 def check_disjoint(data: dict,  # `tower_data(...)`
@@ -117,8 +140,11 @@ def check_disjoint(data: dict,  # `tower_data(...)`
     shared_images = tower_images & media_digests(evaluated)
     shared_texts = {p["caption"] for p in pairs} & manifest_texts(evaluated)
     if shared_images or shared_texts:
-        raise ValueError(f"tower data overlaps the evaluated set: {len(shared_images)} identical images, {len(shared_texts)} shared captions "
-                         f"(e.g. {sorted(shared_texts)[:2]})")
+        raise ValueError(
+            f"tower data overlaps the evaluated set: {len(shared_images)} identical images, {len(shared_texts)} "
+            f"shared captions "
+            f"(e.g. {sorted(shared_texts)[:2]})"
+        )
     return dict(images=len(tower_images), captions=len({p["caption"] for p in pairs}))
 
 # %% ../nbs/14_towers.ipynb #d6412120
@@ -170,23 +196,49 @@ def _optimizer(model: nn.Module, lr: float, wd: float, steps: int, warmup: float
     "AdamW (no decay on vectors) with linear warm-up and linear decay to 0."
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([dict(params=decay, weight_decay=wd), dict(params=rest, weight_decay=0.0)], lr=lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(
+        [dict(params=decay, weight_decay=wd), dict(params=rest, weight_decay=0.0)], lr=lr, betas=(0.9, 0.98)
+    )
     w = max(1, int(warmup * steps))
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min((i + 1) / w, max(0.0, (steps - i) / max(1, steps - w))))
+    return opt, torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min((i + 1) / w, max(0.0, (steps - i) / max(1, steps - w)))
+    )
+
+def _fit(opt, sched,  # from `_optimizer`
+         steps: int,  # optimizer steps
+         batches: Iterator,  # the next batch, drawn when the step starts
+         loss_of: Callable,  # batch -> scalar loss
+         evaluate: Callable[[], dict],  # held-out scores of the model now
+         log_every: int,  # steps between held-out checks (and the last step)
+        ) -> list[dict]:  # step 0's scores, then every `log_every` steps the loss and the scores
+    "The towers' one training loop: a batch, its loss, an AdamW step and a schedule step, `steps` times."
+    log = [dict(step=0, **evaluate())]
+    for step, batch in zip(range(1, steps + 1), batches):
+        loss = loss_of(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % log_every == 0 or step == steps:
+            log.append(dict(step=step, loss=loss.item(), **evaluate()))
+    return log
 
 def clip_vision_config(s: TowerSettings):
     "The `transformers.CLIPVisionConfig` of the tower sizes in `s`."
     from transformers import CLIPVisionConfig
     v = s.vision
-    return CLIPVisionConfig(image_size=v["image_size"], patch_size=v["patch_size"], hidden_size=v["width"], num_hidden_layers=v["layers"],
-                            num_attention_heads=v["heads"], intermediate_size=v["mlp_dim"], hidden_act=v["act"],
-                            layer_norm_eps=v["layer_norm_eps"], projection_dim=s.proj_dim)
+    return CLIPVisionConfig(image_size=v["image_size"], patch_size=v["patch_size"], hidden_size=v["width"],
+                            num_hidden_layers=v["layers"], num_attention_heads=v["heads"],
+                            intermediate_size=v["mlp_dim"], hidden_act=v["act"], layer_norm_eps=v["layer_norm_eps"],
+                            projection_dim=s.proj_dim)
 
 # %% ../nbs/14_towers.ipynb #6a4f3bea
 @torch.no_grad()
 def pair_retrieval(model: ContrastivePair, pixels, ids, mask, txt2img) -> dict:
-    "Retrieval R@K (percent) of `model` on images `[N, 3, H, W]` and captions `[M, L]`; `r1` = mean of TR and IR R@1, `chance_r1` likewise."
-    was = model.training; model.eval()
+    """Retrieval R@K (percent) of `model` on images `[N, 3, H, W]` and captions `[M, L]`; `r1` = mean of TR and IR
+    R@1, `chance_r1` likewise."""
+    was = model.training
+    model.eval()
     img = torch.cat([model.image_features(pixels[i:i + 256]) for i in range(0, len(pixels), 256)])  # [N, d]
     txt = torch.cat([model.text_features(ids[i:i + 256], mask[i:i + 256]) for i in range(0, len(ids), 256)])  # [M, d]
     model.train(was)
@@ -195,6 +247,20 @@ def pair_retrieval(model: ContrastivePair, pixels, ids, mask, txt2img) -> dict:
     chance = (100.0 * per_image.mean() / len(ids) + 100.0 / len(pixels)) / 2  # TR: own captions / all; IR: 1 / images
     return out | {"r1": (out["tr_r1"] + out["ir_r1"]) / 2, "chance_r1": float(chance)}
 
+def _image_batches(captions_of: list,  # per image, the indices of its captions
+                   batch_size: int,  # distinct images per batch
+                   g: torch.Generator,  # every draw comes from it
+                  ) -> Iterator[tuple[list, torch.Tensor]]:  # image indices, caption indices [B]
+    "Endless batches of distinct images (a fresh permutation per epoch), each with one of its captions."
+    perm, pos = torch.randperm(len(captions_of), generator=g), 0
+    while True:
+        if pos + batch_size > len(perm):
+            perm, pos = torch.randperm(len(captions_of), generator=g), 0
+        imgs = perm[pos:pos + batch_size].tolist()
+        pos += batch_size
+        yield imgs, torch.tensor([captions_of[i][int(torch.randint(len(captions_of[i]), (1,), generator=g))]
+                                  for i in imgs])
+
 def train_vision_tower(s: TowerSettings, data: dict, tokenizer,
                        steps: Optional[int] = None,  # None = `s.vision_steps`
                        log_every: int = 50,  # steps between held-out retrieval checks
@@ -202,53 +268,52 @@ def train_vision_tower(s: TowerSettings, data: dict, tokenizer,
     "Train a `CLIPVisionModel` contrastively on `data['train']`; log held-out retrieval on `data['val']`."
     from transformers import CLIPVisionModel
     steps = s.vision_steps if steps is None else steps
-    companion = hf_text_config(TextConfig(vocab_size=s.text["vocab_size"], width=s.vision["width"], layers=s.companion_layers,
-                                          heads=s.vision["heads"], mlp_dim=s.vision["mlp_dim"],
-                                          max_position_embeddings=s.text["max_position_embeddings"], dropout=0.0))
+    companion = hf_text_config(
+        TextConfig(vocab_size=s.text["vocab_size"], width=s.vision["width"], layers=s.companion_layers,
+                   heads=s.vision["heads"], mlp_dim=s.vision["mlp_dim"],
+                   max_position_embeddings=s.text["max_position_embeddings"], dropout=0.0)
+    )
     model = ContrastivePair(CLIPVisionModel(clip_vision_config(s)), companion, s.proj_dim)
     (tr_files, tr_t2i), (va_files, va_t2i) = _image_index(data["train"]), _image_index(data["val"])
     tr_pix, va_pix = load_pixels(tr_files), load_pixels(va_files)  # [N, 3, H, W]
     tr_ids, tr_mask = tokenize(tokenizer, [p["caption"] for p in data["train"]], s.text["max_len"])
     va_ids, va_mask = tokenize(tokenizer, [p["caption"] for p in data["val"]], s.text["max_len"])
     captions_of = [[] for _ in tr_files]
-    for j, i in enumerate(tr_t2i.tolist()): captions_of[i].append(j)
-    g = torch.Generator().manual_seed(s.init_seed + 1)
+    for j, i in enumerate(tr_t2i.tolist()):
+        captions_of[i].append(j)
+    batches = _image_batches(
+        captions_of, min(s.batch_size, len(tr_files)), torch.Generator().manual_seed(s.init_seed + 1)
+    )
     opt, sched = _optimizer(model, s.vision_lr, s.weight_decay, steps, s.warmup)
-    log = [dict(step=0, **pair_retrieval(model, va_pix, va_ids, va_mask, va_t2i))]
-    B = min(s.batch_size, len(tr_files))
-    perm, pos = torch.randperm(len(tr_files), generator=g), 0
-    for step in range(1, steps + 1):
-        if pos + B > len(perm): perm, pos = torch.randperm(len(tr_files), generator=g), 0
-        imgs = perm[pos:pos + B].tolist(); pos += B
-        caps = torch.tensor([captions_of[i][int(torch.randint(len(captions_of[i]), (1,), generator=g))] for i in imgs])
-        loss = model(tr_pix[imgs], tr_ids[caps], tr_mask[caps])
-        opt.zero_grad(); loss.backward(); opt.step(); sched.step()
-        if step % log_every == 0 or step == steps:
-            log.append(dict(step=step, loss=loss.item(), **pair_retrieval(model, va_pix, va_ids, va_mask, va_t2i)))
-    return model.vision, log
+
+    def loss_of(batch):  # symmetric InfoNCE of the batch's images and captions
+        imgs, caps = batch
+        return model(tr_pix[imgs], tr_ids[caps], tr_mask[caps])
+
+    def evaluate():
+        return pair_retrieval(model, va_pix, va_ids, va_mask, va_t2i)
+
+    return model.vision, _fit(opt, sched, steps, batches, loss_of, evaluate, log_every)
 
 # %% ../nbs/14_towers.ipynb #5e12173a
-def mask_tokens(ids: torch.Tensor,  # [B, L] token ids
+def _mlm_inputs(ids: torch.Tensor,  # [B, L] token ids
                 mask: torch.Tensor,  # [B, L] 1 = token, 0 = padding
-                tokenizer,  # gives `cls/sep/mask_token_id` and the vocabulary size
+                tokenizer,  # gives `cls/sep/mask_token_id`, the special ids and the vocabulary size
                 prob: float,  # fraction of real tokens chosen
                 generator: torch.Generator,
                ) -> tuple[torch.Tensor, torch.Tensor]:  # inputs [B, L], labels [B, L] (-100 = not chosen)
-    "BERT masking: choose `prob` of the real tokens; 80 % `<mask>`, 10 % a random token, 10 % kept."
+    "BERT masking of the real tokens (not `<s>`, `</s>`, padding): `mlm_mask` choosing each token alone."
     special = (ids == tokenizer.cls_token_id) | (ids == tokenizer.sep_token_id) | (mask == 0)
-    chosen = (torch.rand(ids.shape, generator=generator) < prob) & ~special
-    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
-    r = torch.rand(ids.shape, generator=generator)
-    inputs = torch.where(chosen & (r < 0.8), torch.full_like(ids, tokenizer.mask_token_id), ids)
-    random_ids = torch.randint(4, len(tokenizer) - 1, ids.shape, generator=generator)  # ordinary tokens: after the 4 specials, before <mask>
-    return torch.where(chosen & (r >= 0.8) & (r < 0.9), random_ids, inputs), labels
+    return mlm_mask(ids, special, None, len(tokenizer), tokenizer.mask_token_id, prob, generator=generator,
+                    special_ids=tokenizer.all_special_ids, selection="bernoulli")
 
 # %% ../nbs/14_towers.ipynb #33223051
 @torch.no_grad()
 def mlm_accuracy(model: nn.Module, ids, mask, tokenizer, prob: float, seed: int = 0) -> dict:
     "Masked-token accuracy (percent) and loss of a `RobertaForMaskedLM` on `ids` `[N, L]` under a fixed masking."
-    was = model.training; model.eval()
-    inputs, labels = mask_tokens(ids, mask, tokenizer, prob, torch.Generator().manual_seed(seed))
+    was = model.training
+    model.eval()
+    inputs, labels = _mlm_inputs(ids, mask, tokenizer, prob, torch.Generator().manual_seed(seed))
     logits = model(input_ids=inputs, attention_mask=mask).logits  # [N, L, V]
     model.train(was)
     sel = labels != -100
@@ -258,8 +323,10 @@ def mlm_accuracy(model: nn.Module, ids, mask, tokenizer, prob: float, seed: int 
 def roberta_config(s: TowerSettings):
     "The `transformers.RobertaConfig` of the text tower sizes in `s` (no dropout)."
     t = s.text
-    return hf_text_config(TextConfig(vocab_size=t["vocab_size"], width=t["width"], layers=t["layers"], heads=t["heads"],
-                                     mlp_dim=t["mlp_dim"], max_position_embeddings=t["max_position_embeddings"], dropout=0.0))
+    return hf_text_config(
+        TextConfig(vocab_size=t["vocab_size"], width=t["width"], layers=t["layers"], heads=t["heads"],
+                   mlp_dim=t["mlp_dim"], max_position_embeddings=t["max_position_embeddings"], dropout=0.0)
+    )
 
 def train_text_tower(s: TowerSettings, data: dict, tokenizer,
                      steps: Optional[int] = None,  # None = `s.text_steps`
@@ -271,20 +338,26 @@ def train_text_tower(s: TowerSettings, data: dict, tokenizer,
     model = RobertaForMaskedLM(roberta_config(s))
     ids, mask = tokenize(tokenizer, sorted({p["caption"] for p in data["train"]}), s.text["max_len"])  # [N, L]
     va_ids, va_mask = tokenize(tokenizer, sorted({p["caption"] for p in data["val"]}), s.text["max_len"])
-    g = torch.Generator().manual_seed(s.init_seed + 2)
+    g = torch.Generator().manual_seed(s.init_seed + 2)  # the batches' draws and their masks
     opt, sched = _optimizer(model, s.text_lr, s.weight_decay, steps, s.warmup)
-    log = [dict(step=0, **mlm_accuracy(model, va_ids, va_mask, tokenizer, s.mlm_prob))]
-    for step in range(1, steps + 1):
-        b = torch.randint(len(ids), (s.batch_size,), generator=g)
-        L = int(mask[b].sum(1).max())
-        inputs, labels = mask_tokens(ids[b, :L], mask[b, :L], tokenizer, s.mlm_prob, g)
-        h = model.roberta(input_ids=inputs, attention_mask=mask[b, :L]).last_hidden_state  # [B, L, D]
+
+    def batches():  # endless: captions drawn with replacement, cut to the longest
+        while True:
+            b = torch.randint(len(ids), (s.batch_size,), generator=g)
+            L = int(mask[b].sum(1).max())
+            yield ids[b, :L], mask[b, :L]  # [B, L], [B, L]
+
+    def loss_of(batch):  # MLM loss on the chosen tokens
+        b_ids, b_mask = batch
+        inputs, labels = _mlm_inputs(b_ids, b_mask, tokenizer, s.mlm_prob, g)
+        h = model.roberta(input_ids=inputs, attention_mask=b_mask).last_hidden_state  # [B, L, D]
         sel = labels != -100
-        loss = F.cross_entropy(model.lm_head(h[sel]), labels[sel])  # the vocabulary head on the chosen tokens only
-        opt.zero_grad(); loss.backward(); opt.step(); sched.step()
-        if step % log_every == 0 or step == steps:
-            log.append(dict(step=step, loss=loss.item(), **mlm_accuracy(model, va_ids, va_mask, tokenizer, s.mlm_prob)))
-    return model, log
+        return F.cross_entropy(model.lm_head(h[sel]), labels[sel])  # the vocabulary head on the chosen tokens only
+
+    def evaluate():
+        return mlm_accuracy(model, va_ids, va_mask, tokenizer, s.mlm_prob)
+
+    return model, _fit(opt, sched, steps, batches(), loss_of, evaluate, log_every)
 
 # %% ../nbs/14_towers.ipynb #aada71a4
 def _save_text_tower(mlm: nn.Module, tokenizer, folder: Path):
@@ -294,7 +367,8 @@ def _save_text_tower(mlm: nn.Module, tokenizer, folder: Path):
     missing, unexpected = enc.load_state_dict(mlm.roberta.state_dict(), strict=False)
     if unexpected or any(not k.startswith("pooler.") for k in missing):
         raise RuntimeError(f"MLM encoder does not fit RobertaModel: missing {missing}, unexpected {unexpected}")
-    enc.save_pretrained(str(folder)); tokenizer.save_pretrained(str(folder))
+    enc.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
 
 def build_towers(out_dir,  # folder to write `vision/`, `text/` and `report.json` into (created)
                  s: Optional[TowerSettings] = None,  # None = `tower_settings()`
@@ -305,23 +379,35 @@ def build_towers(out_dir,  # folder to write `vision/`, `text/` and `report.json
     s, out = s or tower_settings(), Path(out_dir)
     threads, verbosity = torch.get_num_threads(), hf_logging.get_verbosity()
     with torch.random.fork_rng(devices=[]):
-        torch.set_num_threads(1); hf_logging.set_verbosity_error()
+        torch.set_num_threads(1)
+        hf_logging.set_verbosity_error()
         try:
             torch.manual_seed(s.init_seed)
             t0 = time.time()
             data = tower_data(s, cache_dir)
             disjoint = check_disjoint(data, evaluated_set(s, cache_dir))
             tok = load_tokenizer(TextConfig(tokenizer=s.text["tokenizer"], vocab_size=s.text["vocab_size"]), cache_dir)
-            t1 = time.time(); vision, vlog = train_vision_tower(s, data, tok)
-            t2 = time.time(); mlm, tlog = train_text_tower(s, data, tok)
+            t1 = time.time()
+            vision, vlog = train_vision_tower(s, data, tok)
+            t2 = time.time()
+            mlm, tlog = train_text_tower(s, data, tok)
             t3 = time.time()
             out.mkdir(parents=True, exist_ok=True)
             vision.save_pretrained(str(out / "vision"))
             _save_text_tower(mlm, tok, out / "text")
-        finally: torch.set_num_threads(threads); hf_logging.set_verbosity(verbosity)
-    report = dict(settings=asdict(s), key=s.key(), builder=BUILDER_VERSION, vision_log=vlog, text_log=tlog,
-                  pairs=dict(train=len(data["train"]), val=len(data["val"]), dropped=data["train_dropped"] + data["val_dropped"]),
-                  disjoint=disjoint, seconds=dict(data=t1 - t0, vision=t2 - t1, text=t3 - t2, total=time.time() - t0))
+        finally:
+            torch.set_num_threads(threads)
+            hf_logging.set_verbosity(verbosity)
+    report = dict(
+        settings=asdict(s),
+        key=s.key(),
+        builder=BUILDER_VERSION,
+        vision_log=vlog,
+        text_log=tlog,
+        pairs=dict(train=len(data["train"]), val=len(data["val"]), dropped=data["train_dropped"] + data["val_dropped"]),
+        disjoint=disjoint,
+        seconds=dict(data=t1 - t0, vision=t2 - t1, text=t3 - t2, total=time.time() - t0),
+    )
     (out / "report.json").write_text(json.dumps(report, indent=1))
     return out
 
@@ -333,19 +419,24 @@ def towers_cache_root(cache_dir=None) -> Path:
 def tiny_towers(cache_dir=None,  # cache root (`cfg.data.cache_dir`); None = `$SCL_NB_CACHE` or ~/.cache/scl_nb
                 s: Optional[TowerSettings] = None,  # None = `tower_settings()` (the tiny preset's sizes)
                ) -> dict[str, Path]:
-    "The folders `{vision, text, report}` of the tiny towers of `s`, built on first use."
+    """The folders `{vision, text, report}` of the tiny towers of `s`. Missing, they are built here, once (they are
+    trained: about a minute on 2 cores at the default settings), and the build is said on stderr."""
     s = s or tower_settings()
     final = towers_cache_root(cache_dir) / f"tiny-{s.key()}"
     if not (final / "report.json").exists():
+        print(f"building the tiny towers {VISION_TOWER} / {TEXT_TOWER} into {final} (once; they are trained here)",
+              file=sys.stderr, flush=True)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-"))
         try:
             build_towers(tmp, s, cache_dir)
             os.rename(tmp, final)  # atomic; fails when another process finished first
         except OSError:
-            if not (final / "report.json").exists(): raise
+            if not (final / "report.json").exists():
+                raise
         finally:
-            if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return dict(vision=final / "vision", text=final / "text", report=final / "report.json")
 
 # %% ../nbs/14_towers.ipynb #f9a3497a
@@ -353,6 +444,8 @@ def resolve_tower(name,  # "tiny-clip", "tiny-roberta", or any folder / hub id (
                   cache_dir=None,  # cache root; None = `default_cache_dir()`
                   s: Optional[TowerSettings] = None,  # None = `tower_settings()` (the tiny preset's sizes)
                  ):
-    "The folder behind a tower name: the cached tiny towers for `tiny-clip` / `tiny-roberta` (built if missing), else `name`."
-    if name not in (VISION_TOWER, TEXT_TOWER): return name
+    """The folder behind a tower name: the cached tiny towers for `tiny-clip` / `tiny-roberta` (built and trained on
+    first use, which `tiny_towers` says on stderr), else `name`."""
+    if name not in (VISION_TOWER, TEXT_TOWER):
+        return name
     return str(tiny_towers(cache_dir, s)["vision" if name == VISION_TOWER else "text"])

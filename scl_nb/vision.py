@@ -21,16 +21,19 @@ from .featuregrid import FeatureGridEmbed
 __all__ = ['CLIP_KEY_MAP', 'CLIP_BLOCK_KEY_MAP', 'QuickGELU', 'Attention', 'MLP', 'VisionBlock', 'frame_attention_mask',
            'dropped_count', 'mask_token_count', 'sample_masked_positions', 'split_frame_tokens', 'VisionOutput',
            'FlexibleVisionEncoder', 'interpolate_pos_embed', 'clip_to_encoder_state_dict', 'vision_config_from_clip',
-           'build_vision_encoder', 'vision_forward_flops']
+           'vision_forward_flops']
 
 # %% ../nbs/01_vision.ipynb #f7cda41c
 class QuickGELU(nn.Module):
     "CLIP's activation: `x * sigmoid(1.702 * x)`."
-    def forward(self, x): return x * torch.sigmoid(1.702 * x)
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
 
 def _activation(name: str) -> nn.Module:
-    if name == "quick_gelu": return QuickGELU()
-    if name == "gelu": return nn.GELU()
+    if name == "quick_gelu":
+        return QuickGELU()
+    if name == "gelu":
+        return nn.GELU()
     raise ConfigError(f"vision.act={name!r} is not allowed; choose one of ['quick_gelu', 'gelu']")
 
 # %% ../nbs/01_vision.ipynb #79789718
@@ -46,7 +49,10 @@ class Attention(nn.Module):
                 attn_mask: Optional[torch.Tensor] = None,  # [T, T] bool, True = query may attend to key
                ) -> torch.Tensor:  # [B, T, D]
         B, T, D = x.shape
-        q, k, v = (p(x).view(B, T, self.heads, D // self.heads).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))  # [B, h, T, D/h]
+        q, k, v = (
+            p(x).view(B, T, self.heads, D // self.heads).transpose(1, 2)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )  # [B, h, T, D/h]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, h, T, D/h]
         return self.out_proj(out.transpose(1, 2).reshape(B, T, D))
 
@@ -56,7 +62,8 @@ class MLP(nn.Module):
     def __init__(self, width: int, hidden: int, act: str):
         super().__init__()
         self.fc1, self.act, self.fc2 = nn.Linear(width, hidden), _activation(act), nn.Linear(hidden, width)
-    def forward(self, x): return self.fc2(self.act(self.fc1(x)))
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
 
 class VisionBlock(nn.Module):
     "A pre-LN transformer block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`."
@@ -87,7 +94,8 @@ def frame_attention_mask(num_frames: int,  # F
 
 # %% ../nbs/01_vision.ipynb #77f4ccb8
 def _check_ratio(ratio: float):
-    if not 0.0 <= ratio <= 1.0: raise ValueError(f"masking ratio must be in [0, 1], got {ratio}")
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"masking ratio must be in [0, 1], got {ratio}")
 
 def dropped_count(num_patches: int, ratio: float) -> int:
     "Positions drop mode removes: all but `int(N * (1 - ratio))`, as the reference keeps."
@@ -99,17 +107,24 @@ def mask_token_count(num_patches: int, ratio: float) -> int:
     _check_ratio(ratio)
     return int(num_patches * ratio)
 
-def sample_masked_positions(batch: int,  # B
-                            num_patches: int,  # N patch-grid positions
-                            n_masked: int,  # positions to mask per sample (`dropped_count` / `mask_token_count`)
-                            generator: Optional[torch.Generator] = None,  # source of randomness (its device is used)
-                            device=None,  # device of the returned tensors
-                            noise: Optional[torch.Tensor] = None,  # [B, N] uniform draws to use instead of `generator`
-                           ) -> tuple[torch.Tensor, torch.Tensor]:  # masked [B, N] bool, keep_idx [B, N - n_masked] sorted
+
+def sample_masked_positions(
+    batch: int,  # B
+    num_patches: int,  # N patch-grid positions
+    n_masked: int,  # positions to mask per sample (`dropped_count` / `mask_token_count`)
+    generator: Optional[torch.Generator] = None,  # source of randomness (its device is used)
+    device=None,  # device of the returned tensors
+    noise: Optional[torch.Tensor] = None,  # [B, N] uniform draws to use instead of `generator`
+) -> tuple[torch.Tensor, torch.Tensor]:  # masked [B, N] bool, keep_idx [B, N - n_masked] sorted
     "Choose exactly `n_masked` positions per sample, without replacement: the `n_masked` smallest of `noise`."
-    if not 0 <= n_masked <= num_patches: raise ValueError(f"cannot mask {n_masked} of {num_patches} positions")
-    if noise is None: noise = torch.rand(batch, num_patches, generator=generator, device=generator.device if generator is not None else device)
-    elif noise.shape != (batch, num_patches): raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {(batch, num_patches)}")
+    if not 0 <= n_masked <= num_patches:
+        raise ValueError(f"cannot mask {n_masked} of {num_patches} positions")
+    if noise is None:
+        noise = torch.rand(
+            batch, num_patches, generator=generator, device=generator.device if generator is not None else device
+        )
+    elif noise.shape != (batch, num_patches):
+        raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {(batch, num_patches)}")
     order = noise.argsort(dim=1).to(device)  # [B, N] a random permutation per sample
     masked = torch.zeros(batch, num_patches, dtype=torch.bool, device=device).scatter_(1, order[:, :n_masked], True)
     keep_idx = order[:, n_masked:].sort(dim=1).values
@@ -121,7 +136,8 @@ def split_frame_tokens(tokens: torch.Tensor,  # [B, F*(1+N), D] in the order [CL
                       ) -> tuple[torch.Tensor, torch.Tensor]:  # frame class tokens [B, F, D], patches [B, F, N, D]
     "Split encoder tokens into frame class tokens and per-frame patch tokens."
     B, T, D = tokens.shape
-    if T % num_frames: raise ValueError(f"{T} tokens cannot be split into {num_frames} frames")
+    if T % num_frames:
+        raise ValueError(f"{T} tokens cannot be split into {num_frames} frames")
     return tokens[:, :num_frames], tokens[:, num_frames:].reshape(B, num_frames, T // num_frames - 1, D)
 
 @dataclass
@@ -146,11 +162,9 @@ class VisionOutput:
 # %% ../nbs/01_vision.ipynb #bb06a721
 class FlexibleVisionEncoder(nn.Module):
     "CLIP ViT for images `[B,3,H,W]` and videos `[B,F,3,H,W]` with frame-aware attention and masking (method §1)."
-    def __init__(self, cfg: VisionConfig,
-                 activation_checkpointing: bool = False,  # recompute each block in the backward pass
-                ):
+    def __init__(self, cfg: VisionConfig):
         super().__init__()
-        self.cfg, self.activation_checkpointing = cfg, activation_checkpointing
+        self.cfg, self.activation_checkpointing = cfg, False  # `set_activation_checkpointing` turns it on
         D, P = cfg.width, cfg.patch_size
         if cfg.patch_embed == "conv":
             self.patch_embed = nn.Conv2d(3, D, kernel_size=P, stride=P, bias=False)
@@ -169,11 +183,13 @@ class FlexibleVisionEncoder(nn.Module):
     def _init_weights(self):
         D, L = self.cfg.width, self.cfg.layers
         for b in self.blocks:
-            for p in (b.attn.q_proj, b.attn.k_proj, b.attn.v_proj): nn.init.normal_(p.weight, std=D ** -0.5 * (2 * L) ** -0.5)
+            for p in (b.attn.q_proj, b.attn.k_proj, b.attn.v_proj):
+                nn.init.normal_(p.weight, std=D ** -0.5 * (2 * L) ** -0.5)
             nn.init.normal_(b.attn.out_proj.weight, std=D ** -0.5)
             nn.init.normal_(b.mlp.fc1.weight, std=(2 * D) ** -0.5)
             nn.init.normal_(b.mlp.fc2.weight, std=D ** -0.5 * (2 * L) ** -0.5)
-            for lin in (b.attn.q_proj, b.attn.k_proj, b.attn.v_proj, b.attn.out_proj, b.mlp.fc1, b.mlp.fc2): nn.init.zeros_(lin.bias)
+            for lin in (b.attn.q_proj, b.attn.k_proj, b.attn.v_proj, b.attn.out_proj, b.mlp.fc1, b.mlp.fc2):
+                nn.init.zeros_(lin.bias)
 
     @property
     def grid(self) -> int:
@@ -186,8 +202,10 @@ def interpolate_pos_embed(pos: torch.Tensor,  # [1 + G*G, D] class position firs
                          ) -> torch.Tensor:  # [1 + rows*cols, D]
     "Bicubic interpolation of a square grid of position embeddings to `rows x cols`."
     G, D = math.isqrt(pos.shape[0] - 1), pos.shape[1]
-    if G * G != pos.shape[0] - 1: raise ValueError(f"position embedding with {pos.shape[0] - 1} grid entries is not a square grid")
-    if (rows, cols) == (G, G): return pos
+    if G * G != pos.shape[0] - 1:
+        raise ValueError(f"position embedding with {pos.shape[0] - 1} grid entries is not a square grid")
+    if (rows, cols) == (G, G):
+        return pos
     grid = pos[1:].float().reshape(1, G, G, D).permute(0, 3, 1, 2)  # [1, D, G, G]
     grid = F.interpolate(grid, size=(rows, cols), mode="bicubic", align_corners=False)  # [1, D, rows, cols]
     return torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(rows * cols, D).to(pos.dtype)])
@@ -196,7 +214,8 @@ def interpolate_pos_embed(pos: torch.Tensor,  # [1 + G*G, D] class position firs
 @torch.no_grad()
 def resize_pos_embed(self: FlexibleVisionEncoder, image_size: int):
     "Permanently re-grid the stored position embedding to `image_size` (bicubic)."
-    if image_size % self.cfg.patch_size: raise ValueError(f"image_size={image_size} is not a multiple of patch_size={self.cfg.patch_size}")
+    if image_size % self.cfg.patch_size:
+        raise ValueError(f"image_size={image_size} is not a multiple of patch_size={self.cfg.patch_size}")
     g = image_size // self.cfg.patch_size
     self.pos_embed = nn.Parameter(interpolate_pos_embed(self.pos_embed.data, g, g).clone())
     self.cfg = replace(self.cfg, image_size=image_size)
@@ -214,25 +233,31 @@ def _load_from_state_dict(self: FlexibleVisionEncoder, state_dict, prefix, *args
 @patch
 def _as_video(self: FlexibleVisionEncoder, pixels: torch.Tensor) -> torch.Tensor:  # [B, F, 3, H, W]
     "Check the input and give images a frame axis."
-    if pixels.dim() == 4: pixels = pixels[:, None]
-    if pixels.dim() != 5: raise ValueError(f"pixels must be [B, 3, H, W] or [B, F, 3, H, W], got shape {tuple(pixels.shape)}")
+    if pixels.dim() == 4:
+        pixels = pixels[:, None]
+    if pixels.dim() != 5:
+        raise ValueError(f"pixels must be [B, 3, H, W] or [B, F, 3, H, W], got shape {tuple(pixels.shape)}")
     B, Fr, C, H, W = pixels.shape
-    if C != 3: raise ValueError(f"pixels must have 3 channels, got {C} (shape {tuple(pixels.shape)})")
+    if C != 3:
+        raise ValueError(f"pixels must have 3 channels, got {C} (shape {tuple(pixels.shape)})")
     P = self.cfg.patch_size
-    if H % P or W % P: raise ValueError(f"image size {H}x{W} is not a multiple of the patch size {P}")
+    if H % P or W % P:
+        raise ValueError(f"image size {H}x{W} is not a multiple of the patch size {P}")
     if not 1 <= Fr <= self.cfg.max_frames:
         raise ValueError(f"{Fr} frames given but the temporal embedding holds vision.max_frames={self.cfg.max_frames}")
     return pixels
 
+
 @patch
-def embed(self: FlexibleVisionEncoder,
-          pixels: torch.Tensor,  # [B, 3, H, W] or [B, F, 3, H, W]
-          drop_ratio: float = 0.0,  # drop mode: fraction of patch positions removed (same in every frame)
-          mask_ratio: float = 0.0,  # mask-token mode: fraction of patch embeddings replaced by `mask_token`
-          generator: Optional[torch.Generator] = None,  # randomness for the positions
-          noise: Optional[torch.Tensor] = None,  # [B, N] uniform draws that choose the positions (instead of `generator`)
-          masked: Optional[torch.Tensor] = None,  # [B, N] bool: mask-token positions given explicitly (rows may be all False)
-         ) -> VisionOutput:  # tokens before ln_pre: [B, F*(1+N'), D]
+def embed(
+    self: FlexibleVisionEncoder,
+    pixels: torch.Tensor,  # [B, 3, H, W] or [B, F, 3, H, W]
+    drop_ratio: float = 0.0,  # drop mode: fraction of patch positions removed (same in every frame)
+    mask_ratio: float = 0.0,  # mask-token mode: fraction of patch embeddings replaced by `mask_token`
+    generator: Optional[torch.Generator] = None,  # randomness for the positions
+    noise: Optional[torch.Tensor] = None,  # [B, N] uniform draws that choose the positions (instead of `generator`)
+    masked: Optional[torch.Tensor] = None,  # [B, N] bool: mask-token positions given explicitly (rows may be all False)
+) -> VisionOutput:  # tokens before ln_pre: [B, F*(1+N'), D]
     "Pixels to the token sequence `[CLS_1..CLS_F, patches_1..patches_F]`, with the chosen masking."
     if (drop_ratio > 0) + (mask_ratio > 0) + (masked is not None) > 1:
         raise ValueError("use one masking mode at a time: drop_ratio, mask_ratio or masked")
@@ -243,7 +268,8 @@ def embed(self: FlexibleVisionEncoder,
     x = self.patch_embed(pixels.flatten(0, 1).to(self.patch_embed.weight.dtype))  # [B*F, D, rows, cols]
     x = x.flatten(2).transpose(1, 2).reshape(B, Fr, N, D)  # [B, F, N, D]
     keep_idx = None
-    if mask_ratio > 0: masked, _ = sample_masked_positions(B, N, mask_token_count(N, mask_ratio), generator, x.device, noise)  # [B, N]
+    if mask_ratio > 0:
+        masked, _ = sample_masked_positions(B, N, mask_token_count(N, mask_ratio), generator, x.device, noise)  # [B, N]
     if masked is not None:
         x = torch.where(masked[:, None, :, None], self.mask_token.to(x.dtype), x)
     pos = interpolate_pos_embed(self.pos_embed, rows, cols)  # [1+N, D]
@@ -260,9 +286,11 @@ def embed(self: FlexibleVisionEncoder,
 @patch
 def _attention_mask(self: FlexibleVisionEncoder, num_frames: int, num_patches: int, device) -> Optional[torch.Tensor]:
     "The cached frame-aware mask `[T, T]`, or None for a single frame."
-    if num_frames == 1: return None
+    if num_frames == 1:
+        return None
     key = (num_frames, num_patches, str(device))
-    if key not in self._mask_cache: self._mask_cache[key] = frame_attention_mask(num_frames, num_patches, device)
+    if key not in self._mask_cache:
+        self._mask_cache[key] = frame_attention_mask(num_frames, num_patches, device)
     return self._mask_cache[key]
 
 @patch
@@ -276,18 +304,21 @@ def transformer(self: FlexibleVisionEncoder,
     for block in self.blocks:
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
             x = checkpoint(block, x, mask, use_reentrant=False)
-        else: x = block(x, mask)
+        else:
+            x = block(x, mask)
     return self.ln_post(x)
 
+
 @patch
-def forward(self: FlexibleVisionEncoder,
-            pixels: torch.Tensor,  # [B, 3, H, W] or [B, F, 3, H, W]
-            drop_ratio: float = 0.0,  # drop mode: fraction of patch positions removed, same in every frame
-            mask_ratio: float = 0.0,  # mask-token mode: fraction of patch embeddings replaced by `mask_token`
-            generator: Optional[torch.Generator] = None,  # randomness for the positions
-            noise: Optional[torch.Tensor] = None,  # [B, N] uniform draws that choose the positions (instead of `generator`)
-            masked: Optional[torch.Tensor] = None,  # [B, N] bool: mask-token positions given explicitly
-           ) -> VisionOutput:  # tokens [B, F*(1+N'), D]
+def forward(
+    self: FlexibleVisionEncoder,
+    pixels: torch.Tensor,  # [B, 3, H, W] or [B, F, 3, H, W]
+    drop_ratio: float = 0.0,  # drop mode: fraction of patch positions removed, same in every frame
+    mask_ratio: float = 0.0,  # mask-token mode: fraction of patch embeddings replaced by `mask_token`
+    generator: Optional[torch.Generator] = None,  # randomness for the positions
+    noise: Optional[torch.Tensor] = None,  # [B, N] uniform draws that choose the positions (instead of `generator`)
+    masked: Optional[torch.Tensor] = None,  # [B, N] bool: mask-token positions given explicitly
+) -> VisionOutput:  # tokens [B, F*(1+N'), D]
     "Encode images or videos; see `VisionOutput` for what comes back."
     out = self.embed(pixels, drop_ratio, mask_ratio, generator, noise, masked)
     out.tokens = self.transformer(out.tokens, out.num_frames)
@@ -307,17 +338,24 @@ CLIP_BLOCK_KEY_MAP = {  # encoder.layers.{i}.<left> -> blocks.{i}.<right>
     "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
 }
 
-def clip_to_encoder_state_dict(clip_sd: dict,  # state dict of CLIPVisionModel / CLIPModel (with or without `vision_model.`)
-                               num_layers: int,  # blocks kept: encoder.layers.{0..num_layers-1}
-                              ) -> dict:  # state dict in FlexibleVisionEncoder names
+
+def clip_to_encoder_state_dict(
+    clip_sd: dict,  # state dict of CLIPVisionModel / CLIPModel (with or without `vision_model.`)
+    num_layers: int,  # blocks kept: encoder.layers.{0..num_layers-1}
+) -> dict:  # state dict in FlexibleVisionEncoder names
     "Rename CLIP vision weights to ours; drop unused blocks and everything outside the vision tower."
     out = {}
     for key, value in clip_sd.items():
-        if key.startswith("vision_model."): key = key[len("vision_model."):]
-        if key in CLIP_KEY_MAP: out[CLIP_KEY_MAP[key]] = value; continue
-        if not key.startswith("encoder.layers."): continue
+        if key.startswith("vision_model."):
+            key = key[len("vision_model."):]
+        if key in CLIP_KEY_MAP:
+            out[CLIP_KEY_MAP[key]] = value
+            continue
+        if not key.startswith("encoder.layers."):
+            continue
         i, rest = key[len("encoder.layers."):].split(".", 1)
-        if int(i) >= num_layers: continue
+        if int(i) >= num_layers:
+            continue
         module, param = rest.rsplit(".", 1)
         out[f"blocks.{i}.{CLIP_BLOCK_KEY_MAP[module]}.{param}"] = value
     return out
@@ -329,7 +367,8 @@ def load_clip_state_dict(self: FlexibleVisionEncoder, clip_sd: dict) -> Flexible
     sd = clip_to_encoder_state_dict(clip_sd, len(self.blocks))
     missing, unexpected = self.load_state_dict(sd, strict=False)
     missing = sorted(set(missing) - {"temporal", "mask_token"})
-    if missing or unexpected: raise ValueError(f"CLIP weights do not fit this encoder: missing {missing}, unexpected {unexpected}")
+    if missing or unexpected:
+        raise ValueError(f"CLIP weights do not fit this encoder: missing {missing}, unexpected {unexpected}")
     return self
 
 # %% ../nbs/01_vision.ipynb #dc55e12e
@@ -340,23 +379,37 @@ def vision_config_from_clip(hf_config,  # transformers.CLIPVisionConfig
                            ) -> VisionConfig:
     "A `VisionConfig` with the sizes of a Hugging Face CLIP vision config."
     act = hf_config.hidden_act
-    if act not in ("quick_gelu", "gelu"): raise ValueError(f"CLIP checkpoint uses hidden_act={act!r}; supported: 'quick_gelu', 'gelu'")
+    if act not in ("quick_gelu", "gelu"):
+        raise ValueError(f"CLIP checkpoint uses hidden_act={act!r}; supported: 'quick_gelu', 'gelu'")
     if num_layers is not None and not 1 <= num_layers <= hf_config.num_hidden_layers:
-        raise ValueError(f"num_layers={num_layers} must be between 1 and the checkpoint's {hf_config.num_hidden_layers} layers")
-    return VisionConfig(pretrained=pretrained, image_size=image_size or hf_config.image_size, patch_size=hf_config.patch_size,
-                        width=hf_config.hidden_size, layers=hf_config.num_hidden_layers, num_layers=num_layers,
-                        heads=hf_config.num_attention_heads, mlp_dim=hf_config.intermediate_size, act=act,
-                        layer_norm_eps=hf_config.layer_norm_eps)
+        raise ValueError(
+            f"num_layers={num_layers} must be between 1 and the checkpoint's {hf_config.num_hidden_layers} layers"
+        )
+    return VisionConfig(
+        pretrained=pretrained,
+        image_size=image_size or hf_config.image_size,
+        patch_size=hf_config.patch_size,
+        width=hf_config.hidden_size,
+        layers=hf_config.num_hidden_layers,
+        num_layers=num_layers,
+        heads=hf_config.num_attention_heads,
+        mlp_dim=hf_config.intermediate_size,
+        act=act,
+        layer_norm_eps=hf_config.layer_norm_eps,
+    )
 
 @contextlib.contextmanager
 def _quiet_transformers():
     from transformers.utils import logging as hf_logging
     level, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar()
-    try: yield
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
     finally:
         hf_logging.set_verbosity(level)
-        if bar: hf_logging.enable_progress_bar()
+        if bar:
+            hf_logging.enable_progress_bar()
 
 @patch(cls_method=True)
 def from_clip(cls: FlexibleVisionEncoder,
@@ -364,26 +417,23 @@ def from_clip(cls: FlexibleVisionEncoder,
               image_size: Optional[int] = None,  # input resolution; None = the checkpoint's
               num_layers: Optional[int] = None,  # blocks used; None = all but the last
               max_frames: int = 8,  # capacity of the temporal embedding
-              activation_checkpointing: bool = False,  # recompute each block in the backward pass
              ) -> FlexibleVisionEncoder:
     "Build the encoder from a Hugging Face CLIP vision checkpoint."
     from transformers import CLIPVisionModel
-    with _quiet_transformers(): clip = CLIPVisionModel.from_pretrained(name_or_path)
-    cfg = replace(vision_config_from_clip(clip.config, image_size, num_layers, str(name_or_path)), max_frames=max_frames)
-    enc = cls(cfg, activation_checkpointing)
+    with _quiet_transformers():
+        clip = CLIPVisionModel.from_pretrained(name_or_path)
+    cfg = replace(
+        vision_config_from_clip(clip.config, image_size, num_layers, str(name_or_path)), max_frames=max_frames
+    )
+    enc = cls(cfg)
     return enc.load_clip_state_dict(clip.state_dict())
 
-# %% ../nbs/01_vision.ipynb #489d4bcd
-def build_vision_encoder(cfg: VisionConfig,
-                         activation_checkpointing: bool = False,  # recompute each block in the backward pass
-                        ) -> FlexibleVisionEncoder:
-    "The encoder `cfg` describes: random init, or the CLIP weights of `cfg.pretrained`."
-    if cfg.pretrained is None: return FlexibleVisionEncoder(cfg, activation_checkpointing)
-    enc = FlexibleVisionEncoder.from_clip(cfg.pretrained, cfg.image_size, cfg.num_layers, cfg.max_frames, activation_checkpointing)
-    for name in ("patch_size", "width", "layers", "heads", "mlp_dim", "act"):
-        if getattr(enc.cfg, name) != getattr(cfg, name):
-            raise ConfigError(f"vision.{name}={getattr(cfg, name)!r} but the checkpoint {cfg.pretrained!r} has {getattr(enc.cfg, name)!r}")
-    return enc
+# %% ../nbs/01_vision.ipynb #1e697ed3
+@patch
+def set_activation_checkpointing(self: FlexibleVisionEncoder, enabled: bool = True):
+    "Recompute each block's activations in the backward pass (training only)."
+    self.activation_checkpointing = enabled
+    return self
 
 # %% ../nbs/01_vision.ipynb #abc2fc4d
 def vision_forward_flops(cfg: VisionConfig,

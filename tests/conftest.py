@@ -1,7 +1,11 @@
-"Shared pytest settings: the `slurm` and `slow` markers, and one offline environment + scl_nb cache folder per session."
-import os
+"""Shared pytest settings: the `slurm` and `slow` markers, one offline environment + scl_nb cache folder per session,
+and `tests/helpers` (test-only code, e.g. the writers of official checkpoints) on the import path."""
+import os, sys
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
 
 
 def pytest_configure(config):

@@ -24,7 +24,7 @@ def test_pngs_are_rgb_or_palette():
     for p in pngs:
         with Image.open(p) as im:
             assert im.mode in ("RGB", "P") and "transparency" not in im.info, \
-                f"{p.name} is {im.mode}{' with transparency' if 'transparency' in im.info else ''}; write it with scl_nb.alignment.save_figure / write_png"
+                f"{p.name} is {im.mode}{' with transparency' if 'transparency' in im.info else ''}; write it with scl_nb.plots.save_figure / write_png"
 
 
 def test_index_matches_the_folder():

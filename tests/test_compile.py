@@ -33,9 +33,8 @@ def test_activation_checkpointing_compiles_without_break():
     "Recomputing the towers' and the fusion's blocks (what lets batch 128+ fit) keeps the step one graph."
     cfg, model, batch, noise = _setup()
     model.train()
-    model.vision.activation_checkpointing = True
-    model.fusion.set_activation_checkpointing(True)
-    model.text.set_activation_checkpointing(True)
+    from scl_nb.runtime import enable_activation_checkpointing
+    assert enable_activation_checkpointing(model) == 3  # vision, text, fusion: the one switch the engine uses
     torch._dynamo.reset()
     explained = torch._dynamo.explain(model.losses)(batch, noise, cfg.objectives)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), [str(r.reason)[:200] for r in explained.break_reasons]

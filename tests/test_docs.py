@@ -1,4 +1,4 @@
-"""`python -m scl_nb.docs` end to end on a throwaway nbdev project: each notebook processed in its own
+"""`python -m scl_nb.tools.docs` end to end on a throwaway nbdev project: each notebook processed in its own
 process, a failing notebook gets a page that says so (and the exit status is 1), a papermill notebook is
 rendered from its executed run with the date and commit it ran at (or says it was not run), and the site
 replaces an older one whole."""
@@ -21,7 +21,7 @@ def _project(d: Path):
     (d / "README.md").write_text("# p\n\n## Set up\n\nRun the thing: `make`.\n\n## Current figures\n\n![loss](figures/p.png)\n")
     (d / "figures").mkdir(); shutil.copy(next((REPO / "figures").glob("*.png")), d / "figures" / "p.png")
     nbs = {
-        "index": [md("# Home\n\n> The home page."), code("#| echo: false\nfrom scl_nb.docs import readme_section\nreadme_section('Set up')")],
+        "index": [md("# Home\n\n> The home page."), code("#| echo: false\nfrom scl_nb.tools.docs import readme_section\nreadme_section('Set up')")],
         "01_good": [md("# Good\n\n> Works."), code("#| default_exp good"),
                     code("#| export\ndef twice(x: int,  # the number\n         ) -> int:\n    \"Double it.\"\n    return 2 * x"),
                     code("#| hide\nSECRET = 'hidden cell'"), code("print(twice(21))"), code("#| gpu\nimport torch; torch.zeros(1).cuda()")],
@@ -36,7 +36,7 @@ def _project(d: Path):
 
 def _docs(d, *args, timeout=600):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "scl_nb.docs", *args], cwd=d, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "scl_nb.tools.docs", *args], cwd=d, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @needs_git

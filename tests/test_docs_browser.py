@@ -1,4 +1,4 @@
-"""The built docs site (`python -m scl_nb.docs`, in `_docs/`) opened in a real browser: headless Chromium
+"""The built docs site (`python -m scl_nb.tools.docs`, in `_docs/`) opened in a real browser: headless Chromium
 driven over the DevTools protocol. It follows every internal link from the home page and checks on every
 page that the link targets and anchors exist, images load, no nbdev directive is visible, every API entry
 with parameters shows its parameter table, and there is a way back to the home page. Screenshots of the
@@ -18,7 +18,7 @@ ARTIFACTS = REPO / "_docs_artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install -y chromium)"),
-              pytest.mark.skipif(not (SITE / "index.html").exists(), reason=f"no built site at {SITE} (python -m scl_nb.docs)")]
+              pytest.mark.skipif(not (SITE / "index.html").exists(), reason=f"no built site at {SITE} (python -m scl_nb.tools.docs)")]
 
 PAGE_REPORT = """(async () => {
   await Promise.all(Array.from(document.images).map(i => i.complete ? 0 : new Promise(r => { i.onload = i.onerror = r; })));

@@ -80,6 +80,10 @@ FAKE = {  # (spec, run): results.json
     ("ablation_objectives", "zs_base@s2"): {"metrics": {"itm": {"tr_r1": 12.0, "ir_r1": 7.5, "rsum": 122.25}}},
     ("ablation_objectives", "zs_both@s1"): {"metrics": {"itm": {"tr_r1": 12.0, "ir_r1": 8.0, "rsum": 132.0}}},
     ("ablation_objectives", "zs_both@s2"): {"metrics": {"itm": {"tr_r1": 15.5, "ir_r1": 8.0, "rsum": 133.0}}},
+    # the as-trained arm (GLSCL under the official code's signal), seeds 0, 1, 2
+    ("ablation_objectives", "pt_official"): {"r1_after": 2.0},
+    ("ablation_objectives", "pt_official@s1"): {"r1_after": 2.5},
+    ("ablation_objectives", "pt_official@s2"): {"r1_after": 3.0},
     ("align_bench", "bench_scl"): {"global_box": 0.31, "global_mask": 0.22, "local_box": 0.18, "local_mask": 0.12,
                                    "uniform_global_box": 0.11, "uniform_global_mask": 0.08, "uniform_local_box": 0.06, "uniform_local_mask": 0.04},
 }
@@ -125,6 +129,9 @@ def test_tables_carry_the_runs_numbers(results):
     none = diff.loc[("+ MVSC", "F30K ZS TR@1")]  # no results: no pairs
     assert none["n"] == 0 and math.isnan(none["mean"]) and not none["excludes_zero"]
     assert obj.loc["+ MVSC"].drop("source").isna().all()  # no runs: empty cells, not zeros
+    assert obj.loc["GLSCL (official signal)", "pre-training held-out R@1"] == 2.5  # the as-trained arm's own row
+    arm = diff.loc[("GLSCL (official signal)", "pre-training held-out R@1")]  # minus the base per seed: -1.25, 3 times
+    assert (arm["mean"], arm["sd"], arm["n"]) == pytest.approx((-1.25, 0.0, 3))
     assert obj["NLVR2 dev"].isna().all()  # skipped at the tiny scale
     main = read_csv(figs, "main_vqa_nlvr2")
     assert main.loc["SCL (ours)", "NLVR2 dev"] == 61.25 and main.loc["SCL (ours)", "NLVR2 test-P"] == 60.0

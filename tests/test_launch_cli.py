@@ -1,9 +1,9 @@
-"""`python -m scl_nb.launch` on bad specs, as a user runs it: exit status 2, a short message on stderr
+"""`python -m scl_nb.tools.launch` on bad specs, as a user runs it: exit status 2, a short message on stderr
 naming the file and line, no traceback; and the full-scale suite without its data refused (not planned).
 
 Each test spawns the launcher (about 5 to 15 s each on 2 CPU cores: it imports torch to check objectives).
 """
-import os, subprocess, sys
+import json, os, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS
 
 
 def launch(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "scl_nb.launch", *map(str, args)], cwd=cwd, env=ENV,
+    return subprocess.run([sys.executable, "-m", "scl_nb.tools.launch", *map(str, args)], cwd=cwd, env=ENV,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -77,11 +77,20 @@ def test_seeds_errors_and_the_seeded_ablation_plan(tmp_path):
     r = launch("experiments/ablation_objectives.yaml", "--cluster", "local", "--scale", "tiny", "--dry-run", "--runs-dir", tmp_path / "runs")
     assert r.returncode == 0, r.stderr
     planned = [l.removeprefix("[would run] ").split(":")[0] for l in r.stdout.splitlines() if l.startswith("[would run]")]
-    runs = [f"ablation_objectives/{n}" for n in ("pt_base", "pt_mvsc", "pt_mlsc", "zs_base", "zs_mvsc", "zs_mlsc", "zs_both", "zs_mltc")]
+    runs = [f"ablation_objectives/{n}" for n in ("pt_base", "pt_mvsc", "pt_mlsc", "pt_official",
+                                                  "zs_base", "zs_mvsc", "zs_mlsc", "zs_both", "zs_mltc", "zs_official")]
     runs += ["pretrain/scl", "pretrain/glscl"]  # the other file's runs the ablation uses, each seed's copy with it
     assert sorted(planned) == sorted(f"{run} (seed {s})" if s == 0 else f"{run}@s{s} (seed {s})" for run in runs for s in (0, 1, 2))
     zs = next(l for l in r.stdout.split("\n[") if l.startswith("would run] ablation_objectives/zs_both@s2 "))
     assert f'"checkpoint": "{(tmp_path / "runs/tiny/pretrain/scl@s2").resolve()}"' in zs and '"seed": 2' in zs
+    official = next(l for l in r.stdout.split("\n[") if l.startswith("would run] ablation_objectives/pt_official "))
+    assert '"preset": "tiny"' in official and official_signal_overrides() in official  # the as-trained arm
+
+
+def official_signal_overrides() -> str:
+    "`OFFICIAL_SIGNAL` (scl_nb.config, the one home of the official signal's settings) as the `overrides` parameter."
+    from scl_nb.config import OFFICIAL_SIGNAL
+    return '"overrides": "' + " ".join(f"{k}={v}" for k, v in OFFICIAL_SIGNAL.items()) + '"'
 
 
 def test_towers_scale_plan(tmp_path):
@@ -90,7 +99,7 @@ def test_towers_scale_plan(tmp_path):
     assert r.returncode == 0, r.stderr
     blocks = {b.split(":")[0].removeprefix("would run] "): b for b in r.stdout.split("\n[") if b.startswith("would run] ")}
     variants = {"base": "ablation_objectives/pt_base", "mvsc": "ablation_objectives/pt_mvsc", "mlsc": "ablation_objectives/pt_mlsc",
-                "both": "pretrain/scl", "mltc": "pretrain/glscl"}
+                "both": "pretrain/scl", "mltc": "pretrain/glscl", "official": "ablation_objectives/pt_official"}
     pretrain = [f"{v} (seed 0)" for v in variants.values()] + [f"{v}@s{s} (seed {s})" for v in variants.values() for s in (1, 2)]
     kinds = ("zs", "vqa", "ret", "bench")
     downstream = [f"ablation_objectives/{k}_{v}{f'@s{s}' if s else ''} (seed {s})" for k in kinds for v in variants for s in (0, 1, 2)]
@@ -100,6 +109,8 @@ def test_towers_scale_plan(tmp_path):
     vqa = blocks["ablation_objectives/vqa_mltc@s1 (seed 1)"]
     assert f'"checkpoint": "{(tmp_path / "runs/towers/pretrain/glscl@s1").resolve()}"' in vqa and '"eval_split": "val"' in vqa
     assert "[skipped at scale towers] ablation_objectives/nlvr2_base" in r.stdout
+    assert official_signal_overrides() in blocks["ablation_objectives/pt_official@s2 (seed 2)"]
+    assert sum("overrides" in blocks[p] for p in pretrain) == 3  # only the official arm's three seeds change the signal
 
 
 def test_reproduce_rejects_an_unknown_scale():
@@ -107,3 +118,19 @@ def test_reproduce_rejects_an_unknown_scale():
     r = subprocess.run(["bash", "experiments/reproduce.sh", "tower"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stdout == "", (r.returncode, r.stdout)
     assert r.stderr.strip() == "error: unknown scale 'tower'; choose tiny (default), tiny-seeds, towers or full"
+
+
+def test_pretrain_plan_on_slurm_is_a_light_driver_and_its_training_job(tmp_path):
+    "On SLURM the pre-training notebook is planned as a driver that holds no GPU; the run's resources go to its training job."
+    p = launch(ROOT / "experiments" / "pretrain.yaml", "--cluster", "slurm", "--dry-run", "--allow-missing-data", "--runs-dir", tmp_path)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    at = next(i for i, l in enumerate(lines) if l.startswith("[would run] pretrain/glscl"))
+    assert lines[at + 1] == "    driver: 0 GPU, 1 CPU, 8 GB (follows its training job)", lines[at:at + 4]
+    assert lines[at + 2] == "    training job (1 node): 8 GPU, 8 CPU, 480 GB, 2880 min, partition gpu", lines[at:at + 4]
+    params = json.loads(lines[at + 3].split("parameters: ", 1)[1])
+    assert (params["cluster"], params["gpus"], params["nodes"]) == ("slurm", 8, 1)
+    assert params["job_resources"] == {"nodes": 1, "gpus_per_node": 8, "cpus_per_task": 8, "mem_gb": 480, "timeout_min": 2880,
+                                       "partition": "gpu", "slurm": {}, "signal_delay_s": 120}
+    local = launch(ROOT / "experiments" / "pretrain.yaml", "--cluster", "local", "--dry-run", "--allow-missing-data", "--runs-dir", tmp_path)
+    assert "driver:" not in local.stdout and '"cluster": "none"' in local.stdout  # elsewhere the notebook trains where it runs

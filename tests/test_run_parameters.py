@@ -12,7 +12,7 @@ os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFL
 
 def specs() -> dict:
     from scl_nb.train import PretrainRun
-    from scl_nb.tasks import VQARun, NLVR2Run, RetrievalRun, RetrievalEvalRun
+    from scl_nb.task_runs import VQARun, NLVR2Run, RetrievalRun, RetrievalEvalRun
     from scl_nb.alignment import AlignmentRun
     return {"pretrain.ipynb": PretrainRun, "finetune_vqa.ipynb": VQARun, "finetune_nlvr2.ipynb": NLVR2Run,
             "finetune_retrieval.ipynb": RetrievalRun, "eval_retrieval.ipynb": RetrievalEvalRun, "eval_alignment.ipynb": AlignmentRun}
@@ -44,3 +44,26 @@ def test_notebook_refuses_a_bad_parameter(tmp_path):
                             parameters={"steps": 0, "out_dir": str(tmp_path / "run")}, progress_bar=False, kernel_name="python3")
     assert "ConfigError" in str(e.value) and "steps=0 is out of range" in str(e.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_notebook_refuses_a_misspelt_parameter(tmp_path):
+    "papermill -p stpes 3: papermill only warns; the notebook stops in its check naming the closest parameter, before training."
+    pm = pytest.importorskip("papermill")
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(ROOT / "nbs" / "pretrain.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(ROOT / "nbs"),
+                            parameters={"stpes": 3, "out_dir": str(tmp_path / "run")}, progress_bar=False, kernel_name="python3")
+    assert "ConfigError" in str(e.value) and "unknown parameter 'stpes' (did you mean 'steps'?)" in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_warning_is_the_first_output(tmp_path):
+    "The executed notebook's first output is the notebook's own (it was tqdm's 'IProgress not found' warning)."
+    pm = pytest.importorskip("papermill")
+    with pytest.raises(pm.PapermillExecutionError):  # stops at the parameter check: enough to run the imports
+        pm.execute_notebook(str(ROOT / "nbs" / "pretrain.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(ROOT / "nbs"),
+                            parameters={"steps": 0, "out_dir": str(tmp_path / "run")}, progress_bar=False, kernel_name="python3")
+    nb = json.loads((tmp_path / "out.ipynb").read_text())
+    outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    first = outputs[0]
+    assert first.get("output_type") == "error" and first.get("ename") == "ConfigError", first  # the check, not a warning
+    assert not any(o.get("name") == "stderr" and "Warning" in "".join(o.get("text", "")) for o in outputs), outputs

@@ -24,9 +24,9 @@ _UP, _WHY = _slurm_answers()
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(not _UP, reason=_WHY)]
 
 submitit = pytest.importorskip("submitit")
-from scl_nb.launch import launch
-from scl_nb.specs import load_spec
-from scl_nb.fixtures import write_test_notebook
+from scl_nb.tools.launch import launch
+from scl_nb.tools.specs import load_spec
+from scl_nb.tools.fixtures import write_test_notebook
 from scl_nb.jobs import is_finished
 
 WAIT_S = 150  # per job; the node may be busy with another user's jobs
@@ -177,3 +177,64 @@ def test_preempted_run_resumes(tmp_path, cancel_on_exit):
     assert "this job is preempted" in log and "Requeued job" in "".join(p.read_text() for p in (first.out_dir / "submitit").glob("*/*_log.*"))
     state = first.job.get_info(mode="force").get("State", "")
     assert state in ("COMPLETED", "RUNNING", "COMPLETING"), state  # result written; the job may still be closing
+
+# --- (d) a driver notebook: pre-training through the launcher, the driver requeued ---------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cluster_cpus() -> int:
+    out = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout.split()
+    return max((int(c.rstrip("+")) for c in out if c.rstrip("+").isdigit()), default=0)
+
+
+def test_pretrain_driver_requeued_follows_its_training_job(tmp_path, offline_cache, cancel_on_exit):
+    """pretrain.ipynb through `scl_nb.tools.launch` on SLURM: the notebook runs as a light driver job that submits one
+    training job of 2 processes with the run's resources and follows it. The driver is requeued (`scontrol requeue`)
+    while the training runs: it runs the notebook again, resuming, and follows the same training job instead of
+    submitting a second one; the run ends with every step once, and the held-out evaluation (a job too) in results.json."""
+    if _cluster_cpus() < 4:
+        pytest.skip("needs 4 CPUs on the cluster at once (driver, two training tasks, then the evaluation): "
+                    "start it with SLURM_LOCAL_CPUS=8")
+    steps = 80
+    spec_file = tmp_path / "experiments" / "t.yaml"
+    spec_file.parent.mkdir()
+    spec_file.write_text(f"""
+runs:
+  - name: pt
+    notebook: {ROOT / "nbs" / "pretrain.ipynb"}
+    parameters: {{preset: tiny, data: synthetic, steps: {steps}, cpu_workers: 2, check_learning: false,
+                  overrides: "train.batch_size=8 train.per_gpu_batch_size=4 train.ckpt_every=10 train.log_every=1 data.num_workers=0"}}
+    resources: {{cpus_per_task: 1, mem_gb: 2, timeout_min: 60}}
+""")
+    spec = load_spec(spec_file, root=ROOT)
+    pt = launch(spec, cluster="slurm", runs_dir=tmp_path / "runs", log=None)["t/pt"]
+    cancel_on_exit.append(pt.job)
+    record, t0 = pt.out_dir / "train_job.json", time.time()
+    while not record.exists():
+        if pt.job.done(force_check=True): pytest.fail(f"the driver ended before submitting its training job:\n{pt.job.stderr()}")
+        if time.time() - t0 > WAIT_S: pytest.fail("the driver submitted no training job")
+        time.sleep(0.5)
+    first = json.loads(record.read_text())
+    cancel_on_exit.append(submitit.SlurmJob(first["folder"], first["job_id"], tasks=(0, 1)))
+    assert first["tasks"] == 2 and first["name"] == "scl-train:pt"
+    info = subprocess.run(["scontrol", "show", "job", first["job_id"]], capture_output=True, text=True).stdout
+    assert "NumNodes=1" in info and "NumTasks=2" in info and "CPUs/Task=1" in info, info  # the run's resources
+    driver = subprocess.run(["scontrol", "show", "job", pt.job_id], capture_output=True, text=True).stdout
+    assert "gres/gpu" not in driver and "CPUs/Task=1" in driver, driver  # a light driver
+    subprocess.run(["scontrol", "requeue", pt.job_id], check=True)  # the driver goes; the training job stays
+    _wait(pt.job, timeout=WAIT_S + 240)
+    assert is_finished(pt.out_dir), pt.job.stderr()
+    assert json.loads(record.read_text())["job_id"] == first["job_id"]  # the requeued driver submitted nothing new
+    assert len(list((pt.out_dir / "submitit").glob("train_*/*_submitted.pkl"))) == 1
+    summary = json.loads((pt.out_dir / "summary.json").read_text())
+    assert (summary["status"], summary["step"], summary["world_size"]) == ("completed", steps, 2)
+    rows = [json.loads(l) for l in (pt.out_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))  # trained once, not twice
+    import nbformat
+    said = "".join(o.get("text", "") for c in nbformat.read(pt.output, 4).cells for o in c.get("outputs", []))
+    assert f"following SLURM job {first['job_id']}" in said or "the earlier run trained" in said, said[-2000:]
+    results = json.loads((pt.out_dir / "results.json").read_text())
+    assert results["r1_before"] is not None and results["r1_after"] is not None  # the held-out evaluation job ran
+    logs = "".join(p.read_text() for p in pt.out_dir.glob(f"submitit/*_{pt.job_id}/*_log.*"))  # the driver's, not the training's
+    assert logs.count("Starting with JobEnvironment") == 2, logs[-3000:]  # it ran twice: before and after the requeue

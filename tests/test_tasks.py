@@ -83,6 +83,19 @@ def test_eval_retrieval_full_matrix(cache, tmp_path):
     check_image_metrics(m["itm"]); check_image_metrics(r["untrained"]["itm"])
 
 
+def test_eval_retrieval_two_processes(cache, tmp_path):
+    "Two CPU processes (torchrun): each encodes its share of the rows and re-ranks the candidates of its own images; one process's results."
+    (tmp_path / "one").mkdir(); (tmp_path / "two").mkdir()
+    one = run("eval_retrieval", tmp_path / "one", pretrain_steps=20, eval_images=12, k=5, check_learning=False)
+    two = run("eval_retrieval", tmp_path / "two", pretrain_steps=20, eval_images=12, k=5, cpu_workers=2, check_learning=False)
+    assert (one["metrics"]["processes"], two["metrics"]["processes"]) == (1, 2)
+    assert (tmp_path / "two" / "eval_checkpoint" / "metrics.json").exists()  # written by rank 0 of the torchrun job
+    for key in ("metrics", "untrained"):
+        assert two[key]["fused_pairs"] == one[key]["fused_pairs"] and two[key]["n_texts"] == one[key]["n_texts"] == 60
+        for kind in ("itc", "itm"):
+            assert two[key][kind] == pytest.approx(one[key][kind], abs=1e-3), (key, kind)
+
+
 def test_eval_retrieval_video(cache, tmp_path):
     r = run("eval_retrieval", tmp_path, modality="video", pretrain_steps=20, eval_images=8, one_caption_per_video=True,
             k=3, check_learning=False)

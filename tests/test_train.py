@@ -151,9 +151,9 @@ def test_sigterm_checkpoints_exits_75_and_resumes(tmp_path, cache_dir, reference
 
 def test_two_cpu_workers_gloo(tmp_path, cache_dir):
     import math
-    from scl_nb.train import run_config
+    from scl_nb.config import run_config
     from scl_nb.jobs import launch_pretrain, follow
-    cfg = run_config("tiny", "synthetic", 6, None, _overrides(cache_dir, batch_size=32, per_gpu_batch_size=8))
+    cfg = run_config("tiny", {"data.source": "synthetic", "train.steps": 6}, _overrides(cache_dir, batch_size=32, per_gpu_batch_size=8))
     summary = follow(launch_pretrain(cfg, tmp_path / "ddp", nprocs=2, device="cpu", resume=False), every=0.5, quiet=True)
     assert (summary["status"], summary["world_size"], summary["grad_accum"], summary["step"]) == ("completed", 2, 2, 6)
     rows = _metrics(tmp_path / "ddp")
@@ -181,12 +181,12 @@ def test_fsdp_matches_ddp_and_resumes(tmp_path, cache_dir):
     all-reduces buckets, which changes fp32 roundings (~1e-7 relative per operation) that AdamW carries into the
     next steps. 1e-5 relative leaves room for that over 4 steps and still catches any real difference (a wrong
     gradient average, a missed synchronisation or a skipped parameter changes the losses by 1e-3 or more)."""
-    from scl_nb.train import run_config
+    from scl_nb.config import run_config
     from scl_nb.jobs import launch_pretrain, follow
     steps = 4
     ov = _overrides(cache_dir, batch_size=16, per_gpu_batch_size=4, ckpt_every=2)  # 2 ranks x 2 accumulation micro-batches
     def run(name, parallel, resume=False):
-        cfg = run_config("tiny", "synthetic", steps, None, ov + [f"train.parallel={parallel}"])
+        cfg = run_config("tiny", {"data.source": "synthetic", "train.steps": steps}, ov + [f"train.parallel={parallel}"])
         return follow(launch_pretrain(cfg, tmp_path / name, nprocs=2, device="cpu", resume=resume), every=0.5, quiet=True)
     ddp, fsdp = run("ddp", "ddp"), run("fsdp", "fsdp")
     assert (ddp["parallel"], fsdp["parallel"], fsdp["world_size"], fsdp["grad_accum"], fsdp["step"]) == ("ddp", "fsdp", 2, 2, steps)
@@ -229,8 +229,8 @@ def _slurm_up() -> bool:
 @pytest.mark.slurm
 @pytest.mark.skipif(not _slurm_up(), reason="no SLURM (sinfo) on this machine")
 def test_slurm_submitit_training(tmp_path, cache_dir):
-    from scl_nb.train import run_config
+    from scl_nb.config import run_config
     from scl_nb.jobs import launch_pretrain, follow
-    cfg = run_config("tiny", "synthetic", 4, None, _overrides(cache_dir))
+    cfg = run_config("tiny", {"data.source": "synthetic", "train.steps": 4}, _overrides(cache_dir))
     summary = follow(launch_pretrain(cfg, tmp_path / "slurm", nprocs=1, cluster="slurm", device="cpu", timeout_min=10), every=1, quiet=True)
     assert (summary["status"], summary["step"]) == ("completed", 4)
