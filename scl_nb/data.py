@@ -53,7 +53,8 @@ class Manifest:
         return p if p.is_absolute() else self.root / p
     def column(self, name: str):
         "Column `name` as a pyarrow array, in the order of the rows (a selection's rows only)."
-        return self.table.with_format("arrow")[name]
+        col, rows = self.table.data.column(name), getattr(self.table, "_indices", None)
+        return col if rows is None else col.take(rows.column(0))  # `datasets` gathers a selection row by row
     def take(self, keep) -> "Manifest":
         "The rows where the boolean array `keep` is true, in order (one vectorised selection, no Python per row)."
         return Manifest(self.table.select(np.flatnonzero(np.asarray(keep, dtype=bool))), self.path)

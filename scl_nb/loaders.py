@@ -186,12 +186,15 @@ class MixedLoader:
         return {"reads": sum(p["reads"] for p in parts.values()),
                 "unusable": sum(p["unusable"] for p in parts.values())} | parts
 
+    def batch_samples(self) -> int:
+        "Samples all ranks read in one step of the alternation (one batch on each rank)."
+        return self.image.sampler.world * self.image.batch_size
     def state_dict(self) -> dict:
-        return dict(
-            step=self.step, image=self.image.state_dict(), video=self.video.state_dict() if self.video else None
-        )
+        return dict(step=self.step, batch_samples=self.batch_samples(), image=self.image.state_dict(),
+                    video=self.video.state_dict() if self.video else None)
     def load_state_dict(self, d: dict):
-        self.step, self._its = d["step"], {}
+        "Continue where `d` stopped (on another number of ranks: the alternation at the same share of samples)."
+        self.step, self._its = d["step"] * d.get("batch_samples", self.batch_samples()) // self.batch_samples(), {}
         self.image.load_state_dict(d["image"])
         if self.video is not None and d["video"] is not None:
             self.video.load_state_dict(d["video"])
@@ -201,7 +204,7 @@ PRETRAIN_SPLITS = ("train", "restval")  # what pre-training reads (COCO's Karpat
 def select_splits(m: Manifest, splits: Sequence[str]) -> tuple[Manifest, dict]:
     "Rows of `m` whose split is in `splits` (all without a split column), and the others counted per split."
     import pyarrow as pa, pyarrow.compute as pc
-    col = m.table.with_format("arrow")["split"] if "split" in m.columns else pa.array([], pa.string())  # index-mapped
+    col = m.column("split") if "split" in m.columns else pa.array([], pa.string())
     left_out = {c["values"]: c["counts"] for c in pc.value_counts(col).to_pylist() if c["values"] not in splits}
     keep = pc.fill_null(pc.is_in(col, pa.array(list(splits), pa.string())), False).to_numpy(zero_copy_only=False)
     return (Manifest(m.table.select(np.flatnonzero(keep)), m.path) if left_out else m), left_out

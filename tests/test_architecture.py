@@ -39,6 +39,7 @@ LAYERS = {
     "tools": [
         "tools.bench",
         "tools.rerank_bench",
+        "tools.data_bench",
         "tools.spec_format",
         "tools.specs",
         "tools.launch",
