@@ -306,6 +306,7 @@ def gather_bad_input(monitors: Sequence, world_size: int):
     import torch.distributed as dist
     states = [None] * world_size
     dist.all_gather_object(states, [m.state_dict() for m in monitors])
+    dist.barrier()  # gloo frees the gather's Python tensors in its own thread: before the group may be destroyed
     for i, m in enumerate(monitors):
         m.reset()
         if dist.get_rank() == 0:
