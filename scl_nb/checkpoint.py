@@ -4,7 +4,7 @@
 
 # %% ../nbs/21_checkpoint.ipynb #5a89f2d2
 from __future__ import annotations
-import contextlib, io, json, math, os, random, re, shutil, tempfile
+import contextlib, io, json, math, os, random, re, shutil, tempfile, time
 from pathlib import Path
 from typing import Optional
 
@@ -386,6 +386,17 @@ class RunFolderLock:
     def __init__(self, out_dir):
         self.dir, self.fd, self.created = Path(out_dir), None, False
 
+    @staticmethod
+    def _holder(fd: int, wait: float = 2.0) -> str:
+        """Who holds the lock, as its holder wrote it; the holder writes just after locking, so wait up to `wait` s
+        for it."""
+        deadline = time.monotonic() + wait
+        while True:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            if holder or time.monotonic() > deadline:
+                return holder
+            time.sleep(0.01)
+
     def _open_locked(self) -> int:
         "The lock file, opened and locked; the same file the folder holds (not one removed meanwhile)."
         import fcntl
@@ -395,7 +406,7 @@ class RunFolderLock:
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:  # EACCES / EAGAIN: held by another process
-                holder = os.read(fd, 200).decode(errors="replace").strip()
+                holder = self._holder(fd)
                 os.close(fd)
                 who = holder or "its process id not yet written"
                 raise RunFolderError(f"{self.dir} is in use by another run ({who}); "

@@ -18,6 +18,7 @@ from .media import (
     BAD_REASONS, BadSample, BatchTransform, CROP_SCALE, CropMode, FlipWords, check_row,
     centre_box, random_resized_box, read_image, read_video, swap_left_right)
 from .metrics import vqa_soft_scores
+from .containers import ContainerReader
 
 # %% auto #0
 __all__ = ['TASK_COLUMNS', 'VIDEO_EXTENSIONS', 'ManifestError', 'Manifest', 'media_type', 'video_rows', 'load_manifest',
@@ -291,6 +292,7 @@ class ManifestDataset(Dataset):
         self.answer_index = {a: i for i, a in enumerate(answers or [])}
         self.n_answers = len(answers or [])
         self._texts = self.m.table.select_columns(["image_id", "caption"]) if task == "retrieval" else None
+        self.containers = ContainerReader()  # arrow files and shards that media point into, opened once per worker
 
     def __len__(self):
         return len(self.m)
@@ -301,10 +303,11 @@ class ManifestDataset(Dataset):
 # %% ../nbs/12_data.ipynb #1c34935e
 @patch
 def _media(self: ManifestDataset, path, kind, rng):
-    "Frames `[F, H, W, 3]` uint8 of one media file."
+    "Frames `[F, H, W, 3]` uint8 of one media file, or of a member of an arrow file or a shard (`scl_nb.containers`)."
+    data = self.containers.read(path)  # None for a loose file: the reader opens it
     if kind == "video":
-        return read_video(path, self.num_frames, self.mode != "test", rng, short=self.image_size)
-    return read_image(path, short=self.image_size)
+        return read_video(path, self.num_frames, self.mode != "test", rng, short=self.image_size, data=data)
+    return read_image(path, short=self.image_size, data=data)
 
 @patch
 def _box(self: ManifestDataset, frames, rng):

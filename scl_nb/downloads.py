@@ -9,6 +9,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+from .containers import shard_media
+
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'VIDEO_EXTS', 'HASHED_NAME', 'MEDIA_EXTS', 'NAMINGS', 'index_media_files', 'index_media_files_by_name',
            'url_crc32', 'HashedFiles', 'check_row_numbers', 'ShardIndex', 'is_shard_parquet', 'detect_naming',
@@ -89,7 +91,7 @@ MEDIA_EXTS = IMAGE_EXTS | VIDEO_EXTS
 
 class ShardIndex:
     "URL -> file of the samples of img2dataset / video2dataset shards (`files` or `webdataset` output) under a folder."
-    def __init__(self, root, media_out=None):  # media_out: where tar shards are extracted
+    def __init__(self, root, media_out=None):  # media_out: where tar shards are extracted; None = read in place
         import pyarrow.parquet as pq
         self.media_out, self.where, self.extracted = Path(media_out) if media_out else None, {}, {}
         for p in sorted(Path(root).rglob("*.parquet")):
@@ -112,11 +114,13 @@ class ShardIndex:
         return files.get(key)
 
     def _files(self, shard: Path) -> dict:
-        "key -> media file of one shard (a folder, or a tar extracted now)."
+        "key -> media file of one shard (a folder, a tar read in place, or a tar extracted now)."
         if shard not in self.extracted:
             if shard.is_dir():
                 media = [f for f in os.listdir(shard) if Path(f).suffix.lower() in MEDIA_EXTS]
                 self.extracted[shard] = {Path(f).stem: str(shard / f) for f in media}
+            elif self.media_out is None:
+                self.extracted[shard] = shard_media(shard.with_suffix(".tar"))  # references into the tar
             else:
                 self.extracted[shard] = self._extract(shard.with_suffix(".tar"))
         return self.extracted[shard]
@@ -125,8 +129,6 @@ class ShardIndex:
         "Write the media members of a tar shard into `media_out/<shard>/`; key -> path."
         if not tar_path.is_file():
             return {}
-        if self.media_out is None:
-            raise ValueError(f"{tar_path}: a webdataset shard; give a folder to extract its media into (--images-out)")
         out, files = self.media_out / tar_path.stem, {}
         out.mkdir(parents=True, exist_ok=True)
         with tarfile.open(tar_path) as tar:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from .metrics import vqa_vocab_key, vqa_soft_scores
+from .containers import shard_rows, write_shards
 from .downloads import IMAGE_EXTS, ShardIndex, download_finder, index_media_files, index_media_files_by_name
 from .import_common import (ANNOTATION_DIRS, ImportStats, ManifestImportError, MediaFinder, caption_rows,
                                   find_annotation, load_json, need, parse_label, split_files, split_filter)
@@ -21,7 +22,7 @@ from .importers_arrow import import_arrow
 __all__ = ['SBU_IMAGE_DIRS', 'CC3M_FILES', 'LSMDC_FILES', 'VQA_QUESTIONS', 'VQA_IMAGES', 'NLVR2_FILES', 'MANIFEST_TYPES',
            'IMPORTERS', 'import_coco', 'import_f30k', 'import_vg', 'import_sbu', 'import_cc3m', 'import_webvid',
            'import_msrvtt', 'import_lsmdc', 'build_vqa_vocab', 'vqa_targets', 'import_vqav2', 'import_nlvr2',
-           'write_manifest', 'run_import', 'main']
+           'import_webdataset', 'import_to_shards', 'write_manifest', 'run_import', 'main']
 
 # %% ../nbs/13_importers.ipynb #39ca247d
 def _karpathy(src, stats, dataset, json_name, image_dirs, splits) -> Iterator[dict]:
@@ -185,7 +186,8 @@ def _webvid_media(find: MediaFinder, shards: ShardIndex, r: dict, stats: ImportS
     return media
 
 def import_webvid(src, stats: ImportStats, splits=None, images_out=None) -> Iterator[dict]:
-    "WebVid from its `results_*_{train,val}.csv` metadata: one row per video (video2dataset tars go to `images_out`)."
+    """WebVid from its `results_*_{train,val}.csv` metadata: one row per video (video2dataset tars read in place, or
+    extracted into `images_out`)."""
     keep = split_filter(splits)
     files = sorted({p for d in ANNOTATION_DIRS for p in (Path(src) / d).glob("results_*.csv")})
     if not files:
@@ -346,6 +348,22 @@ def import_nlvr2(src, stats: ImportStats, splits=None) -> Iterator[dict]:
                        caption=need(ex, "sentence", path, f"line {lineno + 1}").strip(), split=split, image_id=pair,
                        dataset="nlvr2", media2=pics[1], label=parse_label(need(ex, "label", path, ident), path, ident))
 
+# %% ../nbs/13_importers.ipynb #bed84afd
+def import_webdataset(src, stats: ImportStats, splits=None) -> Iterator[dict]:
+    "WebDataset shards (img2dataset / video2dataset `webdataset` output): one row per sample, read in place."
+    return shard_rows(src, stats.skip, split_filter(splits))
+
+# %% ../nbs/13_importers.ipynb #226466cb
+def import_to_shards(src, stats: ImportStats, images_out=None, samples_per_shard: int = 1000) -> Iterator[dict]:
+    "The rows of a manifest of loose files (`src`), their media written into WebDataset shards in `images_out`."
+    import tempfile
+    from scl_nb.data import load_manifest
+    if images_out is None:
+        raise ValueError("to-shards: `images_out` (where the shards go) is required")
+    with tempfile.TemporaryDirectory() as cache:  # the manifest's Arrow cache, gone afterwards
+        m = load_manifest(src, cache_dir=cache)
+        yield from write_shards((m.row(i) for i in range(len(m))), m.root, images_out, samples_per_shard, stats.skip)
+
 # %% ../nbs/13_importers.ipynb #f3ad0577
 MANIFEST_TYPES = {"media": "string", "media_type": "string", "caption": "string", "split": "string",
                   "image_id": "string", "dataset": "string", "question": "string", "question_id": "string",
@@ -419,7 +437,7 @@ def write_manifest(rows: Iterable[dict],   # manifest rows (absolute media paths
 IMPORTERS: dict[str, Callable] = {"coco": import_coco, "f30k": import_f30k, "vg": import_vg, "sbu": import_sbu,
                                   "cc3m": import_cc3m, "webvid": import_webvid, "msrvtt": import_msrvtt,
                                   "lsmdc": import_lsmdc, "vqav2": import_vqav2, "nlvr2": import_nlvr2,
-                                  "arrow": import_arrow}
+                                  "arrow": import_arrow, "webdataset": import_webdataset, "to-shards": import_to_shards}
 
 def run_import(dataset: str,            # a key of `IMPORTERS`
                src,                     # folder with the original files
@@ -440,8 +458,8 @@ def run_import(dataset: str,            # a key of `IMPORTERS`
     out = Path(out)
     if dataset == "vqav2" and options.get("vocab_out") is None:
         options["vocab_out"] = out.with_name(out.stem + "_answers.json")
-    if dataset in ("arrow", "cc3m", "webvid") and options.get("images_out") is None:
-        options["images_out"] = out.parent / ("images" if dataset == "arrow" else "media")
+    if dataset == "to-shards" and options.get("images_out") is None:
+        options["images_out"] = out.parent / "shards"
     stats = ImportStats()
     n = write_manifest(fn(src, stats, **{k: v for k, v in options.items() if v is not None}), out, absolute)
     return n, stats
@@ -471,12 +489,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     p.add_argument("--seed", type=int, help="vqav2: seed of the rest_val draw (default 0)")
     p.add_argument("--vocab-out", help="vqav2: answer vocabulary JSON (default <out stem>_answers.json)")
-    p.add_argument("--images-out", help="arrow, cc3m/webvid tars: media folder (default <out folder>/images, /media)")
+    p.add_argument("--images-out", help="arrow, cc3m/webvid tars: extract the media into this folder (default: read "
+                   "them in place); to-shards: where the shards go (default <out folder>/shards)")
+    p.add_argument("--samples-per-shard", type=int, help="to-shards: media files per shard (default 1000)")
     p.add_argument("--pattern", help="arrow: glob of the arrow files under --src (default *.arrow)")
     a = p.parse_args(argv)
     opts = dict(splits=a.splits, naming=a.naming, index_base=a.index_base, exclude_coco=a.exclude_coco,
                 train_list=a.train_list, min_answer_count=a.min_answer_count, rest_val_images=a.rest_val_images,
-                seed=a.seed, vocab_out=a.vocab_out, images_out=a.images_out, pattern=a.pattern)
+                seed=a.seed, vocab_out=a.vocab_out, images_out=a.images_out, pattern=a.pattern,
+                samples_per_shard=a.samples_per_shard)
     try:
         n, stats = run_import(a.dataset, a.src, a.out, a.absolute, **opts)
     except (ManifestImportError, ValueError) as e:

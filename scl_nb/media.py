@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_media.ipynb #dae5e5ab
 from __future__ import annotations
-import math, re
+import io, math, re
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -27,13 +27,20 @@ class BadSample(Exception):
 
 BAD_REASONS = ("missing_file", "empty_file", "truncated_image", "corrupt_image", "corrupt_video",
                "video_too_short", "empty_caption", "unknown_answer", "image_too_large", "unsupported_image",
-               "malformed_row")
+               "malformed_row", "missing_member", "truncated_shard", "corrupt_shard")
 NOTE_REASONS = ("caption_truncated",)  # counted, the sample is kept
 
 def _check_file(path: Path):
     if not path.is_file():
         raise BadSample("missing_file", path)
     if path.stat().st_size == 0:
+        raise BadSample("empty_file", path)
+
+def _check_bytes(path: Path, data: Optional[bytes]):
+    "The file at `path`, or, for media read in place, its bytes `data`, exists and is not empty."
+    if data is None:
+        _check_file(path)
+    elif len(data) == 0:
         raise BadSample("empty_file", path)
 
 def check_row(row: dict, where: str) -> dict:
@@ -65,12 +72,14 @@ def _to_rgb(im: Image.Image, path: Path) -> Image.Image:
         raise BadSample("unsupported_image", path)  # 32-bit samples: no range to scale by
     return im.convert("RGB")
 
-def read_image(path, short: int = 10_000) -> np.ndarray:  # [1, H, W, 3] uint8
+def read_image(path, short: int = 10_000,
+               data: Optional[bytes] = None,  # the encoded image read in place (`scl_nb.containers`); `path` names it
+              ) -> np.ndarray:  # [1, H, W, 3] uint8
     "An RGB image as a 1-frame clip, shorter side at most `short`; raises `BadSample`."
     path = Path(path)
-    _check_file(path)
+    _check_bytes(path, data)
     try:
-        with Image.open(path) as im:
+        with Image.open(path if data is None else io.BytesIO(data)) as im:
             im.load()
             img = _to_rgb(im, path)
     except Image.DecompressionBombError:
@@ -99,13 +108,15 @@ def frame_indices(total: int,         # frames in the video
     return [int((a + b - 1) // 2) for a, b in zip(lo, hi)]
 
 def read_video(path, num_frames: int, train: bool, rng: Optional[np.random.Generator] = None,
-               short: int = 10_000) -> np.ndarray:  # [F, H, W, 3] uint8
+               short: int = 10_000,
+               data: Optional[bytes] = None,  # the encoded video read in place (`scl_nb.containers`); `path` names it
+              ) -> np.ndarray:  # [F, H, W, 3] uint8
     "`num_frames` RGB frames of a video (decord), shorter side at most `short`; raises `BadSample`."
     import decord
     path = Path(path)
-    _check_file(path)
+    _check_bytes(path, data)
     try:
-        vr = decord.VideoReader(str(path), num_threads=1)
+        vr = decord.VideoReader(str(path) if data is None else io.BytesIO(data), num_threads=1)
         total = len(vr)
         if total < num_frames:
             raise BadSample("video_too_short", path)

@@ -21,8 +21,6 @@ __all__ = ['SYNTHETIC_TABLE', 'TaskRun', 'FinetuneRun', 'VQARun', 'NLVR2Run', 'R
            'pretrained_checkpoint', 'has_task_head', 'finetune_job', 'launch_finetune', 'main']
 
 # %% ../nbs/44_task_runs.ipynb #0e62e147
-SYNTHETIC_TABLE = {"vqa": "vqa", "nlvr2": "nlvr2", "retrieval": "captions", "video_retrieval": "video_captions"}
-
 @dataclass
 class TaskRun:
     "Parameters every task notebook has: where the run goes, its preset, data and starting point, the learning check."
@@ -140,7 +138,7 @@ class RetrievalRun(FinetuneRun, RetrievalEvalRun):
         s = RetrievalEvalRun.setting(self, task)
         return s | {"itc_weight": s["itc_weight"] if self.itc_weight is None else self.itc_weight}
 
-
+# %% ../nbs/44_task_runs.ipynb #5b034637
 def task_run_config(
     task: str,
     preset: str,
@@ -180,6 +178,9 @@ def with_steps(cfg: SCLConfig, n_train: int, epochs=None, steps=None, task: Opti
         epochs = epochs or tiny.get("epochs", EPOCHS)
         steps = epochs_to_steps(epochs, n_train, cfg.train.batch_size)
     return apply_overrides(cfg, {"train.steps": steps})
+
+# %% ../nbs/44_task_runs.ipynb #67e9515b
+SYNTHETIC_TABLE = {"vqa": "vqa", "nlvr2": "nlvr2", "retrieval": "captions", "video_retrieval": "video_captions"}
 
 def task_manifest(cfg: SCLConfig, table: str,  # `SYNTHETIC_TABLE` value (synthetic) / task columns key (manifests)
                   splits: str,                 # comma-separated split names

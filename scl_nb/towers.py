@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib, json, math, os, shutil, sys, tempfile, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -204,6 +204,25 @@ def _optimizer(model: nn.Module, lr: float, wd: float, steps: int, warmup: float
         opt, lambda i: min((i + 1) / w, max(0.0, (steps - i) / max(1, steps - w)))
     )
 
+def _fit(opt, sched,  # from `_optimizer`
+         steps: int,  # optimizer steps
+         batches: Iterator,  # the next batch, drawn when the step starts
+         loss_of: Callable,  # batch -> scalar loss
+         evaluate: Callable[[], dict],  # held-out scores of the model now
+         log_every: int,  # steps between held-out checks (and the last step)
+        ) -> list[dict]:  # step 0's scores, then every `log_every` steps the loss and the scores
+    "The towers' one training loop: a batch, its loss, an AdamW step and a schedule step, `steps` times."
+    log = [dict(step=0, **evaluate())]
+    for step, batch in zip(range(1, steps + 1), batches):
+        loss = loss_of(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % log_every == 0 or step == steps:
+            log.append(dict(step=step, loss=loss.item(), **evaluate()))
+    return log
+
 def clip_vision_config(s: TowerSettings):
     "The `transformers.CLIPVisionConfig` of the tower sizes in `s`."
     from transformers import CLIPVisionConfig
@@ -228,6 +247,20 @@ def pair_retrieval(model: ContrastivePair, pixels, ids, mask, txt2img) -> dict:
     chance = (100.0 * per_image.mean() / len(ids) + 100.0 / len(pixels)) / 2  # TR: own captions / all; IR: 1 / images
     return out | {"r1": (out["tr_r1"] + out["ir_r1"]) / 2, "chance_r1": float(chance)}
 
+def _image_batches(captions_of: list,  # per image, the indices of its captions
+                   batch_size: int,  # distinct images per batch
+                   g: torch.Generator,  # every draw comes from it
+                  ) -> Iterator[tuple[list, torch.Tensor]]:  # image indices, caption indices [B]
+    "Endless batches of distinct images (a fresh permutation per epoch), each with one of its captions."
+    perm, pos = torch.randperm(len(captions_of), generator=g), 0
+    while True:
+        if pos + batch_size > len(perm):
+            perm, pos = torch.randperm(len(captions_of), generator=g), 0
+        imgs = perm[pos:pos + batch_size].tolist()
+        pos += batch_size
+        yield imgs, torch.tensor([captions_of[i][int(torch.randint(len(captions_of[i]), (1,), generator=g))]
+                                  for i in imgs])
+
 def train_vision_tower(s: TowerSettings, data: dict, tokenizer,
                        steps: Optional[int] = None,  # None = `s.vision_steps`
                        log_every: int = 50,  # steps between held-out retrieval checks
@@ -248,25 +281,19 @@ def train_vision_tower(s: TowerSettings, data: dict, tokenizer,
     captions_of = [[] for _ in tr_files]
     for j, i in enumerate(tr_t2i.tolist()):
         captions_of[i].append(j)
-    g = torch.Generator().manual_seed(s.init_seed + 1)
+    batches = _image_batches(
+        captions_of, min(s.batch_size, len(tr_files)), torch.Generator().manual_seed(s.init_seed + 1)
+    )
     opt, sched = _optimizer(model, s.vision_lr, s.weight_decay, steps, s.warmup)
-    log = [dict(step=0, **pair_retrieval(model, va_pix, va_ids, va_mask, va_t2i))]
-    B = min(s.batch_size, len(tr_files))
-    perm, pos = torch.randperm(len(tr_files), generator=g), 0
-    for step in range(1, steps + 1):
-        if pos + B > len(perm):
-            perm, pos = torch.randperm(len(tr_files), generator=g), 0
-        imgs = perm[pos:pos + B].tolist()
-        pos += B
-        caps = torch.tensor([captions_of[i][int(torch.randint(len(captions_of[i]), (1,), generator=g))] for i in imgs])
-        loss = model(tr_pix[imgs], tr_ids[caps], tr_mask[caps])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % log_every == 0 or step == steps:
-            log.append(dict(step=step, loss=loss.item(), **pair_retrieval(model, va_pix, va_ids, va_mask, va_t2i)))
-    return model.vision, log
+
+    def loss_of(batch):  # symmetric InfoNCE of the batch's images and captions
+        imgs, caps = batch
+        return model(tr_pix[imgs], tr_ids[caps], tr_mask[caps])
+
+    def evaluate():
+        return pair_retrieval(model, va_pix, va_ids, va_mask, va_t2i)
+
+    return model.vision, _fit(opt, sched, steps, batches, loss_of, evaluate, log_every)
 
 # %% ../nbs/14_towers.ipynb #5e12173a
 def _mlm_inputs(ids: torch.Tensor,  # [B, L] token ids
@@ -311,23 +338,26 @@ def train_text_tower(s: TowerSettings, data: dict, tokenizer,
     model = RobertaForMaskedLM(roberta_config(s))
     ids, mask = tokenize(tokenizer, sorted({p["caption"] for p in data["train"]}), s.text["max_len"])  # [N, L]
     va_ids, va_mask = tokenize(tokenizer, sorted({p["caption"] for p in data["val"]}), s.text["max_len"])
-    g = torch.Generator().manual_seed(s.init_seed + 2)
+    g = torch.Generator().manual_seed(s.init_seed + 2)  # the batches' draws and their masks
     opt, sched = _optimizer(model, s.text_lr, s.weight_decay, steps, s.warmup)
-    log = [dict(step=0, **mlm_accuracy(model, va_ids, va_mask, tokenizer, s.mlm_prob))]
-    for step in range(1, steps + 1):
-        b = torch.randint(len(ids), (s.batch_size,), generator=g)
-        L = int(mask[b].sum(1).max())
-        inputs, labels = _mlm_inputs(ids[b, :L], mask[b, :L], tokenizer, s.mlm_prob, g)
-        h = model.roberta(input_ids=inputs, attention_mask=mask[b, :L]).last_hidden_state  # [B, L, D]
+
+    def batches():  # endless: captions drawn with replacement, cut to the longest
+        while True:
+            b = torch.randint(len(ids), (s.batch_size,), generator=g)
+            L = int(mask[b].sum(1).max())
+            yield ids[b, :L], mask[b, :L]  # [B, L], [B, L]
+
+    def loss_of(batch):  # MLM loss on the chosen tokens
+        b_ids, b_mask = batch
+        inputs, labels = _mlm_inputs(b_ids, b_mask, tokenizer, s.mlm_prob, g)
+        h = model.roberta(input_ids=inputs, attention_mask=b_mask).last_hidden_state  # [B, L, D]
         sel = labels != -100
-        loss = F.cross_entropy(model.lm_head(h[sel]), labels[sel])  # the vocabulary head on the chosen tokens only
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % log_every == 0 or step == steps:
-            log.append(dict(step=step, loss=loss.item(), **mlm_accuracy(model, va_ids, va_mask, tokenizer, s.mlm_prob)))
-    return model, log
+        return F.cross_entropy(model.lm_head(h[sel]), labels[sel])  # the vocabulary head on the chosen tokens only
+
+    def evaluate():
+        return mlm_accuracy(model, va_ids, va_mask, tokenizer, s.mlm_prob)
+
+    return model, _fit(opt, sched, steps, batches(), loss_of, evaluate, log_every)
 
 # %% ../nbs/14_towers.ipynb #aada71a4
 def _save_text_tower(mlm: nn.Module, tokenizer, folder: Path):

@@ -26,6 +26,7 @@ LAYERS = {
         "towers",
         "synthetic",
         "media",
+        "containers",
         "data",
         "loaders",
         "downloads",
@@ -38,8 +39,8 @@ LAYERS = {
     "tasks": ["tasks", "task_runs", "evaluation", "official", "alignment", "plots"],
     "tools": [
         "tools.bench",
-        "tools.rerank_bench",
         "tools.data_bench",
+        "tools.rerank_bench",
         "tools.spec_format",
         "tools.specs",
         "tools.launch",

@@ -173,7 +173,9 @@ def _run(a):
         from scl_nb.tools.data_bench import bench_snapshot
         bench_snapshot(a.bad_rows)
     else:
+        from scl_nb.tools.data_bench import bench_holdings
         _call(bench_data, workers=a.workers, batch_size=a.batch_size, batches=a.batches, device=a.device)
+        bench_holdings(workers=2, batch_size=a.batch_size, batches=a.batches)  # the three ways to hold a corpus
 
 # %% ../../nbs/25_bench.ipynb #45535e5d
 def _saved_activation_bytes(fn, params) -> int:

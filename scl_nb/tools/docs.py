@@ -80,7 +80,7 @@ def in_group(infos: Sequence[dict], group: str) -> list:
 
 def page_name(path) -> str:
     "The page a notebook becomes, as Quarto names it: `nbs/07_objectives.ipynb` -> `objectives`."
-    return re.sub(r"^\d+_", "", Path(path).stem)
+    return re.sub(r"^\d+[a-zA-Z0-9]*_", "", Path(path).stem)  # nbdev's rule: `11a_containers` -> `containers`
 
 def is_papermill(nb) -> bool:
     "A papermill job: a notebook with a cell tagged `parameters`."
@@ -91,7 +91,7 @@ def notebook_info(path) -> dict:
     path = Path(path)
     nb = NBProcessor(path, procs=[FilterDefaults().procs()[0]], process=True).nb  # FrontmatterProc only
     fm = getattr(nb, "frontmatter_", {}) or {}
-    name, num = page_name(path), re.match(r"^(\d+)_", path.stem)
+    name, num = page_name(path), re.match(r"^(\d+)[a-zA-Z0-9]*_", path.stem)
     if name in ("index", "method"):
         group = START
     elif num:

@@ -62,7 +62,7 @@ def driver_parameters(run: Run, cluster: str) -> dict:
     r = run.resources
     return {DRIVER_PARAMETER: dict(r), "cluster": "slurm", "gpus": r["gpus_per_node"], "nodes": r["nodes"]}
 
-# %% ../../nbs/61_launch.ipynb #30a640b2
+# %% ../../nbs/61_launch.ipynb #ed96a145
 def launch(spec: Spec | Sequence[Spec],  # one spec, or several (a run shared by them is one run)
            cluster: str = "slurm",  # "slurm", "local" (subprocesses) or "debug" (in this process)
            runs_dir="runs",  # where run folders go (`run_dir`)
@@ -111,6 +111,7 @@ def _check_jobs(jobs, cluster: str):
             )
         )
 
+# %% ../../nbs/61_launch.ipynb #d29f9394
 def _records(spec: Spec, runs_dir, only, say, cluster: str = "slurm") -> list:
     """A `Launched` record (status still empty) for every run of `spec` to launch, in order; report the runs the
     scale skips."""
@@ -133,6 +134,20 @@ def _records(spec: Spec, runs_dir, only, say, cluster: str = "slurm") -> list:
         recs.append(Launched(run, "", out, out / "output.ipynb", params, driver=driver))
     return recs
 
+def _needed(spec: Spec, only) -> list:
+    """The runs of `spec` in order, restricted to `only` (a run of a seeded spec: all its seeds; `<run>@s<k>`: that
+    one) and their upstream runs."""
+    if not only:
+        return list(spec.runs)
+    keep, todo = set(), [r.id for n in only for r in ([spec.run(n)] if "@" in n else spec.copies(n))]
+    while todo:
+        n = todo.pop()
+        if n not in keep:
+            keep.add(n)
+            todo += spec.run(n).depends_on
+    return [r for r in spec.runs if r.id in keep]
+
+# %% ../../nbs/61_launch.ipynb #d7c6e2f2
 def _must_run(rec: Launched, ups: list, cluster: str) -> bool:
     """Settle `rec` if it need not run (`finished`, `running` from an earlier launch, `blocked`); else set `after`
     and return True."""
@@ -190,19 +205,7 @@ def _schedule(recs: list, by_id: dict, jobs: int, cluster: str, dry_run: bool, s
             rec.job.cancel(check=False)  # the local jobs would outlive this process
         raise
 
-def _needed(spec: Spec, only) -> list:
-    """The runs of `spec` in order, restricted to `only` (a run of a seeded spec: all its seeds; `<run>@s<k>`: that
-    one) and their upstream runs."""
-    if not only:
-        return list(spec.runs)
-    keep, todo = set(), [r.id for n in only for r in ([spec.run(n)] if "@" in n else spec.copies(n))]
-    while todo:
-        n = todo.pop()
-        if n not in keep:
-            keep.add(n)
-            todo += spec.run(n).depends_on
-    return [r for r in spec.runs if r.id in keep]
-
+# %% ../../nbs/61_launch.ipynb #512bf2e3
 def _submit(rec: Launched, cluster: str, stamp: str, root: Path):
     "Submit one run."
     rec.out_dir.mkdir(parents=True, exist_ok=True)
