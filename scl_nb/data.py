@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_data.ipynb #e6a39db9
 from __future__ import annotations
-import csv, hashlib, json, math, os, signal, time
+import csv, functools, hashlib, json, math, os, signal, time
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional, Sequence
@@ -21,8 +21,8 @@ from .metrics import vqa_soft_scores
 from .containers import ContainerReader
 
 # %% auto #0
-__all__ = ['TASK_COLUMNS', 'VIDEO_EXTENSIONS', 'ManifestError', 'Manifest', 'media_type', 'load_manifest', 'TooManyBadSamples',
-           'BadInputMonitor', 'stable_id', 'ManifestDataset', 'pad_media', 'pad_ids', 'Collator']
+__all__ = ['TASK_COLUMNS', 'VIDEO_EXTENSIONS', 'ManifestError', 'Manifest', 'media_type', 'video_rows', 'load_manifest',
+           'TooManyBadSamples', 'BadInputMonitor', 'stable_id', 'ManifestDataset', 'pad_media', 'pad_ids', 'Collator']
 
 # %% ../nbs/12_data.ipynb #cfbbd2c7
 class ManifestError(ValueError):
@@ -52,10 +52,13 @@ class Manifest:
         "`p` resolved against the manifest's folder (absolute paths are kept)."
         p = Path(p)
         return p if p.is_absolute() else self.root / p
-    def filter(self, keep, columns: Sequence[str]) -> "Manifest":
-        "Rows for which `keep(*column values)` is true (evaluated in batches of 10,000 rows by `datasets`)."
-        fn = lambda *cols: [bool(keep(*vals)) for vals in zip(*cols)]
-        return Manifest(self.table.filter(fn, input_columns=list(columns), batched=True, batch_size=10_000), self.path)
+    def column(self, name: str):
+        "Column `name` as a pyarrow array, in the order of the rows (a selection's rows only)."
+        col, rows = self.table.data.column(name), getattr(self.table, "_indices", None)
+        return col if rows is None else col.take(rows.column(0))  # `datasets` gathers a selection row by row
+    def take(self, keep) -> "Manifest":
+        "The rows where the boolean array `keep` is true, in order (one vectorised selection, no Python per row)."
+        return Manifest(self.table.select(np.flatnonzero(np.asarray(keep, dtype=bool))), self.path)
 
 def media_type(row: dict) -> str:
     "`image` or `video`: the `media_type` column when present, else the file extension."
@@ -63,6 +66,20 @@ def media_type(row: dict) -> str:
     if t:
         return t
     return "video" if str(row["media"]).lower().endswith(VIDEO_EXTENSIONS) else "image"
+
+def video_rows(m: Manifest) -> np.ndarray:  # [len(m)] bool
+    "Which rows of `m` are videos: `media_type(row) == 'video'` for every row at once (pyarrow, no Python per row)."
+    import pyarrow as pa, pyarrow.compute as pc
+    media = m.column("media")
+    if not pa.types.is_string(media.type) and not pa.types.is_large_string(media.type):
+        return np.array([media_type(dict(media=p)) == "video" for p in media.to_pylist()], dtype=bool)
+    lower = pc.utf8_lower(media)
+    by_name = pc.fill_null(functools.reduce(pc.or_, [pc.ends_with(lower, e) for e in VIDEO_EXTENSIONS]), False)
+    if "media_type" in m.columns:
+        kind = m.column("media_type").cast(pa.string())
+        given = pc.fill_null(pc.not_equal(kind, ""), False)  # a non-empty media_type decides
+        by_name = pc.if_else(given, pc.fill_null(pc.equal(kind, "video"), False), by_name)
+    return by_name.to_numpy(zero_copy_only=False).astype(bool)
 
 # %% ../nbs/12_data.ipynb #0dac541a
 def _first_bad_line(path: Path, fmt: str) -> Optional[tuple[int, str]]:
@@ -135,7 +152,10 @@ def load_manifest(path,                       # JSONL / CSV / Parquet file
             f"{path}: missing column {missing[0]!r} (required: {list(required)}; found: {table.column_names})"
         )
     m = Manifest(table, path)
-    return m.filter(lambda s: s == split, ["split"]) if split is not None else m
+    if split is None:
+        return m
+    import pyarrow.compute as pc
+    return m.take(pc.fill_null(pc.equal(m.column("split"), split), False).to_numpy(zero_copy_only=False))
 
 # %% ../nbs/12_data.ipynb #df73283d
 class TooManyBadSamples(RuntimeError):
@@ -143,56 +163,100 @@ class TooManyBadSamples(RuntimeError):
 
 class BadInputMonitor:
     "Adds up the bad-input events of the batches and stops the run when too many samples are bad."
-    def __init__(self, max_bad_fraction: float = 0.01, min_reads: int = 200, n_examples: int = 3):
+    def __init__(self, max_bad_fraction: float = 0.01, min_reads: int = 200, n_examples: int = 3,
+                 check_each_batch: bool = True):  # False: the caller checks (the engine: all ranks, between steps)
         self.max_bad_fraction, self.min_reads, self.n_examples = max_bad_fraction, min_reads, n_examples
-        self.rows, self.examples = defaultdict(set), defaultdict(list)
+        self.check_each_batch = check_each_batch
+        self.reset()
+
+    def reset(self):
+        "Nothing counted."
+        self.by_reason, self.examples = defaultdict(int), defaultdict(list)
         self.reads = self.bad_reads = 0
 
     def update(self, batch: dict) -> dict:
         "Count the events of `batch` (its `bad` list and batch size); raise when the bad fraction is exceeded."
         events = batch.get("bad", [])
         for reason, row, path in events:
-            if row not in self.rows[reason] and len(self.examples[reason]) < self.n_examples:
-                self.examples[reason].append(path)
-            self.rows[reason].add(row)
+            self.by_reason[reason] += 1
+            self.add_example(reason, path)
         bad = sum(1 for e in events if e[0] in BAD_REASONS)
         self.bad_reads += bad
         self.reads += bad + len(batch["index"])
-        self.check()
+        if self.check_each_batch:
+            self.check()
         return batch
+
+    def add_example(self, reason: str, path: str):
+        "Keep `path` as an example of `reason` (the first `n_examples` distinct ones)."
+        kept = self.examples[reason]
+        if len(kept) < self.n_examples and path not in kept:
+            kept.append(path)
 
     @property
     def counts(self) -> dict[str, int]:
-        "Distinct rows per reason."
-        return {k: len(v) for k, v in sorted(self.rows.items())}
+        "Reads per reason (a row read in two epochs counts twice)."
+        return dict(sorted(self.by_reason.items()))
 
     @property
     def bad_fraction(self) -> float:
         return self.bad_reads / max(self.reads, 1)
 
-    def report(self) -> str:
-        "One line per reason: distinct rows and example files."
-        lines = [f"bad input: {self.bad_reads} of {self.reads} reads unusable ({100 * self.bad_fraction:.2f} %)"]
-        lines += [f"  {k}: {n} rows, e.g. {', '.join(self.examples[k])}" for k, n in self.counts.items()]
-        return "\n".join(lines)
+# %% ../nbs/12_data.ipynb #46e1b9f0
+@patch
+def report(self: BadInputMonitor) -> str:
+    "One line per reason: reads and example files."
+    lines = [f"bad input: {self.bad_reads} of {self.reads} reads unusable ({100 * self.bad_fraction:.2f} %)"]
+    lines += [f"  {k}: {n} reads, e.g. {', '.join(self.examples[k])}" for k, n in self.counts.items()]
+    return "\n".join(lines)
 
-    def summary(self) -> dict:
-        "Reads, unusable reads, distinct rows per reason and example files: what `summary.json` reports."
-        return {"reads": self.reads, "unusable": self.bad_reads, "rows_by_reason": self.counts,
-                "examples": {k: list(v) for k, v in sorted(self.examples.items())}}
+@patch
+def summary(self: BadInputMonitor) -> dict:
+    "Reads, unusable reads, reads per reason and example files: what `summary.json` reports."
+    return {"reads": self.reads, "unusable": self.bad_reads, "reads_by_reason": self.counts,
+            "examples": {k: list(v) for k, v in sorted(self.examples.items())}}
 
-    def check(self):
-        if self.reads >= self.min_reads and self.bad_fraction > self.max_bad_fraction:
-            raise TooManyBadSamples(f"{self.bad_fraction:.1%} of the samples read are unusable, more than "
-                                    f"data.max_bad_fraction={self.max_bad_fraction}\n{self.report()}")
+@patch
+def exceeded(self: BadInputMonitor, reads: Optional[int] = None, bad_reads: Optional[int] = None) -> Optional[str]:
+    "Why to stop when `bad_reads` of `reads` (default: this monitor's; the engine passes all ranks') are too many."
+    reads = self.reads if reads is None else reads
+    bad_reads = self.bad_reads if bad_reads is None else bad_reads
+    if reads < self.min_reads or bad_reads / max(reads, 1) <= self.max_bad_fraction:
+        return None
+    return (f"{bad_reads / reads:.1%} of the samples read are unusable, more than "
+            f"data.max_bad_fraction={self.max_bad_fraction}\n{self.report()}")
 
-    def state_dict(self):
-        return dict(rows={k: sorted(v) for k, v in self.rows.items()}, examples=dict(self.examples),
-                                      reads=self.reads, bad_reads=self.bad_reads)
-    def load_state_dict(self, d):
-        self.rows = defaultdict(set, {k: set(v) for k, v in d["rows"].items()})
-        self.examples = defaultdict(list, d["examples"])
-        self.reads, self.bad_reads = d["reads"], d["bad_reads"]
+@patch
+def check(self: BadInputMonitor):
+    "Raise `TooManyBadSamples` when this monitor's bad fraction is too high."
+    message = self.exceeded()
+    if message:
+        raise TooManyBadSamples(message)
+
+# %% ../nbs/12_data.ipynb #ed505023
+@patch
+def state_dict(self: BadInputMonitor) -> dict:
+    "Counts per reason and at most `n_examples` examples each: its size does not grow with the bad rows met."
+    return dict(by_reason=dict(self.by_reason), examples={k: list(v) for k, v in self.examples.items()},
+                reads=self.reads, bad_reads=self.bad_reads)
+
+@patch
+def absorb(self: BadInputMonitor, d: dict):
+    "Add the counts of another monitor's `state_dict()` (another rank's) to this one's."
+    if "rows" in d:  # a checkpoint written before issue 22: distinct rows per reason
+        d = d | {"by_reason": {k: len(v) for k, v in d["rows"].items()}}
+    for reason, n in d["by_reason"].items():
+        self.by_reason[reason] += n
+    for reason, paths in d["examples"].items():
+        for p in paths:
+            self.add_example(reason, p)
+    self.reads += d["reads"]
+    self.bad_reads += d["bad_reads"]
+
+@patch
+def load_state_dict(self: BadInputMonitor, d: dict):
+    self.reset()
+    self.absorb(d)
 
 # %% ../nbs/12_data.ipynb #dc932a23
 def stable_id(s) -> int:

@@ -19,8 +19,8 @@ from torch import nn
 # %% auto #0
 __all__ = ['BLOCK_LIST_SUFFIXES', 'is_distributed', 'rank', 'world_size', 'is_main', 'barrier', 'first_host', 'launcher_env',
            'local_rank', 'init_distributed', 'cleanup_distributed', 'DistContext', 'init_dist', 'any_rank',
-           'unwrap_model', 'is_fsdp', 'all_gather_with_grad', 'all_reduce_mean', 'shard_model', 'sync_replicated_grads',
-           'single_process_group', 'free_port', 'PickledByValue', 'run_local_processes']
+           'sum_over_ranks', 'unwrap_model', 'is_fsdp', 'all_gather_with_grad', 'all_reduce_mean', 'shard_model',
+           'sync_replicated_grads', 'single_process_group', 'free_port', 'PickledByValue', 'run_local_processes']
 
 # %% ../nbs/06_distributed.ipynb #9b1d71be
 def is_distributed() -> bool:
@@ -124,6 +124,14 @@ def any_rank(flag: bool, device) -> bool:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
     return flag
+
+def sum_over_ranks(values: Sequence[float], device) -> list[float]:
+    "`values` added up element-wise over the ranks, in one all-reduce (float64: counts exact up to 2**53)."
+    if world_size() == 1:
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
 
 # %% ../nbs/06_distributed.ipynb #f90835b0
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -22,7 +22,7 @@ from fastcore.basics import patch
 # %% auto #0
 __all__ = ['StopFlag', 'resolve_precision', 'autocast', 'make_scaler', 'MetricsLog', 'Progress', 'run_record', 'batch_layout',
            'to_device', 'isolated_rng', 'EpochLoader', 'endless', 'enable_activation_checkpointing', 'probe_step',
-           'bad_input_summary']
+           'bad_input_summary', 'bad_input_monitors', 'gather_bad_input']
 
 # %% ../nbs/23_runtime.ipynb #e0869d68
 def _submitit_signal() -> Optional[int]:
@@ -291,3 +291,24 @@ def probe_step(model, data, ctx, precision) -> tuple[float, list[str]]:
 def bad_input_summary(data) -> dict:
     "Unusable samples by reason, from a loader's bad-input monitor(s) (empty when the loader keeps no count)."
     return data.bad_input() if hasattr(data, "bad_input") else {}
+
+# %% ../nbs/23_runtime.ipynb #007a2537
+def bad_input_monitors(data) -> list:
+    "The bad-input monitors of a loader: a `MixedLoader`'s, a `ResumableLoader`'s, or none."
+    if hasattr(data, "monitors"):
+        return list(data.monitors)
+    return [data.monitor] if hasattr(data, "monitor") else []
+
+def gather_bad_input(monitors: Sequence, world_size: int):
+    "Every rank's bad-input counts added onto rank 0's monitors; the other ranks' monitors start again from zero."
+    if world_size == 1:
+        return
+    import torch.distributed as dist
+    states = [None] * world_size
+    dist.all_gather_object(states, [m.state_dict() for m in monitors])
+    dist.barrier()  # gloo frees the gather's Python tensors in its own thread: before the group may be destroyed
+    for i, m in enumerate(monitors):
+        m.reset()
+        if dist.get_rank() == 0:
+            for s in states:
+                m.absorb(s[i])

@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from torch import nn
 
 from .config import PRESETS, SCLConfig, ConfigError, num, objective_overrides, run_config
-from .distributed import (DistContext, init_dist, any_rank, barrier, cleanup_distributed, all_reduce_mean,
+from .distributed import (DistContext, init_dist, sum_over_ranks, barrier, cleanup_distributed, all_reduce_mean,
                                 shard_model, single_process_group, sync_replicated_grads)
 from .optim import build_optimizer, build_scheduler
 from .checkpoint import (CheckpointError, RunFolderError, RunFolderLock, atomic_write, check_resume_config,
@@ -27,7 +27,8 @@ from .data import ManifestError, TooManyBadSamples
 from .loaders import pretrain_loader
 from .runtime import (StopFlag, MetricsLog, Progress, run_record, resolve_precision, autocast, make_scaler,
                             batch_layout, to_device, isolated_rng, EpochLoader, endless,
-                            enable_activation_checkpointing, probe_step, bad_input_summary)
+                            enable_activation_checkpointing, probe_step, bad_input_summary,
+                            bad_input_monitors, gather_bad_input)
 
 # %% auto #0
 __all__ = ['EXIT_NONFINITE', 'NonFiniteLossError', 'default_data_fn', 'Trainer', 'wrap', 'skips_on_device', 'as_tensor', 'say',
@@ -86,6 +87,8 @@ def build(self: Trainer):
     data_cfg.train.per_gpu_batch_size = self.micro
     data = self.data_fn(data_cfg, ctx.rank, ctx.world_size, ctx.device)
     self.data = data if hasattr(data, "state_dict") else EpochLoader(data)
+    for m in bad_input_monitors(self.data):
+        m.check_each_batch = False  # checked over all ranks between steps (`stop_requests`)
     self.scheduler = build_scheduler(self.optimizer, tcfg)
 
 # %% ../nbs/23_train.ipynb #97013c0c
@@ -97,6 +100,9 @@ def restore(self: Trainer, ckpt: Optional[Path]):
     st = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler, self.scaler, rank=self.ctx.rank,
                          map_location=self.ctx.device)
     self.data.load_state_dict(st["data"])
+    if self.ctx.rank:  # rank 0's state holds every rank's bad-input counts (`gather_bad_input`)
+        for m in bad_input_monitors(self.data):
+            m.reset()
     self.counters.update({k: int(v) for k, v in st["extra"].get("counters", {}).items()})
     self.start = self.at_step = st["step"]
 
@@ -273,6 +279,9 @@ def check_nonfinite(self: Trainer, step: int):
 def save(self: Trainer, done: dict):
     "The checkpoint of the finished step `done`; `saving` names it while it is written."
     self.saving = done["step"]
+    if self.ctx.world_size > 1:  # every rank's bad-input counts into rank 0's state, which the checkpoint keeps
+        gather_bad_input(bad_input_monitors(self.data), self.ctx.world_size)
+        done = done | {"data": copy.deepcopy(self.data.state_dict())}  # with several ranks, saved right after the step
     save_checkpoint(self.ckpt_dir, done["step"], self.model, self.optimizer, self.scheduler, self.scaler,
                     data_state=done["data"], cfg=self.cfg, extra={"counters": done["counters"]},
                     generators={"step": done["gen"]} if done["gen"] else None, rank=self.ctx.rank,
@@ -329,6 +338,7 @@ def summary(self: Trainer) -> dict:
     if ctx.device.type == "cpu" and self.precision == "fp32" and math.isfinite(flops) and steady:
         peak = (cpu_peak_flops(self.cfg.data.cache_dir, observed=flops / step_time / ctx.world_size), peak[1])
     parallel = "fsdp" if tcfg.parallel == "fsdp" else "ddp" if ctx.world_size > 1 else "none"
+    gather_bad_input(bad_input_monitors(self.data), ctx.world_size)  # rank 0 writes the sum over ranks
     s = {"status": self.status, "step": self.at_step, "steps": tcfg.steps, "final": self.last,
          "skipped_steps": self.counters["skipped"], "world_size": ctx.world_size, "parallel": parallel,
          "grad_accum": self.accum, "micro_batch": self.micro, "precision": self.precision,
@@ -343,23 +353,36 @@ def summary(self: Trainer) -> dict:
         atomic_write(self.out_dir / "summary.json", json.dumps(s, indent=2))
     return s
 
+# %% ../nbs/23_train.ipynb #ff6e4fd7
+@patch
+def stop_requests(self: Trainer, flag: StopFlag) -> tuple[bool, Optional[str]]:
+    "Whether a stop signal reached any rank, and why to stop when the ranks' bad reads together are too many."
+    monitors = bad_input_monitors(self.data)
+    mine = [float(flag.requested)] + [float(n) for m in monitors for n in (m.reads, m.bad_reads)]
+    total = sum_over_ranks(mine, self.ctx.device)  # [1 + 2 * monitors]: signals, then reads and bad reads
+    whys = [m.exceeded(int(total[1 + 2 * i]), int(total[2 + 2 * i])) for i, m in enumerate(monitors)]
+    return total[0] > 0, next((w for w in whys if w), None)
+
 # %% ../nbs/23_train.ipynb #7a2fa5e1
 @patch
 def fit(self: Trainer) -> dict:
     "Steps `start + 1 ... end`, then the run's summary; an error saves the last finished step first (`rescue`)."
-    tcfg = self.cfg.train
+    tcfg, too_bad = self.cfg.train, None
     self.model.train()
     try:
         with StopFlag() as flag:
             for step in range(self.start + 1, self.end + 1):
                 self.step(step)
-                stop = any_rank(flag.requested, self.ctx.device)
+                stop, too_bad = self.stop_requests(flag)
                 due = step % tcfg.ckpt_every == 0 or step == self.end
-                if due or stop or self.every_step or step == self.start + 1 or step % tcfg.log_every == 0:
+                if due or stop or too_bad or self.every_step or step == self.start + 1 or step % tcfg.log_every == 0:
                     self.drain()  # host reads only here
-                if (due and not self.counters["nonfinite_run"]) or stop:
+                if (due and not self.counters["nonfinite_run"]) or stop or too_bad:
                     self.save(self.done)
                     self.t_read = time.perf_counter()  # saving is not step time
+                if too_bad:
+                    self.status = "too_many_bad_samples"
+                    break
                 if stop and step < self.end:  # a signal in the last step: the run is complete all the same
                     self.status = "preempted"
                     break
@@ -372,6 +395,9 @@ def fit(self: Trainer) -> dict:
     summary = self.summary()
     if self.status == "preempted":
         flag.forward_to_submitit()
+    if too_bad:
+        raise TooManyBadSamples(f"{too_bad}\nstopped after step {self.at_step}, saved to {summary['checkpoint']}: "
+                                f"fix the data (or raise data.max_bad_fraction) and resume")
     return summary
 
 # %% ../nbs/23_train.ipynb #e0289704
