@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_model
 
 from scl_nb.config import load_config, objective_overrides
-from scl_nb.data import task_loader
+from scl_nb.loaders import task_loader
 from scl_nb.checkpoint import latest_checkpoint
 from scl_nb.heldout import heldout_scores, train_with_curve
 from scl_nb.objectives import PretrainTask
