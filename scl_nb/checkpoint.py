@@ -208,6 +208,7 @@ def optimizer_state_from_fqn(sd: dict, names: list[list[str]]) -> dict:
     return {"state": {index[n]: s for n, s in sd["state"].items()},
             "param_groups": [g | {"params": [index[n] for n in g["params"]]} for g in sd["param_groups"]]}
 
+# %% ../nbs/21_checkpoint.ipynb #ff645126
 def _full_state_options(**kw):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
     return StateDictOptions(full_state_dict=True, **kw)
@@ -222,6 +223,7 @@ def _states_to_save(plain: nn.Module, optimizer, rank: int) -> tuple:
         return None, optimizer_state_to_fqn(optimizer.state_dict(), _optimizer_names(plain, optimizer))
     return None, None
 
+# %% ../nbs/21_checkpoint.ipynb #f586fd1b
 def _put_in_place(tmp: Path, final: Path, keep_last: int):
     """The finished folder `tmp` renamed to `final` (replacing a re-run step), then all but the newest `keep_last`
     removed."""
@@ -235,6 +237,7 @@ def _put_in_place(tmp: Path, final: Path, keep_last: int):
         if not old.is_symlink():
             shutil.rmtree(old)  # a linked folder was put there by someone: it stays
 
+# %% ../nbs/21_checkpoint.ipynb #64afb52e
 def save_checkpoint(ckpt_dir, step: int, model: nn.Module, optimizer, scheduler=None, scaler=None,
                     data_state: dict | None = None, cfg: SCLConfig | None = None, extra: dict | None = None,
                     generators: dict | None = None, rank: int = 0, keep_last: int = 3) -> Path:
@@ -285,6 +288,7 @@ def save_checkpoint(ckpt_dir, step: int, model: nn.Module, optimizer, scheduler=
     barrier()
     return final
 
+# %% ../nbs/21_checkpoint.ipynb #071ec25c
 def load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, scaler=None,
                     generators: dict | None = None, rank: int = 0, map_location="cpu") -> dict:
     """Load a checkpoint folder into the given objects (plain, DDP or FSDP2: all ranks call this); restore this

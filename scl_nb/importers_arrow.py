@@ -68,6 +68,7 @@ def _save_image(data, folder: Path, name: str) -> Optional[str]:
         part.replace(p)
     return str(p.resolve())
 
+# %% ../nbs/13_importers_arrow.ipynb #81585a53
 def _arrow_image(path: Path, batch, first: int, column: str, i: int, folder: Optional[Path],
                  name: str) -> Optional[str]:
     "Row `i`'s image: a reference read in place (`folder` None) or a file extracted into `folder`; None when empty."
@@ -89,6 +90,7 @@ def _arrow_batches(path: Path):
         batch = reader.get_batch(b)
         yield batch.schema.names, batch
 
+# %% ../nbs/13_importers_arrow.ipynb #6981543e
 def _arrow_files(src: Path, pattern: str) -> list:
     "The arrow files to read; `*_val` files last (ViLT's `vqav2_val` repeats `trainable_val` and `rest_val`)."
     files = [src] if src.is_file() else sorted(src.glob(pattern))
@@ -104,6 +106,7 @@ def _arrow_split(stats: ImportStats, path: Path, file_split: Optional[str], colu
         stats.notes[f"of {path.name} labelled '{file_split}' by its file name (split column: '{column_split}')"] += 1
     return file_split
 
+# %% ../nbs/13_importers_arrow.ipynb #7c7db31f
 def _arrow_vqa_rows(stats: ImportStats, path: Path, row: dict, media: str, split: str, dataset: str,
                     seen: dict) -> Iterator[dict]:  # seen: (dataset, question id) -> the file it came from
     "One VQA arrow row (an image and its questions) as manifest rows; a question id already imported is skipped."
@@ -117,6 +120,7 @@ def _arrow_vqa_rows(stats: ImportStats, path: Path, row: dict, media: str, split
         yield dict(media=media, media_type="image", caption="", split=split, image_id=str(row["image_id"]),
                    dataset=dataset, question=qtext, question_id=str(qid), answers=ans)
 
+# %% ../nbs/13_importers_arrow.ipynb #8d64e077
 def import_arrow(src, stats: ImportStats, images_out=None, pattern: str = "*.arrow", splits=None) -> Iterator[dict]:
     "ViLT/METER `.arrow` files: caption, VQA or NLVR2 rows, images read in place (or extracted into `images_out`)."
     files = _arrow_files(Path(src), pattern)

@@ -388,6 +388,19 @@ def fetch_official(source) -> Path:
     return p
 
 # %% ../nbs/41_official.ipynb #a30e2126
+def _adaptable(key: str, value: torch.Tensor, own: torch.Tensor) -> bool:
+    "Shape differences the model's loader adapts: a square position grid, fewer token-type rows."
+    if key == "vision.pos_embed":
+        return (
+            value.dim() == 2
+            and value.shape[1] == own.shape[1]
+            and math.isqrt(value.shape[0] - 1) ** 2 == value.shape[0] - 1
+        )
+    if key == "fusion.token_type.weight":
+        return value.shape[1] == own.shape[1] and value.shape[0] <= own.shape[0]
+    return False
+
+# %% ../nbs/41_official.ipynb #444b7288
 def _check_against(model: SCLModel, renamed: RenamedState, task: str, source) -> list:
     "Raise on unknown / missing / mis-shaped tensors; return the optional parameters the file lacks."
     own = model.state_dict()
@@ -411,18 +424,7 @@ def _check_against(model: SCLModel, renamed: RenamedState, task: str, source) ->
         raise OfficialCheckpointError(f"{source} does not fit the model: " + "; ".join(problems))
     return missing
 
-def _adaptable(key: str, value: torch.Tensor, own: torch.Tensor) -> bool:
-    "Shape differences the model's loader adapts: a square position grid, fewer token-type rows."
-    if key == "vision.pos_embed":
-        return (
-            value.dim() == 2
-            and value.shape[1] == own.shape[1]
-            and math.isqrt(value.shape[0] - 1) ** 2 == value.shape[0] - 1
-        )
-    if key == "fusion.token_type.weight":
-        return value.shape[1] == own.shape[1] and value.shape[0] <= own.shape[0]
-    return False
-
+# %% ../nbs/41_official.ipynb #ee0a3a6e
 def load_official(source,                         # .ckpt path, hf://OWNER/REPO/FILE, or a released name
                   task: str = "auto",             # 'auto' (the file's head), 'pretrain', 'vqa', 'nlvr2', 'retrieval'
                   overrides: Sequence[str] = (),  # config overrides, e.g. ["vision.image_size=384"]

@@ -60,6 +60,7 @@ def measure_cpu_matmul_flops(n: int = 1024,  # side of the square fp32 matrices
         best = max(best, 2 * n ** 3 / (time.perf_counter() - t))
     return best
 
+# %% ../nbs/22_perf.ipynb #8bea5612
 def cpu_peak_file(cache_dir=None) -> Path:
     "Where the CPU peak of this machine is kept: `<cache>/cpu_peak.json` (`$SCL_NB_CACHE` or ~/.cache/scl_nb)."
     from scl_nb.text import default_cache_dir
@@ -75,6 +76,7 @@ def _cpu_key() -> str:
     threads = torch.get_num_threads()
     return f"{model or platform.machine()} | {platform.node()} | {threads} threads | torch {torch.__version__}"
 
+# %% ../nbs/22_perf.ipynb #384b191f
 def cpu_peak_flops(cache_dir=None,  # cache root; None = `$SCL_NB_CACHE` or ~/.cache/scl_nb
                    observed: float = 0.0,  # FLOP/s a real workload reached; above the stored peak, it is measured again
                    measure: Callable = measure_cpu_matmul_flops,  # (**size) -> FLOP/s
@@ -105,6 +107,7 @@ def cpu_peak_flops(cache_dir=None,  # cache root; None = `$SCL_NB_CACHE` or ~/.c
             pass  # a read-only cache: the figure is still right for this run
     return entry["flops"]
 
+# %% ../nbs/22_perf.ipynb #524dd6d1
 def peak_flops(device: torch.device | str,
                precision: str,  # "bf16", "fp16" or "fp32"
                cache_dir=None,  # where a CPU peak is stored
@@ -121,6 +124,7 @@ def peak_flops(device: torch.device | str,
         return float("nan"), f"{device.type} {precision}: no peak figure known"
     return cpu_peak_flops(cache_dir), f"CPU fp32 matmul peak, measured once ({cpu_peak_file(cache_dir)})"
 
+# %% ../nbs/22_perf.ipynb #06238724
 def mfu(flops_per_step: float,  # model FLOPs of one optimiser step, all devices together
         step_time_s: float,
         peak: float,  # peak FLOP/s of one device

@@ -60,6 +60,7 @@ class TaskRun:
             raise ConfigError("out_dir='' must be a folder path")
         objective_overrides(self.pretrain_objectives)
 
+# %% ../nbs/44_task_runs.ipynb #d7e77c54
 @dataclass
 class FinetuneRun(TaskRun):
     "A fine-tuning notebook's parameters: `TaskRun`'s, the splits, the length and the learning rate."
@@ -72,6 +73,7 @@ class FinetuneRun(TaskRun):
     lr: Optional[float] = num(None, 1e-12)  # base learning rate; None: the task value of the preset
     randaugment: Optional[bool] = None  # RandAugment(2, 9) in training; None: on, except on the synthetic set
 
+# %% ../nbs/44_task_runs.ipynb #a425c342
 @dataclass
 class VQARun(FinetuneRun):
     "The parameters of `nbs/finetune_vqa.ipynb`."
@@ -81,6 +83,7 @@ class VQARun(FinetuneRun):
     out_dir: str = "runs/finetune_vqa"
     margin: float = num(15.0, 0.0)
 
+# %% ../nbs/44_task_runs.ipynb #eb71a337
 @dataclass
 class NLVR2Run(FinetuneRun):
     "The parameters of `nbs/finetune_nlvr2.ipynb`."
@@ -90,6 +93,7 @@ class NLVR2Run(FinetuneRun):
     out_dir: str = "runs/finetune_nlvr2"
     margin: float = num(6.0, 0.0)
 
+# %% ../nbs/44_task_runs.ipynb #f8bcf54c
 @dataclass
 class RetrievalEvalRun(TaskRun):
     "The parameters of `nbs/eval_retrieval.ipynb` (and the retrieval settings `finetune_retrieval` shares)."
@@ -124,6 +128,7 @@ class RetrievalEvalRun(TaskRun):
         return dict(s, dataset=name, video=video, k=self.k if self.k is not None else tiny.get("k", s.get("k", 0)),
                     eval_images=self.eval_images if self.eval_images is not None else tiny.get("eval_images"))
 
+# %% ../nbs/44_task_runs.ipynb #e0664460
 @dataclass
 class RetrievalRun(FinetuneRun, RetrievalEvalRun):
     "The parameters of `nbs/finetune_retrieval.ipynb`."

@@ -295,6 +295,45 @@ def _parser() -> argparse.ArgumentParser:
     )
     return p
 
+# %% ../../nbs/61_launch.ipynb #62ee4a26
+def _spec_error_text(errors: list) -> str:
+    """One message for the `SpecError`s of several files: their problems once each (a shared run is checked by every
+    file using it)."""
+    problems = [p for e in errors for p in e.problems]
+    lines = list(dict.fromkeys(str(e) for e in errors if not e.problems)) + (
+        problem_lines(problems) if problems else []
+    )
+    n = len(lines) - any(p.missing for p in problems)
+    return "spec error: " + (lines[0] if len(lines) == 1 else f"{n} problem{'s' * (n > 1)}:\n  " + "\n  ".join(lines))
+
+# %% ../../nbs/61_launch.ipynb #77dbcac7
+def _launch_all(specs: list, args) -> int:
+    "Launch (or plan) the specs as the command line asks; the exit code."
+    failed, submitted = False, []
+    for spec in specs:
+        print(
+            f"# {spec.name}"
+            + (f" (scale {spec.scale})" if spec.scale else "")
+            + (f": {spec.description}" if spec.description else "")
+        )
+        if args.jobs > 1:
+            continue  # one scheduling loop for all specs, below
+        res = launch(spec, args.cluster, args.runs_dir, args.dry_run, only=args.only, log=print)
+        failed |= any(r.status in ("failed", "blocked") for r in res.values())
+        submitted += [r for r in res.values() if r.status == "submitted"]
+    if args.jobs > 1:
+        print(f"# up to {args.jobs} runs at once; a run shared by specs runs once")
+        res = launch(specs, args.cluster, args.runs_dir, args.dry_run, only=args.only, log=print, jobs=args.jobs)
+        failed |= any(r.status in ("failed", "blocked") for r in res.values())
+    if args.wait and submitted:
+        print(f"# waiting for {len(submitted)} job(s)")
+        for rec in submitted:
+            _wait_here(rec)
+            print(_report_line(rec, args.cluster))
+            failed |= rec.status == "failed"
+    return 1 if failed else 0
+
+# %% ../../nbs/61_launch.ipynb #bcba0ac7
 def main(argv: Optional[Sequence[str]] = None) -> int:
     "CLI entry point; returns the exit code (0 ok, 1 a run failed, 2 a bad spec or option)."
     args = _parser().parse_args(argv)
@@ -323,42 +362,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SpecError as e:  # e.g. `--only` names a run the specs do not have
         print(f"spec error: {e}", file=sys.stderr)
         return 2
-
-def _spec_error_text(errors: list) -> str:
-    """One message for the `SpecError`s of several files: their problems once each (a shared run is checked by every
-    file using it)."""
-    problems = [p for e in errors for p in e.problems]
-    lines = list(dict.fromkeys(str(e) for e in errors if not e.problems)) + (
-        problem_lines(problems) if problems else []
-    )
-    n = len(lines) - any(p.missing for p in problems)
-    return "spec error: " + (lines[0] if len(lines) == 1 else f"{n} problem{'s' * (n > 1)}:\n  " + "\n  ".join(lines))
-
-def _launch_all(specs: list, args) -> int:
-    "Launch (or plan) the specs as the command line asks; the exit code."
-    failed, submitted = False, []
-    for spec in specs:
-        print(
-            f"# {spec.name}"
-            + (f" (scale {spec.scale})" if spec.scale else "")
-            + (f": {spec.description}" if spec.description else "")
-        )
-        if args.jobs > 1:
-            continue  # one scheduling loop for all specs, below
-        res = launch(spec, args.cluster, args.runs_dir, args.dry_run, only=args.only, log=print)
-        failed |= any(r.status in ("failed", "blocked") for r in res.values())
-        submitted += [r for r in res.values() if r.status == "submitted"]
-    if args.jobs > 1:
-        print(f"# up to {args.jobs} runs at once; a run shared by specs runs once")
-        res = launch(specs, args.cluster, args.runs_dir, args.dry_run, only=args.only, log=print, jobs=args.jobs)
-        failed |= any(r.status in ("failed", "blocked") for r in res.values())
-    if args.wait and submitted:
-        print(f"# waiting for {len(submitted)} job(s)")
-        for rec in submitted:
-            _wait_here(rec)
-            print(_report_line(rec, args.cluster))
-            failed |= rec.status == "failed"
-    return 1 if failed else 0
 
 # %% ../../nbs/61_launch.ipynb #ca577e35
 #| eval: false

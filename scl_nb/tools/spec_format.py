@@ -265,6 +265,86 @@ def _mapping_item(node: yaml.MappingNode, key):
     return None
 
 # %% ../../nbs/60_spec_format.ipynb #54055840
+def _file_layers(src: str, d: dict, scale: Optional[str], loc) -> tuple[list, dict, dict, dict]:
+    "The runs of one file, its defaults, and the scale's defaults and per-run overrides, each checked."
+    runs = d.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise SpecError(f"{loc('runs')}: 'runs' must be a non-empty list of runs")
+    defaults = check_keys(d.get("defaults") or {}, OVERRIDE_KEYS, "defaults", loc("defaults"))
+    scales = d.get("scales") or {}
+    if not isinstance(scales, dict):
+        raise SpecError(f"{loc('scales')}: scales must be a mapping of scale names")
+    if scale is not None and scale not in scales:
+        raise SpecError(f"{src}: no scale {scale!r}; scales: {sorted(scales)}")
+    sc = check_keys(scales.get(scale) or {}, SCALE_KEYS, f"scales.{scale}", loc("scales", scale)) if scale else {}
+    where = f"scales.{scale}"
+    sc_defaults = check_keys(
+        sc.get("defaults") or {}, OVERRIDE_KEYS, f"{where}.defaults", loc("scales", scale, "defaults")
+    )
+    names = [r.get("name") for r in runs if isinstance(r, dict)]
+    sc_runs = check_keys(sc.get("runs") or {}, names, f"{where}.runs", loc("scales", scale, "runs"))
+    return runs, defaults, sc_defaults, sc_runs
+
+# %% ../../nbs/60_spec_format.ipynb #537e3a0e
+def _run_name(r: dict, i: int, rsrc: str, seen: set) -> str:
+    "The name of run #`i + 1`, checked (keys, name and notebook given, the name's characters, not used twice)."
+    check_keys(r, RUN_KEYS, f"run #{i + 1}", rsrc)
+    for k in ("name", "notebook"):
+        if not isinstance(r.get(k), str):
+            raise SpecError(f"{rsrc}: run #{i + 1} needs a '{k}' string")
+    name = r["name"]
+    if not _NAME.match(name):
+        raise SpecError(f"{rsrc}: run name {name!r} may only use letters, digits, '_' and '-'")
+    if name in seen:
+        raise SpecError(f"{rsrc}: run {name!r} is defined twice")
+    seen.add(name)
+    return name
+
+# %% ../../nbs/60_spec_format.ipynb #b6980133
+def _run_deps(r: dict, params: dict, spec: str, src: str, rsrc: str, where: str) -> list:
+    "The runs `r` depends on, qualified; every run its parameters refer to must be one of them."
+    deps = r.get("depends_on") or []
+    if not isinstance(deps, list):
+        raise SpecError(f"{rsrc}: depends_on of {where} must be a list of run names")
+    deps = [_qualify(x, spec, f"{rsrc}: depends_on of {where}") for x in deps]
+    try:
+        refs = [_qualify(x, spec, src) for x in find_refs(params)]
+    except SpecError as e:
+        raise SpecError(f"{rsrc}: parameters of {where}: {e}") from None
+    missing = sorted(set(refs) - set(deps))
+    if missing:
+        raise SpecError(f"{rsrc}: {where} uses ${{{missing[0]}.out_dir}} but does not list {missing[0]!r} in "
+                        f"depends_on")
+    return deps
+
+# %% ../../nbs/60_spec_format.ipynb #8428f237
+def _make_run(r: dict, name: str, spec: str, src: str, rsrc: str, layers: dict, tree, root: Path) -> Run:
+    "The `Run` of one run: its layers of parameters and resources merged, its dependencies, the line of each value."
+    where = f"run {name!r}"
+    for k in OVERRIDE_KEYS:
+        for layer in layers.values():
+            if not isinstance(layer.get(k) or {}, dict):
+                raise SpecError(f"{rsrc}: {k} of {where} must be a mapping")
+    params, res = {}, {}
+    for layer in layers.values():
+        params = deep_merge(params, layer.get("parameters") or {})
+        res = deep_merge(res, layer.get("resources") or {})
+    for k in LAUNCHER_PARAMETERS:
+        if k in params:
+            raise SpecError(f"{rsrc}: {where} sets parameter {k!r}; the launcher sets it (scl_nb.tools.launch)")
+    deps = _run_deps(r, params, spec, src, rsrc, where)
+    qualified = lambda m: "${" + _qualify(REF.match(m.group(1).strip()).group(1), spec, src) + ".out_dir}"
+    params = walk_strings(params, lambda s: TEMPLATE.sub(qualified, s))
+    lines = {}
+    for k in params:  # the last layer that sets k wrote the value in effect
+        at = [yaml_line(tree, keys + ("parameters", k)) for keys, layer in layers.items()
+              if k in (layer.get("parameters") or {})]
+        lines[k] = f"{src}:{at[-1]}" if at and at[-1] else rsrc
+    notebook = (root / r["notebook"]).resolve()
+    resources = check_resources(res, where, rsrc)
+    return Run(f"{spec}/{name}", notebook, params, resources, deps, r.get("description") or "", rsrc, lines)
+
+# %% ../../nbs/60_spec_format.ipynb #314a53d5
 def parse_runs(path: Path, d: dict, scale: Optional[str], root: Path) -> tuple[list, list]:
     "The runs of one file with defaults and scale applied (no cross-file checks yet), and the ids the scale skips."
     src, spec, tree = show_path(path), path.stem, yaml.compose(path.read_text())
@@ -293,79 +373,3 @@ def parse_runs(path: Path, d: dict, scale: Optional[str], root: Path) -> tuple[l
         }
         out.append(_make_run(r, name, spec, src, rsrc, layers, tree, root))
     return out, skipped
-
-def _file_layers(src: str, d: dict, scale: Optional[str], loc) -> tuple[list, dict, dict, dict]:
-    "The runs of one file, its defaults, and the scale's defaults and per-run overrides, each checked."
-    runs = d.get("runs")
-    if not isinstance(runs, list) or not runs:
-        raise SpecError(f"{loc('runs')}: 'runs' must be a non-empty list of runs")
-    defaults = check_keys(d.get("defaults") or {}, OVERRIDE_KEYS, "defaults", loc("defaults"))
-    scales = d.get("scales") or {}
-    if not isinstance(scales, dict):
-        raise SpecError(f"{loc('scales')}: scales must be a mapping of scale names")
-    if scale is not None and scale not in scales:
-        raise SpecError(f"{src}: no scale {scale!r}; scales: {sorted(scales)}")
-    sc = check_keys(scales.get(scale) or {}, SCALE_KEYS, f"scales.{scale}", loc("scales", scale)) if scale else {}
-    where = f"scales.{scale}"
-    sc_defaults = check_keys(
-        sc.get("defaults") or {}, OVERRIDE_KEYS, f"{where}.defaults", loc("scales", scale, "defaults")
-    )
-    names = [r.get("name") for r in runs if isinstance(r, dict)]
-    sc_runs = check_keys(sc.get("runs") or {}, names, f"{where}.runs", loc("scales", scale, "runs"))
-    return runs, defaults, sc_defaults, sc_runs
-
-def _run_name(r: dict, i: int, rsrc: str, seen: set) -> str:
-    "The name of run #`i + 1`, checked (keys, name and notebook given, the name's characters, not used twice)."
-    check_keys(r, RUN_KEYS, f"run #{i + 1}", rsrc)
-    for k in ("name", "notebook"):
-        if not isinstance(r.get(k), str):
-            raise SpecError(f"{rsrc}: run #{i + 1} needs a '{k}' string")
-    name = r["name"]
-    if not _NAME.match(name):
-        raise SpecError(f"{rsrc}: run name {name!r} may only use letters, digits, '_' and '-'")
-    if name in seen:
-        raise SpecError(f"{rsrc}: run {name!r} is defined twice")
-    seen.add(name)
-    return name
-
-def _make_run(r: dict, name: str, spec: str, src: str, rsrc: str, layers: dict, tree, root: Path) -> Run:
-    "The `Run` of one run: its layers of parameters and resources merged, its dependencies, the line of each value."
-    where = f"run {name!r}"
-    for k in OVERRIDE_KEYS:
-        for layer in layers.values():
-            if not isinstance(layer.get(k) or {}, dict):
-                raise SpecError(f"{rsrc}: {k} of {where} must be a mapping")
-    params, res = {}, {}
-    for layer in layers.values():
-        params = deep_merge(params, layer.get("parameters") or {})
-        res = deep_merge(res, layer.get("resources") or {})
-    for k in LAUNCHER_PARAMETERS:
-        if k in params:
-            raise SpecError(f"{rsrc}: {where} sets parameter {k!r}; the launcher sets it (scl_nb.tools.launch)")
-    deps = _run_deps(r, params, spec, src, rsrc, where)
-    qualified = lambda m: "${" + _qualify(REF.match(m.group(1).strip()).group(1), spec, src) + ".out_dir}"
-    params = walk_strings(params, lambda s: TEMPLATE.sub(qualified, s))
-    lines = {}
-    for k in params:  # the last layer that sets k wrote the value in effect
-        at = [yaml_line(tree, keys + ("parameters", k)) for keys, layer in layers.items()
-              if k in (layer.get("parameters") or {})]
-        lines[k] = f"{src}:{at[-1]}" if at and at[-1] else rsrc
-    notebook = (root / r["notebook"]).resolve()
-    resources = check_resources(res, where, rsrc)
-    return Run(f"{spec}/{name}", notebook, params, resources, deps, r.get("description") or "", rsrc, lines)
-
-def _run_deps(r: dict, params: dict, spec: str, src: str, rsrc: str, where: str) -> list:
-    "The runs `r` depends on, qualified; every run its parameters refer to must be one of them."
-    deps = r.get("depends_on") or []
-    if not isinstance(deps, list):
-        raise SpecError(f"{rsrc}: depends_on of {where} must be a list of run names")
-    deps = [_qualify(x, spec, f"{rsrc}: depends_on of {where}") for x in deps]
-    try:
-        refs = [_qualify(x, spec, src) for x in find_refs(params)]
-    except SpecError as e:
-        raise SpecError(f"{rsrc}: parameters of {where}: {e}") from None
-    missing = sorted(set(refs) - set(deps))
-    if missing:
-        raise SpecError(f"{rsrc}: {where} uses ${{{missing[0]}.out_dir}} but does not list {missing[0]!r} in "
-                        f"depends_on")
-    return deps
