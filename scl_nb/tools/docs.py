@@ -466,6 +466,7 @@ def _stage(out: Path, repo: Path) -> Path:
         shutil.copytree(repo / "figures", stage / "figures")  # the home page shows ../figures/*
     return stage
 
+# %% ../../nbs/90_docs.ipynb #20c0443d
 def _sphinx(stage: Path, print_fn=print):
     "Sphinx's HTML build of `stage/nbs` into `stage/html`; its warnings printed (the first 20); a failure raises."
     t0 = time.time()
@@ -479,6 +480,7 @@ def _sphinx(stage: Path, print_fn=print):
     for w in warnings[:20]:
         print_fn("  " + w[-300:])
 
+# %% ../../nbs/90_docs.ipynb #2da26da8
 def build_site(notebooks: Optional[Sequence] = None,  # notebooks of nbs/; None = all (the home page is always built)
                out="_docs",          # the site folder (replaced whole)
                runs_dir=None,        # a folder of executed papermill notebooks (e.g. `runs`)
