@@ -22,7 +22,7 @@ from nbdev.showdoc import BasicMarkdownRenderer
 __all__ = ['LAYERS', 'START', 'JOBS', 'FIGURES', 'OTHER', 'FIGURE_NOTEBOOKS', 'GROUP_ORDER', 'SPHINX_CONF', 'SITE_CSS',
            'signature_line', 'DocmentTableRenderer', 'parameter_table', 'page_order', 'in_group', 'page_name',
            'is_papermill', 'notebook_info', 'quarto_sidebar', 'skip_reason', 'exec_cells', 'with_flags',
-           'strip_ansi_text', 'quarto_to_myst', 'squash_progress', 'title_cell', 'find_runs', 'run_provenance',
+           'strip_ansi_text', 'quarto_to_myst', 'title_cell', 'squash_progress', 'find_runs', 'run_provenance',
            'provenance_note', 'readme_section', 'process_notebook', 'nav_markdown', 'toctrees', 'failure_notebook',
            'link_pages', 'build_site', 'main']
 
@@ -185,6 +185,17 @@ def quarto_to_myst(cell):
         if md is not None and _lines(md).startswith("---\n"):  # a show_doc entry: nbdev's rule, marked for the site
             o["data"]["text/markdown"] = '<hr class="api-entry">\n' + _lines(md)[4:]
 
+# %% ../../nbs/90_docs.ipynb #687804f7
+def title_cell(nb):
+    "The front matter nbdev moved into a raw cell, as a Markdown title and summary (MyST-NB reads no Quarto YAML)."
+    fm = getattr(nb, "frontmatter_", {}) or {}
+    nb.cells = [c for c in nb.cells if not (c.cell_type == "raw" and _lines(c.source).startswith("---"))]
+    head = f"# {fm.get('title', 'Untitled')}\n"
+    if fm.get("description"):
+        head += f"\n> {fm['description']}\n"
+    nb.cells.insert(0, mk_cell(head, "markdown"))
+
+# %% ../../nbs/90_docs.ipynb #19799399
 def squash_progress(cell):
     "Consecutive stream outputs as one, each line as a terminal shows it (text before a carriage return overwritten)."
     outs = []
@@ -203,15 +214,6 @@ def squash_progress(cell):
             o["text"] = "\n".join(l.rstrip("\r").split("\r")[-1] for l in _lines(o["text"]).split("\n"))
     if "outputs" in cell:
         cell["outputs"] = outs
-
-def title_cell(nb):
-    "The front matter nbdev moved into a raw cell, as a Markdown title and summary (MyST-NB reads no Quarto YAML)."
-    fm = getattr(nb, "frontmatter_", {}) or {}
-    nb.cells = [c for c in nb.cells if not (c.cell_type == "raw" and _lines(c.source).startswith("---"))]
-    head = f"# {fm.get('title', 'Untitled')}\n"
-    if fm.get("description"):
-        head += f"\n> {fm['description']}\n"
-    nb.cells.insert(0, mk_cell(head, "markdown"))
 
 # %% ../../nbs/90_docs.ipynb #466c3b3d
 def find_runs(runs_dir) -> dict:
