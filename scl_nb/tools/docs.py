@@ -233,6 +233,7 @@ def find_runs(runs_dir) -> dict:
             found[stem] = (key, p)
     return {k: v[1] for k, v in found.items()}
 
+# %% ../../nbs/90_docs.ipynb #88b9bab8
 def _git(*args, cwd=".") -> Optional[str]:
     try:
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
@@ -259,6 +260,7 @@ def run_provenance(run_path, source_path, repo=".") -> dict:
     return dict(start=start, end=meta.get("end_time"), duration=meta.get("duration"), commit=commit,
                 matches_commit=same, parameters=meta.get("parameters") or {}, run=str(run_path))
 
+# %% ../../nbs/90_docs.ipynb #3ed8166e
 def provenance_note(prov: Optional[dict], name: str, runs_dir) -> str:
     "The box at the top of a papermill notebook's page: which run is shown, or that none is."
     if prov is None:
