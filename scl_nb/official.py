@@ -209,6 +209,7 @@ def _to_ours(key: str, value: torch.Tensor, layout: str) -> Optional[list]:
             return [(ours + key[len(official):], value)]
     return None
 
+# %% ../nbs/41_official.ipynb #fd994253
 @dataclass
 class RenamedState:
     "An official state dict in our names, with what was set aside."
