@@ -106,6 +106,7 @@ def _first_bad_line(path: Path, fmt: str) -> Optional[tuple[int, str]]:
                 return rows.line_num, str(e)
     return None
 
+# %% ../nbs/12_data.ipynb #1a1815cd
 def _unreadable_manifest(path: Path, fmt: str, e: Exception) -> str:
     "A one-line message for a manifest `datasets` could not read."
     bad = _first_bad_line(path, fmt) if fmt in ("json", "csv") else None
@@ -118,6 +119,7 @@ def _unreadable_manifest(path: Path, fmt: str, e: Exception) -> str:
     lines = str(cause).strip().splitlines()
     return f"{path}: cannot be read as {fmt} ({type(cause).__name__}: {lines[-1] if lines else 'no details'})"
 
+# %% ../nbs/12_data.ipynb #8804bc54
 def load_manifest(path,                       # JSONL / CSV / Parquet file
                   required: Sequence[str] = ("media",),  # columns that must exist (see `TASK_COLUMNS`)
                   split: Optional[str] = None,  # keep only rows of this split (needs a `split` column)

@@ -74,6 +74,7 @@ def ignore_interrupts(worker_id: int):
     "DataLoader workers leave Ctrl-C to the training process, which finishes its step and checkpoints."
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+# %% ../nbs/17_loaders.ipynb #40785db4
 class ResumableLoader:
     "DataLoader + ResumableSampler + device transform + bad-input monitor."
     def __init__(

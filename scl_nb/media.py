@@ -43,6 +43,7 @@ def _check_bytes(path: Path, data: Optional[bytes]):
     elif len(data) == 0:
         raise BadSample("empty_file", path)
 
+# %% ../nbs/11_media.ipynb #b620b2cc
 def check_row(row: dict, where: str) -> dict:
     "`row` if its paths are non-empty text and its texts are text or empty; else `BadSample('malformed_row', where)`."
     for key in ("media", "media2"):
@@ -53,6 +54,7 @@ def check_row(row: dict, where: str) -> dict:
             raise BadSample("malformed_row", f"{where}: {key}={row[key]!r} is not text")
     return row
 
+# %% ../nbs/11_media.ipynb #99299cc7
 def shrink(img: Image.Image, short: int) -> Image.Image:
     "Resize (bicubic) so that the shorter side is at most `short`; smaller images are kept as they are."
     w, h = img.size
@@ -61,6 +63,7 @@ def shrink(img: Image.Image, short: int) -> Image.Image:
     s = short / min(w, h)
     return img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BICUBIC)
 
+# %% ../nbs/11_media.ipynb #2663e433
 _SIXTEEN_BIT_FORMATS = ("PNG", "PPM", "TIFF")  # where PIL's integer mode "I" holds 16-bit samples
 
 def _to_rgb(im: Image.Image, path: Path) -> Image.Image:
@@ -72,6 +75,7 @@ def _to_rgb(im: Image.Image, path: Path) -> Image.Image:
         raise BadSample("unsupported_image", path)  # 32-bit samples: no range to scale by
     return im.convert("RGB")
 
+# %% ../nbs/11_media.ipynb #55b2fe80
 def read_image(path, short: int = 10_000,
                data: Optional[bytes] = None,  # the encoded image read in place (`scl_nb.containers`); `path` names it
               ) -> np.ndarray:  # [1, H, W, 3] uint8

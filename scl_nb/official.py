@@ -209,6 +209,7 @@ def _to_ours(key: str, value: torch.Tensor, layout: str) -> Optional[list]:
             return [(ours + key[len(official):], value)]
     return None
 
+# %% ../nbs/41_official.ipynb #fd994253
 @dataclass
 class RenamedState:
     "An official state dict in our names, with what was set aside."
@@ -247,12 +248,14 @@ def _need(state: dict, key: str, source) -> torch.Tensor:
         raise OfficialCheckpointError(f"{source}: {key} is missing; not a complete SCL / METER checkpoint")
     return state[key]
 
+# %% ../nbs/41_official.ipynb #ba68a6f4
 def official_hparams(ckpt: dict) -> dict:
     "The reference's configuration dictionary stored in a Lightning checkpoint ({} when absent)."
     hp = ckpt.get("hyper_parameters") or {}
     hp = hp.get("config", hp) if isinstance(hp, dict) else {}
     return dict(hp) if isinstance(hp, dict) else {}
 
+# %% ../nbs/41_official.ipynb #5b0f3ffe
 def official_config(state: dict,                  # official state dict
                     hparams: Optional[dict] = None,  # `official_hparams` of the file
                     overrides: Sequence[str] = (),   # `key.sub=value` applied last

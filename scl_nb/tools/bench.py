@@ -190,6 +190,7 @@ def _saved_activation_bytes(fn, params) -> int:
         fn()
     return sum(seen.values())
 
+# %% ../../nbs/25_bench.ipynb #38727875
 def _rss_mb() -> float:
     "Current resident set size of this process in MB (Linux)."
     with open("/proc/self/statm") as f:
@@ -212,6 +213,7 @@ def _peak_rss_mb(fn, interval_s: float = 5e-4) -> float:
         watcher.join()
     return max(peak[0], _rss_mb())
 
+# %% ../../nbs/25_bench.ipynb #340368df
 def _bench_setup(cfg: SCLConfig, batch_size: int, num_frames: int, device: str):
     "The tiny/paper model (seed 0), a fixed batch, and `step(schedule, i)` = one forward + backward."
     from dataclasses import replace
@@ -224,6 +226,7 @@ def _bench_setup(cfg: SCLConfig, batch_size: int, num_frames: int, device: str):
         model(batch, torch.Generator(device).manual_seed(i), objectives=schedules[schedule])["loss"].backward()
     return model, batch, schedules, step
 
+# %% ../../nbs/25_bench.ipynb #201152c6
 def _bench_memory(cfg: SCLConfig, schedule: str, batch_size: int, num_frames: int, device: str) -> dict:
     "Peak memory, saved activations and FLOPs of one schedule's step, measured in the current process."
     model, batch, schedules, step = _bench_setup(cfg, batch_size, num_frames, device)
@@ -246,6 +249,7 @@ def _bench_memory(cfg: SCLConfig, schedule: str, batch_size: int, num_frames: in
     flops, _ = count_flops(step, schedule, 0)
     return dict(peak_mb=peak, activation_mb=activation / 2 ** 20, gflops=flops / 1e9)
 
+# %% ../../nbs/25_bench.ipynb #04dcd50f
 def _bench_time(cfg: SCLConfig, batch_size: int, steps: int, warmup: int, num_frames: int, device: str) -> dict:
     "Median seconds per step of each schedule, the two schedules alternating step by step (fair under changing load)."
     _, _, _, step = _bench_setup(cfg, batch_size, num_frames, device)

@@ -22,7 +22,7 @@ from nbdev.showdoc import BasicMarkdownRenderer
 __all__ = ['LAYERS', 'START', 'JOBS', 'FIGURES', 'OTHER', 'FIGURE_NOTEBOOKS', 'GROUP_ORDER', 'SPHINX_CONF', 'SITE_CSS',
            'signature_line', 'DocmentTableRenderer', 'parameter_table', 'page_order', 'in_group', 'page_name',
            'is_papermill', 'notebook_info', 'quarto_sidebar', 'skip_reason', 'exec_cells', 'with_flags',
-           'strip_ansi_text', 'quarto_to_myst', 'squash_progress', 'title_cell', 'find_runs', 'run_provenance',
+           'strip_ansi_text', 'quarto_to_myst', 'title_cell', 'squash_progress', 'find_runs', 'run_provenance',
            'provenance_note', 'readme_section', 'process_notebook', 'nav_markdown', 'toctrees', 'failure_notebook',
            'link_pages', 'build_site', 'main']
 
@@ -185,6 +185,17 @@ def quarto_to_myst(cell):
         if md is not None and _lines(md).startswith("---\n"):  # a show_doc entry: nbdev's rule, marked for the site
             o["data"]["text/markdown"] = '<hr class="api-entry">\n' + _lines(md)[4:]
 
+# %% ../../nbs/90_docs.ipynb #687804f7
+def title_cell(nb):
+    "The front matter nbdev moved into a raw cell, as a Markdown title and summary (MyST-NB reads no Quarto YAML)."
+    fm = getattr(nb, "frontmatter_", {}) or {}
+    nb.cells = [c for c in nb.cells if not (c.cell_type == "raw" and _lines(c.source).startswith("---"))]
+    head = f"# {fm.get('title', 'Untitled')}\n"
+    if fm.get("description"):
+        head += f"\n> {fm['description']}\n"
+    nb.cells.insert(0, mk_cell(head, "markdown"))
+
+# %% ../../nbs/90_docs.ipynb #19799399
 def squash_progress(cell):
     "Consecutive stream outputs as one, each line as a terminal shows it (text before a carriage return overwritten)."
     outs = []
@@ -204,15 +215,6 @@ def squash_progress(cell):
     if "outputs" in cell:
         cell["outputs"] = outs
 
-def title_cell(nb):
-    "The front matter nbdev moved into a raw cell, as a Markdown title and summary (MyST-NB reads no Quarto YAML)."
-    fm = getattr(nb, "frontmatter_", {}) or {}
-    nb.cells = [c for c in nb.cells if not (c.cell_type == "raw" and _lines(c.source).startswith("---"))]
-    head = f"# {fm.get('title', 'Untitled')}\n"
-    if fm.get("description"):
-        head += f"\n> {fm['description']}\n"
-    nb.cells.insert(0, mk_cell(head, "markdown"))
-
 # %% ../../nbs/90_docs.ipynb #466c3b3d
 def find_runs(runs_dir) -> dict:
     "{notebook stem: path of its chosen executed copy} for the papermill runs under `runs_dir`."
@@ -231,6 +233,7 @@ def find_runs(runs_dir) -> dict:
             found[stem] = (key, p)
     return {k: v[1] for k, v in found.items()}
 
+# %% ../../nbs/90_docs.ipynb #88b9bab8
 def _git(*args, cwd=".") -> Optional[str]:
     try:
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
@@ -257,6 +260,7 @@ def run_provenance(run_path, source_path, repo=".") -> dict:
     return dict(start=start, end=meta.get("end_time"), duration=meta.get("duration"), commit=commit,
                 matches_commit=same, parameters=meta.get("parameters") or {}, run=str(run_path))
 
+# %% ../../nbs/90_docs.ipynb #3ed8166e
 def provenance_note(prov: Optional[dict], name: str, runs_dir) -> str:
     "The box at the top of a papermill notebook's page: which run is shown, or that none is."
     if prov is None:
@@ -466,6 +470,7 @@ def _stage(out: Path, repo: Path) -> Path:
         shutil.copytree(repo / "figures", stage / "figures")  # the home page shows ../figures/*
     return stage
 
+# %% ../../nbs/90_docs.ipynb #20c0443d
 def _sphinx(stage: Path, print_fn=print):
     "Sphinx's HTML build of `stage/nbs` into `stage/html`; its warnings printed (the first 20); a failure raises."
     t0 = time.time()
@@ -479,6 +484,7 @@ def _sphinx(stage: Path, print_fn=print):
     for w in warnings[:20]:
         print_fn("  " + w[-300:])
 
+# %% ../../nbs/90_docs.ipynb #2da26da8
 def build_site(notebooks: Optional[Sequence] = None,  # notebooks of nbs/; None = all (the home page is always built)
                out="_docs",          # the site folder (replaced whole)
                runs_dir=None,        # a folder of executed papermill notebooks (e.g. `runs`)

@@ -113,6 +113,7 @@ def _preset_problem(v, root: Path) -> Optional[tuple]:
     return (f"{v!r} is neither a preset nor a config file",
             f"use one of {sorted(PRESETS)} or the path of a YAML/JSON config (relative to the root)")
 
+# %% ../../nbs/60_specs.ipynb #c260ed0b
 def _value_problem(name: str, v, params: dict, root: Path) -> Optional[tuple]:
     "(what, fix[, missing path]) if the value `v` of parameter `name` is not one the notebook can use; None if it is."
     if v is None:
@@ -153,6 +154,19 @@ def _value_problem(name: str, v, params: dict, root: Path) -> Optional[tuple]:
             return (f"{v} does not exist", MISSING_DATA_FIX, show_path(_at_root(v, root)))
     return None
 
+# %% ../../nbs/60_specs.ipynb #effe7df7
+def _seed_problems(run: Run, defaults: dict) -> list:
+    "A seeded run's notebook needs a `seed` parameter defaulting to 0 (seed 0 is the run with its default seed)."
+    if run.seed is None or defaults.get("seed") == 0:
+        return []
+    has = (
+        f"a 'seed' parameter defaulting to {defaults['seed']!r}, not 0" if "seed" in defaults else "no 'seed' parameter"
+    )
+    what = f"its spec has seeds, but notebook {run.notebook.name} has {has}"
+    fix = "give the notebook a parameter `seed = 0` that seeds everything random, or remove `seeds` from the spec"
+    return [Problem(run.where, run.base_id, "seed", what, fix)]
+
+# %% ../../nbs/60_specs.ipynb #d2c37713
 def run_problems(run: Run, root) -> list:
     "Every `Problem` of `run` against its notebook: the notebook, parameter names, types, known values, data paths."
     nb, at = run.notebook, lambda k: run.lines.get(k) or run.where
@@ -176,17 +190,6 @@ def run_problems(run: Run, root) -> list:
         if bad:
             out.append(Problem(at(k), run.base_id, k, *bad))
     return out
-
-def _seed_problems(run: Run, defaults: dict) -> list:
-    "A seeded run's notebook needs a `seed` parameter defaulting to 0 (seed 0 is the run with its default seed)."
-    if run.seed is None or defaults.get("seed") == 0:
-        return []
-    has = (
-        f"a 'seed' parameter defaulting to {defaults['seed']!r}, not 0" if "seed" in defaults else "no 'seed' parameter"
-    )
-    what = f"its spec has seeds, but notebook {run.notebook.name} has {has}"
-    fix = "give the notebook a parameter `seed = 0` that seeds everything random, or remove `seeds` from the spec"
-    return [Problem(run.where, run.base_id, "seed", what, fix)]
 
 # %% ../../nbs/60_specs.ipynb #d27bace4
 def problem_lines(problems: Sequence[Problem]) -> list:
@@ -249,37 +252,7 @@ def expand_seeds(runs: dict, ids: Sequence[str], seeds: Sequence[int]) -> dict:
             copy(rid, s)
     return out
 
-# %% ../../nbs/60_specs.ipynb #b759b8dc
-def load_spec(path,  # the spec file (YAML)
-              scale: Optional[str] = None,  # a key of `scales` (e.g. "tiny"); None = full scale
-              root=None,  # folder that notebook paths are relative to; None = the current directory
-              check_notebooks: bool = True,  # notebooks must exist and every parameter be valid (`run_problems`)
-              allow_missing_data: bool = False,  # data paths that do not exist become `Spec.notes` instead of errors
-              seeds: Optional[Sequence[int]] = None,  # replace the spec's seeds at this scale ([0]: one seed); None: its own
-             ) -> Spec:
-    "Read, validate and scale an experiment spec; runs of other files it depends on are included."
-    path, root = Path(path).resolve(), Path(root or Path.cwd()).resolve()
-    d = read_yaml(path)
-    runs, skipped = _read_runs(path, d, scale, root)
-    runs = _with_upstream(runs, [k for k in runs if k.startswith(f"{path.stem}/")])  # this file's runs, what they need
-    skipped = [k for k in skipped if k.startswith(f"{path.stem}/")]
-    order = topo_order({k: r.depends_on for k, r in runs.items()})
-    own = spec_seeds(path, d, scale)
-    if own and seeds is not None:
-        own = [] if list(seeds) == [0] else spec_seeds(path, {"seeds": list(seeds)}, None)
-    seeds = own
-    if seeds:  # every run of this file once per seed, with the copies of the runs it needs
-        runs = expand_seeds({k: runs[k] for k in order}, [k for k in order if k.startswith(f"{path.stem}/")], seeds)
-        order = topo_order({k: r.depends_on for k, r in runs.items()})
-    notes = _checked_notes(list(runs.values()) if check_notebooks else [], root, allow_missing_data)
-    spec = Spec(path.stem, path, scale, [runs[k] for k in order], d.get("description") or "", d.get("table"),
-                d.get("figure"), root, skipped, notes, seeds)
-    if spec.table is not None:
-        check_table(spec)
-    if spec.figure is not None:
-        check_figure(spec)
-    return spec
-
+# %% ../../nbs/60_specs.ipynb #f917b7d7
 def _read_runs(path: Path, d: dict, scale: Optional[str], root: Path) -> tuple[dict, list]:
     "{id: Run} of `path` and of every file its runs depend on, each dependency checked; the ids the scale skips."
     runs, skipped, loaded, todo = {}, [], set(), [path]
@@ -310,6 +283,7 @@ def _read_runs(path: Path, d: dict, scale: Optional[str], root: Path) -> tuple[d
             raise SpecError(f"{r.where}: run {r.id!r} depends on unknown run {unknown[0]!r}; runs: {sorted(runs)}")
     return runs, skipped
 
+# %% ../../nbs/60_specs.ipynb #7c722d3f
 def _with_upstream(runs: dict, ids: list) -> dict:
     "The runs `ids` and every run they depend on, directly or not."
     keep, todo = set(), list(ids)
@@ -320,6 +294,7 @@ def _with_upstream(runs: dict, ids: list) -> dict:
             todo += runs[k].depends_on
     return {k: r for k, r in runs.items() if k in keep}
 
+# %% ../../nbs/60_specs.ipynb #fa523356
 def _checked_notes(runs: list, root: Path, allow_missing_data: bool) -> list:
     "The `run_problems` of `runs`: missing data paths as notes when allowed; any other problem raises `SpecError`."
     problems, notes = [], []
@@ -329,6 +304,37 @@ def _checked_notes(runs: list, root: Path, allow_missing_data: bool) -> list:
     if problems:
         raise SpecError(format_problems(problems), problems)
     return notes
+
+# %% ../../nbs/60_specs.ipynb #b759b8dc
+def load_spec(path,  # the spec file (YAML)
+              scale: Optional[str] = None,  # a key of `scales` (e.g. "tiny"); None = full scale
+              root=None,  # folder that notebook paths are relative to; None = the current directory
+              check_notebooks: bool = True,  # notebooks must exist and every parameter be valid (`run_problems`)
+              allow_missing_data: bool = False,  # data paths that do not exist become `Spec.notes` instead of errors
+              seeds: Optional[Sequence[int]] = None,  # replace the spec's seeds at this scale ([0]: one seed); None: its own
+             ) -> Spec:
+    "Read, validate and scale an experiment spec; runs of other files it depends on are included."
+    path, root = Path(path).resolve(), Path(root or Path.cwd()).resolve()
+    d = read_yaml(path)
+    runs, skipped = _read_runs(path, d, scale, root)
+    runs = _with_upstream(runs, [k for k in runs if k.startswith(f"{path.stem}/")])  # this file's runs, what they need
+    skipped = [k for k in skipped if k.startswith(f"{path.stem}/")]
+    order = topo_order({k: r.depends_on for k, r in runs.items()})
+    own = spec_seeds(path, d, scale)
+    if own and seeds is not None:
+        own = [] if list(seeds) == [0] else spec_seeds(path, {"seeds": list(seeds)}, None)
+    seeds = own
+    if seeds:  # every run of this file once per seed, with the copies of the runs it needs
+        runs = expand_seeds({k: runs[k] for k in order}, [k for k in order if k.startswith(f"{path.stem}/")], seeds)
+        order = topo_order({k: r.depends_on for k, r in runs.items()})
+    notes = _checked_notes(list(runs.values()) if check_notebooks else [], root, allow_missing_data)
+    spec = Spec(path.stem, path, scale, [runs[k] for k in order], d.get("description") or "", d.get("table"),
+                d.get("figure"), root, skipped, notes, seeds)
+    if spec.table is not None:
+        check_table(spec)
+    if spec.figure is not None:
+        check_figure(spec)
+    return spec
 
 # %% ../../nbs/60_specs.ipynb #94e722a1
 TABLE_KEYS = ("title", "columns", "rows", "baseline", "notes")
