@@ -363,12 +363,20 @@ def slurm_active(job_id, name: str) -> bool:
     states = [line.split("|", 1) for line in r.stdout.splitlines() if "|" in line]
     return any(n == name and state in SLURM_ACTIVE_STATES for state, n in states)
 
-def _local_alive(pid) -> bool:
-    "Does the process of a local submitit job still run?"
-    try:
-        return b"submitit" in Path(f"/proc/{int(pid)}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return False
+def _local_alive(pid, wait: float = 5.0) -> bool:
+    "Does the process of a local submitit job still run? (Its command line reads empty while it starts: wait for it.)"
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+            state = Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[0]  # R, S, D, Z, ...
+        except (OSError, ValueError, IndexError):
+            return False
+        if state == "Z":  # ended, not yet reaped
+            return False
+        if cmdline or time.monotonic() > deadline:
+            return b"submitit" in cmdline
+        time.sleep(0.05)
 
 def submit_once(job: Job, record: str = "train_job") -> RunHandle:
     "Submit `job` unless `<out_dir>/<record>.json` names its live job; then return that job's handle instead."
