@@ -16,16 +16,16 @@ import torch.distributed as dist
 from . import distributed
 from .distributed import unwrap_model
 from .model import SCLModel, ImageEncoding, TextEncoding
-from .metrics import retrieval_ranks, recall_at, vqa_accuracy, vqa_submission, nlvr2_accuracy
+from .metrics import best_caption_ranks, ranks_metrics, vqa_accuracy, vqa_submission, nlvr2_accuracy
 from .runtime import autocast, resolve_precision, to_device
 from .tasks import TaskModel, candidate_texts, nlvr2_logits, pad_to_length, retrieval_forward, vqa_logits
 
 # %% auto #0
-__all__ = ['chance_r1', 'evaluate_itc_retrieval', 'RetrievalSet', 'eval_precision', 'encode_retrieval_set', 'itc_similarity',
-           'topk_masks', 'rank_slice', 'pair_score', 'score_pairs', 'sum_over_ranks', 'rerank', 'retrieval_metrics',
-           'retrieval_scores', 'evaluate_retrieval', 'retrieval_eval_rows', 'RetrievalEval', 'retrieval_eval_job',
-           'launch_retrieval_eval', 'main', 'pretrain_heldout', 'heldout_eval_job', 'launch_heldout_eval',
-           'gather_rows', 'numeric_question_id', 'evaluate_vqa', 'evaluate_nlvr2']
+__all__ = ['chance_r1', 'evaluate_itc_retrieval', 'RetrievalSet', 'eval_precision', 'encode_retrieval_set', 'itc_chunks',
+           'own_texts', 'Candidates', 'select_candidates', 'pair_score', 'score_pairs', 'sum_over_ranks',
+           'rank_with_candidates', 'retrieval_ranking', 'evaluate_retrieval', 'retrieval_eval_rows', 'RetrievalEval',
+           'retrieval_eval_job', 'launch_retrieval_eval', 'main', 'pretrain_heldout', 'heldout_eval_job',
+           'launch_heldout_eval', 'gather_rows', 'numeric_question_id', 'evaluate_vqa', 'evaluate_nlvr2']
 
 # %% ../nbs/42_evaluation.ipynb #0c540ae8
 def chance_r1(txt2img: torch.Tensor) -> float:
@@ -128,6 +128,7 @@ def _first_of_each(keys: torch.Tensor) -> torch.Tensor:
     k = keys[order]
     return order[torch.cat([torch.ones(1, dtype=torch.bool, device=keys.device), k[1:] != k[:-1]])]
 
+# %% ../nbs/42_evaluation.ipynb #d8d123a0
 def _assemble(share: dict) -> RetrievalSet:
     "Every process's `_encode_rows` share -> this process's `RetrievalSet`."
     L = torch.tensor([share["txt_tok"].shape[1]], device=share["txt_tok"].device)
@@ -164,26 +165,63 @@ def encode_retrieval_set(model: SCLModel,  # `SCLModel` or `TaskModel`
     model.train(was_training)
     return rs
 
-# %% ../nbs/42_evaluation.ipynb #9faf4ef8
-def itc_similarity(rs: RetrievalSet, chunk: int = 4096) -> torch.Tensor:  # [n_img, n_txt], on the CPU
-    "Cosine similarity of every image with every text, computed `chunk` images at a time."
-    img, txt = rs.image_emb.cpu(), rs.text_emb.cpu()
-    return torch.cat([img[a:a + chunk] @ txt.T for a in range(0, len(img), chunk)])
+# %% ../nbs/42_evaluation.ipynb #d7255191
+def itc_chunks(rs: RetrievalSet,
+               chunk: int = 256,  # images at a time
+              ):
+    "`(first image, ITC similarity [c, n_txt])` for `chunk` images at a time, on the embeddings' device."
+    txt = rs.text_emb.T  # [E, n_txt]
+    for a in range(0, len(rs.image_emb), chunk):
+        yield a, rs.image_emb[a:a + chunk] @ txt  # [c, n_txt]
 
-def topk_masks(sim: torch.Tensor,     # [n_img, n_txt] ITC similarity
-               k: Optional[int] = None,  # candidates per query; None (or >= the set size) = all
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    "Boolean masks `[n_img, n_txt]`: each image's top-k texts (rows), each text's top-k images (columns)."
-    n_img, n_txt = sim.shape
-    rows = torch.zeros_like(sim, dtype=torch.bool)
-    cols = torch.zeros_like(sim, dtype=torch.bool)
-    rows.scatter_(1, sim.topk(min(k or n_txt, n_txt), dim=1).indices, True)
-    cols.scatter_(0, sim.topk(min(k or n_img, n_img), dim=0).indices, True)
-    return rows, cols
+def own_texts(txt2img: torch.Tensor, a: int, c: int) -> torch.Tensor:  # [c, n_txt]
+    "True where text j describes image `a + i`."
+    return txt2img[None, :] == torch.arange(a, a + c, device=txt2img.device)[:, None]
 
-def rank_slice(n: int, rank: int, world: int) -> slice:
-    "Rank `rank`'s contiguous share of `n` items (shares differ by at most one item)."
-    return slice(n * rank // world, n * (rank + 1) // world)
+# %% ../nbs/42_evaluation.ipynb #5e22ed7f
+@dataclass
+class Candidates:
+    "The pairs ITM re-ranks, and what ranking needs of the ITC similarity, found in one pass over it."
+    pairs: torch.Tensor     # [P, 2] (image, text), image-major, each pair once (CPU)
+    in_rows: torch.Tensor   # [P] the text is one of the image's k most similar
+    in_cols: torch.Tensor   # [P] the image is one of the text's k most similar
+    positive: torch.Tensor  # [n_txt] ITC similarity of each text with its own image
+    itc_max: torch.Tensor   # [] the largest ITC similarity
+
+def _merge_column_topk(best: tuple, s: torch.Tensor, a: int, k: int) -> tuple:
+    "Each text's k most similar images so far (`values [k', n_txt]`, `images [k', n_txt]`), merged with chunk `s`."
+    values, images = best
+    rows = torch.arange(a, a + len(s), device=s.device)[:, None].expand_as(s)  # [c, n_txt]
+    v, i = torch.cat([values, s]).topk(min(k, len(values) + len(s)), dim=0)  # [k', n_txt]
+    return v, torch.cat([images, rows]).gather(0, i)
+
+# %% ../nbs/42_evaluation.ipynb #b99d5c52
+@torch.no_grad()
+def select_candidates(rs: RetrievalSet,
+                      k: Optional[int] = None,  # candidates per query; None (or >= the set size) = all
+                      chunk: int = 256,         # images at a time
+                     ) -> Candidates:
+    "Each image's k most similar texts and each text's k most similar images, without the full similarity matrix."
+    n_img, n_txt = len(rs.image_emb), len(rs.text_emb)
+    dev = rs.text_emb.device
+    t2i = rs.txt2img.to(dev)
+    k_txt, k_img = min(k or n_txt, n_txt), min(k or n_img, n_img)
+    row_keys = []
+    best = (rs.text_emb.new_empty(0, n_txt), t2i.new_empty(0, n_txt))
+    positive = rs.text_emb.new_empty(n_txt)
+    top = rs.text_emb.new_tensor(float("-inf"))
+    for a, s in itc_chunks(rs, chunk):  # s: [c, n_txt]
+        images = torch.arange(a, a + len(s), device=dev)
+        row_keys.append((images[:, None] * n_txt + s.topk(k_txt, dim=1).indices).flatten())  # [c * k_txt]
+        best = _merge_column_topk(best, s, a, k_img)
+        here = ((t2i >= a) & (t2i < a + len(s))).nonzero()[:, 0]  # texts whose image is in this chunk
+        positive[here] = s[t2i[here] - a, here]
+        top = torch.maximum(top, s.max())
+    row_keys = torch.cat(row_keys).cpu()
+    col_keys = (best[1] * n_txt + torch.arange(n_txt, device=dev)).flatten().cpu()
+    keys = torch.cat([row_keys, col_keys]).unique()  # sorted: image-major
+    return Candidates(torch.stack([keys // n_txt, keys % n_txt], 1), torch.isin(keys, row_keys),
+                      torch.isin(keys, col_keys), positive, top)
 
 # %% ../nbs/42_evaluation.ipynb #af4d7235
 def pair_score(model: SCLModel, cls_feats: torch.Tensor) -> torch.Tensor:  # [B, 2D] -> [B]
@@ -191,6 +229,7 @@ def pair_score(model: SCLModel, cls_feats: torch.Tensor) -> torch.Tensor:  # [B,
     head = getattr(model, "rank_head", None)
     return head(cls_feats)[:, 0] if head is not None else model.itm_head(cls_feats)[:, 1]
 
+# %% ../nbs/42_evaluation.ipynb #8a0dd5f2
 @torch.no_grad()
 def score_pairs(model: SCLModel, rs: RetrievalSet,
                 pairs: torch.Tensor,    # [P, 2] (image index, text index), image-major
@@ -226,69 +265,75 @@ def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
     dist.all_reduce(y, op=dist.ReduceOp.SUM)
     return y.cpu()
 
-def rerank(sim: torch.Tensor,          # [n_img, n_txt] ITC similarity
-           pairs: torch.Tensor,        # [P, 2] scored pairs
-           scores: torch.Tensor,       # [P] their ITM scores
-           rows: torch.Tensor, cols: torch.Tensor,  # `topk_masks`
-          ) -> tuple[torch.Tensor, torch.Tensor]:   # i2t, t2i: [n_img, n_txt] each
-    "Score matrices for text retrieval (`i2t`, rows) and image retrieval (`t2i`, columns)."
-    itm = torch.zeros_like(sim, dtype=torch.float32)
-    itm[pairs[:, 0], pairs[:, 1]] = scores
-    below = sim.float() - sim.max() + scores.min() - 1.0   # < every ITM score, same order as ITC
-    return torch.where(rows, itm, below), torch.where(cols, itm, below)
+# %% ../nbs/42_evaluation.ipynb #07f69b9a
+def _positive_scores(cand: Candidates, keys: torch.Tensor, scores: torch.Tensor, txt2img: torch.Tensor):
+    "Each text's own image's score in `t2i`: its ITM score if the image is one of its candidates, else its shifted ITC."
+    n_txt = len(txt2img)
+    wanted = txt2img.cpu() * n_txt + torch.arange(n_txt)  # [n_txt] the key of (own image, text)
+    at = torch.searchsorted(keys, wanted).clamp(max=len(keys) - 1)
+    hit = (keys[at] == wanted) & cand.in_cols[at]
+    shifted = cand.positive.cpu() - cand.itc_max.cpu() + scores.min() - 1.0
+    return torch.where(hit, scores[at], shifted)
 
-# %% ../nbs/42_evaluation.ipynb #679acf6d
-def retrieval_metrics(i2t: torch.Tensor, t2i: torch.Tensor,  # [n_img, n_txt] score matrices (may be the same)
-                      txt2img: torch.Tensor,                  # [n_txt] image index of each text
-                      video: bool = False,                    # video key names and median / mean rank
-                      ks: Sequence[int] = (1, 5, 10),
+@torch.no_grad()
+def rank_with_candidates(rs: RetrievalSet, cand: Candidates,
+                         scores: torch.Tensor,  # [P] ITM scores of `cand.pairs` (every process's), CPU
+                         chunk: int = 256,      # images at a time
+                        ) -> dict:  # itc, itm: (best caption rank per image [n_img], image rank per text [n_txt])
+    "0-based ranks by ITC and re-ranked by ITM, a chunk of images at a time: never an n_img x n_txt matrix."
+    n_txt, dev = len(rs.text_emb), rs.text_emb.device
+    t2i = rs.txt2img.to(dev)
+    keys = cand.pairs[:, 0] * n_txt + cand.pairs[:, 1]  # [P] sorted
+    low = scores.min().to(dev)
+    positive_itm = _positive_scores(cand, keys, scores, rs.txt2img).to(dev)  # [n_txt]
+    tr = {"itc": [], "itm": []}
+    ir = {n: torch.zeros(n_txt, dtype=torch.long, device=dev) for n in ("itc", "itm")}
+    for a, s in itc_chunks(rs, chunk):  # s: [c, n_txt]
+        own = own_texts(t2i, a, len(s))  # [c, n_txt]
+        lo, hi = torch.searchsorted(keys, torch.tensor([a * n_txt, (a + len(s)) * n_txt])).tolist()
+        p, sc = (cand.pairs[lo:hi] - torch.tensor([a, 0])).to(dev), scores[lo:hi].to(dev)  # the chunk's pairs
+        rows, cols = cand.in_rows[lo:hi].to(dev), cand.in_cols[lo:hi].to(dev)
+        tr["itc"].append(best_caption_ranks(s, own))
+        ir["itc"] += ((s >= cand.positive[None]) & ~own).sum(0)
+        i2t = (s - cand.itc_max + low - 1.0).index_put_((p[rows, 0], p[rows, 1]), sc[rows])  # [c, n_txt]
+        tr["itm"].append(best_caption_ranks(i2t, own))
+        t2i_scores = (s - cand.itc_max + low - 1.0).index_put_((p[cols, 0], p[cols, 1]), sc[cols])  # [c, n_txt]
+        ir["itm"] += ((t2i_scores >= positive_itm[None]) & ~own).sum(0)
+    return {n: (torch.cat(tr[n]).cpu(), ir[n].cpu()) for n in ("itc", "itm")}
+
+# %% ../nbs/42_evaluation.ipynb #1c355292
+def retrieval_ranking(model: SCLModel, rs: RetrievalSet,
+                      k: Optional[int] = None,   # re-ranked candidates per query; None = all (the full ITM matrix)
+                      chunk: int = 256,          # pairs fused at once
+                      image_chunk: int = 256,    # images ranked at once: memory ~ (k + image_chunk) x n_txt
+                      precision: Optional[str] = None,  # None: the run's
+                      sent: Optional[list] = None,      # bytes sent to the device are added to `sent[0]`
                      ) -> dict:
-    "TR / IR R@K and RSUM (images) or v2t / t2v R@K, median and mean rank (video), percent."
-    tr, _ = retrieval_ranks(i2t, txt2img)
-    _, ir = retrieval_ranks(t2i, txt2img)
-    if not video:
-        out = {f"tr_r{k}": recall_at(tr, k) for k in ks} | {f"ir_r{k}": recall_at(ir, k) for k in ks}
-        return out | {"rsum": sum(out.values())}
-    out = {}
-    for name, r in (("t2v", ir), ("v2t", tr)):
-        out |= {f"{name}_r{k}": recall_at(r, k) for k in ks}
-        out[f"{name}_medr"] = float((r + 1).double().quantile(0.5))
-        out[f"{name}_meanr"] = float((r + 1).double().mean())
-    return out
-
-# %% ../nbs/42_evaluation.ipynb #0bf3933f
-def retrieval_scores(model: SCLModel, rs: RetrievalSet,
-                     k: Optional[int] = None,   # re-ranked candidates per query; None = all (the full ITM matrix)
-                     chunk: int = 256,          # pairs fused at once
-                     precision: Optional[str] = None,  # None: the run's
-                     sent: Optional[list] = None,      # bytes sent to the device are added to `sent[0]`
-                    ) -> dict:
-    "ITC similarity, the re-ranked `i2t` / `t2i` matrices (all processes' pairs), the fused pairs and the time taken."
+    "ITC and re-ranked ranks (`rank_with_candidates`), the number of fused pairs and the time taken."
     t0 = time.perf_counter()
-    sim = itc_similarity(rs)
-    rows, cols = topk_masks(sim, k)
-    pairs = (rows | cols).nonzero()                          # [P, 2], image-major
-    scores = sum_over_ranks(score_pairs(model, rs, pairs, chunk, precision, sent))
-    i2t, t2i = rerank(sim, pairs, scores, rows, cols)
-    return dict(itc=sim, i2t=i2t, t2i=t2i, pairs=len(pairs), seconds=time.perf_counter() - t0)
+    cand = select_candidates(rs, k, image_chunk)
+    scores = sum_over_ranks(score_pairs(model, rs, cand.pairs, chunk, precision, sent))
+    ranks = rank_with_candidates(rs, cand, scores, image_chunk)
+    return ranks | dict(pairs=len(cand.pairs), seconds=time.perf_counter() - t0)
 
+# %% ../nbs/42_evaluation.ipynb #7fbbbb0c
 def evaluate_retrieval(model: SCLModel,
                        batches,                 # this process's rows, e.g. `task_loader(..., rank, world)`
                        k: Optional[int] = None, # re-ranked candidates; None = all
                        chunk: int = 256,        # pairs fused at once
                        video: bool = False,     # report v2t / t2v
                        precision: Optional[str] = None,  # None: the run's (bf16 autocast on GPUs)
+                       image_chunk: int = 256,  # images ranked at once
                       ) -> dict:
     "Zero-shot or fine-tuned retrieval: ITC and ITC + ITM re-ranked metrics, sizes, timings, bytes sent to the device."
     t0, sent = time.perf_counter(), [0]
     rs = encode_retrieval_set(model, batches, precision, sent)
     t_enc = time.perf_counter() - t0
-    s = retrieval_scores(model, rs, k, chunk, precision, sent)
+    r = retrieval_ranking(model, rs, k, chunk, image_chunk, precision, sent)
     device_bytes = sum_over_ranks(torch.tensor([float(sent[0])], dtype=torch.float64))
-    return dict(itc=retrieval_metrics(s["itc"], s["itc"], rs.txt2img, video),
-                itm=retrieval_metrics(s["i2t"], s["t2i"], rs.txt2img, video),
-                n_images=len(rs.image_ids), n_texts=len(rs.txt2img), k=k, fused_pairs=s["pairs"],
-                encode_s=t_enc, rerank_s=s["seconds"], precision=eval_precision(model, precision),
+    return dict(itc=ranks_metrics(*r["itc"], video=video), itm=ranks_metrics(*r["itm"], video=video),
+                n_images=len(rs.image_ids), n_texts=len(rs.txt2img), k=k, fused_pairs=r["pairs"],
+                encode_s=t_enc, rerank_s=r["seconds"], precision=eval_precision(model, precision),
                 processes=distributed.world_size(), device_bytes=int(device_bytes.item()))
 
 # %% ../nbs/42_evaluation.ipynb #1aacef71
@@ -303,6 +348,7 @@ def _eval_loader(model, rows, batch_size: int, rank: int = 0, world: int = 1):
     return task_loader(model.cfg, rows, "pretrain", train=False, rank=rank, world=world, batch_size=batch_size,
                        tokenizer=getattr(model.text, "tokenizer", None), device=_model_device(model))
 
+# %% ../nbs/42_evaluation.ipynb #fc4a53c6
 @dataclass
 class RetrievalEval:
     "One retrieval evaluation of a task notebook: its rows, its re-ranking and the processes it runs in."
@@ -347,6 +393,7 @@ def retrieval_eval_job(job: dict) -> dict:
     distributed.barrier()
     return out
 
+# %% ../nbs/42_evaluation.ipynb #656da1be
 def launch_retrieval_eval(job: dict, nprocs: int, out_dir) -> dict:
     "Run `retrieval_eval_job` in `nprocs` processes on this node (torchrun); the metrics rank 0 wrote."
     from scl_nb.jobs import Job, submit
@@ -396,6 +443,7 @@ def pretrain_heldout(cfg, device=None, batch_size: int = 100):
         print(f"no held-out split in {cfg.data.source} ({e}); retrieval is skipped")
         return None
 
+# %% ../nbs/42_evaluation.ipynb #464999f1
 def heldout_eval_job(job: dict) -> dict:
     "Held-out ITC retrieval of the run's seeded initialisation (`before`) and of `job['checkpoint']` (`after`)."
     from safetensors.torch import load_model
@@ -413,6 +461,7 @@ def heldout_eval_job(job: dict) -> dict:
     atomic_write(job["out"], json.dumps(jsonable(out), indent=1))
     return out
 
+# %% ../nbs/42_evaluation.ipynb #163a0906
 def launch_heldout_eval(cfg, out_dir, checkpoint,
                         cluster: str,                  # "local" or "slurm": the training job's cluster
                         device: Optional[str] = None,  # "cpu" for a CPU run
@@ -460,6 +509,7 @@ def numeric_question_id(q) -> int:
     from scl_nb.data import stable_id
     return int(q) if str(q).isdigit() else stable_id(q)
 
+# %% ../nbs/42_evaluation.ipynb #30da588c
 @torch.no_grad()
 def evaluate_vqa(model: TaskModel, loader,  # a `task_loader(..., "vqa", train=False)`
                  answers: Sequence[str],       # the answer vocabulary (class index -> answer)
@@ -486,6 +536,7 @@ def evaluate_vqa(model: TaskModel, loader,  # a `task_loader(..., "vqa", train=F
         predictions=vqa_submission([numeric_question_id(r["question_id"]) for r in rows], [r["answer"] for r in rows]),
     )
 
+# %% ../nbs/42_evaluation.ipynb #13c21494
 @torch.no_grad()
 def evaluate_nlvr2(model: TaskModel, loader) -> dict:
     "NLVR2 accuracy (percent) over the loader's statements."

@@ -13,10 +13,10 @@ import torch
 
 # %% auto #0
 __all__ = ['VQA_RULES', 'vqa_strip_punctuation', 'vqa_digits_articles', 'normalize_vqa_answer', 'vqa_question_accuracy',
-           'vqa_accuracy', 'vqa_submission', 'vqa_vocab_key', 'vqa_soft_score', 'vqa_soft_scores', 'retrieval_ranks',
-           'recall_at', 'retrieval_recall', 'video_retrieval_metrics', 'nlvr2_accuracy', 'mean_sd', 'paired_difference',
-           'paired_differences', 'mean_sd_text', 'difference_text', 'estimate_text', 'paired_power',
-           'detectable_difference', 'seeds_needed']
+           'vqa_accuracy', 'vqa_submission', 'vqa_vocab_key', 'vqa_soft_score', 'vqa_soft_scores', 'best_caption_ranks',
+           'retrieval_ranks', 'recall_at', 'ranks_metrics', 'retrieval_recall', 'video_retrieval_metrics',
+           'nlvr2_accuracy', 'mean_sd', 'paired_difference', 'paired_differences', 'mean_sd_text', 'difference_text',
+           'estimate_text', 'paired_power', 'detectable_difference', 'seeds_needed']
 
 # %% ../nbs/30_metrics.ipynb #828adac8
 _VQA_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
@@ -141,6 +141,14 @@ def vqa_soft_scores(answers: Sequence[str],  # the human answers of one question
 def _as_tensor(x) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
 
+def best_caption_ranks(scores: torch.Tensor,  # [c, n_txt] scores of c images against every text
+                       own: torch.Tensor,     # [c, n_txt] True where the text describes the image
+                      ) -> torch.Tensor:      # [c] 0-based
+    "Pessimistic rank of each image's best caption: the other images' texts scoring at least as high."
+    best = scores.masked_fill(~own, float("-inf")).amax(1)  # [c]
+    return ((scores >= best[:, None]) & ~own).sum(1)
+
+# %% ../nbs/30_metrics.ipynb #00552a1f
 def retrieval_ranks(scores,           # [n_images, n_texts] similarity (tensor or array)
                     txt2img,          # [n_texts] image index of each text
                     chunk: int = 256,  # rows / columns processed at once (memory ~ chunk x n booleans)
@@ -161,8 +169,7 @@ def retrieval_ranks(scores,           # [n_images, n_texts] similarity (tensor o
     for a in range(0, n_img, chunk):
         rows = s[a:a + chunk]                                                            # [c, n_txt]
         own = t2i[None, :] == torch.arange(a, a + rows.shape[0], device=s.device)[:, None]  # [c, n_txt]
-        best = rows.masked_fill(~own, float("-inf")).amax(1)                             # [c]
-        tr_rank[a:a + rows.shape[0]] = ((rows >= best[:, None]) & ~own).sum(1)
+        tr_rank[a:a + rows.shape[0]] = best_caption_ranks(rows, own)
     ir_rank = torch.empty(n_txt, dtype=torch.long, device=s.device)
     for a in range(0, n_txt, chunk):
         cols = s[:, a:a + chunk]                                                         # [n_img, c]
@@ -177,16 +184,28 @@ def recall_at(ranks, k: int) -> float:
     r = _as_tensor(ranks)
     return 100.0 * (r < k).double().mean().item()
 
+def ranks_metrics(tr: torch.Tensor, ir: torch.Tensor,  # [n_img] best caption ranks, [n_txt] image ranks (0-based)
+                  ks: Sequence[int] = (1, 5, 10),      # recall cut-offs
+                  video: bool = False,                 # v2t / t2v names with median and mean 1-based rank
+                 ) -> dict:
+    "TR / IR R@K and `rsum` (images), or v2t / t2v R@K, `medr` and `meanr` (video), percent."
+    if not video:
+        out = {f"tr_r{k}": recall_at(tr, k) for k in ks} | {f"ir_r{k}": recall_at(ir, k) for k in ks}
+        return out | {"rsum": sum(out.values())}
+    out = {}
+    for name, r in (("t2v", ir), ("v2t", tr)):
+        out |= {f"{name}_r{k}": recall_at(r, k) for k in ks}
+        out[f"{name}_medr"] = float((r + 1).double().quantile(0.5).item())  # even count: mean of the two middle ranks
+        out[f"{name}_meanr"] = float((r + 1).double().mean().item())
+    return out
+
 def retrieval_recall(scores,                 # [n_images, n_texts] similarity
                      txt2img,                # [n_texts] image index of each text
                      ks: Sequence[int] = (1, 5, 10),  # recall cut-offs
                      chunk: int = 256,       # see `retrieval_ranks`
                     ) -> dict:
     "TR (image->text) and IR (text->image) R@K in percent and their sum `rsum`."
-    tr, ir = retrieval_ranks(scores, txt2img, chunk)
-    out = {f"tr_r{k}": recall_at(tr, k) for k in ks} | {f"ir_r{k}": recall_at(ir, k) for k in ks}
-    out["rsum"] = sum(out.values())
-    return out
+    return ranks_metrics(*retrieval_ranks(scores, txt2img, chunk), ks)
 
 # %% ../nbs/30_metrics.ipynb #876a683b
 def video_retrieval_metrics(scores,                    # [n_videos, n_texts] similarity, text j describes video j
@@ -197,13 +216,7 @@ def video_retrieval_metrics(scores,                    # [n_videos, n_texts] sim
     s = _as_tensor(scores)
     if s.ndim != 2 or s.shape[0] != s.shape[1]:
         raise ValueError(f"video retrieval expects a square matrix, got {tuple(s.shape)}")
-    v2t, t2v = retrieval_ranks(s, torch.arange(s.shape[1]), chunk)
-    out = {}
-    for name, r in (("t2v", t2v), ("v2t", v2t)):
-        out |= {f"{name}_r{k}": recall_at(r, k) for k in ks}
-        out[f"{name}_medr"] = float((r + 1).double().quantile(0.5).item())  # even count: mean of the two middle ranks
-        out[f"{name}_meanr"] = float((r + 1).double().mean().item())
-    return out
+    return ranks_metrics(*retrieval_ranks(s, torch.arange(s.shape[1]), chunk), ks, video=True)
 
 # %% ../nbs/30_metrics.ipynb #de3eaaab
 def nlvr2_accuracy(predictions,  # predicted labels (0/1 or bool), or logits `[N, 2]`
@@ -267,7 +280,7 @@ def paired_differences(
         ]
     return out
 
-
+# %% ../nbs/30_metrics.ipynb #ed937252
 def mean_sd_text(values: Sequence[float], digits: int = 2) -> str:
     "`mean ± sd (n)` of per-seed values ('-' for none, `± -` for one)."
     m, sd, n = mean_sd(values)

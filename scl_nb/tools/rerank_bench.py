@@ -12,7 +12,7 @@ from ..model import SCLModel, ImageEncoding, TextEncoding
 from ..evaluation import evaluate_retrieval, pair_score
 
 # %% auto #0
-__all__ = ['bench_batches', 'fuse_flops_per_pair', 'bench_rerank', 'coco5k_estimate']
+__all__ = ['bench_batches', 'fuse_flops_per_pair', 'bench_rerank', 'bench_ranking_memory', 'coco5k_estimate']
 
 # %% ../../nbs/43_rerank_bench.ipynb #242558e4
 def bench_batches(cfg, images: int, captions: int, batch_size: int = 128, seed: int = 0) -> list:
@@ -28,6 +28,7 @@ def bench_batches(cfg, images: int, captions: int, batch_size: int = 128, seed: 
     return [dict(pixels=pixels[image[r]], input_ids=input_ids[r], attention_mask=mask[r], image_ids=image[r], index=r)
             for r in rows]
 
+# %% ../../nbs/43_rerank_bench.ipynb #1741f6c0
 @torch.no_grad()
 def fuse_flops_per_pair(model: SCLModel, text_len: Optional[int] = None, num_frames: int = 1) -> float:
     "FLOPs of fusing and scoring one pair at the model's resolution and `text_len` tokens (None: the text tower's max)."
@@ -46,17 +47,24 @@ def _bench_row(r: dict) -> dict:
                 device_bytes_per_pair=r["device_bytes"] / r["fused_pairs"], encode_s=r["encode_s"])
 
 # %% ../../nbs/43_rerank_bench.ipynb #9756e0e0
-def _evaluation_before(path, model, batches, k, chunk) -> dict:
-    "`evaluate_retrieval` of an older evaluation module at `path`, with what it sends to the device counted."
+def _load_module(path, name: str = "scl_nb.evaluation_before"):
+    "An older copy of a module, loaded from its file under another name."
     import importlib.util, sys
-    from unittest import mock
-    spec = importlib.util.spec_from_file_location("scl_nb.evaluation_before", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     old = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = old  # its dataclasses look their module up
     try:
         spec.loader.exec_module(old)
     finally:
         sys.modules.pop(spec.name)
+    return old
+
+def _evaluation_before(path, model, batches, k, chunk) -> dict:
+    "`evaluate_retrieval` of an older evaluation module at `path`, with what it sends to the device counted."
+    from unittest import mock
+    old = _load_module(path)
+    if not hasattr(old.RetrievalSet, "image"):  # it counts what it sends itself
+        return old.evaluate_retrieval(model, batches, k, chunk)
     sent, seen = [0], set()
     for b in batches:  # its encoding: the pixels of new images, the ids and the masks
         ids = b["image_ids"].tolist()
@@ -74,6 +82,7 @@ def _evaluation_before(path, model, batches, k, chunk) -> dict:
         r = old.evaluate_retrieval(model, batches, k, chunk)
     return r | {"device_bytes": sent[0]}
 
+# %% ../../nbs/43_rerank_bench.ipynb #f7279a29
 def _bench_report(out: dict) -> str:
     lines = [f"{out['config']}, {out['images']} images x {out['texts'] // out['images']} captions, k={out['k']}, "
              f"chunks of {out['chunk']} pairs, {out['flops_per_pair'] / 1e9:.3f} GFLOP per pair"]
@@ -105,6 +114,70 @@ def bench_rerank(preset: str = "tiny", images: int = 64, captions: int = 5, k: i
         out["before"] = _bench_row(_evaluation_before(before, model, batches, k, chunk))
     if not quiet:
         print(_bench_report(out))
+    return out
+
+# %% ../../nbs/43_rerank_bench.ipynb #471db056
+def _stand_in_scores(pairs: torch.Tensor) -> torch.Tensor:  # [P, 2] -> [P]
+    "A fixed score of each pair (nothing is fused): what the memory benchmark re-ranks with."
+    return torch.sin(pairs[:, 0] * 1.3 + pairs[:, 1] * 0.7).float()
+
+def _random_set(ev, images: int, captions: int, dim: int, seed: int = 0):
+    "A `RetrievalSet` of module `ev` with random unit embeddings and no tokens (ranking needs none)."
+    g = torch.Generator().manual_seed(seed)
+    unit = lambda n: torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=-1)
+    n_txt = images * captions
+    return ev.RetrievalSet(torch.zeros(images, 1, 1), torch.arange(images), 1, torch.zeros(n_txt, 1, 1),
+                           torch.ones(n_txt, 1), unit(images), unit(n_txt),
+                           torch.arange(images).repeat_interleave(captions), list(range(images)))
+
+# %% ../../nbs/43_rerank_bench.ipynb #bf6efa7a
+def _rank_once(path, images: int, captions: int, dim: int, k: int, image_chunk: int) -> dict:
+    "Rank a random set with the evaluation module at `path` (None: this one): peak MB, seconds, pairs, metrics."
+    import resource, time
+    from scl_nb import evaluation
+    from scl_nb.metrics import ranks_metrics
+    ev = _load_module(path) if path else evaluation
+    rs = _random_set(ev, images, captions, dim)
+    start, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+    if hasattr(ev, "select_candidates"):
+        cand = ev.select_candidates(rs, k, image_chunk)
+        ranks = ev.rank_with_candidates(rs, cand, _stand_in_scores(cand.pairs), image_chunk)
+        pairs, itm = len(cand.pairs), ranks_metrics(*ranks["itm"])
+    else:  # the whole-matrix procedure
+        sim = ev.itc_similarity(rs)
+        rows, cols = ev.topk_masks(sim, k)
+        p = (rows | cols).nonzero()
+        i2t, t2i = ev.rerank(sim, p, _stand_in_scores(p), rows, cols)
+        pairs, itm = len(p), ev.retrieval_metrics(i2t, t2i, rs.txt2img)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start  # KiB on Linux
+    return dict(peak_mb=peak / 1024, seconds=time.perf_counter() - t0, pairs=pairs, itm=itm)
+
+# %% ../../nbs/43_rerank_bench.ipynb #c3929bc4
+def bench_ranking_memory(images: int = 5000, captions: int = 5, dim: int = 256, k: int = 128,
+                         image_chunk: int = 256,
+                         before: Optional[str] = None,  # an older scl_nb/evaluation.py (whole matrices)
+                         quiet: bool = False) -> dict:
+    "Peak host memory and time of ranking `images` x `images * captions` texts, each in a fresh process."
+    import json, subprocess, sys
+    run = ("import json, sys; from scl_nb.tools.rerank_bench import _rank_once; "
+           "print(json.dumps(_rank_once(*json.loads(sys.argv[1]))))")
+    out = dict(images=images, texts=images * captions, dim=dim, k=k, image_chunk=image_chunk)
+    for name, path in (("after", None), ("before", before)):
+        if name == "before" and not before:
+            continue
+        args = json.dumps([path, images, captions, dim, k, image_chunk])
+        done = subprocess.run([sys.executable, "-c", run, args], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"ranking ({name}) failed:\n{done.stderr[-2000:]}")
+        out[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    if not quiet:
+        print(f"ranking {images} images x {images * captions} texts, k={k}, chunks of {image_chunk} images:")
+        for name in [n for n in ("before", "after") if n in out]:
+            r = out[name]
+            print(f"  {name:6s} peak {r['peak_mb']:,.0f} MB above the start, {r['seconds']:.1f} s, "
+                  f"{r['pairs']:,} pairs")
+    if before and out["before"]["itm"] != out["after"]["itm"]:
+        raise AssertionError(f"before and after rank differently: {out['before']['itm']} vs {out['after']['itm']}")
     return out
 
 # %% ../../nbs/43_rerank_bench.ipynb #eb9d0da8
