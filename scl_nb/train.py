@@ -106,6 +106,38 @@ def restore(self: Trainer, ckpt: Optional[Path]):
     self.counters.update({k: int(v) for k, v in st["extra"].get("counters", {}).items()})
     self.start = self.at_step = st["step"]
 
+# %% ../nbs/23_train.ipynb #c826b883
+@patch
+def step_cost(self: Trainer, count: bool, need_unused: bool) -> tuple[float, tuple, list]:
+    "FLOPs of one optimiser step, the device's peak (value, source) and the parameters a step leaves without gradient."
+    if not (count or need_unused):
+        return float("nan"), (float("nan"), ""), []
+    flops, unused = probe_step(self.model, self.data, self.ctx, self.precision)
+    if not count:
+        return float("nan"), (float("nan"), ""), unused
+    peak = peak_flops(self.ctx.device, self.precision, self.cfg.data.cache_dir)
+    return flops * self.accum * self.ctx.world_size, peak, unused
+
+@patch
+def snapshot(self: Trainer, gen: Optional[torch.Generator]) -> dict:
+    "What the step just finished leaves, for a checkpoint: its step, loader position, counters and random stream."
+    return dict(step=self.at_step, data=copy.deepcopy(self.data.state_dict()), counters=dict(self.counters), gen=gen)
+
+# %% ../nbs/23_train.ipynb #5dbdd009
+def wrap(model, ctx, tcfg, unused: list) -> nn.Module:
+    "The module the loop calls: compiled (in place), and DDP around it when there are several processes (not FSDP)."
+    if tcfg.compile:
+        model.compile(mode=tcfg.compile_mode)  # PretrainTask: the whole step after its draws; other tasks: their forward
+    if ctx.world_size == 1 or tcfg.parallel == "fsdp":
+        return model
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=bool(unused))
+
+def skips_on_device(optimizer, scaler) -> bool:
+    """Whether a non-finite step can be skipped without a host read: fused AdamW's `found_inf` (not with fp16's
+    GradScaler)."""
+    return scaler is None and bool(optimizer.defaults.get("fused"))
+
 # %% ../nbs/23_train.ipynb #751e1faa
 @patch
 def begin(self: Trainer,
@@ -129,36 +161,6 @@ def begin(self: Trainer,
     self.done = self.snapshot(None)  # the last finished step
     self.every_step = not skips_on_device(self.optimizer, self.scaler)  # the skip needs a host read every step
     self.t_read = time.perf_counter()  # when the rows were last read
-
-@patch
-def step_cost(self: Trainer, count: bool, need_unused: bool) -> tuple[float, tuple, list]:
-    "FLOPs of one optimiser step, the device's peak (value, source) and the parameters a step leaves without gradient."
-    if not (count or need_unused):
-        return float("nan"), (float("nan"), ""), []
-    flops, unused = probe_step(self.model, self.data, self.ctx, self.precision)
-    if not count:
-        return float("nan"), (float("nan"), ""), unused
-    peak = peak_flops(self.ctx.device, self.precision, self.cfg.data.cache_dir)
-    return flops * self.accum * self.ctx.world_size, peak, unused
-
-@patch
-def snapshot(self: Trainer, gen: Optional[torch.Generator]) -> dict:
-    "What the step just finished leaves, for a checkpoint: its step, loader position, counters and random stream."
-    return dict(step=self.at_step, data=copy.deepcopy(self.data.state_dict()), counters=dict(self.counters), gen=gen)
-
-def wrap(model, ctx, tcfg, unused: list) -> nn.Module:
-    "The module the loop calls: compiled (in place), and DDP around it when there are several processes (not FSDP)."
-    if tcfg.compile:
-        model.compile(mode=tcfg.compile_mode)  # PretrainTask: the whole step after its draws; other tasks: their forward
-    if ctx.world_size == 1 or tcfg.parallel == "fsdp":
-        return model
-    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=bool(unused))
-
-def skips_on_device(optimizer, scaler) -> bool:
-    """Whether a non-finite step can be skipped without a host read: fused AdamW's `found_inf` (not with fp16's
-    GradScaler)."""
-    return scaler is None and bool(optimizer.defaults.get("fused"))
 
 # %% ../nbs/23_train.ipynb #25d44f35
 def as_tensor(v, device) -> torch.Tensor:  # [] float64, detached: a term stays on the device until the rows are read
@@ -436,7 +438,7 @@ def train(
         if ctx.owns_group:
             cleanup_distributed()  # also when the run ends by an exception
 
-
+# %% ../nbs/23_train.ipynb #175198ca
 def resume_point(ctx, out_dir: Path, resume: bool, overwrite: bool) -> tuple[Optional[Path], bool]:
     """The checkpoint to continue from (None: step 0) and whether an earlier run is replaced; says which. Refuses to
     clobber a run."""
@@ -459,6 +461,7 @@ def resume_point(ctx, out_dir: Path, resume: bool, overwrite: bool) -> tuple[Opt
         say(ctx, f"no checkpoint in {ckpt_dir}: starting at step 0")
     return ckpt, False
 
+# %% ../nbs/23_train.ipynb #cdb07338
 def open_folder(ctx, out_dir: Path, replace: bool):
     """Rank 0 makes the run folder (first removing what a replaced run left that would not be overwritten); every
     rank waits."""
@@ -550,6 +553,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     return p
 
+# %% ../nbs/23_train.ipynb #c6c06653
 def input_errors() -> tuple:
     "Exceptions that mean bad input (configuration, run folder, manifest, media): a short message and exit code 2."
     return (ConfigError, RunFolderError, ManifestError, TooManyBadSamples, CheckpointError)

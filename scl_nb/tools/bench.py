@@ -42,9 +42,8 @@ class FixedBatch:
 
 # %% ../../nbs/25_bench.ipynb #aa10e067
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m scl_nb.tools.bench", description="scl_nb benchmarks (speed and memory)."
-    )
+    p = argparse.ArgumentParser(prog="python -m scl_nb.tools.bench",
+                                description="scl_nb benchmarks (speed and memory).")
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (
         ("pretrain-step", "shared vs reference pass schedule of one pre-training step"),
@@ -54,12 +53,8 @@ def _parser() -> argparse.ArgumentParser:
         ("best-batch", "the largest per-device batch that fits, with pairs/s and MFU at each batch tried"),
     ):
         s = sub.add_parser(name, help=help_)
-        s.add_argument(
-            "--preset",
-            default=None if name == "step-counts" else "tiny",
-            help="preset name or config file"
-            + (" (default: the paper's structure at a small width)" if name == "step-counts" else ""),
-        )
+        s.add_argument("--preset", default=None if name == "step-counts" else "tiny", help="preset name or config file"
+                       + (" (default: the paper's structure at a small width)" if name == "step-counts" else ""))
         s.add_argument("--steps", type=int, default=None, help="timed steps")
         s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
         s.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
@@ -87,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default=None, help="where the batch transform runs")
     return p
 
+# %% ../../nbs/25_bench.ipynb #fcf94bdb
 def _call(fn, **kw):
     "Call `fn` with the keyword arguments it accepts and that were given (None = keep its default)."
     params = inspect.signature(fn).parameters
@@ -108,7 +104,7 @@ def paper_structure(width: int = 96, batch_size: int = 8) -> SCLConfig:
            "data.num_workers": 0},
     )
 
-
+# %% ../../nbs/25_bench.ipynb #5ebf8a34
 def bench_step_counts(
     preset: Optional[str] = None,  # preset or config file; None = `paper_structure()`
     overrides: Sequence[str] = (),  # `key.sub=value` overrides
@@ -273,6 +269,7 @@ def _in_fresh_process(fn, *args):
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(PickledByValue(fn), *args).result()
 
+# %% ../../nbs/25_bench.ipynb #9661ed57
 def bench_pretrain_step(preset: str = "tiny",       # preset name or YAML/JSON config file (or pass `cfg`)
                         batch_size: int = 32,       # samples per step
                         steps: int = 5,             # timed steps per schedule
@@ -395,6 +392,7 @@ def _timed(fn, n: int, sync=None) -> float:
         sync()
     return time.perf_counter() - t0
 
+# %% ../../nbs/25_bench.ipynb #9e64385a
 def bench_data(workers: Sequence[int] = (0, 2, 4),  # worker counts to measure
                batch_size: int = 32,
                batches: int = 20,                  # timed batches per setting (after warm-up)
@@ -418,25 +416,20 @@ def bench_data(workers: Sequence[int] = (0, 2, 4),  # worker counts to measure
         frames = 1 if kind == "image" else num_frames
         for w in workers:
             ds = ManifestDataset(man, tok, "pretrain", "pretrain", size, num_frames, 50)
-            loader = ResumableLoader(
-                ds, batch_size, Collator(tok, ObjectiveConfig()), num_workers=w, device=dev, min_reads=10**9
-            )
+            loader = ResumableLoader(ds, batch_size, Collator(tok, ObjectiveConfig()), num_workers=w, device=dev,
+                                     min_reads=10**9)
             it = iter(loader.loader)  # collated CPU batches, as the workers deliver them
             batch = next(it)
             dt = _timed(lambda: next(it), batches)
-            results.append(
-                dict(stage="loader", kind=kind, size=size, frames=frames, workers=w,
-                     samples_per_s=batch_size * batches / dt)
-            )
+            results.append(dict(stage="loader", kind=kind, size=size, frames=frames, workers=w,
+                                samples_per_s=batch_size * batches / dt))
             print_fn(f"{what}, loader with {w} workers: {batch_size * batches / dt:8.1f} samples/s")
             del it, loader
         b = to_device(batch, dev)
         tf = BatchTransform(size, "pretrain").to(dev)
         dt = _timed(lambda: tf(b["pixels"], b["boxes"], b["flip"]), batches, sync)
-        results.append(
-            dict(stage="transform", kind=kind, size=size, frames=frames, device=str(dev),
-                 samples_per_s=batch_size * batches / dt)
-        )
+        results.append(dict(stage="transform", kind=kind, size=size, frames=frames, device=str(dev),
+                            samples_per_s=batch_size * batches / dt))
         print_fn(f"{what}, transform on {dev}: {batch_size * batches / dt:8.1f} samples/s")
     return results
 

@@ -28,6 +28,7 @@ class Holding:
     manifest: Path
     files: set       # absolute paths of the media files, the arrow file or the shards
 
+# %% ../../nbs/25a_data_bench.ipynb #9d6c2718
 def _jpeg(path: Path) -> bytes:
     from PIL import Image
     buf = io.BytesIO()
@@ -201,6 +202,7 @@ def bench_holdings(workers: int = 2,            # DataLoader workers of every lo
     _print_holdings(results, repeats, print_fn)
     return results
 
+# %% ../../nbs/25a_data_bench.ipynb #024b10cc
 def _print_holdings(results: list, repeats: int, print_fn):
     print_fn(f"loader throughput by holding ({results[0]['workers']} workers, median of {repeats}; files opened: "
              "one epoch under strace)")
