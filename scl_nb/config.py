@@ -97,6 +97,7 @@ OBJECTIVE_NAMES = (
     "mltc_text",
 )  # the weights of `ObjectiveConfig`
 
+# %% ../nbs/00_config.ipynb #9c3341fb
 @dataclass
 class ObjectiveConfig:
     "Pre-training objectives, their weights and hyper-parameters (method §2)."
@@ -244,6 +245,7 @@ def _require(ok, msg):
     if not ok:
         raise ConfigError(msg)
 
+# %% ../nbs/00_config.ipynb #c041486a
 def validate(cfg: SCLConfig) -> SCLConfig:
     "Check every field of `cfg` (types, choices, ranges, cross-field rules); raise `ConfigError` naming the key."
     _validate_node(cfg)
@@ -365,6 +367,7 @@ def _tiny() -> SCLConfig:
         train=TrainConfig(steps=400, batch_size=32, per_gpu_batch_size=32, lr=3e-3, head_lr_mult=1.0,
                           cross_modal_lr_mult=1.0, precision="fp32", grad_clip=1.0, ckpt_every=25, log_every=10))
 
+# %% ../nbs/00_config.ipynb #116cd716
 TINY_TASKS = {  # fine-tuning the tiny preset on the synthetic set: 2 CPU cores, <= 3 minutes per task notebook
     "vqa": dict(epochs=1.5, batch_size=32, lr=1e-3),
     "nlvr2": dict(steps=300, batch_size=32, lr=1e-3, changes={"vision.image_size": 32}),  # two images per sample: 32 px
@@ -384,6 +387,7 @@ TINY_TASK_TRAIN = {
     "train.log_every": 10,
 }  # every tiny fine-tuning run
 
+# %% ../nbs/00_config.ipynb #b2eab32b
 def _tiny_towers() -> SCLConfig:
     "`tiny` on the pre-trained tiny towers of `scl_nb.towers`, with the paper's loss weights and learning-rate ratios."
     c = _tiny()
@@ -392,6 +396,7 @@ def _tiny_towers() -> SCLConfig:
                    objectives=replace(ObjectiveConfig(), itc_dim=c.objectives.itc_dim),
                    train=replace(c.train, lr=3e-4, head_lr_mult=5.0, cross_modal_lr_mult=5.0))
 
+# %% ../nbs/00_config.ipynb #8c7a9b6f
 OFFICIAL_SIGNAL = {  # the released GLSCL code's signal on its 8 GPUs, at any world size (method §7.1)
     "objectives.gather_grad": "local", "objectives.emulate_world_size": 8,
     "objectives.scl_text_negatives": "process", "objectives.mltc_image_negatives": "process"}
@@ -402,6 +407,7 @@ OFFICIAL_RECIPE = {  # the official optimiser groups, initialisation, masks, pas
     "objectives.text_mask_sampling": "with_replacement", "objectives.schedule": "reference",
     "train.param_groups": "official", "train.precision": "fp16", "train.per_gpu_batch_size": 16}
 
+# %% ../nbs/00_config.ipynb #dadf0ace
 def _paper_cvpr() -> SCLConfig:
     return replace(_paper(), name="paper-cvpr", objectives=ObjectiveConfig(mltc_image=0.0, mltc_text=0.0))
 
@@ -411,6 +417,7 @@ def _paper_official() -> SCLConfig:
 def _paper_cvpr_official() -> SCLConfig:
     return apply_overrides(replace(_paper_cvpr(), name="paper-cvpr-official"), OFFICIAL_CVPR_SIGNAL | OFFICIAL_RECIPE)
 
+# %% ../nbs/00_config.ipynb #7e83a171
 PRESETS = {"paper": _paper, "paper-cvpr": _paper_cvpr,
            "paper-official": _paper_official, "paper-cvpr-official": _paper_cvpr_official,
            "tiny": _tiny, "tiny-towers": _tiny_towers}
@@ -551,7 +558,7 @@ def injected_parameters(history) -> list[str]:
         out += [t.id for t in assigned if isinstance(t, ast.Name)]
     return out
 
-
+# %% ../nbs/00_config.ipynb #1b401d4c
 def check_parameters(
     spec: type,  # a dataclass: one typed field per parameter (as in the config)
     values: Mapping,  # parameter values by name (e.g. a notebook's `globals()`); missing ones keep their default

@@ -76,6 +76,7 @@ def tar_ref(path, member: TarMember) -> str:
     "The reference of a tar member with where its data lie: `<shard>.tar#<offset>+<size>:<name>`."
     return f"{path}#{member.offset}+{member.size}:{member.name}"
 
+# %% ../nbs/11a_containers.ipynb #ff6fa23c
 def index_tar_file(f, size: int) -> tuple[list[TarMember], Optional[str]]:
     "Regular files of an uncompressed tar open as `f` (`size` bytes) whose data lie whole in it; why it stops early."
     members, problem = [], None
@@ -129,7 +130,6 @@ class TarShard:
             raise BadSample("corrupt_shard", path)
         self.size = st.st_size
         self.by_name, self.problem = None, None
-
     def read(self, member: str, where: str) -> bytes:
         "The data of `member` (`<offset>+<size>:<name>` or `<name>`); raises `BadSample`."
         m = TAR_MEMBER.match(member)
@@ -146,7 +146,6 @@ class TarShard:
         if not header_matches(block[:tarfile.BLOCKSIZE], m["name"], size):
             raise BadSample("missing_member", where)
         return block[tarfile.BLOCKSIZE:]
-
     def read_named(self, name: str, where: str) -> bytes:
         "A member found by its name through the headers (read once)."
         if self.by_name is None:
@@ -157,7 +156,6 @@ class TarShard:
         if m is None:
             raise BadSample(self.problem or "missing_member", where)
         return self.read(f"{m.offset}+{m.size}:{m.name}", where)
-
     def close(self):
         os.close(self.fd)
 
@@ -307,6 +305,7 @@ def sample_media(fields: dict) -> Optional[TarMember]:
     "The member of a WebDataset sample (`extension -> member`) that holds its media, or None."
     return next((fields[f] for f in MEDIA_FIELDS if f in fields), None)
 
+# %% ../nbs/11a_containers.ipynb #d3989cff
 def shard_media(path) -> dict[str, str]:
     "key -> reference of each sample's media member in a WebDataset shard; empty when there is no such file."
     path = Path(path).resolve()
@@ -323,6 +322,7 @@ def folder_split(path: Path, src: Path) -> str:
             return SPLIT_FOLDERS[part.lower()]
     return "train"
 
+# %% ../nbs/11a_containers.ipynb #5fdeaa7e
 def sample_caption(fields: dict, read: Callable[[TarMember], bytes]) -> Optional[str]:
     "A sample's caption: its `.txt`, else its `.json`'s `caption`; None when neither has text."
     text = read(fields["txt"]).decode("utf-8", errors="replace").strip() if "txt" in fields else ""

@@ -223,6 +223,7 @@ def shard_model(model: nn.Module,  # the plain model, already on its device
     fully_shard(model, mesh=mesh, ignored_params=scalars or None)
     return [n for n, _ in blocks]
 
+# %% ../nbs/06_distributed.ipynb #21ddb997
 def sync_replicated_grads(model: nn.Module):
     "Average over the processes the gradients of the parameters FSDP left replicated (plain tensors, e.g. 0-d ones)."
     from torch.distributed.tensor import DTensor
@@ -240,6 +241,7 @@ def sync_replicated_grads(model: nn.Module):
     for p, g in zip(params, flat.split([p.numel() for p in params])):
         p.grad = g.view_as(p).to(p.dtype)
 
+# %% ../nbs/06_distributed.ipynb #990fe940
 def single_process_group(device: torch.device) -> bool:
     "Create a 1-process group when none exists (FSDP needs one even alone); True when it was created here."
     if dist.is_initialized():
@@ -263,6 +265,7 @@ class PickledByValue:
     def __reduce__(self):
         return cloudpickle.loads, (self.payload,)
 
+# %% ../nbs/06_distributed.ipynb #141f6930
 def _local_process_entry(local: int, fn: Callable, args: tuple, world: int, port: int, out_dir: str):
     "Body of one spawned process: join the group, run `fn`, save its result or traceback, leave without finalization."
     import sys, traceback
@@ -288,6 +291,7 @@ def _local_process_entry(local: int, fn: Callable, args: tuple, world: int, port
             sys.stderr.flush()
             os._exit(status)
 
+# %% ../nbs/06_distributed.ipynb #4aa16058
 def run_local_processes(fn: Callable,          # called as fn(*args) in every process; its return value is collected
                         world_size: int = 2,   # number of processes
                         args: Sequence = (),   # arguments for fn (picklable)

@@ -28,7 +28,7 @@ def key_mask(
         return mask
     return mask.bool()[:, None, None, :]
 
-
+# %% ../nbs/03_fusion.ipynb #f81e5ad5
 class FusionAttention(nn.Module):
     "Multi-head attention sub-block of a BERT layer: `LN(x + dropout(W_o attn(x, context)))`."
     def __init__(self, cfg: FusionConfig):

@@ -224,6 +224,7 @@ def _repeat_params(params, n: int):
         return out
     return params
 
+# %% ../nbs/11_media.ipynb #f83b3c62
 class BatchTransform(torch.nn.Module):
     "Crop + resize (bicubic), flip, RandAugment (fine-tuning) and CLIP normalisation on a batch of clips."
     def __init__(self, image_size: int,          # output side S

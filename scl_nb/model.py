@@ -135,40 +135,49 @@ class SCLModel(nn.Module):
         self.mlm_head.apply(init_bert_weights)
         self.itm_head.apply(init_bert_weights)
 
-    def encode_image(
-        self,
-        pixels,  # [B,3,H,W] or [B,F,3,H,W]
-        drop_ratio: float = 0.0,  # drop mode: fraction of patch positions removed (same in every frame)
-        mask_ratio: float = 0.0,  # mask-token mode: fraction of patch embeddings replaced
-        generator: Optional[torch.Generator] = None,  # source of the random positions
-        noise: Optional[torch.Tensor] = None,  # [B, N] uniform draws choosing the positions (instead of `generator`)
-        masked: Optional[torch.Tensor] = None,  # [B, N] bool: explicit mask-token positions (rows may be all False)
-    ) -> ImageEncoding:
-        "Vision tower + modality transform."
-        out = self.vision(
-            pixels, drop_ratio=drop_ratio, mask_ratio=mask_ratio, generator=generator, noise=noise, masked=masked
-        )
-        return ImageEncoding(self.fusion.transform_image(out.tokens), out.num_frames, out.masked, out.keep_idx)
+# %% ../nbs/04_model.ipynb #ab7100ec
+@patch
+def encode_image(
+    self: SCLModel,
+    pixels,  # [B,3,H,W] or [B,F,3,H,W]
+    drop_ratio: float = 0.0,  # drop mode: fraction of patch positions removed (same in every frame)
+    mask_ratio: float = 0.0,  # mask-token mode: fraction of patch embeddings replaced
+    generator: Optional[torch.Generator] = None,  # source of the random positions
+    noise: Optional[torch.Tensor] = None,  # [B, N] uniform draws choosing the positions (instead of `generator`)
+    masked: Optional[torch.Tensor] = None,  # [B, N] bool: explicit mask-token positions (rows may be all False)
+) -> ImageEncoding:
+    "Vision tower + modality transform."
+    out = self.vision(
+        pixels, drop_ratio=drop_ratio, mask_ratio=mask_ratio, generator=generator, noise=noise, masked=masked
+    )
+    return ImageEncoding(self.fusion.transform_image(out.tokens), out.num_frames, out.masked, out.keep_idx)
 
-    def encode_text(self, input_ids, attention_mask) -> TextEncoding:
-        "Text tower + modality transform."
-        return TextEncoding(self.fusion.transform_text(self.text(input_ids, attention_mask)), attention_mask)
+@patch
+def encode_text(self: SCLModel, input_ids, attention_mask) -> TextEncoding:
+    "Text tower + modality transform."
+    return TextEncoding(self.fusion.transform_text(self.text(input_ids, attention_mask)), attention_mask)
 
-    def fuse(
-        self, image: ImageEncoding, text: TextEncoding, output_attentions: bool = False, image_token_type: int = 1
-    ):
-        "Co-attention fusion of one image and one text encoding per sample."
-        return self.fusion(text.tokens, text.attention_mask, image.tokens, num_frames=image.num_frames,
-                           image_token_type=image_token_type, output_attentions=output_attentions)
+# %% ../nbs/04_model.ipynb #15fcc6a3
+@patch
+def fuse(
+    self: SCLModel, image: ImageEncoding, text: TextEncoding, output_attentions: bool = False, image_token_type: int = 1
+):
+    "Co-attention fusion of one image and one text encoding per sample."
+    return self.fusion(text.tokens, text.attention_mask, image.tokens, num_frames=image.num_frames,
+                       image_token_type=image_token_type, output_attentions=output_attentions)
 
-    def itc_image(self, image: ImageEncoding):
-        return F.normalize(self.itc_image_proj(image.cls), dim=-1)  # [B, itc_dim]
-    def itc_text(self, text: TextEncoding):
-        return F.normalize(self.itc_text_proj(text.cls), dim=-1)  # [B, itc_dim]
+@patch
+def itc_image(self: SCLModel, image: ImageEncoding):
+    return F.normalize(self.itc_image_proj(image.cls), dim=-1)  # [B, itc_dim]
 
-    def forward(self, pixels, input_ids, attention_mask, output_attentions: bool = False):
-        "Encode both modalities and fuse them: the plain inference path."
-        return self.fuse(self.encode_image(pixels), self.encode_text(input_ids, attention_mask), output_attentions)
+@patch
+def itc_text(self: SCLModel, text: TextEncoding):
+    return F.normalize(self.itc_text_proj(text.cls), dim=-1)  # [B, itc_dim]
+
+@patch
+def forward(self: SCLModel, pixels, input_ids, attention_mask, output_attentions: bool = False):
+    "Encode both modalities and fuse them: the plain inference path."
+    return self.fuse(self.encode_image(pixels), self.encode_text(input_ids, attention_mask), output_attentions)
 
 # %% ../nbs/04_model.ipynb #bbe0149e
 def parameter_breakdown(model: SCLModel) -> dict:

@@ -274,6 +274,7 @@ def _check_batch(batch: dict, active) -> None:
                 raise KeyError(f"PretrainTask: objective {objective!r} needs batch[{name!r}]; build batches with "
                                "scl_nb.data.Collator(tokenizer, cfg.objectives) or set its weight to 0")
 
+# %% ../nbs/07_objectives.ipynb #d7f39ec7
 def step_noise(batch_size: int,   # B
                num_patches: int,  # N patch-grid positions of one frame
                generator: Optional[torch.Generator] = None,  # source (its device is used); None = the global generator
@@ -354,6 +355,7 @@ def _itc(m: SCLModel, image: ImageEncoding, text: TextEncoding, o: ObjectiveConf
         logs["itc_temperature"] = log_scale.detach().exp().reciprocal()
     return terms, logs, (txt_emb @ img_emb.t()).detach() * log_scale.detach().exp()  # [B, B]
 
+# %% ../nbs/07_objectives.ipynb #8ea853f3
 def _itm_pairs(batch: dict, o: ObjectiveConfig, sim, noise: dict) -> tuple[torch.Tensor, torch.Tensor]:
     "The image paired with each caption ([B] indices) and whether the pair matches ([B] 1/0)."
     attn = batch["attention_mask"]
@@ -372,6 +374,7 @@ def _mask_token_positions(o: ObjectiveConfig, noise: dict) -> torch.Tensor:  # [
         B, N, mask_token_count(N, o.mltc_image_mask), device=noise["mask"].device, noise=noise["mask"]
     )[0]
 
+# %% ../nbs/07_objectives.ipynb #0a198270
 def _image_passes(m: SCLModel, pixels, o: ObjectiveConfig, noise: dict, needs: dict) -> dict:
     "`U_v` and, for MLTC-image, the mask-token encoding of pass A', in one vision call."
     if "A'" not in needs:
@@ -392,6 +395,7 @@ def _text_passes(m: SCLModel, batch: dict, needs: dict) -> dict:
     out = m.encode_text(torch.cat([ids[k] for k in names]), attn.repeat(len(names), 1))   # [3B, L, D]
     return {k: TextEncoding(t, attn) for k, t in zip(names, out.tokens.chunk(len(names)))}
 
+# %% ../nbs/07_objectives.ipynb #91f70c3e
 def _shared_passes(m: SCLModel, batch: dict, o: ObjectiveConfig, noise: dict, needs: dict, grad: bool):
     "The shared schedule: each unmasked encoding once, same-shape tower and fusion passes packed into one call each."
     pixels = batch["pixels"]
@@ -408,6 +412,7 @@ def _shared_passes(m: SCLModel, batch: dict, o: ObjectiveConfig, noise: dict, ne
             passes["A"] = m.fuse(m.encode_image(pixels, drop_ratio=o.scl_image_mask, noise=noise["drop"]), texts["U"])
     return terms, logs, passes, labels, images.get("A'")
 
+# %% ../nbs/07_objectives.ipynb #8040b0b8
 def _reference_passes(m: SCLModel, batch: dict, o: ObjectiveConfig, noise: dict, needs: dict, grad: bool):
     "The reference schedule: every objective encodes its own inputs and runs its own fusion pass."
     pixels, attn, active = batch["pixels"], batch["attention_mask"], set(o.active)

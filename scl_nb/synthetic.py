@@ -106,6 +106,7 @@ class CaptionBuilder:
         self.text += s
         return self
 
+# %% ../nbs/10_synthetic.ipynb #74e4bed6
 def _where(cell, rng) -> tuple[str, str]:
     "A location phrase for `cell`: (the preposition part, the linked words)."
     r, c = cell
@@ -148,6 +149,7 @@ def relations(a: dict, b: dict) -> list[str]:
         out.append("below")
     return out
 
+# %% ../nbs/10_synthetic.ipynb #51abd780
 def make_caption(objects: list[dict], rng: np.random.Generator) -> tuple[str, list]:
     """One caption naming every object's colour, shape and position (plus, sometimes, a relation); returns text and
     links."""
@@ -198,6 +200,7 @@ def vqa_answer_vocab() -> list[str]:
     cells = [c for row in CELL_NAMES for c in row]
     return sorted(set(COLOURS) | set(SHAPES) | set(COUNT_ANSWERS) | {"yes", "no"} | set(cells))
 
+# %% ../nbs/10_synthetic.ipynb #1b3fe8bf
 def make_question(objects: list[dict], rng: np.random.Generator) -> tuple[str, str, list[str]]:
     "A question about the scene: (question, correct answer, the answers of its type)."
     shapes, colours = [o["shape"] for o in objects], [o["colour"] for o in objects]
@@ -232,6 +235,7 @@ def make_question(objects: list[dict], rng: np.random.Generator) -> tuple[str, s
     return (f"where is the {o['colour']} {o['shape']}?", CELL_NAMES[o["cell"][0]][o["cell"][1]],
             [c for row in CELL_NAMES for c in row])
 
+# %% ../nbs/10_synthetic.ipynb #7ef7573c
 def annotator_answers(correct: str, choices: list[str], rng: np.random.Generator, n: int = 10) -> list[str]:
     "`n` answers: all `correct`, except that 30 % of questions get 1-3 answers from other `choices`."
     out = [correct] * n
@@ -287,6 +291,7 @@ DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 SPEEDS = {"slowly": 1.2, "quickly": 2.5}  # pixels per frame at 64 px
 CHANGES = ("none", "turns", "grows", "shrinks")
 
+# %% ../nbs/10_synthetic.ipynb #07c75297
 def sample_video(rng: np.random.Generator, size: int, frames: int) -> list[dict]:
     "Moving objects of one video, with per-frame centres, sides and colours."
     n = int(rng.integers(1, 3))
@@ -323,6 +328,7 @@ def sample_video(rng: np.random.Generator, size: int, frames: int) -> list[dict]
         objs.append(o)
     return objs
 
+# %% ../nbs/10_synthetic.ipynb #9dfb813c
 def render_video(objs: list[dict], size: int, frames: int, rng: np.random.Generator) -> np.ndarray:
     "Frames `[T, size, size, 3]` uint8; records per-frame `boxes` in each object."
     bg = rng.integers(*BACKGROUND, size=(size, size, 1), dtype=np.uint8).repeat(3, 2)
@@ -353,7 +359,7 @@ def rgb_to_yuv420(
     planes = [np.clip(np.rint(c), 0, 255).astype(np.uint8) for c in (y, half(u), half(v))]
     return np.concatenate([c.ravel() for c in planes]).reshape(H * 3 // 2, W)
 
-
+# %% ../nbs/10_synthetic.ipynb #d9a484b1
 def write_mp4(frames: np.ndarray,  # [T, H, W, 3] uint8 RGB
               path,  # output .mp4
               fps: int = 8,  # frames per second
@@ -470,6 +476,7 @@ def _images(p: SyntheticParams, out: Path) -> tuple[list, list, list]:
                             answers=annotator_answers(a, choices, r)))
     return caps, vqa, scenes
 
+# %% ../nbs/10_synthetic.ipynb #2ca37f24
 def _pairs(p: SyntheticParams, scenes: list) -> list:
     "NLVR2 rows: two images of the same split and a statement about them."
     by_split = {}
@@ -485,6 +492,7 @@ def _pairs(p: SyntheticParams, scenes: list) -> list:
                          caption=text, label=label, split=split_of(k), image_id=f"pair{k:06d}", dataset="synthetic"))
     return rows
 
+# %% ../nbs/10_synthetic.ipynb #a9881243
 def _videos(p: SyntheticParams, out: Path) -> list:
     "Draw and encode every video; returns caption rows."
     (out / "videos").mkdir()
@@ -525,6 +533,7 @@ def synthetic_cache_root(root=None) -> Path:
     from scl_nb.text import default_cache_dir
     return (Path(root) if root is not None else default_cache_dir()) / "synthetic"
 
+# %% ../nbs/10_synthetic.ipynb #f84c911b
 def make_synthetic(root=None,  # cache root (`cfg.data.cache_dir`); None = `$SCL_NB_CACHE` or ~/.cache/scl_nb
                    **params,   # fields of `SyntheticParams` (n_images, n_videos, image_size, seed, ...)
                   ) -> dict[str, Path]:

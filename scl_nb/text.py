@@ -213,17 +213,14 @@ class TextEncoder(nn.Module):
             model = (RobertaModel if cfg.model_type == "roberta" else BertModel)(hf_cfg, add_pooling_layer=False)
         self.model = _drop_pooler(model)
         self.model.config.use_cache = False  # an encoder keeps no key/value cache
-
     @property
     def width(self) -> int:
         return self.model.config.hidden_size
-
     def forward(self, input_ids: torch.Tensor,        # [B, L] token ids
                 attention_mask: Optional[torch.Tensor] = None, # [B, L] 1 = token, 0 = padding
                ) -> torch.Tensor:                      # [B, L, D]
         mask = encoder_attention_mask(attention_mask, self.model.config._attn_implementation, self.model.dtype)
         return self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-
     def set_activation_checkpointing(self, enabled: bool = True):
         "Recompute each layer's activations in the backward pass (Hugging Face activation checkpointing)."
         if enabled:
@@ -231,7 +228,6 @@ class TextEncoder(nn.Module):
         else:
             self.model.activation_checkpointing_disable()
         return self
-
     @classmethod
     def from_pretrained(cls, name_or_path,            # HF encoder folder or hub id
                         tokenizer=None,               # tokenizer folder / hub id; None = `name_or_path`

@@ -247,7 +247,7 @@ def _as_video(self: FlexibleVisionEncoder, pixels: torch.Tensor) -> torch.Tensor
         raise ValueError(f"{Fr} frames given but the temporal embedding holds vision.max_frames={self.cfg.max_frames}")
     return pixels
 
-
+# %% ../nbs/01_vision.ipynb #9e5cdc33
 @patch
 def embed(
     self: FlexibleVisionEncoder,
@@ -398,6 +398,7 @@ def vision_config_from_clip(hf_config,  # transformers.CLIPVisionConfig
         layer_norm_eps=hf_config.layer_norm_eps,
     )
 
+# %% ../nbs/01_vision.ipynb #540396a6
 @contextlib.contextmanager
 def _quiet_transformers():
     from transformers.utils import logging as hf_logging
@@ -411,6 +412,7 @@ def _quiet_transformers():
         if bar:
             hf_logging.enable_progress_bar()
 
+# %% ../nbs/01_vision.ipynb #5b9fe5a7
 @patch(cls_method=True)
 def from_clip(cls: FlexibleVisionEncoder,
               name_or_path: str,  # HF CLIPVisionModel / CLIPModel folder, or a hub id (downloads unless offline)
