@@ -33,6 +33,7 @@ TASK_COLUMNS = {"pretrain": ("media", "caption"), "retrieval": ("media", "captio
 _FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 
+# %% ../nbs/12_data.ipynb #379c06ca
 class Manifest:
     "A manifest table (memory-mapped Arrow) and the folder its relative media paths start from."
     def __init__(self, table, path: Path):
@@ -60,6 +61,7 @@ class Manifest:
         "The rows where the boolean array `keep` is true, in order (one vectorised selection, no Python per row)."
         return Manifest(self.table.select(np.flatnonzero(np.asarray(keep, dtype=bool))), self.path)
 
+# %% ../nbs/12_data.ipynb #8c30702c
 def media_type(row: dict) -> str:
     "`image` or `video`: the `media_type` column when present, else the file extension."
     t = row.get("media_type")
@@ -67,6 +69,7 @@ def media_type(row: dict) -> str:
         return t
     return "video" if str(row["media"]).lower().endswith(VIDEO_EXTENSIONS) else "image"
 
+# %% ../nbs/12_data.ipynb #5837cb8e
 def video_rows(m: Manifest) -> np.ndarray:  # [len(m)] bool
     "Which rows of `m` are videos: `media_type(row) == 'video'` for every row at once (pyarrow, no Python per row)."
     import pyarrow as pa, pyarrow.compute as pc
@@ -176,25 +179,6 @@ class BadInputMonitor:
         self.by_reason, self.examples = defaultdict(int), defaultdict(list)
         self.reads = self.bad_reads = 0
 
-    def update(self, batch: dict) -> dict:
-        "Count the events of `batch` (its `bad` list and batch size); raise when the bad fraction is exceeded."
-        events = batch.get("bad", [])
-        for reason, row, path in events:
-            self.by_reason[reason] += 1
-            self.add_example(reason, path)
-        bad = sum(1 for e in events if e[0] in BAD_REASONS)
-        self.bad_reads += bad
-        self.reads += bad + len(batch["index"])
-        if self.check_each_batch:
-            self.check()
-        return batch
-
-    def add_example(self, reason: str, path: str):
-        "Keep `path` as an example of `reason` (the first `n_examples` distinct ones)."
-        kept = self.examples[reason]
-        if len(kept) < self.n_examples and path not in kept:
-            kept.append(path)
-
     @property
     def counts(self) -> dict[str, int]:
         "Reads per reason (a row read in two epochs counts twice)."
@@ -203,6 +187,28 @@ class BadInputMonitor:
     @property
     def bad_fraction(self) -> float:
         return self.bad_reads / max(self.reads, 1)
+
+# %% ../nbs/12_data.ipynb #af771e89
+@patch
+def update(self: BadInputMonitor, batch: dict) -> dict:
+    "Count the events of `batch` (its `bad` list and batch size); raise when the bad fraction is exceeded."
+    events = batch.get("bad", [])
+    for reason, row, path in events:
+        self.by_reason[reason] += 1
+        self.add_example(reason, path)
+    bad = sum(1 for e in events if e[0] in BAD_REASONS)
+    self.bad_reads += bad
+    self.reads += bad + len(batch["index"])
+    if self.check_each_batch:
+        self.check()
+    return batch
+
+@patch
+def add_example(self: BadInputMonitor, reason: str, path: str):
+    "Keep `path` as an example of `reason` (the first `n_examples` distinct ones)."
+    kept = self.examples[reason]
+    if len(kept) < self.n_examples and path not in kept:
+        kept.append(path)
 
 # %% ../nbs/12_data.ipynb #46e1b9f0
 @patch
@@ -265,6 +271,7 @@ def stable_id(s) -> int:
     "A stable 63-bit integer for an id string (same in every process; equal strings give equal ints)."
     return int.from_bytes(hashlib.blake2b(str(s).encode(), digest_size=8).digest(), "little") >> 1
 
+# %% ../nbs/12_data.ipynb #05bcb865
 class ManifestDataset(Dataset):
     "Samples of one task from a manifest: media read, crop box and flip drawn, text tokenised."
     def __init__(self, manifest: Manifest,
@@ -365,6 +372,7 @@ def _row(self: ManifestDataset, row: int) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BadSample("malformed_row", f"{self.m.path} row {row}: {type(e).__name__}") from None
 
+# %% ../nbs/12_data.ipynb #0219bcc1
 @patch
 def _load(self: ManifestDataset, row: int, epoch: int, events: list) -> dict:
     r, rng = self._row(row), self.rng(epoch, row)
@@ -392,6 +400,7 @@ def _load(self: ManifestDataset, row: int, epoch: int, events: list) -> dict:
         out["question_id"] = str(r.get("question_id", row))
     return out
 
+# %% ../nbs/12_data.ipynb #437a36e8
 @patch
 def __getitem__(self: ManifestDataset, key) -> dict:
     row, epoch = (key if isinstance(key, tuple) else (key, 0))
@@ -421,6 +430,7 @@ def pad_media(items: list[np.ndarray]) -> torch.Tensor:  # [B, F, 3, H, W] uint8
         out[b, :, :, :a.shape[1], :a.shape[2]] = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2)
     return out
 
+# %% ../nbs/12_data.ipynb #5f1ba974
 def pad_ids(seqs: list[list[int]], pad_id: int,
             length: Optional[int] = None,  # pad to this length (>= the longest); None = the longest
            ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -455,30 +465,32 @@ class Collator:
         scl_ids, scl_masked = scl_text_mask(ids, special, tok.mask_token_id, o.scl_text_mask, o.text_mask_sampling, gen)
         return dict(mlm_ids=mlm_ids, mlm_labels=mlm_labels, scl_text_ids=scl_ids, scl_text_masked=scl_masked)
 
-    def __call__(self, items: list[dict]) -> dict:
-        pad = self.tok.pad_token_id
-        out = dict(pixels=pad_media([s["pixels"] for s in items]),
-                   boxes=torch.tensor([s["box"] for s in items], dtype=torch.float32),
-                   flip=torch.tensor([s["flip"] for s in items]),
-                   image_ids=torch.tensor([s["image_id"] for s in items], dtype=torch.long),
-                   index=torch.tensor([s["index"] for s in items], dtype=torch.long),
-                   bad=[e for s in items for e in s["bad"]])
-        out["input_ids"], out["attention_mask"] = pad_ids([s["input_ids"] for s in items], pad, self.pad_to)
-        if self.objectives is not None:
-            key = [self.seed] + out["index"].tolist()
-            gen = torch.Generator().manual_seed(int(np.random.default_rng(key).integers(2 ** 62)))
-            out.update(self.mask_text(out["input_ids"], out["attention_mask"], gen))
-        if "false_ids" in items[0]:
-            ids, mask = pad_ids([f for s in items for f in s["false_ids"]], pad)
-            n = len(items[0]["false_ids"])
-            out["false_input_ids"], out["false_attention_mask"] = ids.view(len(items), n, -1), mask.view(
-                len(items), n, -1
-            )
-        if "vqa_targets" in items[0]:
-            out["vqa_targets"] = torch.stack([s["vqa_targets"] for s in items])
-            out["question_ids"] = [s["question_id"] for s in items]
-        if "pixels2" in items[0]:
-            out["pixels2"] = pad_media([s["pixels2"] for s in items])
-            out["boxes2"] = torch.tensor([s["box2"] for s in items], dtype=torch.float32)
-            out["labels"] = torch.tensor([s["label"] for s in items], dtype=torch.long)
-        return out
+# %% ../nbs/12_data.ipynb #c9ecf700
+@patch
+def __call__(self: Collator, items: list[dict]) -> dict:
+    pad = self.tok.pad_token_id
+    out = dict(pixels=pad_media([s["pixels"] for s in items]),
+               boxes=torch.tensor([s["box"] for s in items], dtype=torch.float32),
+               flip=torch.tensor([s["flip"] for s in items]),
+               image_ids=torch.tensor([s["image_id"] for s in items], dtype=torch.long),
+               index=torch.tensor([s["index"] for s in items], dtype=torch.long),
+               bad=[e for s in items for e in s["bad"]])
+    out["input_ids"], out["attention_mask"] = pad_ids([s["input_ids"] for s in items], pad, self.pad_to)
+    if self.objectives is not None:
+        key = [self.seed] + out["index"].tolist()
+        gen = torch.Generator().manual_seed(int(np.random.default_rng(key).integers(2 ** 62)))
+        out.update(self.mask_text(out["input_ids"], out["attention_mask"], gen))
+    if "false_ids" in items[0]:
+        ids, mask = pad_ids([f for s in items for f in s["false_ids"]], pad)
+        n = len(items[0]["false_ids"])
+        out["false_input_ids"], out["false_attention_mask"] = ids.view(len(items), n, -1), mask.view(
+            len(items), n, -1
+        )
+    if "vqa_targets" in items[0]:
+        out["vqa_targets"] = torch.stack([s["vqa_targets"] for s in items])
+        out["question_ids"] = [s["question_id"] for s in items]
+    if "pixels2" in items[0]:
+        out["pixels2"] = pad_media([s["pixels2"] for s in items])
+        out["boxes2"] = torch.tensor([s["box2"] for s in items], dtype=torch.float32)
+        out["labels"] = torch.tensor([s["label"] for s in items], dtype=torch.long)
+    return out

@@ -162,6 +162,7 @@ def detect_naming(root) -> str:
     first = [f for _, _, files in itertools.islice(os.walk(root), 3) for f in files][:50]  # names in the first folders
     return "url-hash" if any(re.match(r"^\d+_\d+(\.[A-Za-z]+)?$", f) for f in first) else "index"
 
+# %% ../nbs/15_downloads.ipynb #bfbdecfa
 def download_finder(root, naming: Optional[str],
                     urls: Callable[[], Iterable[str]],  # the annotation file's URLs in row order (may be called again)
                     index_base: int = 0,  # `index`: the number of the first row

@@ -38,6 +38,7 @@ class ImportStats:
         lines = [f"skipped {n} rows: {r} (e.g. {', '.join(self.examples[r])})" for r, n in self.skipped.items()]
         return "\n".join(lines + [f"note: {n} rows {r}" for r, n in self.notes.items()]) or "nothing skipped"
 
+# %% ../nbs/13_import_common.ipynb #2b1fc88d
 ANNOTATION_DIRS = ("", "annotations", "annotation", "data", "karpathy", "metadata", "msrvtt_data", "nlvr2/data",
                    "meta_data", "Questions", "Annotations", "dataset")  # the last 3: VQA API layout, SBU tarball
 
@@ -50,6 +51,7 @@ def find_annotation(src, name: str, dataset: str, dirs: Sequence[str] = ANNOTATI
     raise ManifestImportError(f"{dataset}: annotation file '{name}' not found under {src} "
                               f"(looked in: {', '.join(repr(d or '.') for d in dirs)})")
 
+# %% ../nbs/13_import_common.ipynb #e07aca60
 def load_json(path: Path):
     "Parse a JSON file; a `ManifestImportError` naming the file if it is not valid JSON."
     try:
@@ -81,6 +83,7 @@ class MediaFinder:
             self.stats.skip("missing media", self.root / candidates[0])
         return self.cache[key]
 
+# %% ../nbs/13_import_common.ipynb #74f4b309
 def caption_row(media: str, caption: str, split: str, image_id, dataset: str, media_type: str = "image") -> dict:
     "A manifest row for a caption dataset (the manifest columns of `12_data`)."
     return dict(
@@ -96,6 +99,7 @@ def caption_rows(stats, media, captions, split, image_id, dataset, media_type="i
             continue
         yield caption_row(media, c, split, image_id, dataset, media_type)
 
+# %% ../nbs/13_import_common.ipynb #4d529596
 def split_filter(splits) -> Optional[set]:
     "None (all) or a set of split names from a list or a comma-separated string."
     if splits is None:
@@ -117,6 +121,7 @@ def split_files(src, files: dict, dataset: str, splits) -> dict:
         raise ManifestImportError(f"{dataset}: none of {list(files.values())} found under {src}")
     return found
 
+# %% ../nbs/13_import_common.ipynb #9b89b98e
 def parse_label(v, path, ident) -> int:
     "A true/false label as 1/0 (a bool, 0/1 or the words), else `ManifestImportError` naming the file and the item."
     if isinstance(v, bool) or v in (0, 1):

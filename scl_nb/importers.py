@@ -60,9 +60,8 @@ def import_f30k(src, stats: ImportStats, splits=None) -> Iterator[dict]:
 # %% ../nbs/13_importers.ipynb #8238dcd6
 def import_vg(src, stats: ImportStats, exclude_coco=None) -> Iterator[dict]:
     "Visual Genome region descriptions: one row per region phrase."
-    reg_path, img_path = find_annotation(src, "region_descriptions.json", "vg"), find_annotation(
-        src, "image_data.json", "vg"
-    )
+    reg_path, img_path = (find_annotation(src, "region_descriptions.json", "vg"),
+                          find_annotation(src, "image_data.json", "vg"))
     info = {}
     for i, d in enumerate(load_json(img_path)):
         iid = d.get("image_id", d.get("id")) if isinstance(d, dict) else None
@@ -74,11 +73,8 @@ def import_vg(src, stats: ImportStats, exclude_coco=None) -> Iterator[dict]:
         kp = Path(exclude_coco)
         if not kp.is_file():
             raise ManifestImportError(f"vg: --exclude-coco file '{kp}' not found")
-        banned = {
-            im.get("cocoid")
-            for im in need(load_json(kp), "images", kp, "the top level")
-            if im.get("split") in ("val", "test")
-        }
+        banned = {im.get("cocoid") for im in need(load_json(kp), "images", kp, "the top level")
+                  if im.get("split") in ("val", "test")}
     find = MediaFinder(src, stats)
     for i, entry in enumerate(load_json(reg_path)):
         regions = need(entry, "regions", reg_path, f"entry {i}")
@@ -91,14 +87,12 @@ def import_vg(src, stats: ImportStats, exclude_coco=None) -> Iterator[dict]:
             continue
         folder = info[iid].get("url", "").rstrip("/").split("/")[-2:-1] or ["VG_100K"]
         name = f"{iid}.jpg"
-        media = find(
-            Path(folder[0]) / name, Path("images") / folder[0] / name, Path("VG_100K") / name, Path("VG_100K_2") / name
-        )
+        media = find(Path(folder[0]) / name, Path("images") / folder[0] / name, Path("VG_100K") / name,
+                     Path("VG_100K_2") / name)
         if media is None:
             continue
-        yield from caption_rows(
-            stats, media, [need(r, "phrase", reg_path, f"entry {i} region") for r in regions], "train", iid, "vg"
-        )
+        yield from caption_rows(stats, media, [need(r, "phrase", reg_path, f"entry {i} region") for r in regions],
+                                "train", iid, "vg")
 
 # %% ../nbs/13_importers.ipynb #49a1814d
 SBU_IMAGE_DIRS = ("images", "sbu_images", "dataset/sbu_images")  # ours, then SBU_Captions_Dataset_Download's
@@ -273,6 +267,7 @@ def _vqa_rest_val(image_ids, n: int, seed: int) -> set:
     ids = sorted(set(image_ids))
     return set(random.Random(seed).sample(ids, min(n, len(ids)))) if n > 0 else set()
 
+# %% ../nbs/13_importers.ipynb #f53db30d
 def import_vqav2(src, stats: ImportStats, splits=None, min_answer_count: int = 9, rest_val_images: int = 1000,
                  seed: int = 0, vocab_out=None) -> Iterator[dict]:
     "VQAv2 questions with their ten answers; builds the answer vocabulary (written to `vocab_out`)."
@@ -280,9 +275,8 @@ def import_vqav2(src, stats: ImportStats, splits=None, min_answer_count: int = 9
     anns = {}
     for s in ("train", "val"):
         p = find_annotation(src, f"v2_mscoco_{VQA_QUESTIONS[s]}_annotations.json", "vqav2")
-        anns[s] = {
-            need(a, "question_id", p, "an annotation"): a for a in need(load_json(p), "annotations", p, "the top level")
-        }
+        anns[s] = {need(a, "question_id", p, "an annotation"): a
+                   for a in need(load_json(p), "annotations", p, "the top level")}
         for a in anns[s].values():
             need(a, "multiple_choice_answer", p, f"annotation {a['question_id']}")
     vocab = build_vqa_vocab((a["multiple_choice_answer"] for s in anns for a in anns[s].values()), min_answer_count)
@@ -296,11 +290,8 @@ def import_vqav2(src, stats: ImportStats, splits=None, min_answer_count: int = 9
     find = MediaFinder(src, stats)
     for s, path in files.items():
         questions = need(load_json(path), "questions", path, "the top level")
-        rest = (
-            _vqa_rest_val([need(q, "image_id", path, "a question") for q in questions], rest_val_images, seed)
-            if s == "val"
-            else set()
-        )
+        rest = (_vqa_rest_val([need(q, "image_id", path, "a question") for q in questions], rest_val_images, seed)
+                if s == "val" else set())
         for q in questions:
             iid, qid = need(q, "image_id", path, "a question"), need(q, "question_id", path, "a question")
             split = s if s != "val" or rest_val_images <= 0 else ("rest_val" if iid in rest else "trainable_val")
@@ -378,6 +369,7 @@ def _relative(row: dict, base: Path, absolute: bool) -> dict:
             out[k] = os.path.relpath(out[k], base)
     return out
 
+# %% ../nbs/13_importers.ipynb #7c52aca0
 def _write_text(rows: Iterable[dict], part: Path, kind: str) -> int:
     n, writer = 0, None
     with open(part, "w", encoding="utf-8", newline="") as f:
@@ -392,6 +384,7 @@ def _write_text(rows: Iterable[dict], part: Path, kind: str) -> int:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return n
 
+# %% ../nbs/13_importers.ipynb #9b9da410
 def _write_parquet(rows: Iterable[dict], part: Path, chunk_rows: int) -> int:
     import pyarrow as pa, pyarrow.parquet as pq
     types = {"string": pa.string(), "int64": pa.int64(), "list<string>": pa.list_(pa.string())}
@@ -412,6 +405,7 @@ def _write_parquet(rows: Iterable[dict], part: Path, chunk_rows: int) -> int:
         writer.close()
     return n
 
+# %% ../nbs/13_importers.ipynb #2e5405f8
 def write_manifest(rows: Iterable[dict],   # manifest rows (absolute media paths)
                    out,                    # .jsonl / .json (JSON lines), .csv or .parquet
                    absolute: bool = False,  # keep absolute media paths instead of paths relative to the manifest

@@ -31,6 +31,7 @@ def arrow_dataset_split(stem: str) -> tuple[str, Optional[str]]:
             return name, rest or None
     return stem, None
 
+# %% ../nbs/13_importers_arrow.ipynb #b23909f4
 def image_extension(data: bytes) -> str:
     "File extension from the first bytes of an encoded image (JPEG, PNG, GIF, WebP, BMP; default .jpg)."
     if data[:3] == b"\xff\xd8\xff":
@@ -45,6 +46,7 @@ def image_extension(data: bytes) -> str:
         return ".bmp"
     return ".jpg"
 
+# %% ../nbs/13_importers_arrow.ipynb #8a77a460
 def rebuild_vqa_answers(answers: Sequence[str], scores: Sequence[float]) -> list[str]:
     "Human-answer list whose soft scores equal the stored ones (each answer repeated 1-4 times)."
     out = []

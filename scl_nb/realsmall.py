@@ -37,6 +37,7 @@ class RealSmallParams:
     seed: int = 0  # order of the groups (split, subset)
     max_heldout_group: int = 8  # larger concept groups always go to training
 
+# %% ../nbs/16_realsmall.ipynb #e270e9fd
 def source_versions(sources=SOURCES) -> dict:
     "Installed versions of the Debian packages of `sources` (dpkg), PIL and cairosvg; 'unknown' where none can be read."
     out = {}
@@ -58,6 +59,7 @@ def source_versions(sources=SOURCES) -> dict:
         out["cairosvg"] = "missing"
     return out | {"pillow": PIL.__version__}
 
+# %% ../nbs/16_realsmall.ipynb #da82133f
 def build_key(p: RealSmallParams, versions: dict) -> str:
     "Short hash of the parameters, the builder version and the source versions."
     blob = json.dumps(dict(asdict(p), builder=BUILDER_VERSION, versions=versions), sort_keys=True)
@@ -104,7 +106,7 @@ def _render_all(
         thumbs.append(thumbnail(img))
     return kept, np.stack(thumbs) if thumbs else np.zeros((0, THUMB * THUMB * 3))
 
-
+# %% ../nbs/16_realsmall.ipynb #407b3d33
 def manifest_rows(items: list[Item], groups: list[str], splits: list[str]) -> list[dict]:
     "Manifest rows (our format plus `source`, `name`, `group`, `category`)."
     return [dict(media=media_name(it.id), media_type="image", caption=it.caption, split=s, image_id=it.id,
@@ -160,6 +162,7 @@ def caption_embeddings(captions: list[str], batch_size: int = 128):
             out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1))
     return torch.cat(out).numpy()
 
+# %% ../nbs/16_realsmall.ipynb #2ad37de8
 def _closest(score: np.ndarray, held: list, train: list, rows: list, n: int = 5, largest: bool = True) -> list:
     "The `n` held-out rows with the best training neighbour under `score` [H, T], as caption pairs."
     best = score.max(1) if largest else score.min(1)
@@ -199,6 +202,7 @@ def _table(header: list, rows: list) -> list[str]:
         "| " + " | ".join(map(str, r)) + " |" for r in rows
     ]
 
+# %% ../nbs/16_realsmall.ipynb #26ca1565
 def _card_sources(rows: list[dict], report: dict) -> list[str]:
     splits = Counter((r["source"], r["split"]) for r in rows)
     dropped = lambda s: ", ".join(f"{k.split(':')[1]} "
@@ -213,6 +217,7 @@ def _card_sources(rows: list[dict], report: dict) -> list[str]:
     body.append(["**all**", "", sum(report["read"].values()), "", len(rows), *total, ""])
     return _table(["source", "packages", "read", "dropped", "pairs", "train", "val", "test", "licence"], body)
 
+# %% ../nbs/16_realsmall.ipynb #2cdd2515
 def _card_examples(rows: list[dict], n: int = 4) -> list[str]:
     out = []
     for s in SOURCES:
@@ -237,6 +242,7 @@ def _card_audit(a: dict) -> list[str]:
                    f"{a['caption_cosine_0.98']}; the closest: {pairs('closest_captions')}")
     return out
 
+# %% ../nbs/16_realsmall.ipynb #1f501091
 def data_card(rows: list[dict], report: dict) -> str:
     "The set's data card (Markdown)."
     p, groups = report["params"], Counter(r["group"] for r in rows)
@@ -278,6 +284,7 @@ def manifest_paths(folder) -> dict[str, Path]:
     return {f.stem: f for f in sorted(folder.glob("captions*.jsonl"))} | {"card": folder / "DATA_CARD.md",
                                                                           "report": folder / "report.json"}
 
+# %% ../nbs/16_realsmall.ipynb #69056f69
 def make_realsmall(root=None,  # cache root; None = `$SCL_NB_CACHE` or ~/.cache/scl_nb
                    roots: Optional[SourceRoots] = None,  # where the sources are; None = the Debian paths
                    **params,  # fields of `RealSmallParams`
@@ -319,6 +326,7 @@ def _link(target: Path, link: Path):
     tmp.symlink_to(target.resolve(), target_is_directory=True)
     os.replace(tmp, link)
 
+# %% ../nbs/16_realsmall.ipynb #1be29baa
 def main(argv=None) -> int:
     "`python -m scl_nb.realsmall [--link DIR] [--max-items N] ...`: build the set, print where it is."
     import argparse

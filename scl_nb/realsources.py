@@ -96,6 +96,7 @@ def read_emoji_test(path) -> list[dict]:
                             group=group, subgroup=sub))
     return out
 
+# %% ../nbs/15_realsources.ipynb #b898c8fa
 def read_cldr_keywords(paths) -> dict[str, list[str]]:
     "CLDR keywords by emoji characters (variation selectors removed) from the annotation files."
     out = {}
@@ -164,6 +165,7 @@ def svg_metadata(path) -> dict:
             subjects = [(li.text or "").strip() for li in child.iter() if li.tag.endswith("}li")]
     return dict(title=html.unescape(title), subjects=[s for s in subjects if s])
 
+# %% ../nbs/15_realsources.ipynb #279776a7
 def words_of(text: str) -> list[str]:
     "Lower-case words of `text`: camel case, underscores, hyphens and digits split words."
     text = re.sub(r"([a-z])([A-Z])", r"\1 \2", text)
@@ -241,6 +243,7 @@ def concept_key(text: str) -> str:
     ws = [w for w in words_of(text) if w not in STOP_WORDS and w not in VARIANT_WORDS]
     return " ".join(sorted({w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in ws}))
 
+# %% ../nbs/15_realsources.ipynb #3764cf88
 def item_keys(it: Item) -> list[str]:
     """The keys that join `it` to others: its name's concept key (or 'person' for a name of variant words only), its
     caption's."""
@@ -252,6 +255,7 @@ def item_keys(it: Item) -> list[str]:
         if k
     ]
 
+# %% ../nbs/15_realsources.ipynb #044b9025
 def concept_groups(items: list[Item],
                    links=(),  # more pairs `(i, j)` of item indices to join (e.g. near-identical pictures)
                   ) -> list[str]:
@@ -467,6 +471,7 @@ def _fake_svg(title: str, subjects: list, colour: str, circle: bool) -> str:
         f'</metadata>{body}</svg>'
     )
 
+# %% ../nbs/15_realsources.ipynb #0e044a27
 def _fake_clipart(oc: Path, words: Path):
     files = {"animals/kitten_gerald_01": ("Kitten", ["pet", "mammal", "cat", "unsorted", "hash(0x1)"], "orange", True),
              "food/albero_01": ("Albero", ["food"], "green", False),

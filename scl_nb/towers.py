@@ -92,6 +92,7 @@ def manifest_texts(paths: dict) -> set[str]:
         if r.get(k)
     }
 
+# %% ../nbs/14_towers.ipynb #03c48f8d
 def tower_data(s: TowerSettings, cache_dir=None) -> dict:
     """Tower pairs `{train, val: [dict(media, caption, image_id)]}` with every evaluated text removed, and what was
     dropped."""
@@ -192,6 +193,7 @@ def _image_index(pairs) -> tuple[list, torch.Tensor]:
     order, files = {k: i for i, k in enumerate(ids)}, {p["image_id"]: p["media"] for p in pairs}
     return [files[k] for k in ids], torch.tensor([order[p["image_id"]] for p in pairs])
 
+# %% ../nbs/14_towers.ipynb #0ee8e068
 def _optimizer(model: nn.Module, lr: float, wd: float, steps: int, warmup: float):
     "AdamW (no decay on vectors) with linear warm-up and linear decay to 0."
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -204,6 +206,7 @@ def _optimizer(model: nn.Module, lr: float, wd: float, steps: int, warmup: float
         opt, lambda i: min((i + 1) / w, max(0.0, (steps - i) / max(1, steps - w)))
     )
 
+# %% ../nbs/14_towers.ipynb #b8ae119b
 def _fit(opt, sched,  # from `_optimizer`
          steps: int,  # optimizer steps
          batches: Iterator,  # the next batch, drawn when the step starts
@@ -223,6 +226,7 @@ def _fit(opt, sched,  # from `_optimizer`
             log.append(dict(step=step, loss=loss.item(), **evaluate()))
     return log
 
+# %% ../nbs/14_towers.ipynb #89795a5d
 def clip_vision_config(s: TowerSettings):
     "The `transformers.CLIPVisionConfig` of the tower sizes in `s`."
     from transformers import CLIPVisionConfig
@@ -247,6 +251,7 @@ def pair_retrieval(model: ContrastivePair, pixels, ids, mask, txt2img) -> dict:
     chance = (100.0 * per_image.mean() / len(ids) + 100.0 / len(pixels)) / 2  # TR: own captions / all; IR: 1 / images
     return out | {"r1": (out["tr_r1"] + out["ir_r1"]) / 2, "chance_r1": float(chance)}
 
+# %% ../nbs/14_towers.ipynb #9914cfdc
 def _image_batches(captions_of: list,  # per image, the indices of its captions
                    batch_size: int,  # distinct images per batch
                    g: torch.Generator,  # every draw comes from it
@@ -261,6 +266,7 @@ def _image_batches(captions_of: list,  # per image, the indices of its captions
         yield imgs, torch.tensor([captions_of[i][int(torch.randint(len(captions_of[i]), (1,), generator=g))]
                                   for i in imgs])
 
+# %% ../nbs/14_towers.ipynb #b96485b5
 def train_vision_tower(s: TowerSettings, data: dict, tokenizer,
                        steps: Optional[int] = None,  # None = `s.vision_steps`
                        log_every: int = 50,  # steps between held-out retrieval checks
@@ -328,6 +334,7 @@ def roberta_config(s: TowerSettings):
                    mlp_dim=t["mlp_dim"], max_position_embeddings=t["max_position_embeddings"], dropout=0.0)
     )
 
+# %% ../nbs/14_towers.ipynb #522e54ee
 def train_text_tower(s: TowerSettings, data: dict, tokenizer,
                      steps: Optional[int] = None,  # None = `s.text_steps`
                      log_every: int = 50,  # steps between held-out MLM checks
@@ -370,6 +377,7 @@ def _save_text_tower(mlm: nn.Module, tokenizer, folder: Path):
     enc.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
 
+# %% ../nbs/14_towers.ipynb #0bb69a19
 def build_towers(out_dir,  # folder to write `vision/`, `text/` and `report.json` into (created)
                  s: Optional[TowerSettings] = None,  # None = `tower_settings()`
                  cache_dir=None,  # cache root for the synthetic data and the tokenizer
