@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from fastcore.basics import patch
 
 from .config import FusionConfig
 
@@ -161,52 +162,57 @@ class CoAttentionFusion(nn.Module):
             return checkpoint(layer, *args, use_reentrant=False)
         return layer(*args)
 
-    def forward(self, text_tokens: torch.Tensor,                # [B, L, D] transformed text tokens
-                text_mask: torch.Tensor,                        # [B, L] 1 = token, 0 = padding
-                image_tokens: torch.Tensor,                     # [B, T, D] transformed image tokens, frame CLS first
-                image_mask: Optional[torch.Tensor] = None,      # [B, T]; None = no padding
-                num_frames: int = 1,                            # F: the first F image tokens are frame class tokens
-                image_token_type: Union[int, torch.Tensor] = 1, # token type of the image tokens (int or [B])
-                output_attentions: bool = False,                # return the cross-attention probabilities
-                text_rows: slice = slice(None),                 # samples whose text stream the last layer computes
-                image_rows: slice = slice(None),                # samples whose image stream the last layer computes
-               ) -> FusionOutput:
-        t_keep, v_keep = key_mask(text_mask), key_mask(image_mask)  # [B, 1, 1, L], None or [B, 1, 1, T]
-        t = text_tokens + self.token_type(_type_ids(text_tokens, 0))                   # [B, L, D]
-        v = image_tokens + self.token_type(_type_ids(image_tokens, image_token_type))  # [B, T, D]
-        cross = [] if output_attentions else None
-        n = len(self.text_layers)
-        for i, (text_layer, image_layer) in enumerate(zip(self.text_layers, self.image_layers)):
-            tr, ir = (text_rows, image_rows) if i == n - 1 else (slice(None), slice(None))
-            t_next, t2v = self._layer(text_layer, t[tr], _rows(t_keep, tr), v[tr], _rows(v_keep, tr), output_attentions)
-            v_next, v2t = self._layer(
-                image_layer, v[ir], _rows(v_keep, ir), t[ir], _rows(t_keep, ir), output_attentions
-            )
-            t, v = t_next, v_next  # lock-step: both layers read the previous outputs
-            if output_attentions:
-                cross.append((t2v, v2t))
-        return self._outputs(t, v, num_frames, cross, text_rows == image_rows)
+# %% ../nbs/03_fusion.ipynb #b967b433
+@patch
+def forward(self: CoAttentionFusion, text_tokens: torch.Tensor,                # [B, L, D] transformed text tokens
+            text_mask: torch.Tensor,                        # [B, L] 1 = token, 0 = padding
+            image_tokens: torch.Tensor,                     # [B, T, D] transformed image tokens, frame CLS first
+            image_mask: Optional[torch.Tensor] = None,      # [B, T]; None = no padding
+            num_frames: int = 1,                            # F: the first F image tokens are frame class tokens
+            image_token_type: Union[int, torch.Tensor] = 1, # token type of the image tokens (int or [B])
+            output_attentions: bool = False,                # return the cross-attention probabilities
+            text_rows: slice = slice(None),                 # samples whose text stream the last layer computes
+            image_rows: slice = slice(None),                # samples whose image stream the last layer computes
+           ) -> FusionOutput:
+    t_keep, v_keep = key_mask(text_mask), key_mask(image_mask)  # [B, 1, 1, L], None or [B, 1, 1, T]
+    t = text_tokens + self.token_type(_type_ids(text_tokens, 0))                   # [B, L, D]
+    v = image_tokens + self.token_type(_type_ids(image_tokens, image_token_type))  # [B, T, D]
+    cross = [] if output_attentions else None
+    n = len(self.text_layers)
+    for i, (text_layer, image_layer) in enumerate(zip(self.text_layers, self.image_layers)):
+        tr, ir = (text_rows, image_rows) if i == n - 1 else (slice(None), slice(None))
+        t_next, t2v = self._layer(text_layer, t[tr], _rows(t_keep, tr), v[tr], _rows(v_keep, tr), output_attentions)
+        v_next, v2t = self._layer(
+            image_layer, v[ir], _rows(v_keep, ir), t[ir], _rows(t_keep, ir), output_attentions
+        )
+        t, v = t_next, v_next  # lock-step: both layers read the previous outputs
+        if output_attentions:
+            cross.append((t2v, v2t))
+    return self._outputs(t, v, num_frames, cross, text_rows == image_rows)
 
-    def _outputs(self, t, v, num_frames, cross, aligned: bool) -> FusionOutput:
-        "Class tokens and pooled features of the final streams `t` [B_t, L, D] and `v` [B_v, T, D]."
-        frame_cls = v[:, :num_frames]                      # [B_v, F, D]
-        text_cls, image_cls = t[:, 0], frame_cls.mean(1)   # [B_t, D], [B_v, D]
-        text_pooled, image_pooled = self.text_pooler(text_cls), self.image_pooler(image_cls)
-        return FusionOutput(text_tokens=t, image_tokens=v, text_cls=text_cls, image_cls=image_cls,
-                            image_frame_cls=frame_cls, text_pooled=text_pooled, image_pooled=image_pooled,
-                            cls_feats=torch.cat([text_pooled, image_pooled], -1) if aligned else None,
-                            cross_attentions=cross)
+@patch
+def _outputs(self: CoAttentionFusion, t, v, num_frames, cross, aligned: bool) -> FusionOutput:
+    "Class tokens and pooled features of the final streams `t` [B_t, L, D] and `v` [B_v, T, D]."
+    frame_cls = v[:, :num_frames]                      # [B_v, F, D]
+    text_cls, image_cls = t[:, 0], frame_cls.mean(1)   # [B_t, D], [B_v, D]
+    text_pooled, image_pooled = self.text_pooler(text_cls), self.image_pooler(image_cls)
+    return FusionOutput(text_tokens=t, image_tokens=v, text_cls=text_cls, image_cls=image_cls,
+                        image_frame_cls=frame_cls, text_pooled=text_pooled, image_pooled=image_pooled,
+                        cls_feats=torch.cat([text_pooled, image_pooled], -1) if aligned else None,
+                        cross_attentions=cross)
 
-    def grow_token_types(self, n: int):
-        "Enlarge the token-type embedding to `n` rows (NLVR2); new rows are copies of row 1 (image)."
-        old = self.token_type.weight.data
-        if n < old.shape[0]:
-            raise ValueError(f"cannot shrink token types from {old.shape[0]} to {n}")
-        new = nn.Embedding(n, old.shape[1]).to(device=old.device, dtype=old.dtype)
-        new.weight.data[: old.shape[0]] = old
-        new.weight.data[old.shape[0]:] = old[1]
-        self.token_type, self.cfg = new, replace(self.cfg, token_types=n)
-        return self
+# %% ../nbs/03_fusion.ipynb #430da78d
+@patch
+def grow_token_types(self: CoAttentionFusion, n: int):
+    "Enlarge the token-type embedding to `n` rows (NLVR2); new rows are copies of row 1 (image)."
+    old = self.token_type.weight.data
+    if n < old.shape[0]:
+        raise ValueError(f"cannot shrink token types from {old.shape[0]} to {n}")
+    new = nn.Embedding(n, old.shape[1]).to(device=old.device, dtype=old.dtype)
+    new.weight.data[: old.shape[0]] = old
+    new.weight.data[old.shape[0]:] = old[1]
+    self.token_type, self.cfg = new, replace(self.cfg, token_types=n)
+    return self
 
 # %% ../nbs/03_fusion.ipynb #a3acddd9
 def fusion_flops(cfg: FusionConfig,  # fusion architecture
