@@ -16,7 +16,7 @@ from PIL import Image
 from .realsources import (
     INSTALL_COMMAND, LICENCES, PACKAGES, PICTURE_MATCH, SOURCES, Item, SourceRoots, UnusableImage, assign_splits,
     check_splits, concept_groups, emoji_font, emoji_items, missing_sources, openclipart_items, picture_links,
-    group_rank, picture_ratios, render_item, thumbnail, tuxpaint_items)
+    group_rank, picture_ratios, render_item, thumbnail, tuxpaint_items, THUMB)
 
 # %% auto #0
 __all__ = ['BUILDER_VERSION', 'RealSmallParams', 'source_versions', 'build_key', 'read_items', 'choose_subset', 'media_name',
@@ -251,7 +251,7 @@ def data_card(rows: list[dict], report: dict) -> str:
     lines = ["# real-small: data card", "",
              "Real drawings and photos with human-written captions from Debian packages, built by `python -m "
              "scl_nb.realsmall` "
-             "(`nbs/15_realsmall.ipynb`). Manifests: `captions.jsonl` (all splits, `split` column) and "
+             "(`nbs/16_realsmall.ipynb`). Manifests: `captions.jsonl` (all splits, `split` column) and "
              "`captions_{train,val,test}.jsonl`.",
              "", f"Parameters: "
                  f"`{json.dumps(p, sort_keys=True)}`.", "", "## Sources and "
