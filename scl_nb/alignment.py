@@ -89,6 +89,7 @@ def caption_words(tokenizer,                     # a fast Hugging Face tokenizer
         out.append(Word(caption[a:b], w, (a, b)))
     return out
 
+# %% ../nbs/50_alignment.ipynb #3acca3fa
 def word_maps(token_maps: torch.Tensor,  # [L, ...] one map per token
               words: Sequence[Word],     # from `caption_words`
              ) -> torch.Tensor:          # [W, ...]
@@ -188,6 +189,7 @@ def cell_coverage(x_edges, y_edges,          # [nx+1], [ny+1] cell edges in orig
     ay = axis_overlap(y_edges, y0, y1, geometry.size, grid)   # [ny, g]
     return ay.T @ np.asarray(inside, float) @ ax
 
+# %% ../nbs/50_alignment.ipynb #b4c2afe3
 def box_coverage(boxes: Sequence,           # (x0, y0, x1, y1) boxes in original pixels, ends exclusive
                  geometry: CropGeometry,
                  grid: int,
@@ -297,6 +299,7 @@ def read_alignment_jsonl(path) -> list[AlignSample]:
         out.append(AlignSample(root / r["image"], r["caption"], phrases, str(r.get("id", n))))
     return out
 
+# %% ../nbs/50_alignment.ipynb #10ec5a40
 def write_alignment_jsonl(samples: Iterable[AlignSample], path) -> Path:
     "Write samples in the documented format; in-memory masks are saved as PNGs in `masks/` next to it."
     path = Path(path)
@@ -351,6 +354,7 @@ def _align_bench_sample(pkl: Path, image: Path) -> AlignSample:
         phrases.append(Phrase(str(text), out))
     return AlignSample(image, str(d["caption"]), phrases, pkl.stem)
 
+# %% ../nbs/50_alignment.ipynb #4fe9307f
 def read_align_bench(folder,                      # the ALIGN-BENCH folder (images/, pkls/)
                      limit: Optional[int] = None, # read only the first `limit` samples (by id)
                     ) -> Iterator[AlignSample]:
@@ -428,6 +432,7 @@ def text_patch_maps(model,                        # `SCLModel`
     finally:
         model.train(was_training)
 
+# %% ../nbs/50_alignment.ipynb #237cfb3d
 @dataclass
 class AttentionMaps:
     "Maps of one image and caption (raw max-over-heads probabilities on the patch grid)."
@@ -477,6 +482,7 @@ def _mean(xs) -> Optional[float]:
     xs = [x for x in xs if x is not None and not math.isnan(x)]
     return float(np.mean(xs)) if xs else None
 
+# %% ../nbs/50_alignment.ipynb #5a96fc96
 def score_sample(sample: AlignSample,
                  maps: AttentionMaps,            # from `attention_maps` (or constructed)
                  grid: Optional[int] = None,     # g; None = the maps' grid
@@ -506,6 +512,7 @@ def score_sample(sample: AlignSample,
     return dict(out, local_box=_mean(local_box), local_mask=_mean(local_mask),
                 n_phrases=len(sample.phrases), n_unmatched=unmatched)
 
+# %% ../nbs/50_alignment.ipynb #1da53f21
 SCORE_KEYS = ("global_box", "global_mask", "local_box", "local_mask")
 
 def alignment_report(model,                          # `SCLModel`

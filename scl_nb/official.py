@@ -62,6 +62,7 @@ def _refused_globals(path: Path) -> list[str]:
         return []
     return sorted(set(found) - set(LIGHTNING_STAND_INS))
 
+# %% ../nbs/41_official.ipynb #c7783b37
 def load_lightning_checkpoint(path,  # a `.ckpt` / `.pt` file written by torch.save (Lightning or not)
                              ) -> dict:
     "The checkpoint dictionary, read with `torch.load(weights_only=True)` and the Lightning allow-list."
@@ -121,6 +122,7 @@ IGNORED_PREFIXES = [  # (official prefix, why it is not loaded)
 ]
 _METRIC_STATE = re.compile(r"^(train|val|test)_[a-z0-9_]+\.")
 
+# %% ../nbs/41_official.ipynb #b845fabd
 VISION_NAMES = {"conv1.weight": "patch_embed.weight", "class_embedding": "class_embedding",
                 "positional_embedding": "pos_embed", "ln_pre.weight": "ln_pre.weight", "ln_pre.bias": "ln_pre.bias",
                 "ln_post.weight": "ln_post.weight", "ln_post.bias": "ln_post.bias",
@@ -148,6 +150,7 @@ PREFIX_NAMES = {  # official module prefix -> ours; the parameter names below th
 }
 EXACT_NAMES = {"mlm_score.bias": "mlm_head.decoder.bias", "cl_temp": "itc_logit_scale"}
 
+# %% ../nbs/41_official.ipynb #0cfba016
 def official_layout(state: dict, source="checkpoint") -> str:
     "'scl' or 'meter', from where the vision tower lives."
     for layout, prefix in OFFICIAL_LAYOUTS.items():
@@ -320,6 +323,7 @@ OFFICIAL_CHECKPOINTS = {
     "GLSCL-100k": "hf://jiyatai/SCL/GLSCL-100k.ckpt",
 }
 
+# %% ../nbs/41_official.ipynb #67394dde
 @dataclass
 class OfficialConversion:
     "What `load_official` did with an official checkpoint."
@@ -359,6 +363,7 @@ def _listing(keys, n=12) -> str:
     keys = list(keys)
     return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
+# %% ../nbs/41_official.ipynb #9366665b
 def checkpoint_task(state: dict) -> str:
     "The task whose head a state dict (our names) carries, or 'pretrain'."
     found = [t for t, p in TASK_HEADS.items() if any(k.startswith(p) for k in state)]
@@ -498,7 +503,7 @@ def is_official_checkpoint(checkpoint) -> bool:
     s = str(checkpoint)
     return s in OFFICIAL_CHECKPOINTS or s.startswith("hf://") or (Path(s).suffix == ".ckpt" and not Path(s).is_dir())
 
-
+# %% ../nbs/41_official.ipynb #45996e3a
 def prepare_checkpoint(
     checkpoint,  # None, our folder, or an official checkpoint
     checkpoint_format: str = "auto",  # 'auto' (see `is_official_checkpoint`), 'scl_nb' or 'official'

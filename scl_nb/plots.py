@@ -26,6 +26,7 @@ def upsample_map(att_map,          # [g, g]
     lo, hi = up.min(), up.max()
     return ((up - lo) / (hi - lo) if hi > lo else torch.zeros_like(up)).numpy()
 
+# %% ../nbs/51_plots.ipynb #175ec847
 def overlay_attention(view: np.ndarray,   # [S, S, 3] uint8: `PreparedImage.view`
                       att_map,            # [g, g]
                       title: Optional[str] = None,
@@ -47,6 +48,7 @@ def overlay_attention(view: np.ndarray,   # [S, S, 3] uint8: `PreparedImage.view
         ax.set_title(title, fontsize=fontsize)
     return fig
 
+# %% ../nbs/51_plots.ipynb #064453e5
 def plot_attention_maps(maps: AttentionMaps, max_words: int = 8, ncols: int = 5, title: Optional[str] = None):
     "The image, its global map and up to `max_words` word maps in one figure; returns it."
     import matplotlib.pyplot as plt

@@ -298,7 +298,7 @@ def finetune_job(job: dict) -> dict:
     return finetune(model, job["out_dir"], train_m, job.get("answers"), resume=job.get("resume", True),
                     device=job.get("device"), progress=False, randaugment=job.get("randaugment", True))
 
-
+# %% ../nbs/44_task_runs.ipynb #4dd030f1
 def launch_finetune(
     job: dict,  # cfg (dict), task, table, train_splits, out_dir; checkpoint, answers, ... (see `finetune_job`)
     nprocs: int,  # processes on this node (one per GPU)
@@ -316,7 +316,7 @@ def launch_finetune(
     )
     return follow(handle, print_every=print_every)
 
-
+# %% ../nbs/44_task_runs.ipynb #7313012e
 def main(argv=None) -> int:
     "`python -m scl_nb.task_runs --job job.json`: one process of a multi-process fine-tuning run."
     import argparse

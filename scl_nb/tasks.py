@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.distributed as dist
 from safetensors.torch import load_file
+from fastcore.basics import patch
 
 from .config import (PRESETS, TINY_TASK_TRAIN, TINY_TASKS, ConfigError, SCLConfig, apply_overrides,
                            check_parameters, load_config, run_config, num, objective_overrides, to_dict)
@@ -34,6 +35,7 @@ __all__ = ['TASKS', 'TASK_STEPS', 'TASK_SETTINGS', 'EPOCHS', 'PAPER_RESULTS', 'T
 # %% ../nbs/40_tasks.ipynb #d38f7e0f
 TASKS = ("vqa", "nlvr2", "retrieval")
 
+# %% ../nbs/40_tasks.ipynb #e7c968ed
 class TaskModel(SCLModel):
     "`SCLModel` + one downstream head; `forward(batch)` returns that task's losses."
     def __init__(self, cfg: SCLConfig,  # model configuration
@@ -69,14 +71,17 @@ class TaskModel(SCLModel):
         itc = ("itc_image_proj", "itc_text_proj", "itc_logit_scale", "itc_tau")
         return top in itc and not (self.task == "retrieval" and self.itc_weight > 0)
 
-    def init_rank_head(self):
-        "Copy the ITM positive row into the rank head (after pre-trained weights are loaded)."
-        self.rank_head.load_state_dict(rank_head_from_itm(self.itm_head).state_dict())
-        return self
+# %% ../nbs/40_tasks.ipynb #e2135613
+@patch
+def init_rank_head(self: TaskModel):
+    "Copy the ITM positive row into the rank head (after pre-trained weights are loaded)."
+    self.rank_head.load_state_dict(rank_head_from_itm(self.itm_head).state_dict())
+    return self
 
-    def forward(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict:
-        "The task's loss dictionary (`loss` is what is minimised)."
-        return TASK_STEPS[self.task](self, batch)
+@patch
+def forward(self: TaskModel, batch: dict, generator: Optional[torch.Generator] = None) -> dict:
+    "The task's loss dictionary (`loss` is what is minimised)."
+    return TASK_STEPS[self.task](self, batch)
 
 # %% ../nbs/40_tasks.ipynb #ee38b221
 def resolve_checkpoint(path) -> Path:
@@ -174,6 +179,7 @@ def nlvr2_logits(model: TaskModel, batch: dict) -> torch.Tensor:  # [B, 2]
     b = model.fuse(img.index(second), txt, image_token_type=2).cls_feats    # [B, 2D]
     return model.nlvr2_head(torch.cat([a, b], -1))
 
+# %% ../nbs/40_tasks.ipynb #11c7a43b
 def pad_to_length(x: torch.Tensor, L: int, value: int = 0) -> torch.Tensor:
     "Right-pad the last dimension of `x` to `L` with `value`."
     return F.pad(x, (0, L - x.shape[-1]), value=value)

@@ -385,6 +385,7 @@ hr.api-entry { margin: 2.5rem 0 0.5rem; }
 .sd-nav-summary { color: var(--color-foreground-secondary); }
 """
 
+# %% ../../nbs/90_docs.ipynb #4bb2f312
 def nav_markdown(infos: Sequence[dict]) -> str:
     "The home page's table of every page, one table per navigation group, in the sidebar's order."
     out = ["## All pages\n"]
@@ -406,6 +407,7 @@ def toctrees(infos: Sequence[dict]) -> str:
             out.append("```{toctree}\n:hidden:\n:caption: " + g + "\n\n" + "\n".join(pages) + "\n```")
     return "\n\n".join(out)
 
+# %% ../../nbs/90_docs.ipynb #0df2c5f4
 def failure_notebook(info: dict, error: str) -> dict:
     "The page of a notebook that failed in this build: its title, that it failed, and the error."
     body = (f"# {info['title']}\n\n```{{error}}\n**This page failed to render in this build**, so it shows no content "
@@ -429,6 +431,7 @@ def _process_in_subprocess(info, dst, run, flags, runs_dir, commit, timeout) -> 
         f"exit status {r.returncode}\n{strip_ansi_text(r.stdout[-3000:])}\n{strip_ansi_text(r.stderr[-6000:])}".strip()
     )
 
+# %% ../../nbs/90_docs.ipynb #63f23d3b
 def link_pages(html_dir, doc_url: str):
     "nbdev's doc links (`doc_url` + `page.html#anchor`) as links between the built pages, to an anchor that exists."
     html_dir = Path(html_dir)
@@ -449,6 +452,7 @@ def link_pages(html_dir, doc_url: str):
         if new != text:
             p.write_text(new)
 
+# %% ../../nbs/90_docs.ipynb #695f9f2d
 def _swap_in(built: Path, out: Path):
     "Replace `out` by `built` whole (no page of an older build survives)."
     old = out.with_name(f".{out.name}.old")

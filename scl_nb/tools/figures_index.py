@@ -53,6 +53,7 @@ def _readme(index: dict, scale: Optional[str], left_out: dict) -> str:
         lines += ["", "Specs left out: " + "; ".join(f"`{k}`: {v}" for k, v in left_out.items())]
     return "\n".join(lines) + "\n"
 
+# %% ../../nbs/63_figures_index.ipynb #bba814a6
 def update_index(figures_path: Path,  # the output folder (figures/ or figures/<scale>/)
                  entries: dict,  # {file: {what, runs, scale, missing[, drawn]}} this writer made now
                  writer: str,  # the notebook, e.g. "nbs/tables.ipynb"

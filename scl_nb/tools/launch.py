@@ -97,6 +97,7 @@ def launch(spec: Spec | Sequence[Spec],  # one spec, or several (a run shared by
         say(_report_line(rec, cluster))
     return done
 
+# %% ../../nbs/61_launch.ipynb #10071544
 def _check_jobs(jobs, cluster: str):
     "`jobs` is a count >= 1, and above 1 only on the local cluster."
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -167,6 +168,7 @@ def _must_run(rec: Launched, ups: list, cluster: str) -> bool:
     rec.after = [u.job_id for u in ups if u.job_id and u.status in ("submitted", "running")]
     return True
 
+# %% ../../nbs/61_launch.ipynb #01bf825b
 _POLL_S = 1.0  # how often `_schedule` looks at its running jobs
 
 def _schedule(recs: list, by_id: dict, jobs: int, cluster: str, dry_run: bool, stamp: str, roots: dict, say):
@@ -223,6 +225,7 @@ def _wait_here(rec: Launched):
     except Exception as e:
         rec.status, rec.error = "failed", f"{_error_line(e)} (log: {rec.job.paths.stderr})"
 
+# %% ../../nbs/61_launch.ipynb #a891613f
 def _error_line(e: Exception) -> str:
     "The most telling line of a job's exception: the last `SomethingError: ...` line of its traceback text."
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]

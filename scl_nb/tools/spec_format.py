@@ -143,6 +143,7 @@ def seeded_id(run_id: str, seed: int) -> str:
     `<id>@s<seed>`."""
     return run_id if seed == 0 else f"{run_id}@s{seed}"
 
+# %% ../../nbs/60_spec_format.ipynb #8207bde8
 @dataclass
 class Run:
     "One papermill execution of a notebook, with everything the launcher needs."
@@ -165,6 +166,7 @@ class Run:
     def name(self) -> str:
         return self.id.split("/")[1]
 
+# %% ../../nbs/60_spec_format.ipynb #44413605
 @dataclass
 class Spec:
     "A validated experiment spec: its runs (dependency order, other files' runs included), table and figure."

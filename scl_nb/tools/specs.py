@@ -389,6 +389,7 @@ def _lookup(d: dict, key: str):
             return v
     return None
 
+# %% ../../nbs/60_specs.ipynb #a75dc572
 def collect_table(spec: Spec, runs_dir="runs"):
     """The spec's table as a DataFrame (rows x columns, plus `source`); missing results are NaN; a seeded spec's
     cells: a tuple over its seeds."""
