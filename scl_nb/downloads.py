@@ -86,9 +86,10 @@ def check_row_numbers(files: dict,   # int(file stem) -> path, as `scl_nb.import
                          "not row numbers (DownloadConceptualCaptions names files by the CRC32 of their URL): "
                          "import with --naming url-hash")
 
-# %% ../nbs/15_downloads.ipynb #f1297c10
+# %% ../nbs/15_downloads.ipynb #d106852f
 MEDIA_EXTS = IMAGE_EXTS | VIDEO_EXTS
 
+# %% ../nbs/15_downloads.ipynb #f1297c10
 class ShardIndex:
     "URL -> file of the samples of img2dataset / video2dataset shards (`files` or `webdataset` output) under a folder."
     def __init__(self, root, media_out=None):  # media_out: where tar shards are extracted; None = read in place
