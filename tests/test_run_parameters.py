@@ -36,34 +36,30 @@ def test_parameters_cell_matches_its_dataclass(name):
     assert f"check_parameters({spec.__name__}, globals())" in nb, f"{name} does not check its parameters with {spec.__name__}"
 
 
-def test_notebook_refuses_a_bad_parameter(tmp_path):
-    "papermill with steps=0: the notebook stops in its check with the config's message, before training."
+def run_pretrain_until_it_stops(tmp_path, parameters: dict):
+    "papermill on nbs/pretrain.ipynb with `parameters`, expected to stop with an error: (the error, the executed notebook)."
     pm = pytest.importorskip("papermill")
     with pytest.raises(pm.PapermillExecutionError) as e:
         pm.execute_notebook(str(ROOT / "nbs" / "pretrain.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(ROOT / "nbs"),
-                            parameters={"steps": 0, "out_dir": str(tmp_path / "run")}, progress_bar=False, kernel_name="python3")
-    assert "ConfigError" in str(e.value) and "steps=0 is out of range" in str(e.value)
+                            parameters=parameters | {"out_dir": str(tmp_path / "run")}, progress_bar=False,
+                            kernel_name="python3")
+    return e.value, json.loads((tmp_path / "out.ipynb").read_text())
+
+
+def test_notebook_refuses_a_bad_parameter_and_no_warning_comes_first(tmp_path):
+    """papermill with steps=0: the notebook stops in its check with the config's message, before training; and the
+    executed notebook's first output is that check's (it was tqdm's 'IProgress not found' warning)."""
+    error, nb = run_pretrain_until_it_stops(tmp_path, {"steps": 0})
+    assert "ConfigError" in str(error) and "steps=0 is out of range" in str(error)
     assert not (tmp_path / "run").exists()
-
-
-def test_notebook_refuses_a_misspelt_parameter(tmp_path):
-    "papermill -p stpes 3: papermill only warns; the notebook stops in its check naming the closest parameter, before training."
-    pm = pytest.importorskip("papermill")
-    with pytest.raises(pm.PapermillExecutionError) as e:
-        pm.execute_notebook(str(ROOT / "nbs" / "pretrain.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(ROOT / "nbs"),
-                            parameters={"stpes": 3, "out_dir": str(tmp_path / "run")}, progress_bar=False, kernel_name="python3")
-    assert "ConfigError" in str(e.value) and "unknown parameter 'stpes' (did you mean 'steps'?)" in str(e.value)
-    assert not (tmp_path / "run").exists()
-
-
-def test_no_warning_is_the_first_output(tmp_path):
-    "The executed notebook's first output is the notebook's own (it was tqdm's 'IProgress not found' warning)."
-    pm = pytest.importorskip("papermill")
-    with pytest.raises(pm.PapermillExecutionError):  # stops at the parameter check: enough to run the imports
-        pm.execute_notebook(str(ROOT / "nbs" / "pretrain.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(ROOT / "nbs"),
-                            parameters={"steps": 0, "out_dir": str(tmp_path / "run")}, progress_bar=False, kernel_name="python3")
-    nb = json.loads((tmp_path / "out.ipynb").read_text())
     outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
     first = outputs[0]
     assert first.get("output_type") == "error" and first.get("ename") == "ConfigError", first  # the check, not a warning
     assert not any(o.get("name") == "stderr" and "Warning" in "".join(o.get("text", "")) for o in outputs), outputs
+
+
+def test_notebook_refuses_a_misspelt_parameter(tmp_path):
+    "papermill -p stpes 3: papermill only warns; the notebook stops in its check naming the closest parameter, before training."
+    error, _ = run_pretrain_until_it_stops(tmp_path, {"stpes": 3})
+    assert "ConfigError" in str(error) and "unknown parameter 'stpes' (did you mean 'steps'?)" in str(error)
+    assert not (tmp_path / "run").exists()
