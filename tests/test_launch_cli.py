@@ -117,7 +117,65 @@ def test_reproduce_rejects_an_unknown_scale():
     "A mistyped scale stops `experiments/reproduce.sh` at once with the scales it knows (nothing is launched or drawn)."
     r = subprocess.run(["bash", "experiments/reproduce.sh", "tower"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stdout == "", (r.returncode, r.stdout)
-    assert r.stderr.strip() == "error: unknown scale 'tower'; choose tiny (default), tiny-seeds, towers or full"
+    assert r.stderr.strip() == "error: unknown scale 'tower'; choose tiny (default), tiny-seeds, towers, realsmall or full"
+
+
+def planned_parameters(stdout: str) -> dict:
+    "{run (seed k): its papermill parameters} of a dry run's `[would run]` blocks."
+    out = {}
+    for block in stdout.split("\n["):
+        if block.startswith("would run] "):
+            line = next(l for l in block.splitlines() if l.strip().startswith("parameters: "))
+            out[block.removeprefix("would run] ").split(":")[0]] = json.loads(line.split("parameters: ", 1)[1])
+    return out
+
+
+REALSMALL_ARMS = {"ablation_objectives/pt_base": ("mlm,itm,itc", "ablation_objectives/zs_base"),
+                  "ablation_objectives/pt_mlsc": ("mlm,itm,itc,scl_text", "ablation_objectives/zs_mlsc"),
+                  "pretrain/scl": ("mlm,itm,itc,scl", "ablation_objectives/zs_both"),
+                  "pretrain/glscl": ("mlm,itm,itc,scl,mltc", "ablation_objectives/zs_mltc")}
+
+
+@pytest.mark.parametrize("scale", ["realsmall", "realsmall-official"])
+def test_realsmall_scales_plan(tmp_path, scale):
+    """The real-small ablation plans the issue's four arms (MLM+ITM+ITC, +MLSC, +MVSC+MLSC, GLSCL) for seeds 0, 1, 2: each a
+    300-step `realsmall` pre-training on the corpus scored on `val` along the run, then zero-shot retrieval of that
+    seed's checkpoint on `test` at the training resolution; `realsmall-official` puts every pre-training (the baseline's
+    included) under `OFFICIAL_SIGNAL`, `realsmall` none; nothing else runs."""
+    r = launch("experiments/ablation_objectives.yaml", "--cluster", "local", "--scale", scale, "--dry-run",
+               "--allow-missing-data", "--runs-dir", tmp_path / "runs")
+    assert r.returncode == 0, r.stderr
+    plan = planned_parameters(r.stdout)
+    seeded = lambda run, s: f"{run}@s{s} (seed {s})" if s else f"{run} (seed 0)"
+    expected = [seeded(run, s) for pt, (_, zs) in REALSMALL_ARMS.items() for run in (pt, zs) for s in (0, 1, 2)]
+    assert sorted(plan) == sorted(expected)
+    signal = json.loads("{" + official_signal_overrides() + "}")["overrides"]
+    corpus = "data/real-small/captions.jsonl"
+    for pt, (objectives, zs) in REALSMALL_ARMS.items():
+        for s in (0, 1, 2):
+            p, z = plan[seeded(pt, s)], plan[seeded(zs, s)]
+            assert (p["preset"], p["data"], p["objectives"], p["steps"], p["eval_points"], p["gpus"], p["check_learning"]) == \
+                ("realsmall", corpus, objectives, 300, 10, 0, False), (pt, s, p)
+            assert p.get("seed", 0) == s and z.get("seed", 0) == s
+            assert p.get("overrides", "") == (signal if scale == "realsmall-official" else ""), (pt, s)
+            assert z["checkpoint"] == str((tmp_path / "runs" / scale / (pt + (f"@s{s}" if s else ""))).resolve())
+            assert (z["preset"], z["data"], z["eval_split"], z["overrides"], z["gpus"], z["check_learning"]) == \
+                ("realsmall", corpus, "test", "vision.image_size=64", 0, False), (zs, s, z)
+    for left_out in ("pt_mvsc", "pt_official", "zs_official", "nlvr2_base", "vqa_both", "ret_mltc", "bench_base"):
+        assert f"[skipped at scale {scale}] ablation_objectives/{left_out}" in r.stdout, left_out
+
+
+def test_reproduce_realsmall_without_the_corpus_says_how_to_build_it(tmp_path):
+    "`reproduce.sh realsmall` in a checkout without `data/real-small` exits 2 with the build command; it launches and writes nothing."
+    (tmp_path / "experiments").mkdir()
+    script = tmp_path / "experiments" / "reproduce.sh"
+    script.write_text((ROOT / "experiments" / "reproduce.sh").read_text())
+    r = subprocess.run(["bash", str(script), "realsmall"], cwd=tmp_path, env=ENV | {"PYTHON": sys.executable},
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (2, ""), (r.returncode, r.stdout, r.stderr)
+    assert "no real-small corpus at data/real-small/captions.jsonl" in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].strip() == ".venv/bin/python -m scl_nb.realsmall --link data/real-small"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiments"]  # no runs/, no figures/
 
 
 def test_pretrain_plan_on_slurm_is_a_light_driver_and_its_training_job(tmp_path):
