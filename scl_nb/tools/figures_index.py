@@ -20,8 +20,9 @@ def repo_root(start: Optional[Path] = None,  # where to start looking; None = th
 
 # %% ../../nbs/63_figures_index.ipynb #0ac13606
 def reproduce_command(scale: Optional[str]) -> str:
-    "The `experiments/reproduce.sh` call that redraws `scale` (None: full)."
-    return "bash experiments/reproduce.sh" + ("" if scale == "tiny" else f" {scale or 'full'}")
+    "The `experiments/reproduce.sh` call that redraws `scale` (None: full; `realsmall` draws `realsmall-official` too)."
+    entry = {"tiny": "", None: " full", "realsmall-official": " realsmall"}.get(scale, f" {scale}")
+    return "bash experiments/reproduce.sh" + entry
 
 def _readme(index: dict, scale: Optional[str], left_out: dict) -> str:
     lines = [
