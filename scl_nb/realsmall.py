@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_realsmall.ipynb #6a92d4f3
 from __future__ import annotations
-import hashlib, json, os, re, shutil, subprocess, sys, tempfile, time
+import hashlib, json, os, re, subprocess, sys, time
 from collections import Counter
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
@@ -17,6 +17,7 @@ from .realsources import (
     INSTALL_COMMAND, LICENCES, PACKAGES, PICTURE_MATCH, SOURCES, Item, SourceRoots, UnusableImage, assign_splits,
     check_splits, concept_groups, emoji_font, emoji_items, missing_sources, openclipart_items, picture_links,
     group_rank, picture_ratios, render_item, thumbnail, tuxpaint_items, THUMB)
+from .synthetic import build_once
 
 # %% auto #0
 __all__ = ['BUILDER_VERSION', 'RealSmallParams', 'source_versions', 'build_key', 'read_items', 'choose_subset', 'media_name',
@@ -298,21 +299,10 @@ def make_realsmall(root=None,  # cache root; None = `$SCL_NB_CACHE` or ~/.cache/
                              "" + "; ".join(missing) + f". Install them with: {INSTALL_COMMAND}")
     versions = source_versions(p.sources) | ({} if roots == SourceRoots() else {"roots": asdict(roots)})
     final = realsmall_cache_root(root) / build_key(p, versions)
-    if (final / "params.json").exists():
-        return manifest_paths(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-"))
-    try:
-        timings = _build(p, roots, tmp, versions)
-        (tmp / "build.json").write_text(json.dumps(timings, indent=1))
-        os.rename(tmp, final)  # atomic; fails when another process finished first
-    except OSError:
-        if not (final / "params.json").exists():
-            raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return manifest_paths(final)
+    def write(folder: Path):
+        timings = _build(p, roots, folder, versions)
+        (folder / "build.json").write_text(json.dumps(timings, indent=1))
+    return manifest_paths(build_once(final, write))
 
 # %% ../nbs/16_realsmall.ipynb #47879aa5
 def _link(target: Path, link: Path):

@@ -18,7 +18,7 @@ __all__ = ['COLOURS', 'SHAPES', 'SIZES', 'ROWS', 'COLS', 'CELL_NAMES', 'BACKGROU
            'sample_scene', 'render_scene', 'CaptionBuilder', 'relations', 'make_caption', 'vqa_answer_vocab',
            'make_question', 'annotator_answers', 'nlvr2_truth', 'make_statement', 'sample_video', 'render_video',
            'rgb_to_yuv420', 'write_mp4', 'video_caption', 'token_links', 'SyntheticParams', 'split_of',
-           'manifest_paths', 'synthetic_cache_root', 'make_synthetic', 'synthetic_for_config']
+           'manifest_paths', 'synthetic_cache_root', 'build_once', 'make_synthetic', 'synthetic_for_config']
 
 # %% ../nbs/10_synthetic.ipynb #950f66e9
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 70), "blue": (50, 90, 230), "yellow": (235, 215, 40),
@@ -533,19 +533,17 @@ def synthetic_cache_root(root=None) -> Path:
     from scl_nb.text import default_cache_dir
     return (Path(root) if root is not None else default_cache_dir()) / "synthetic"
 
-# %% ../nbs/10_synthetic.ipynb #f84c911b
-def make_synthetic(root=None,  # cache root (`cfg.data.cache_dir`); None = `$SCL_NB_CACHE` or ~/.cache/scl_nb
-                   **params,   # fields of `SyntheticParams` (n_images, n_videos, image_size, seed, ...)
-                  ) -> dict[str, Path]:
-    "Generate the synthetic set once into `<root>/synthetic/<hash of params>` and return its manifest paths."
-    p = SyntheticParams(**params)
-    final = synthetic_cache_root(root) / p.key()
+# %% ../nbs/10_synthetic.ipynb #73c257f3
+def build_once(final: Path,  # the folder to build; built when it has no `params.json`
+               write,        # `write(folder)` fills a fresh folder, `params.json` included
+              ) -> Path:
+    "`final`, built once: `write` fills a temporary sibling, renamed into place (atomic, safe between processes)."
     if (final / "params.json").exists():
-        return manifest_paths(final)
+        return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-"))
     try:
-        _write_set(p, tmp)
+        write(tmp)
         os.rename(tmp, final)  # atomic; fails when another process finished first
     except OSError:
         if not (final / "params.json").exists():
@@ -553,7 +551,16 @@ def make_synthetic(root=None,  # cache root (`cfg.data.cache_dir`); None = `$SCL
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return manifest_paths(final)
+    return final
+
+# %% ../nbs/10_synthetic.ipynb #f84c911b
+def make_synthetic(root=None,  # cache root (`cfg.data.cache_dir`); None = `$SCL_NB_CACHE` or ~/.cache/scl_nb
+                   **params,   # fields of `SyntheticParams` (n_images, n_videos, image_size, seed, ...)
+                  ) -> dict[str, Path]:
+    "Generate the synthetic set once into `<root>/synthetic/<hash of params>` and return its manifest paths."
+    p = SyntheticParams(**params)
+    final = synthetic_cache_root(root) / p.key()
+    return manifest_paths(build_once(final, lambda folder: _write_set(p, folder)))
 
 # %% ../nbs/10_synthetic.ipynb #c31ca310
 def synthetic_for_config(cfg, **params) -> dict[str, Path]:
