@@ -402,6 +402,12 @@ def fit(self: Trainer) -> dict:
                                 f"fix the data (or raise data.max_bad_fraction) and resume")
     return summary
 
+# %% ../nbs/23_train.ipynb #b0e7eba7
+@patch
+def release(self: Trainer):
+    "Drop the DDP wrapper, the one holder of the process group besides the group registry: before the group goes."
+    self.train_model = None
+
 # %% ../nbs/23_train.ipynb #e0289704
 def train(
     cfg: SCLConfig,  # the run's configuration (`cfg.train` drives the loop)
@@ -417,7 +423,7 @@ def train(
     allow_changed: Sequence[str] = (),  # on resume: settings (keys or sections) that may differ from the checkpoint's
 ) -> dict:
     "Train `cfg` into `out_dir`; return a summary dict (status, steps, final loss, throughput, MFU, bad input, paths)."
-    ctx = init_dist(device)
+    ctx, run = init_dist(device), None
     try:
         with RunFolderLock(out_dir) if ctx.is_main else contextlib.nullcontext():  # one run per folder, from the first look
             run = Trainer(ctx, cfg, Path(out_dir), model_fn, data_fn)
@@ -435,6 +441,8 @@ def train(
             run.begin(end, progress, count_model_flops)
             return run.fit()
     finally:
+        if run is not None:
+            run.release()  # before the group: DDP's reducer would otherwise destroy it holding the GIL (a hang)
         if ctx.owns_group:
             cleanup_distributed()  # also when the run ends by an exception
 
