@@ -95,7 +95,7 @@ def job_parameters(job: Job, resume: bool) -> dict:
 # %% ../nbs/24_jobs.ipynb #6226ba4f
 def torchrun_command(job: Job) -> list:
     "The command that runs `job`'s entry point in `nprocs` processes on this node."
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--local-addr=127.0.0.1",
             f"--nproc_per_node={job.nprocs}", "-m", job.module, *entry_argv(job, resuming(job))]
 
 def package_root() -> Path:

@@ -163,6 +163,35 @@ def test_two_cpu_workers_gloo(tmp_path, cache_dir):
     ck = tmp_path / "ddp" / "checkpoints" / "step_0000006"
     assert {"rng_0.pt", "rng_1.pt", "model.safetensors", "state.pt"} <= set(os.listdir(ck))
 
+def _unshare_uts() -> bool:
+    "Can this process give a child its own host name (`unshare --uts`, as root)?"
+    try: return subprocess.run(["unshare", "--uts", "true"], capture_output=True, timeout=15).returncode == 0
+    except (OSError, subprocess.SubprocessError): return False
+
+@pytest.mark.skipif(not _unshare_uts(), reason="needs `unshare --uts` (root) to run under a host name that does not resolve")
+def test_two_workers_under_a_host_name_that_does_not_resolve(tmp_path, cache_dir):
+    """A container or offline runner whose host name resolves nowhere: torchrun's workers would be sent to that
+    name and retry it for 30 minutes; on the loopback address they train as usual."""
+    name = "scl-nb-no-such-host"
+    assert subprocess.run(["getent", "hosts", name], capture_output=True).returncode != 0, f"{name} resolves here"
+    script = (
+        "import json, sys; from scl_nb.config import run_config; from scl_nb.jobs import launch_pretrain, follow; "
+        f"cfg = run_config('tiny', {{'data.source': 'synthetic', 'train.steps': 2}}, {_overrides(cache_dir, batch_size=8, per_gpu_batch_size=4)!r}); "
+        f"s = follow(launch_pretrain(cfg, {str(tmp_path / 'run')!r}, nprocs=2, device='cpu', resume=False), every=0.5, quiet=True); "
+        "print(json.dumps([s['status'], s['world_size'], s['step']]))"
+    )
+    proc = subprocess.Popen(["unshare", "--uts", "sh", "-c", f'hostname {name} && exec "$0" -c "$1"', PY, script],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            start_new_session=True)  # its own process group: torchrun and its workers go with it
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"no result after 240 s under an unresolvable host name:\n{(out + err)[-3000:]}")
+    assert proc.returncode == 0, (out + err)[-3000:]
+    assert json.loads(out.strip().splitlines()[-1]) == ["completed", 2, 2]
+
 def _close(a: list[dict], b: list[dict], rel: float) -> float:
     "Assert two runs' per-step rows match (same keys, every number within `rel` relative); return the largest relative difference."
     assert [r["step"] for r in a] == [r["step"] for r in b] and [sorted(r) for r in a] == [sorted(r) for r in b]
