@@ -21,9 +21,10 @@ from .distributed import unwrap_model, is_fsdp, barrier
 
 # %% auto #0
 __all__ = ['RESUME_MAY_CHANGE', 'step_seed', 'seed_step', 'rng_state', 'set_rng_state', 'atomic_write', 'ckpt_name',
-           'list_checkpoints', 'latest_checkpoint', 'jsonable', 'CheckpointError', 'read_pt', 'check_weights_file',
-           'optimizer_state_to_fqn', 'optimizer_state_from_fqn', 'save_checkpoint', 'load_checkpoint', 'config_changes',
-           'check_resume_config', 'RunFolderError', 'RunFolderLock', 'refuse_to_replace', 'append_line', 'step_rows']
+           'list_checkpoints', 'latest_checkpoint', 'jsonable', 'pickled_objects', 'CheckpointError', 'read_pt',
+           'check_weights_file', 'optimizer_state_to_fqn', 'optimizer_state_from_fqn', 'save_checkpoint',
+           'load_checkpoint', 'config_changes', 'check_resume_config', 'RunFolderError', 'RunFolderLock',
+           'refuse_to_replace', 'append_line', 'step_rows']
 
 # %% ../nbs/21_checkpoint.ipynb #ad4c94b6
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
@@ -135,6 +136,22 @@ def jsonable(x):
         return None
     return x if isinstance(x, (str, int, float, bool)) or x is None else str(x)
 
+# %% ../nbs/21_checkpoint.ipynb #52d5daf2
+def pickled_objects(data: bytes) -> Optional[list]:
+    "The globals a pickle stream names (what loading it would import or call), read without loading; None: no pickle."
+    import pickletools
+    names, strings = [], []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            strings += [arg] if isinstance(arg, str) else []
+            if op.name == "GLOBAL":
+                names.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL":
+                names.append(".".join(strings[-2:]))
+    except Exception:  # not a pickle stream (or a torn one)
+        return None
+    return names
+
 # %% ../nbs/21_checkpoint.ipynb #8c746f18
 class CheckpointError(ValueError):
     "A checkpoint file is damaged, altered, or does not fit the model; the message names the file."
@@ -149,8 +166,13 @@ def read_pt(file: Path, map_location="cpu"):
         return torch.load(file, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{file}: missing; the checkpoint folder is incomplete") from None
-    except pickle.UnpicklingError:  # torch's message suggests turning the safety check off: never
-        raise CheckpointError(f"{file}: refused: it holds Python objects, which no checkpoint holds") from None
+    except pickle.UnpicklingError as e:  # torch's message suggests turning the safety check off: never
+        named = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        objects = [named[1]] if named else pickled_objects(Path(file).read_bytes())
+        if not objects:  # text, or a pickle of plain values that torch did not write
+            raise CheckpointError(f"{file}: damaged or not a checkpoint file (not a PyTorch file)") from None
+        what = f"Python objects ({', '.join(objects[:3])}), which no checkpoint holds"
+        raise CheckpointError(f"{file}: refused: it holds {what}") from None
     except Exception as e:
         raise CheckpointError(f"{file}: damaged or not a checkpoint file ({_first_line(e)})") from None
 
