@@ -173,7 +173,8 @@ def test_two_workers_under_a_host_name_that_does_not_resolve(tmp_path, cache_dir
     """A container or offline runner whose host name resolves nowhere: torchrun's workers would be sent to that
     name and retry it for 30 minutes; on the loopback address they train as usual."""
     name = "scl-nb-no-such-host"
-    assert subprocess.run(["getent", "hosts", name], capture_output=True).returncode != 0, f"{name} resolves here"
+    if subprocess.run(["getent", "hosts", name], capture_output=True, timeout=60).returncode == 0:
+        pytest.skip(f"{name} resolves on this machine (a wildcard DNS?): nothing to test")
     script = (
         "import json, sys; from scl_nb.config import run_config; from scl_nb.jobs import launch_pretrain, follow; "
         f"cfg = run_config('tiny', {{'data.source': 'synthetic', 'train.steps': 2}}, {_overrides(cache_dir, batch_size=8, per_gpu_batch_size=4)!r}); "
