@@ -176,7 +176,7 @@ def test_two_workers_under_a_host_name_that_does_not_resolve(tmp_path, cache_dir
     if subprocess.run(["getent", "hosts", name], capture_output=True, timeout=60).returncode == 0:
         pytest.skip(f"{name} resolves on this machine (a wildcard DNS?): nothing to test")
     script = (
-        "import json, sys; from scl_nb.config import run_config; from scl_nb.jobs import launch_pretrain, follow; "
+        "import json; from scl_nb.config import run_config; from scl_nb.jobs import launch_pretrain, follow; "
         f"cfg = run_config('tiny', {{'data.source': 'synthetic', 'train.steps': 2}}, {_overrides(cache_dir, batch_size=8, per_gpu_batch_size=4)!r}); "
         f"s = follow(launch_pretrain(cfg, {str(tmp_path / 'run')!r}, nprocs=2, device='cpu', resume=False), every=0.5, quiet=True); "
         "print(json.dumps([s['status'], s['world_size'], s['step']]))"
