@@ -202,22 +202,27 @@ def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
-def _peak_rss_mb(fn, interval_s: float = 5e-4) -> float:
-    "Highest resident set size (MB) seen while `fn()` runs, sampled by a background thread."
-    import threading
-    peak, done = [_rss_mb()], threading.Event()
-    def watch():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_mb())
-            time.sleep(interval_s)
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
+def _high_water_rss_mb() -> float:
+    "The kernel's high-water mark of this process's resident set size in MB (`VmHWM`, Linux)."
+    with open("/proc/self/status") as f:
+        line = next(l for l in f if l.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+# %% ../../nbs/25_bench.ipynb #29c878be
+def _reset_high_water(clear_refs: str = "/proc/self/clear_refs") -> bool:
+    "Reset the kernel's high-water mark to the current resident set size (Linux 4.0+); False where that is refused."
     try:
-        fn()
-    finally:
-        done.set()
-        watcher.join()
-    return max(peak[0], _rss_mb())
+        with open(clear_refs, "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+def _peak_rss_mb(fn) -> float:
+    "Highest resident set size (MB) while `fn()` runs, from the kernel's high-water mark; NaN where it cannot be reset."
+    measurable = _reset_high_water()
+    fn()
+    return _high_water_rss_mb() if measurable else float("nan")
 
 # %% ../../nbs/25_bench.ipynb #340368df
 def _bench_setup(cfg: SCLConfig, batch_size: int, num_frames: int, device: str):
