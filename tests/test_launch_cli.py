@@ -130,38 +130,45 @@ def planned_parameters(stdout: str) -> dict:
     return out
 
 
-REALSMALL_ARMS = {"ablation_objectives/pt_base": ("mlm,itm,itc", "ablation_objectives/zs_base"),
-                  "ablation_objectives/pt_mlsc": ("mlm,itm,itc,scl_text", "ablation_objectives/zs_mlsc"),
-                  "pretrain/scl": ("mlm,itm,itc,scl", "ablation_objectives/zs_both"),
-                  "pretrain/glscl": ("mlm,itm,itc,scl,mltc", "ablation_objectives/zs_mltc")}
+REALSMALL_ARMS = {"ablation_objectives/pt_base": ("mlm,itm,itc", "base"),
+                  "ablation_objectives/pt_mlsc": ("mlm,itm,itc,scl_text", "mlsc"),
+                  "pretrain/scl": ("mlm,itm,itc,scl", "both"),
+                  "pretrain/glscl": ("mlm,itm,itc,scl,mltc", "mltc")}
 
 
 @pytest.mark.parametrize("scale", ["realsmall", "realsmall-official"])
 def test_realsmall_scales_plan(tmp_path, scale):
     """The real-small ablation plans the issue's four arms (MLM+ITM+ITC, +MLSC, +MVSC+MLSC, GLSCL) for seeds 0, 1, 2: each a
-    300-step `realsmall` pre-training on the corpus scored on `val` along the run, then zero-shot retrieval of that
-    seed's checkpoint on `test` at the training resolution; `realsmall-official` puts every pre-training (the baseline's
-    included) under `OFFICIAL_SIGNAL`, `realsmall` none; nothing else runs."""
+    300-step `realsmall` pre-training on the corpus scored on `val` along the run, then, from that seed's checkpoint,
+    zero-shot retrieval on `test` at the training resolution and a retrieval fine-tuning on `train` (200 steps of 32,
+    base lr 1e-4, 64 px, the f30k setting otherwise) scored on `test`; `realsmall-official` puts every pre-training
+    (the baseline's included) under `OFFICIAL_SIGNAL`, `realsmall` none; nothing else runs."""
     r = launch("experiments/ablation_objectives.yaml", "--cluster", "local", "--scale", scale, "--dry-run",
                "--allow-missing-data", "--runs-dir", tmp_path / "runs")
     assert r.returncode == 0, r.stderr
     plan = planned_parameters(r.stdout)
     seeded = lambda run, s: f"{run}@s{s} (seed {s})" if s else f"{run} (seed 0)"
-    expected = [seeded(run, s) for pt, (_, zs) in REALSMALL_ARMS.items() for run in (pt, zs) for s in (0, 1, 2)]
+    downstream = lambda arm: (f"ablation_objectives/zs_{arm}", f"ablation_objectives/ret_{arm}")
+    expected = [seeded(run, s) for pt, (_, arm) in REALSMALL_ARMS.items() for run in (pt, *downstream(arm)) for s in (0, 1, 2)]
     assert sorted(plan) == sorted(expected)
     signal = json.loads("{" + official_signal_overrides() + "}")["overrides"]
     corpus = "data/real-small/captions.jsonl"
-    for pt, (objectives, zs) in REALSMALL_ARMS.items():
+    for pt, (objectives, arm) in REALSMALL_ARMS.items():
         for s in (0, 1, 2):
-            p, z = plan[seeded(pt, s)], plan[seeded(zs, s)]
+            zs, ret = downstream(arm)
+            p, z, f = plan[seeded(pt, s)], plan[seeded(zs, s)], plan[seeded(ret, s)]
             assert (p["preset"], p["data"], p["objectives"], p["steps"], p["eval_points"], p["gpus"], p["check_learning"]) == \
                 ("realsmall", corpus, objectives, 300, 10, 0, False), (pt, s, p)
-            assert p.get("seed", 0) == s and z.get("seed", 0) == s
+            assert p.get("seed", 0) == s and z.get("seed", 0) == s and f.get("seed", 0) == s
             assert p.get("overrides", "") == (signal if scale == "realsmall-official" else ""), (pt, s)
-            assert z["checkpoint"] == str((tmp_path / "runs" / scale / (pt + (f"@s{s}" if s else ""))).resolve())
+            checkpoint = str((tmp_path / "runs" / scale / (pt + (f"@s{s}" if s else ""))).resolve())
+            assert z["checkpoint"] == checkpoint and f["checkpoint"] == checkpoint
             assert (z["preset"], z["data"], z["eval_split"], z["overrides"], z["gpus"], z["check_learning"]) == \
                 ("realsmall", corpus, "test", "vision.image_size=64", 0, False), (zs, s, z)
-    for left_out in ("pt_mvsc", "pt_official", "zs_official", "nlvr2_base", "vqa_both", "ret_mltc", "bench_base"):
+            assert (f["preset"], f["data"], f["dataset"], f["train_splits"], f["eval_split"], f["steps"], f["batch_size"],
+                    f["lr"], f["overrides"], f["gpus"], f["check_learning"]) == \
+                ("realsmall", corpus, "f30k", "train", "test", 200, 32, 1e-4, "vision.image_size=64", 0, False), (ret, s, f)
+    for left_out in ("pt_mvsc", "pt_official", "zs_official", "ret_official", "ret_mvsc", "nlvr2_base", "vqa_both", "bench_base"):
         assert f"[skipped at scale {scale}] ablation_objectives/{left_out}" in r.stdout, left_out
 
 
