@@ -233,10 +233,12 @@ def nlvr2_accuracy(predictions,  # predicted labels (0/1 or bool), or logits `[N
 
 # %% ../nbs/30_metrics.ipynb #533879b0
 def mean_sd(values: Sequence[float]) -> tuple[float, float, int]:  # mean, sample standard deviation (nan for one value), n
-    "Mean and sample standard deviation of per-seed values (NaNs dropped)."
+    "Mean and sample standard deviation of per-seed values (NaNs dropped; equal values: exactly that value and 0)."
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
     if len(v) == 0:
         return float("nan"), float("nan"), 0
+    if len(v) > 1 and np.all(v == v[0]):
+        return float(v[0]), 0.0, len(v)  # numpy's sum would add rounding (mean 0.2 + 4e-17, sd 3e-17)
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan"), len(v)
 
 
@@ -244,19 +246,20 @@ def paired_difference(variant: Sequence[float],   # per-seed values of the varia
                       baseline: Sequence[float],  # per-seed values of the baseline, same seeds in the same order
                       level: float = 0.95,        # confidence level of the interval
                      ) -> dict:  # mean, sd, n, lo, hi (the interval of the mean difference), excludes_zero
-    "Mean of the per-seed differences `variant - baseline` with its Student-t confidence interval."
+    """Mean of the per-seed differences `variant - baseline` with its Student-t confidence interval (zero width, never
+    excluding 0, where every seed's difference is the same)."""
     from scipy.stats import t as student_t
     if len(variant) != len(baseline):
         raise ValueError(f"paired_difference: {len(variant)} variant values but {len(baseline)} baseline values")
     d = [
-        a - b
+        round(a - b, 9)  # equal differences stay equal (0.3 - 0.1 and 0.5 - 0.3)
         for a, b in zip(variant, baseline)
         if a is not None and b is not None and np.isfinite(a) and np.isfinite(b)
     ]
     mean, sd, n = mean_sd(d)
     half = float(student_t.ppf((1 + level) / 2, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
     return dict(mean=mean, sd=sd, n=n, lo=mean - half, hi=mean + half,
-                excludes_zero=bool(n > 1 and (mean - half > 0 or mean + half < 0)))
+                excludes_zero=bool(n > 1 and sd > 0 and (mean - half > 0 or mean + half < 0)))
 
 # %% ../nbs/30_metrics.ipynb #e2e0af56
 def paired_differences(
@@ -291,6 +294,8 @@ def difference_text(d: dict, digits: int = 2) -> str:
     than 2 pairs."""
     if d["n"] < 2:
         return "-"
+    if d["sd"] == 0:
+        return f"Δ {d['mean']:+.{digits}f} [same on all {d['n']} seeds]"
     text = f"Δ {d['mean']:+.{digits}f} [{d['lo']:+.{digits}f}, {d['hi']:+.{digits}f}]"
     return f"**{text}**" if d["excludes_zero"] else text
 
