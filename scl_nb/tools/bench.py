@@ -252,7 +252,7 @@ def _bench_memory(cfg: SCLConfig, schedule: str, batch_size: int, num_frames: in
         peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
     else:  # the first step of a fresh process: the allocator has no freed memory to reuse yet
         base = _rss_mb()
-        peak = max(0.0, _peak_rss_mb(lambda: step(schedule, 0)) - base)
+        peak = max(_peak_rss_mb(lambda: step(schedule, 0)) - base, 0.0)  # NaN (no reset) stays NaN
     activation = _saved_activation_bytes(
         lambda: model(batch, torch.Generator(device).manual_seed(0), objectives=schedules[schedule]),
         list(model.parameters()),
