@@ -37,8 +37,8 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 start=$(date +%s); rc=0
 draw() {  # draw(scale): the tables and figures of one scale's runs, into its folder
   local name=$1 arg=$1 out
-  case "$1" in None) name=full; out=figures/full;; tiny) out=figures;; towers) out=figures/towers;;
-               realsmall) out=figures/real;; realsmall-official) out=figures/real/official;; esac
+  [ "$1" = None ] && name=full
+  out=$("$PY" -c "import sys; from scl_nb.tools.figures_index import scale_folder; print(scale_folder(None if sys.argv[1] == 'None' else sys.argv[1]))" "$1")
   "$PY" -m papermill nbs/tables.ipynb "runs/tables_${name}.ipynb" -p scale "$arg" -p figures_dir "$out" --cwd . >/dev/null
   "$PY" -m papermill nbs/figures.ipynb "runs/figures_${name}.ipynb" -p scale "$arg" -p figures_dir "$out" --cwd . >/dev/null
   echo "tables and figures in $out/ (index: $out/README.md)"
