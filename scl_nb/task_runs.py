@@ -109,10 +109,18 @@ class RetrievalEvalRun(TaskRun):
     pretrain_steps: int = num(120, 0)
     out_dir: str = "runs/eval_retrieval"
     margin: float = num(20.0, 0.0)
+    eval_untrained: Optional[bool] = None  # also score the untrained model (the learning check's reference); None: when check_learning
 
     def check(self):
         super().check()
         self.setting()
+        if self.check_learning and self.eval_untrained is False:
+            raise ConfigError("check_learning=True compares with the untrained model; eval_untrained=False skips it: "
+                              "set check_learning=False or leave eval_untrained at None")
+
+    def evaluates_untrained(self) -> bool:
+        "Whether the notebook scores the untrained model too: asked for, or needed by the learning check."
+        return self.check_learning if self.eval_untrained is None else self.eval_untrained
 
     def setting(self, task: str = "eval_retrieval") -> dict:
         "The method §4 setting of `dataset` with `k` and `eval_images` resolved (the tiny preset's from `TINY_TASKS`)."

@@ -69,14 +69,22 @@ def test_finetune_nlvr2(cache, tmp_path):
 
 def test_finetune_retrieval(cache, tmp_path):
     r = run("finetune_retrieval", tmp_path, steps=4, pretrain_steps=20, eval_images=20, k=5, check_learning=False)
-    for key in ("metrics", "untrained", "start"):
+    for key in ("metrics", "start"):
         check_image_metrics(r[key]["itm"]); check_image_metrics(r[key]["itc"])
+    assert r["untrained"] is None and r["gain"] is None  # no learning check: the untrained model is not scored
+    (tmp_path / "with").mkdir()  # scoring it as well changes nothing the run trains or reports
+    w = run("finetune_retrieval", tmp_path / "with", steps=4, pretrain_steps=20, eval_images=20, k=5, check_learning=False,
+            eval_untrained=True)
+    check_image_metrics(w["untrained"]["itm"])
+    assert w["gain"] == pytest.approx(w["metrics"]["itm"]["rsum"] - w["untrained"]["itm"]["rsum"])
+    for key in ("metrics", "start"):
+        assert (w[key]["itm"], w[key]["itc"]) == (r[key]["itm"], r[key]["itc"]), key
     assert r["k"] == 5 and r["itc_weight"] == 0.5 and r["metrics"]["n_images"] == 20
     assert r["metrics"]["fused_pairs"] < r["metrics"]["n_images"] * r["metrics"]["n_texts"]
 
 
 def test_eval_retrieval_full_matrix(cache, tmp_path):
-    r = run("eval_retrieval", tmp_path, pretrain_steps=20, eval_images=12, k=0, check_learning=False)
+    r = run("eval_retrieval", tmp_path, pretrain_steps=20, eval_images=12, k=0, check_learning=False, eval_untrained=True)
     m = r["metrics"]
     assert r["k"] == "all" and r["zero_shot"] is True
     assert m["fused_pairs"] == m["n_images"] * m["n_texts"]  # k = all: the reference's full ITM matrix
@@ -86,8 +94,9 @@ def test_eval_retrieval_full_matrix(cache, tmp_path):
 def test_eval_retrieval_two_processes(cache, tmp_path):
     "Two CPU processes (torchrun): each encodes its share of the rows and re-ranks the candidates of its own images; one process's results."
     (tmp_path / "one").mkdir(); (tmp_path / "two").mkdir()
-    one = run("eval_retrieval", tmp_path / "one", pretrain_steps=20, eval_images=12, k=5, check_learning=False)
-    two = run("eval_retrieval", tmp_path / "two", pretrain_steps=20, eval_images=12, k=5, cpu_workers=2, check_learning=False)
+    one = run("eval_retrieval", tmp_path / "one", pretrain_steps=20, eval_images=12, k=5, check_learning=False, eval_untrained=True)
+    two = run("eval_retrieval", tmp_path / "two", pretrain_steps=20, eval_images=12, k=5, cpu_workers=2, check_learning=False,
+              eval_untrained=True)
     assert (one["metrics"]["processes"], two["metrics"]["processes"]) == (1, 2)
     assert (tmp_path / "two" / "eval_checkpoint" / "metrics.json").exists()  # written by rank 0 of the torchrun job
     for key in ("metrics", "untrained"):
