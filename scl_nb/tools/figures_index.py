@@ -18,7 +18,7 @@ def repo_root(start: Optional[Path] = None,  # where to start looking; None = th
     start = Path(start or Path.cwd()).resolve()
     return next((p for p in [start, *start.parents] if (p / "experiments").is_dir()), start)
 
-# %% ../../nbs/63_figures_index.ipynb #0ac13606
+# %% ../../nbs/63_figures_index.ipynb #0e6d49a5
 def reproduce_command(scale: Optional[str]) -> str:
     "The `experiments/reproduce.sh` call that redraws `scale` (None: full; `realsmall` draws `realsmall-official` too)."
     entry = {"tiny": "", None: " full", "realsmall-official": " realsmall"}.get(scale, f" {scale}")
@@ -30,6 +30,7 @@ def scale_folder(scale: Optional[str]) -> str:
                "realsmall-official": "figures/real/official"}
     return folders.get(scale, f"figures/{scale}")
 
+# %% ../../nbs/63_figures_index.ipynb #dca0bdb5
 def _how_drawn(scale: Optional[str], folder: str) -> list:
     "The README's opening: the one command that redraws `folder`, or the two notebook calls when no script draws it."
     if folder == scale_folder(scale):
@@ -43,6 +44,7 @@ def _how_drawn(scale: Optional[str], folder: str) -> list:
               for nb in ("tables", "figures")]
     return lines + ["```"]
 
+# %% ../../nbs/63_figures_index.ipynb #d23ea6b8
 def _readme(index: dict, scale: Optional[str], left_out: dict, folder: str) -> str:
     lines = [
         "# figures/",
